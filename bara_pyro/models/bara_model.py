@@ -1,0 +1,320 @@
+"""``BaRAModel``: one root ``PyroModule`` holding a frozen backbone's adapters, its Pyro model and guide.
+
+The backbone stays outside the module tree (``self._backbone = (backbone,)``, as ``AutoGuide``
+keeps its model); each adapter is attached to its ``nn.Linear`` with a forward hook and lives in
+``self.adapters`` under the module's own path, so parameter names read
+``{name}.adapters.{module path}.lora_A.weight`` and Pyro sites ``{module path}.z``.
+
+One backbone pass per SVI step: the guide runs the backbone with the gates it samples and keeps
+the scores; the model, replayed against the guide trace, receives exactly those gate tensors
+(checked by identity) and reuses the scores, because the likelihood is the same function of the
+same gates.  If the model's gates are not the guide's (e.g. a prior run), it runs the backbone
+itself with its own gates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..tasks.base import Batch
+from .adapter import BaRAAdapter
+from .config import BaRAConfig
+from .context import GateContext
+from .likelihoods import CategoricalLikelihood
+
+__all__ = ["BaRAModel", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME"]
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+HEAD_NAMES = ("classifier", "score")
+
+ForwardFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+def default_forward(backbone: nn.Module, batch: Batch) -> torch.Tensor:
+    """Scores of a model whose output has ``.logits`` of shape ``(B, C)`` (sequence classification)."""
+    return backbone(**batch.inputs).logits
+
+
+class BaRAModel(PyroModule):
+    """Frozen backbone + BaRA adapters + likelihood: the Pyro ``model``, the amortized ``guide``,
+    the fused closed-form ELBO (:meth:`fused_loss`) and prediction (:meth:`scores`)."""
+
+    def __init__(self, backbone: nn.Module, config: BaRAConfig, target_paths: list[str],
+                 forward_fn: ForwardFn | None = None, likelihood=None):
+        super().__init__(name=config.name)
+        self._backbone = (backbone,)
+        self.config = config
+        self.forward_fn = forward_fn or default_forward
+        self.likelihood = likelihood or CategoricalLikelihood()
+        self.dataset_size: int | None = None
+        self.kl_beta = 1.0
+        self.ctx = GateContext()
+        self._guide_run = None
+        self.adapters = PyroModule()
+        self._adapter_items: list[tuple[str, BaRAAdapter]] = []
+        self._hooks = []
+        modules = dict(backbone.named_modules())
+        for path in target_paths:
+            base = modules[path]
+            adapter = BaRAAdapter(base, path, config).to(base.weight.device)
+            self._attach(path, adapter)
+            if adapter.gate is not None:
+                adapter.gate._ctx = self.ctx
+            self._adapter_items.append((path, adapter))
+            self._hooks.append(base.register_forward_hook(self._make_hook(adapter)))
+        self.modules_to_save = self._resolve_modules_to_save(backbone, config.modules_to_save)
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        for module in self.modules_to_save.values():
+            for p in module.parameters():
+                p.requires_grad_(True)
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def backbone(self) -> nn.Module:
+        return self._backbone[0]
+
+    def _attach(self, path: str, adapter: BaRAAdapter) -> None:
+        parent = self.adapters
+        *parents, leaf = path.split(".")
+        for part in parents:
+            if part not in parent._modules:
+                setattr(parent, part, PyroModule())
+            parent = parent._modules[part]
+        setattr(parent, leaf, adapter)
+
+    def _make_hook(self, adapter: BaRAAdapter):
+        ctx = self.ctx
+
+        def hook(module, args, output):
+            if ctx.mode == "off":
+                return output
+            return output + adapter.forward(args[0]).to(output.dtype)
+
+        return hook
+
+    @staticmethod
+    def _resolve_modules_to_save(backbone: nn.Module, names: list[str] | None) -> dict[str, nn.Module]:
+        modules = dict(backbone.named_modules())
+        if names is None:
+            return {n: modules[n] for n in HEAD_NAMES if n in modules}
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ValueError(f"modules_to_save {missing} are not modules of the backbone")
+        return {n: modules[n] for n in names}
+
+    @property
+    def adapter_items(self) -> list[tuple[str, BaRAAdapter]]:
+        """``(module path, adapter)`` in the backbone's module order."""
+        return list(self._adapter_items)
+
+    @property
+    def gates(self):
+        return [(path, a.gate) for path, a in self._adapter_items if a.gate is not None]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        for module in self.modules_to_save.values():
+            params.extend(p for p in module.parameters() if p.requires_grad)
+        return params
+
+    def num_parameters(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts, total = backbone + adapters."""
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        total = sum(p.numel() for p in self.backbone.parameters()) + sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.num_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Run the frozen backbone alone inside this context."""
+        previous = self.ctx.mode
+        self.ctx.mode = "off"
+        try:
+            yield
+        finally:
+            self.ctx.mode = previous
+
+    def remove_hooks(self) -> nn.Module:
+        """Detach every adapter and return the untouched backbone."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        return self.backbone
+
+    # ----------------------------------------------------------------- Pyro model and guide
+    def _prepare(self, batch: Batch, mode: str) -> None:
+        ctx = self.ctx
+        ctx.reset(mode)
+        ctx.token_mask = batch.token_mask
+        n = batch.num_examples
+        ctx.local_scale = (self.dataset_size or n) / n
+        ctx.kl_beta = float(self.kl_beta)
+
+    def _data_plate(self, batch: Batch):
+        n = batch.num_examples
+        return pyro.plate("data", self.dataset_size or n, subsample=torch.arange(n, device=batch.labels.device))
+
+    def model(self, batch: Batch) -> torch.Tensor:
+        """p(y, z, theta, pi, lambda | x): priors on every gate, ``y ~ likelihood(scores)`` in the data plate."""
+        guide_run, self._guide_run = self._guide_run, None
+        ctx = self.ctx
+        with self._pyro_context:
+            self._prepare(batch, "model")
+            for _, gate in self.gates:
+                gate.sample_globals("model")
+            if guide_run is not None and guide_run[0] is batch:
+                _, guide_scores, guide_cache = guide_run
+                replayed = True
+                given = {}
+                for path, (gz, gtheta) in guide_cache.items():
+                    z, theta = self._gate(path).model_local_sites(gz.shape)
+                    replayed = replayed and z is gz and theta is gtheta
+                    given[path] = (z, theta)
+                if replayed:
+                    scores = guide_scores
+                else:  # not a replay of that guide run: the likelihood must see the model's own gates
+                    ctx.mode, ctx.cache = "given", given
+                    scores = self.forward_fn(self.backbone, batch)
+            else:
+                scores = self.forward_fn(self.backbone, batch)
+            with self._data_plate(batch):
+                pyro.sample("obs", self.likelihood.dist(scores), obs=batch.labels)
+        return scores
+
+    def guide(self, batch: Batch) -> torch.Tensor:
+        """q(pi) q(lambda) prod_t q(z_t | x) q(theta_t | x): runs the backbone once with sampled gates."""
+        ctx = self.ctx
+        with self._pyro_context:
+            self._prepare(batch, "guide")
+            for _, gate in self.gates:
+                gate.sample_globals("guide")
+            scores = self.forward_fn(self.backbone, batch)
+        self._guide_run = (batch, scores, dict(ctx.cache))
+        return scores
+
+    def _gate(self, path: str):
+        for p, adapter in self._adapter_items:
+            if p == path:
+                return adapter.gate
+        raise KeyError(path)
+
+    # ----------------------------------------------------------------- fused estimator
+    def fused_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        r"""The TraceMeanField ELBO in plain torch, one backbone pass, no Pyro traces.
+
+        .. math::
+            -\mathcal{L} = -\frac{N}{B}\sum_b \log p(y_b \mid g) + \beta \Big[\sum_l \mathrm{KL}_l^{global}
+                           + \frac{N}{B}\sum_{l,t} \mathrm{KL}_{lt}^{local}\Big]
+
+        with one draw of every global and local variable from q (same draws as the Pyro guide for
+        the same seed).  Returns ``(loss, parts)``; ``parts`` holds the unscaled, detached terms.
+        """
+        ctx = self.ctx
+        self._prepare(batch, "fused")
+        gates = self.gates
+        kl_global = torch.stack([g.fused_globals() for _, g in gates]).sum() if gates else None
+        scores = self.forward_fn(self.backbone, batch)
+        loglik = self.likelihood.dist(scores).log_prob(batch.labels).sum()
+        loss = -ctx.local_scale * loglik
+        parts = {"loglik": loglik.detach(), "scores": scores.detach()}
+        if gates:
+            kl_local = torch.stack(list(ctx.kl_local.values())).sum()
+            loss = loss + ctx.kl_beta * (kl_global + ctx.local_scale * kl_local)
+            parts.update(kl_global=kl_global.detach(), kl_local=kl_local.detach())
+        return loss, parts
+
+    # ----------------------------------------------------------------- prediction
+    def scores(self, batch: Batch, mode: str = "mean") -> torch.Tensor:
+        """Task scores ``(B, C)`` with gates at their posterior mean (``mean``), sampled from q
+        (``sample``), or with the adapters off (``off``)."""
+        if mode not in ("mean", "sample", "off"):
+            raise ValueError(f"prediction mode must be 'mean', 'sample' or 'off', got {mode!r}")
+        self._prepare(batch, mode)
+        return self.forward_fn(self.backbone, batch)
+
+    def gate_statistics(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Statistics recorded by the last forward pass when ``ctx.collect_stats`` was set."""
+        return self.ctx.stats
+
+    def effective_rank(self) -> dict[str, float]:
+        """Expected number of active components per token, E_q[sum_k z_ltk], per layer and jointly
+        (mean over layers), from the last forward pass run with ``ctx.collect_stats``."""
+        per_layer = {path: float(s["prob_sum"].sum() / s["num_tokens"].clamp_min(1))
+                     for path, s in self.ctx.stats.items()}
+        if per_layer:
+            per_layer["joint"] = sum(per_layer.values()) / len(per_layer)
+        return per_layer
+
+    # ----------------------------------------------------------------- save / load
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        state = dict(self.state_dict())
+        for path, module in self.modules_to_save.items():
+            for k, v in module.state_dict().items():
+                state[f"modules_to_save.{path}.{k}"] = v
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = {k: v for k, v in state.items() if not k.startswith("modules_to_save.")}
+        missing, unexpected = self.load_state_dict(own, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"adapter weights do not fit this model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        for path, module in self.modules_to_save.items():
+            prefix = f"modules_to_save.{path}."
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            module.load_state_dict(sub, strict=True)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (adapter weights only)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"bara_config": self.config.to_dict(), "likelihood": self.likelihood.to_dict(),
+                  "target_paths": [p for p, _ in self._adapter_items],
+                  "modules_to_save": list(self.modules_to_save),
+                  "base_model": getattr(getattr(self.backbone, "config", None), "_name_or_path", None)}
+        _atomic_write_text(directory / ADAPTER_CONFIG_NAME, json.dumps(config, indent=2))
+        tmp = directory / (ADAPTER_WEIGHTS_NAME + ".tmp")
+        save_file(self.adapter_state_dict(), str(tmp))
+        os.replace(tmp, directory / ADAPTER_WEIGHTS_NAME)
+
+    @classmethod
+    def from_pretrained(cls, backbone: nn.Module, directory: str | os.PathLike,
+                        forward_fn: ForwardFn | None = None) -> "BaRAModel":
+        """Rebuild the adapters saved by :meth:`save_pretrained` on ``backbone`` and load their weights."""
+        from .likelihoods import GaussianLikelihood
+
+        directory = Path(directory)
+        try:
+            saved = json.loads((directory / ADAPTER_CONFIG_NAME).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no {ADAPTER_CONFIG_NAME} in {directory}") from None
+        config = BaRAConfig.from_dict(saved["bara_config"])
+        config.modules_to_save = saved.get("modules_to_save", config.modules_to_save)
+        lik = saved.get("likelihood", {"name": "categorical"})
+        likelihood = GaussianLikelihood(lik["scale"]) if lik["name"] == "gaussian" else CategoricalLikelihood()
+        model = cls(backbone, config, saved["target_paths"], forward_fn=forward_fn, likelihood=likelihood)
+        device = next(backbone.parameters()).device
+        model.load_adapter_state_dict({k: v.to(device) for k, v in load_file(str(directory / ADAPTER_WEIGHTS_NAME))
+                                       .items()})
+        return model
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

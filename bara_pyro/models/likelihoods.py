@@ -1,0 +1,33 @@
+"""Observation models: turn the backbone's task scores into the distribution of the labels."""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+
+__all__ = ["CategoricalLikelihood", "GaussianLikelihood"]
+
+
+class CategoricalLikelihood:
+    """``y_b ~ Categorical(softmax(scores_b))``; scores ``(B, C)``, missing choices at ``-inf``."""
+
+    def dist(self, scores: torch.Tensor) -> dist.Categorical:
+        return dist.Categorical(logits=scores.float())
+
+    def to_dict(self) -> dict:
+        return {"name": "categorical"}
+
+
+class GaussianLikelihood:
+    """``y_b ~ Normal(scores_b, scale^2 I)``; scores ``(B, D)``, one event per example."""
+
+    def __init__(self, scale: float = 1.0):
+        if not scale > 0:
+            raise ValueError(f"GaussianLikelihood scale must be positive, got {scale!r}")
+        self.scale = float(scale)
+
+    def dist(self, scores: torch.Tensor) -> dist.Normal:
+        return dist.Normal(scores.float(), self.scale).to_event(scores.dim() - 1)
+
+    def to_dict(self) -> dict:
+        return {"name": "gaussian", "scale": self.scale}
