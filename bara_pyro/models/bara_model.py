@@ -61,10 +61,16 @@ class BaRAModel(PyroModule):
         self.kl_beta = 1.0
         self.ctx = GateContext()
         self._guide_run = None
+        self.last_scores: torch.Tensor | None = None
         self.adapters = PyroModule()
         self._adapter_items: list[tuple[str, BaRAAdapter]] = []
         self._hooks = []
         modules = dict(backbone.named_modules())
+        attached = [p for p in target_paths if any(getattr(h, "_bara_hook", False)
+                                                    for h in modules[p]._forward_hooks.values())]
+        if attached:
+            raise ValueError(f"{attached[0]} already carries a BaRA adapter; use a fresh copy of the backbone or "
+                             "call remove_hooks() on the first BaRAModel")
         for path in target_paths:
             base = modules[path]
             adapter = BaRAAdapter(base, path, config).to(base.weight.device)
@@ -102,6 +108,7 @@ class BaRAModel(PyroModule):
                 return output
             return output + adapter.forward(args[0]).to(output.dtype)
 
+        hook._bara_hook = True
         return hook
 
     @staticmethod
@@ -159,7 +166,10 @@ class BaRAModel(PyroModule):
     # ----------------------------------------------------------------- Pyro model and guide
     def _prepare(self, batch: Batch, mode: str) -> None:
         ctx = self.ctx
-        ctx.reset(mode)
+        if mode == "model":  # keep what the guide recorded (cache, stats); fresh plates and globals
+            ctx.mode, ctx.globals, ctx.plates = mode, {}, {}
+        else:
+            ctx.reset(mode)
         ctx.token_mask = batch.token_mask
         n = batch.num_examples
         ctx.local_scale = (self.dataset_size or n) / n
@@ -194,6 +204,7 @@ class BaRAModel(PyroModule):
                 scores = self.forward_fn(self.backbone, batch)
             with self._data_plate(batch):
                 pyro.sample("obs", self.likelihood.dist(scores), obs=batch.labels)
+        self.last_scores = scores.detach()
         return scores
 
     def guide(self, batch: Batch) -> torch.Tensor:
@@ -241,9 +252,9 @@ class BaRAModel(PyroModule):
     # ----------------------------------------------------------------- prediction
     def scores(self, batch: Batch, mode: str = "mean") -> torch.Tensor:
         """Task scores ``(B, C)`` with gates at their posterior mean (``mean``), sampled from q
-        (``sample``), or with the adapters off (``off``)."""
-        if mode not in ("mean", "sample", "off"):
-            raise ValueError(f"prediction mode must be 'mean', 'sample' or 'off', got {mode!r}")
+        (``sample``), all fixed to 1 (``ones``: plain LoRA), or with the adapters off (``off``)."""
+        if mode not in ("mean", "sample", "ones", "off"):
+            raise ValueError(f"prediction mode must be 'mean', 'sample', 'ones' or 'off', got {mode!r}")
         self._prepare(batch, mode)
         return self.forward_fn(self.backbone, batch)
 

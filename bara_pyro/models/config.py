@@ -43,8 +43,8 @@ class BaRAConfig:
                           "None trains a top-level 'classifier' or 'score' module if the model has one"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
     gate: str = field(default="bara", metadata={"help": "gate type: 'bara' (global-local gates) or 'none' (LoRA)"})
-    gamma0: float = field(default=4.0, metadata={"help": "beta-process mass: prior expected number of active "
-                                                         "components, 0 < gamma0 < r"})
+    gamma0: float | None = field(default=None, metadata={"help": "beta-process mass: prior expected number of "
+                                                                "active components, 0 < gamma0 < r; None: r / 2"})
     concentration: float = field(default=1.0, metadata={"help": "beta-process concentration c > 0"})
     e0: float = field(default=1.0, metadata={"help": "shape and rate of the Gamma prior on lambda (mean 1)"})
     a_theta: float = field(default=4.0, metadata={"help": "shape of theta ~ Gamma(a_theta, a_theta/lambda); "
@@ -65,6 +65,8 @@ class BaRAConfig:
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
                  f"{name} must be a positive number, got {value!r}")
+        if self.gamma0 is None:
+            self.gamma0 = self.r / 2
         need(isinstance(self.gamma0, (int, float)) and 0 < self.gamma0 < self.r,
              f"gamma0 must satisfy 0 < gamma0 < r = {self.r}, got {self.gamma0!r}")
         need(isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1,

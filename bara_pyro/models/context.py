@@ -11,6 +11,7 @@ Modes:
     ``sample`` gates sampled from q, no KL (posterior predictive);
     ``mean``   posterior-mean gates E[z] E[theta] (deterministic fast prediction);
     ``given``  gates read from ``cache`` (the model's own draws when it is not a replay of the guide);
+    ``ones``   every gate fixed to 1 (the adapter is then plain LoRA);
     ``off``    adapters disabled: the frozen backbone alone.
 """
 
@@ -24,7 +25,7 @@ import torch
 
 __all__ = ["GateContext", "MODES"]
 
-MODES = ("guide", "model", "fused", "sample", "mean", "given", "off")
+MODES = ("guide", "model", "fused", "sample", "mean", "given", "ones", "off")
 
 
 @dataclass

@@ -112,6 +112,8 @@ class GlobalLocalGate(PyroModule):
             if mode == "model":
                 z, theta = self.model_local_sites(h.shape)
                 return z * theta
+            if mode == "ones":
+                return torch.ones_like(h)
             if mode == "given":
                 z, theta = ctx.cache[self.path]
                 return z * theta

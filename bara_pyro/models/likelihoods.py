@@ -8,11 +8,15 @@ import torch
 __all__ = ["CategoricalLikelihood", "GaussianLikelihood"]
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 class CategoricalLikelihood:
     """``y_b ~ Categorical(softmax(scores_b))``; scores ``(B, C)``, missing choices at ``-inf``."""
 
     def dist(self, scores: torch.Tensor) -> dist.Categorical:
-        return dist.Categorical(logits=scores.float())
+        return dist.Categorical(logits=_at_least_fp32(scores))
 
     def to_dict(self) -> dict:
         return {"name": "categorical"}
@@ -27,7 +31,7 @@ class GaussianLikelihood:
         self.scale = float(scale)
 
     def dist(self, scores: torch.Tensor) -> dist.Normal:
-        return dist.Normal(scores.float(), self.scale).to_event(scores.dim() - 1)
+        return dist.Normal(_at_least_fp32(scores), self.scale).to_event(scores.dim() - 1)
 
     def to_dict(self) -> dict:
         return {"name": "gaussian", "scale": self.scale}

@@ -1,0 +1,78 @@
+"""``TorchOptimizer``: one torch optimizer over all trainable parameters, usable by ``pyro.infer.SVI``.
+
+Pyro's ``PyroOptim`` builds one optimizer per parameter and clips each tensor's gradient on its
+own; BaRA wants a single AdamW with a learning-rate schedule and global-norm clipping, the same
+on the Pyro SVI path and on the fused path.  SVI computes the loss and gradients and then calls
+``optim(params)``: this class steps every trainable parameter of the model (the captured
+``params`` must be among them) and clears their gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.optim import PyroOptim
+
+__all__ = ["TorchOptimizer", "warmup_linear_decay"]
+
+
+def warmup_linear_decay(total_steps: int, warmup_ratio: float, schedule: str = "linear"):
+    """LR multiplier: linear warm-up over ``warmup_ratio * total_steps``, then linear decay to 0 (or constant)."""
+    warmup = max(1, math.ceil(warmup_ratio * total_steps)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+class TorchOptimizer(PyroOptim):
+    """A ``PyroOptim`` that owns one ``torch.optim`` optimizer, an LR scheduler and global-norm clipping."""
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
+                 clip_norm: float | None = 1.0, lr_lambda=None):
+        # Deliberately not calling PyroOptim.__init__: it sets up per-parameter optimizers.
+        self.params = list(params)
+        self._param_ids = {id(p) for p in self.params}
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda or (lambda step: 1.0))
+        self.clip_norm = clip_norm
+        self.last_grad_norm = float("nan")
+
+    def __call__(self, params=None, *args, **kwargs) -> None:
+        if params is not None:
+            foreign = [p for p in params if id(p) not in self._param_ids and p.requires_grad]
+            if foreign:
+                raise RuntimeError(f"{len(foreign)} parameter(s) in the Pyro trace are not trainable parameters of "
+                                   "the model; were two models given the same Pyro name?")
+        self.step()
+
+    def step(self) -> None:
+        """Clip the global gradient norm, step the optimizer and the schedule, clear the gradients."""
+        if self.clip_norm is not None:
+            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def get_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def set_state(self, state_dict: dict) -> None:
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        self.scheduler.load_state_dict(state_dict["scheduler"])
+
+    def save(self, filename: str) -> None:
+        torch.save(self.get_state(), filename)
+
+    def load(self, filename: str, map_location=None) -> None:
+        self.set_state(torch.load(filename, map_location=map_location, weights_only=True))

@@ -1,0 +1,68 @@
+"""``TrainConfig``: optimisation settings shared by every method."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..models.config import ConfigError
+
+__all__ = ["TrainConfig", "ESTIMATORS"]
+
+ESTIMATORS = ("svi", "fused")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=8, metadata={"help": "examples per step"})
+    lr: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "fraction of steps of linear LR warm-up"})
+    lr_schedule: str = field(default="linear", metadata={"help": "'linear' decay to 0 after warm-up, or 'constant'"})
+    kl_warmup_steps: int = field(default=0, metadata={"help": "KL weight beta rises linearly 0 -> 1 over these steps"})
+    clip_norm: float | None = field(default=1.0, metadata={"help": "global gradient-norm clip (null: none)"})
+    seed: int = field(default=0, metadata={"help": "seed of torch, pyro, numpy and the data order"})
+    estimator: str = field(default="svi", metadata={
+        "help": "'svi': pyro.infer.SVI with TraceMeanField_ELBO (reference); 'fused': the same ELBO in plain torch"})
+    num_particles: int = field(default=1, metadata={"help": "ELBO particles per step (svi estimator)"})
+    log_every: int = field(default=10, metadata={"help": "steps between training-log rows"})
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints (0: only at the end)"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast on GPU (gates and KLs stay fp32)"})
+    device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', ..."})
+
+    def __post_init__(self):
+        def need(cond: bool, msg: str):
+            if not cond:
+                raise ConfigError(msg)
+
+        for name in ("steps", "batch_size", "num_particles", "log_every"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+        for name in ("kl_warmup_steps", "checkpoint_every", "seed"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                 f"{name} must be a non-negative integer, got {v!r}")
+        need(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
+             f"lr must be a positive number, got {self.lr!r}")
+        need(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
+             f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        need(isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1,
+             f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        need(self.lr_schedule in ("linear", "constant"),
+             f"lr_schedule must be 'linear' or 'constant', got {self.lr_schedule!r}")
+        need(self.clip_norm is None or (isinstance(self.clip_norm, (int, float)) and self.clip_norm > 0),
+             f"clip_norm must be a positive number or null, got {self.clip_norm!r}")
+        need(self.estimator in ESTIMATORS, f"estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown train field(s) {unknown}; legal fields: {sorted(known)}")
+        return cls(**data)

@@ -1,0 +1,280 @@
+"""Training: ``pyro.infer.SVI`` with ``TraceMeanField_ELBO`` (or the fused estimator), checkpointed.
+
+Every step draws the next minibatch from a seeded per-epoch permutation, sets the KL warm-up
+weight ``beta``, and takes one optimizer step.  A checkpoint (trainable weights, optimizer and
+schedule state, RNG state, step) is written atomically every ``checkpoint_every`` steps and when
+the run is interrupted (Ctrl-C or SIGTERM); ``fit(..., resume=True)`` continues from it and
+reproduces the uninterrupted run exactly on the same device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pyro
+import torch
+from pyro.infer import SVI, TraceMeanField_ELBO
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .optim import TorchOptimizer, warmup_linear_decay
+from .train_config import TrainConfig
+
+__all__ = ["fit", "TrainResult", "resolve_device", "DataOrder", "TRAIN_LOG_NAME", "CHECKPOINT_DIR"]
+
+TRAIN_LOG_NAME = "train_log.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class DataOrder:
+    """Row indices of step ``s``: consecutive slices of seeded per-epoch permutations (deterministic in s)."""
+
+    def __init__(self, num_rows: int, batch_size: int, seed: int):
+        if num_rows < 1:
+            raise ValueError("the training set is empty")
+        self.n, self.batch_size, self.seed = num_rows, batch_size, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g)}
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> list[int]:
+        start = step * self.batch_size
+        return [int(self._perm(j // self.n)[j % self.n]) for j in range(start, start + self.batch_size)]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    wall_time_s: float
+    history: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class _Stop(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM into an exception so a killed run checkpoints before it exits."""
+    if os.name != "posix" or not _in_main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Stop()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: str | os.PathLike | None = None,
+        resume: bool = False, elbo=None, progress: bool = True,
+        on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``model`` (a :class:`~bara_pyro.models.BaRAModel` or a method with the same interface).
+
+    :param task: turns rows into batches (:class:`~bara_pyro.tasks.base.Task`).
+    :param train_rows: indexable rows (a ``datasets.Dataset`` or a list of dicts); ``N = len(train_rows)``.
+    :param run_dir: where ``train_log.jsonl`` and ``checkpoint/`` go (None: no files).
+    :param resume: continue from ``run_dir/checkpoint`` if it exists.
+    :param elbo: the ELBO for the ``svi`` estimator (default ``TraceMeanField_ELBO``).
+    """
+    device = resolve_device(config.device)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device)
+    model.backbone.to(device)
+    model.dataset_size = len(train_rows)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+
+    optim = TorchOptimizer(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                           clip_norm=config.clip_norm,
+                           lr_lambda=warmup_linear_decay(config.steps, config.warmup_ratio, config.lr_schedule))
+    start_step = 0
+    if resume and run_dir is not None:
+        start_step = _load_checkpoint(run_dir, model, optim, device)
+    log_path = run_dir / TRAIN_LOG_NAME if run_dir is not None else None
+    history = _read_log(log_path, upto=start_step) if log_path is not None else []
+    if log_path is not None:
+        _write_log(log_path, history)
+
+    use_svi = config.estimator == "svi"
+    svi = None
+    if use_svi:
+        elbo = elbo or TraceMeanField_ELBO(num_particles=config.num_particles, max_plate_nesting=2)
+        svi = SVI(model.model, model.guide, optim, loss=elbo)
+    order = DataOrder(len(train_rows), config.batch_size, config.seed)
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+                if config.bf16 and device.type == "cuda" else contextlib.nullcontext())
+    correct = seen = 0
+    step = start_step
+    t0 = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=start_step, disable=not progress, desc="train", dynamic_ncols=True)
+    interrupted = False
+    model.train()
+    model.backbone.train()  # the backbone's own dropout acts as in any fine-tuning run; its weights stay frozen
+    try:
+        with _sigterm_as_interrupt():
+            while step < config.steps:
+                batch = task.collate([train_rows[i] for i in order.indices(step)]).to(device)
+                model.kl_beta = min(1.0, (step + 1) / config.kl_warmup_steps) if config.kl_warmup_steps else 1.0
+                log_now = (step + 1) % config.log_every == 0 or step + 1 == config.steps
+                model.ctx.collect_stats = log_now
+                with autocast:
+                    if use_svi:
+                        loss = svi.step(batch)
+                        scores = model.last_scores
+                    else:
+                        loss_t, parts = model.fused_loss(batch)
+                        loss_t.backward()
+                        optim.step()
+                        loss, scores = float(loss_t.detach()), parts["scores"]
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"the loss became {loss} at step {step}; lower the learning rate or "
+                                             "raise kl_warmup_steps")
+                if scores is not None and scores.dim() == 2 and batch.labels.dtype == torch.long:
+                    correct += int((scores.argmax(-1) == batch.labels).sum())
+                    seen += batch.num_examples
+                step += 1
+                if log_now:
+                    row = _log_row(model, step, loss, optim, correct / max(seen, 1))
+                    correct = seen = 0
+                    history.append(row)
+                    if log_path is not None:
+                        with open(log_path, "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                    if on_log is not None:
+                        on_log(row)
+                    bar.set_postfix(elbo=f"{-row['loss']:.3g}", kl=f"{row.get('kl', 0.0):.3g}",
+                                    acc=f"{row['accuracy']:.2f}")
+                bar.update(1)
+                if run_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+                    _save_checkpoint(run_dir, model, optim, step)
+    except (KeyboardInterrupt, _Stop):
+        interrupted = True
+        if run_dir is not None:
+            _save_checkpoint(run_dir, model, optim, step)
+            bar.write(f"interrupted at step {step}; checkpoint saved in {run_dir / CHECKPOINT_DIR}; "
+                      f"resume with --resume {run_dir}")
+    finally:
+        bar.close()
+        model.ctx.collect_stats = False
+        model.eval()
+        model.backbone.eval()
+    if run_dir is not None and not interrupted:
+        _save_checkpoint(run_dir, model, optim, step)
+    result = TrainResult(steps=step, wall_time_s=time.perf_counter() - t0, history=history, interrupted=interrupted)
+    if interrupted:
+        raise KeyboardInterrupt(f"training interrupted at step {step}")
+    return result
+
+
+def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: float) -> dict:
+    n = model.dataset_size or 1
+    row = {"step": step, "loss": loss / n, "beta": model.kl_beta, "lr": optim.lr, "accuracy": accuracy,
+           "grad_norm": optim.last_grad_norm}
+    stats = model.ctx.stats
+    gates = getattr(model, "gates", [])
+    if gates:
+        with torch.no_grad():
+            kl_global = {p: float(g.global_kl()) for p, g in gates}
+        kl_local = {p: float(s["kl_local"]) for p, s in stats.items() if "kl_local" in s}
+        if not kl_local:  # fused path: the per-layer local KLs are in the context
+            kl_local = {p: float(v.detach()) for p, v in model.ctx.kl_local.items()}
+        scale = model.ctx.local_scale
+        row["kl_global"] = sum(kl_global.values())
+        row["kl_local"] = scale * sum(kl_local.values())  # scaled to the dataset, as in the ELBO
+        row["kl"] = (row["kl_global"] + row["kl_local"]) / n
+        row["kl_per_layer"] = {p: kl_global[p] + scale * kl_local.get(p, 0.0) for p in kl_global}
+        rank = model.effective_rank()
+        if rank:
+            row["effective_rank"] = rank["joint"]
+    return row
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if row.get("step", 0) <= upto:
+            rows.append(row)
+    return rows
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(run_dir: Path, model, optim: TorchOptimizer, step: int) -> None:
+    """Write ``checkpoint/`` atomically: build ``checkpoint.tmp``, then swap directories."""
+    final, tmp, old = run_dir / CHECKPOINT_DIR, run_dir / (CHECKPOINT_DIR + ".tmp"), run_dir / (CHECKPOINT_DIR + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(model.adapter_state_dict(), str(tmp / "trainable.safetensors"))
+    state = {"optim": optim.get_state(), "rng_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(state, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "kl_beta": model.kl_beta}))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(run_dir: Path, model, optim: TorchOptimizer, device) -> int:
+    ckpt = run_dir / CHECKPOINT_DIR
+    if not ckpt.exists() and (run_dir / (CHECKPOINT_DIR + ".old")).exists():
+        ckpt = run_dir / (CHECKPOINT_DIR + ".old")  # killed between the two renames
+    if not ckpt.exists():
+        return 0
+    try:
+        step = json.loads((ckpt / "state.json").read_text())["step"]
+        model.load_adapter_state_dict({k: v.to(device) for k, v in load_file(str(ckpt / "trainable.safetensors"))
+                                       .items()})
+        state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    except (OSError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
+        raise RuntimeError(f"the checkpoint in {ckpt} is damaged ({exc}); delete it to start over") from exc
+    optim.set_state(state["optim"])
+    torch.set_rng_state(state["rng_cpu"])
+    if "rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return int(step)

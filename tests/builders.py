@@ -1,0 +1,32 @@
+"""Tiny models and batches built from configs (no downloads), shared by the tests."""
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from bara_pyro.tasks.base import Batch
+
+
+def make_tiny_bert(num_labels: int = 3, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, num_labels=num_labels, max_position_embeddings=64)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def make_tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def make_batch(num_examples: int = 4, seq_len: int = 7, num_labels: int = 3, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 100, (num_examples, seq_len), generator=g)
+    mask = torch.ones(num_examples, seq_len, dtype=torch.long)
+    mask[0, seq_len - 3:] = 0
+    if num_examples > 2:
+        mask[2, 2:] = 0
+    ids = ids * mask
+    labels = torch.randint(0, num_labels, (num_examples,), generator=g)
+    return Batch(inputs={"input_ids": ids, "attention_mask": mask}, labels=labels, token_mask=mask.bool())
