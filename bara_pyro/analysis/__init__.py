@@ -1,0 +1,82 @@
+"""Posterior analysis of BaRA runs, read from run directories (see :mod:`bara_pyro.analysis.rundir`).
+
+Only :mod:`bara_pyro.analysis.arviz_data` imports ArviZ. Guide quality is judged by PSIS k-hat;
+R-hat is computed only across independent fits (seeds), never on draws of one variational guide.
+"""
+
+from .arviz_data import (
+    GLOBAL_VARS,
+    PSISDiagnostic,
+    compare,
+    global_posterior_idata,
+    interpret_khat,
+    loo,
+    plot_forest_pi,
+    predictive_idata,
+    psis_khat,
+    rhat_across_fits,
+    summary,
+    token_gate_dataset,
+)
+from .diagnostics import (
+    DEFAULT_DEAD_THRESHOLD,
+    EffectiveRank,
+    KLTraces,
+    ReliabilityBins,
+    dead_components,
+    effective_rank,
+    kl_traces,
+    log_predictive_density,
+    posterior_mean_lambda,
+    posterior_mean_pi,
+    reliability_bins,
+)
+from .plots import (
+    plot_effective_rank_distribution,
+    plot_rank_usage,
+    plot_reliability,
+    plot_token_gate_map,
+    plot_training_curves,
+    short_layer_names,
+)
+from .report import write_report
+from .rundir import GatesLike, RunData, as_arrays, load_npz, load_run, read_train_log
+
+__all__ = [
+    "DEFAULT_DEAD_THRESHOLD",
+    "EffectiveRank",
+    "GLOBAL_VARS",
+    "GatesLike",
+    "KLTraces",
+    "PSISDiagnostic",
+    "ReliabilityBins",
+    "RunData",
+    "as_arrays",
+    "compare",
+    "dead_components",
+    "effective_rank",
+    "global_posterior_idata",
+    "interpret_khat",
+    "kl_traces",
+    "load_npz",
+    "load_run",
+    "log_predictive_density",
+    "loo",
+    "plot_effective_rank_distribution",
+    "plot_forest_pi",
+    "plot_rank_usage",
+    "plot_reliability",
+    "plot_token_gate_map",
+    "plot_training_curves",
+    "posterior_mean_lambda",
+    "posterior_mean_pi",
+    "predictive_idata",
+    "psis_khat",
+    "read_train_log",
+    "reliability_bins",
+    "rhat_across_fits",
+    "short_layer_names",
+    "summary",
+    "token_gate_dataset",
+    "write_report",
+]
