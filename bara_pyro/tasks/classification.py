@@ -1,0 +1,58 @@
+"""Sentence classification with a sequence-classification backbone (e.g. MiniLM + linear head)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .base import Batch
+
+__all__ = ["SequenceClassificationTask"]
+
+
+class SequenceClassificationTask:
+    """Rows ``{"text": str, "label": int}`` -> ``(B, num_labels)`` logits of ``backbone(**inputs).logits``.
+
+    :param tokenizer: tokenizer with a pad token (see :func:`bara_pyro.backbones.load_backbone`).
+    :param num_labels: number of classes ``C``.
+    :param max_length: texts are truncated to this many tokens (special tokens included).
+    :param name: task name reported to the trainer.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        num_labels: int = 2,
+        max_length: int = 128,
+        name: str = "sequence_classification",
+    ):
+        if tokenizer.pad_token is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (load_backbone does)")
+        self.tokenizer = tokenizer
+        self.num_labels = num_labels
+        self.max_length = max_length
+        self.name = name
+
+    def collate(self, rows: list[dict]) -> Batch:
+        """Tokenise and right-pad to the longest text of the batch: inputs ``(B, T)``, labels ``(B,)``."""
+        encoding = self.tokenizer(
+            [row["text"] for row in rows],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            padding_side="right",
+            return_tensors="pt",
+        )
+        inputs = dict(encoding)
+        return Batch(
+            inputs=inputs,
+            labels=torch.tensor([row["label"] for row in rows], dtype=torch.long),
+            token_mask=inputs["attention_mask"].bool(),
+        )
+
+    def scores(self, backbone: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """``(B, num_labels)`` class logits from one forward pass."""
+        logits = backbone(**batch.inputs).logits
+        if logits.shape[-1] != self.num_labels:
+            raise ValueError(f"backbone returns {logits.shape[-1]} logits, the task has {self.num_labels} labels")
+        return logits

@@ -1,0 +1,219 @@
+"""Multiple choice with a causal LM: cloze (continuation likelihood) or lettered-options scoring.
+
+Cloze (``scoring="cloze"``): every choice ``i`` of every example becomes one sequence
+``[prefix] + context_i + continuation_i`` (right-padded; ``n_seq`` = total number of choices of
+the batch, so one backbone pass scores the whole batch).  The score of a choice is the mean
+log-likelihood of its ``L_i`` continuation tokens,
+
+.. math::
+
+    s_i = \\frac{1}{L_i} \\sum_{t \\in \\text{cont}_i} \\log p(x_t \\mid x_{<t}),
+
+read off the logits at position ``t - 1``.  Scores are scattered into ``(B, C)`` with ``-inf`` for
+choices an example does not have.
+
+Lettered (``scoring="lettered"``): one sequence per example in OLMES' "mc" format,
+``question + "\\n A. {choice 0}\\n B. {choice 1}..." + "\\nAnswer:"``, scored by the next-token
+logits of ``" A"``, ``" B"``, ... at the last real position.
+
+Contexts are truncated from the left when a sequence exceeds ``max_length``, so the continuation
+(or the ``Answer:`` cue) is always kept.
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .base import Batch
+
+__all__ = ["MultipleChoiceTask", "SCORING_MODES"]
+
+SCORING_MODES = ("cloze", "lettered")
+LETTERS = string.ascii_uppercase
+
+
+def _special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids the tokenizer puts before a text by default (BOS, ``[CLS]``; often none)."""
+    probe = "probe"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start]
+    return []
+
+
+def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n, T)`` ids right-padded with ``pad_id`` and the ``(n, T)`` long attention mask."""
+    length = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+class MultipleChoiceTask:
+    """Rows of :data:`bara_pyro.data.MULTIPLE_CHOICE_FEATURES` -> ``(B, C)`` choice logits from a causal LM.
+
+    :param tokenizer: the backbone's tokenizer.
+    :param scoring: ``"cloze"`` (mean continuation log-likelihood) or ``"lettered"`` (letter logits).
+    :param max_length: maximum tokens per sequence.
+    :param num_choices: ``C`` of the returned scores; ``None`` = the largest choice count in the batch.
+        Set it (e.g. to :attr:`DatasetInfo.num_classes`) for a fixed width across batches.
+    :param name: task name reported to the trainer.
+
+    ``Batch.extras`` for cloze: ``continuation_mask`` ``(n_seq, T)`` bool (True on continuation
+    tokens); ``target_sequence`` and ``target_position`` ``(n_tokens,)``, the coordinates of those
+    tokens (precomputed so that scoring needs no host sync); ``example_index`` and ``choice_index``
+    ``(n_seq,)`` (where each sequence's score goes); ``num_choices`` ``(B,)``; ``width`` (int ``C``).
+    For lettered: ``last_position`` ``(B,)``, ``letter_ids`` ``(C,)``, ``choice_mask`` ``(B, C)`` bool.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        scoring: str = "cloze",
+        max_length: int = 256,
+        num_choices: int | None = None,
+        name: str = "multiple_choice",
+    ):
+        if scoring not in SCORING_MODES:
+            raise ValueError(f"unknown scoring {scoring!r}; expected one of {SCORING_MODES}")
+        self.tokenizer = tokenizer
+        self.scoring = scoring
+        self.max_length = max_length
+        self.num_choices = num_choices
+        self.name = name
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = 0 if pad_id is None else pad_id
+        self.prefix_ids = _special_prefix(tokenizer)
+        self._letter_ids: dict[int, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ collate
+
+    def collate(self, rows: list[dict]) -> Batch:
+        """Tokenise a list of rows; see the class docstring for the ``extras`` of each scoring mode."""
+        labels = torch.tensor([row["label"] for row in rows], dtype=torch.long)
+        counts = [len(row["choices"]) for row in rows]
+        width = max(counts) if self.num_choices is None else self.num_choices
+        if max(counts) > width:
+            raise ValueError(f"a row has {max(counts)} choices, more than num_choices={width}")
+        if self.scoring == "cloze":
+            return self._collate_cloze(rows, labels, counts, width)
+        return self._collate_lettered(rows, labels, counts, width)
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids without special tokens; repeated texts (shared contexts) are tokenised once."""
+        unique = list(dict.fromkeys(texts))
+        ids = dict(zip(unique, self.tokenizer(unique, add_special_tokens=False)["input_ids"]))
+        return [ids[text] for text in texts]
+
+    def _collate_cloze(self, rows: list[dict], labels: torch.Tensor, counts: list[int], width: int) -> Batch:
+        contexts = [context for row in rows for context in row["contexts"]]
+        continuations = [continuation for row in rows for continuation in row["continuations"]]
+        sequences, continuation_spans = [], []
+        for context_ids, continuation_ids in zip(self._encode(contexts), self._encode(continuations)):
+            if not continuation_ids:
+                raise ValueError("a continuation encodes to zero tokens; cloze scoring needs at least one")
+            continuation_ids = continuation_ids[: self.max_length - 1]
+            context_ids = (self.prefix_ids + context_ids)[-(self.max_length - len(continuation_ids)) :]
+            if not context_ids:  # no prefix and an empty context: the first token has no prediction
+                raise ValueError("cloze scoring needs at least one token before the continuation")
+            sequences.append(context_ids + continuation_ids)
+            continuation_spans.append((len(context_ids), len(context_ids) + len(continuation_ids)))
+
+        input_ids, attention_mask = _pad_right(sequences, self.pad_token_id)
+        positions = torch.arange(input_ids.shape[1])
+        spans = torch.tensor(continuation_spans, dtype=torch.long)
+        continuation_mask = (positions >= spans[:, :1]) & (positions < spans[:, 1:])
+        target_sequence, target_position = continuation_mask.nonzero(as_tuple=True)
+        example_index = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(counts))
+        choice_index = torch.cat([torch.arange(count) for count in counts])
+        return Batch(
+            inputs={"input_ids": input_ids, "attention_mask": attention_mask},
+            labels=labels,
+            token_mask=attention_mask.bool(),
+            extras={
+                "continuation_mask": continuation_mask,
+                "target_sequence": target_sequence,
+                "target_position": target_position,
+                "example_index": example_index,
+                "choice_index": choice_index,
+                "num_choices": torch.tensor(counts, dtype=torch.long),
+                "width": width,
+            },
+        )
+
+    def lettered_prompt(self, row: dict) -> str:
+        """``question + "\\n A. ...\\n B. ..." + "\\nAnswer:"`` (OLMES multiple-choice format)."""
+        options = "".join(f"\n {letter}. {choice}" for letter, choice in zip(LETTERS, row["choices"]))
+        return f"{row['question']}{options}\nAnswer:"
+
+    def letter_token_ids(self, count: int) -> torch.Tensor:
+        """``(count,)`` ids of the single tokens ``" A"``, ``" B"``, ...; errors if a letter is not one token."""
+        if count in self._letter_ids:
+            return self._letter_ids[count]
+        ids = []
+        for letter in LETTERS[:count]:
+            encoded = self.tokenizer(f" {letter}", add_special_tokens=False)["input_ids"]
+            if len(encoded) != 1:
+                raise ValueError(f"' {letter}' is {len(encoded)} tokens for this tokenizer; lettered scoring needs 1")
+            ids.append(encoded[0])
+        if len(set(ids)) != len(ids):
+            raise ValueError("letter tokens are not distinct for this tokenizer")
+        self._letter_ids[count] = torch.tensor(ids, dtype=torch.long)
+        return self._letter_ids[count]
+
+    def _collate_lettered(self, rows: list[dict], labels: torch.Tensor, counts: list[int], width: int) -> Batch:
+        prompts = self._encode([self.lettered_prompt(row) for row in rows])
+        sequences = [(self.prefix_ids + ids)[-self.max_length :] for ids in prompts]
+        input_ids, attention_mask = _pad_right(sequences, self.pad_token_id)
+        return Batch(
+            inputs={"input_ids": input_ids, "attention_mask": attention_mask},
+            labels=labels,
+            token_mask=attention_mask.bool(),
+            extras={
+                "last_position": attention_mask.sum(dim=1) - 1,
+                "letter_ids": self.letter_token_ids(width),
+                "choice_mask": torch.arange(width) < torch.tensor(counts)[:, None],
+            },
+        )
+
+    # ------------------------------------------------------------------ scores
+
+    def scores(self, backbone: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """``(B, C)`` choice logits from one backbone pass; ``-inf`` for missing choices."""
+        logits = backbone(**batch.inputs).logits  # (n_seq, T, V)
+        if self.scoring == "cloze":
+            return self._cloze_scores(logits, batch)
+        extras = batch.extras
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        next_token_logits = logits[rows, extras["last_position"]]  # (B, V)
+        letter_logits = next_token_logits[:, extras["letter_ids"]]  # (B, C)
+        return letter_logits.masked_fill(~extras["choice_mask"], float("-inf"))
+
+    @staticmethod
+    def _cloze_scores(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        extras = batch.extras
+        input_ids = batch.inputs["input_ids"]
+        # Continuation token t is predicted at position t - 1: only those rows of the logits are normalised.
+        sequence, position = extras["target_sequence"], extras["target_position"]
+        predicting = logits[sequence, position - 1].float()  # (n_tokens, V)
+        targets = input_ids[sequence, position]  # (n_tokens,)
+        token_log_lik = predicting.gather(-1, targets[:, None]).squeeze(-1) - predicting.logsumexp(-1)
+        n_seq = input_ids.shape[0]
+        total = torch.zeros(n_seq, dtype=token_log_lik.dtype, device=logits.device).index_add(
+            0, sequence, token_log_lik
+        )
+        mean_log_lik = total / extras["continuation_mask"].sum(dim=1)  # (n_seq,)
+
+        num_examples = batch.num_examples
+        scores = torch.full(
+            (num_examples, extras["width"]), float("-inf"), dtype=mean_log_lik.dtype, device=logits.device
+        )
+        return scores.index_put((extras["example_index"], extras["choice_index"]), mean_log_lik)
