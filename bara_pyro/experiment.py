@@ -1,0 +1,304 @@
+"""One experiment = config -> data, backbone, task, adapters -> fit -> predict -> metrics and run-dir files.
+
+Run directory (what ``bara-pyro train`` writes and ``bara-pyro report`` reads)::
+
+    config.yaml                  resolved config
+    adapter_config.json          adapter (safetensors, no pickle); ensembles: member_<i>/...
+    adapter_model.safetensors
+    train_log.jsonl              one row per logged step (loss = -ELBO / N, KL terms, beta, lr, ...)
+    checkpoint/                  latest checkpoint (resume with --resume)
+    metrics.json                 per split: accuracy, nll, ece, brier; effective rank; parameters; times
+    predictions.npz              probs (N, C), labels (N,), sample_probs (S, N, C), sample_loglik (S, N)
+    gates.npz                    gate posterior (Bayesian gated methods only; see :func:`export_gates`)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .experiment_config import TINY_MODELS, save_config
+from .inference.predictive import Prediction, predict
+from .inference.train_config import TrainConfig
+from .inference.trainer import CHECKPOINT_DIR, fit, resolve_device
+from .metrics import classification_metrics
+from .models.bara_model import ADAPTER_WEIGHTS_NAME
+from .models.config import BaRAConfig
+
+__all__ = ["run_experiment", "evaluate_run", "build_backbone_and_task", "load_run_config"]
+
+DONE_MARKER = "DONE"
+
+
+def build_backbone_and_task(config: dict):
+    """``(backbone, tokenizer, task, dataset_dict)`` for a resolved config."""
+    from .backbones import load_backbone, tiny_backbone
+    from .data import dataset_info, load_task_dataset
+    from .tasks import get_task
+
+    info = dataset_info(config["dataset"])
+    kind = "sequence_classification" if info.kind == "classification" else "causal_lm"
+    num_labels = info.num_classes if kind == "sequence_classification" else None
+    name = config["model"]
+    if name in TINY_MODELS:
+        from transformers import AutoTokenizer
+
+        from .assets import resolve_model
+
+        tok_source = config.get("tokenizer") or ("minilm-l6" if TINY_MODELS[name] == "bert" else "smollm2-135m")
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(tok_source))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        backbone = tiny_backbone(kind, TINY_MODELS[name], tokenizer=tokenizer, num_labels=num_labels or 2)
+    else:
+        backbone, tokenizer = load_backbone(name, kind, num_labels=num_labels)
+    task = get_task(config["dataset"], tokenizer, scoring=config["task"]["scoring"],
+                    max_length=config["task"]["max_length"])
+    data = load_task_dataset(config["dataset"], seed=config["data"]["seed"])
+    return backbone, tokenizer, task, data
+
+
+def _adapter_config(config: dict, member: int) -> BaRAConfig:
+    adapter = dict(config["adapter"])
+    adapter["name"] = f"{adapter.get('name', 'bara')}_m{member}" if config["ensemble"]["members"] > 1 else \
+        adapter.get("name", "bara")
+    return BaRAConfig.from_dict(adapter)
+
+
+def _is_stochastic(model) -> bool:
+    """Whether predictions vary between draws (gates, dropout or a weight posterior)."""
+    flag = getattr(model, "is_stochastic", None)
+    if flag is not None:
+        return bool(flag)
+    return any(a.gate is not None or not isinstance(a.lora_dropout, torch.nn.Identity) for _, a in model.adapter_items)
+
+
+def _subset(rows, limit):
+    return rows if limit is None or limit >= len(rows) else rows.select(range(limit))
+
+
+def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> dict:
+    """Train (all ensemble members), evaluate on ``eval.splits``, write the run directory; return metrics."""
+    from .models.injection import get_bara_model
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    t_start = time.perf_counter()
+    backbone, tokenizer, task, data = build_backbone_and_task(config)
+    train_rows = _subset(data["train"], config["data"]["max_train_examples"])
+    train_cfg = TrainConfig.from_dict(config["train"])
+    members = config["ensemble"]["members"]
+    models, train_time = [], 0.0
+    for m in range(members):
+        member_dir = run_dir if members == 1 else run_dir / f"member_{m}"
+        model = get_bara_model(copy.deepcopy(backbone) if members > 1 else backbone, _adapter_config(config, m),
+                               forward_fn=task.scores)
+        cfg_m = TrainConfig.from_dict({**train_cfg.to_dict(), "seed": train_cfg.seed + m})
+        if (member_dir / DONE_MARKER).exists() and (member_dir / ADAPTER_WEIGHTS_NAME).exists():
+            from .models.bara_model import BaRAModel
+
+            model.remove_hooks()
+            model = BaRAModel.from_pretrained(model.backbone, member_dir, forward_fn=task.scores)
+        else:
+            if progress and members > 1:
+                print(f"ensemble member {m + 1}/{members}")
+            result = fit(model, task, train_rows, cfg_m, run_dir=member_dir,
+                         resume=resume and (member_dir / CHECKPOINT_DIR).exists(), progress=progress)
+            train_time += result.wall_time_s
+            model.save_pretrained(member_dir)
+            (member_dir / DONE_MARKER).write_text("trained\n")
+        models.append(model)
+    metrics = _evaluate(models, task, tokenizer, data, train_rows, config, run_dir, progress)
+    trainable = sum(m.num_parameters()[0] for m in models)
+    metrics.update(method=config["method"], model=config["model"], dataset=config["dataset"],
+                   trainable_parameters=trainable, train_time_s=train_time,
+                   wall_time_s=time.perf_counter() - t_start)
+    _write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _ensemble_predict(models, task, rows, config, progress) -> Prediction:
+    ev = config["eval"]
+    preds = []
+    for model in models:
+        s = ev["num_samples"] if _is_stochastic(model) else 0
+        preds.append(predict(model, task, rows, num_samples=s, batch_size=ev["batch_size"], progress=progress))
+    if len(preds) == 1:
+        return preds[0]
+    # the ensemble's predictive is the mixture of its members; each member is one draw
+    sample_probs = torch.stack([p.probs for p in preds])
+    return Prediction(probs=sample_probs.mean(0), labels=preds[0].labels, sample_probs=sample_probs)
+
+
+def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, progress: bool) -> dict:
+    ev = config["eval"]
+    metrics: dict = {"num_samples": ev["num_samples"], "ensemble_members": len(models)}
+    t0 = time.perf_counter()
+    for split in ev["splits"]:
+        rows = _subset(data[split], ev["max_examples"])
+        if len(rows) == 0:
+            continue
+        pred = _ensemble_predict(models, task, rows, config, progress)
+        metrics[split] = classification_metrics(pred.probs, pred.labels, n_bins=ev["ece_bins"])
+        metrics[split]["num_examples"] = len(rows)
+        if split == "test" or split == ev["splits"][-1]:
+            _write_predictions(run_dir / "predictions.npz", pred)
+    metrics["eval_time_s"] = time.perf_counter() - t0
+    gated = [m for m in models if any(a.gate is not None for _, a in m.adapter_items)]
+    metrics["effective_rank"], metrics["effective_rank_per_layer"] = None, {}
+    if gated:
+        split = "test" if "test" in ev["splits"] else ev["splits"][0]
+        rows = _subset(data[split], ev["gate_examples"])
+        gates = export_gates(gated[0], task, tokenizer, rows, train_rows, config, progress)
+        np.savez(run_dir / "gates.npz", **gates)
+        rank = gates.pop("_effective_rank")
+        metrics["effective_rank"] = rank.pop("joint", None)
+        metrics["effective_rank_per_layer"] = rank
+    return metrics
+
+
+def _write_predictions(path: Path, pred: Prediction) -> None:
+    out = {"probs": pred.probs.numpy(), "labels": pred.labels.numpy()}
+    if pred.sample_probs is not None:
+        sp = pred.sample_probs
+        out["sample_probs"] = sp.numpy()
+        picked = sp.gather(-1, pred.labels.view(1, -1, 1).expand(sp.shape[0], -1, 1)).squeeze(-1)
+        out["sample_loglik"] = torch.log(picked.clamp_min(1e-12)).numpy()
+    np.savez(path, **out)
+
+
+def export_gates(model, task, tokenizer, rows, train_rows, config, progress: bool = False) -> dict:
+    """Arrays for ``gates.npz``: q(pi), q(lambda) parameters (L, r); per-token q(z=1) and E[g] on ``rows``
+    (L, n_tokens, r); one example's token-level gate map; PSIS log importance weights of the globals."""
+    gates = [(p, a.gate) for p, a in model.adapter_items if a.gate is not None]
+    out: dict = {"layer_names": np.asarray([p for p, _ in gates])}
+    for key in ("pi_alpha", "pi_beta", "lambda_shape", "lambda_rate"):
+        if all(hasattr(g, key) for _, g in gates):
+            out[key] = np.stack([getattr(g, key).detach().cpu().numpy() for _, g in gates])
+    pred = predict(model, task, rows, num_samples=0, batch_size=config["eval"]["batch_size"], record_tokens=True,
+                   progress=False)
+    if pred.token_stats:
+        out["token_gate_prob"] = np.stack([pred.token_stats[p]["token_prob"].numpy() for p, _ in gates])
+        out["token_expected_gate"] = np.stack([pred.token_stats[p]["token_expected_gate"].numpy() for p, _ in gates])
+    out["_effective_rank"] = dict(pred.effective_rank)
+    tokens, example = _example_gate_map(model, task, tokenizer, rows[0], gates)
+    if tokens is not None:
+        out["example_tokens"], out["example_gate_prob"] = tokens, example
+    draws = config["eval"]["importance_draws"]
+    if draws and all(hasattr(g, "guide_pi") for _, g in gates):
+        out["log_importance_weights"] = log_importance_weights(model, task, train_rows, draws,
+                                                               batch_size=min(64, len(train_rows)))
+    return out
+
+
+@torch.no_grad()
+def _example_gate_map(model, task, tokenizer, row, gates):
+    device = next(model.backbone.parameters()).device
+    batch = task.collate([row]).to(device)
+    ctx = model.ctx
+    ctx.collect_stats = ctx.record_tokens = True
+    try:
+        model.scores(batch, mode="mean")
+        stats = dict(ctx.stats)
+    finally:
+        ctx.collect_stats = ctx.record_tokens = False
+    ids = batch.inputs.get("input_ids")
+    if ids is None or not stats:
+        return None, None
+    n = int(batch.token_mask[0].sum())
+    tokens = tokenizer.convert_ids_to_tokens(ids[0][batch.token_mask[0]].tolist())
+    example = np.stack([stats[p]["token_prob"][:n].cpu().numpy() for p, _ in gates])
+    return np.asarray([str(t) for t in tokens]), example
+
+
+@torch.no_grad()
+def log_importance_weights(model, task, train_rows, num_draws: int, batch_size: int = 64, seed: int = 0):
+    r"""Importance log-ratios of the global guide, for PSIS k-hat:
+
+    .. math:: \log w_s = \log p(\pi_s, \lambda_s) - \log q(\pi_s, \lambda_s)
+                         + \frac{N}{B}\big(\log p(y_{1:B} \mid g) - \mathrm{KL}_{local}\big),
+              \quad (\pi_s, \lambda_s) \sim q
+
+    the local part being the one-sample local ELBO on a fixed subset of ``B`` training examples,
+    scaled to the dataset (a lower-bound estimate of :math:`\log p(\mathcal{D} \mid \pi_s, \lambda_s)`).
+    """
+    device = next(model.backbone.parameters()).device
+    gen_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    rows = [train_rows[i] for i in range(min(batch_size, len(train_rows)))]
+    batch = task.collate(rows).to(device)
+    n_total = model.dataset_size or len(train_rows)
+    gates = model.gates
+    logw = []
+    try:
+        for _ in range(num_draws):
+            model._prepare(batch, "fused")
+            log_ratio = 0.0
+            for path, g in gates:
+                q_pi, q_lam = g.guide_pi(), g.guide_lambda()
+                pi, lam = q_pi.sample(), q_lam.sample()
+                log_ratio += float((g.prior_pi().log_prob(pi) - q_pi.log_prob(pi)).sum()
+                                   + (g.prior_lambda().log_prob(lam) - q_lam.log_prob(lam)).sum())
+                model.ctx.globals[path] = (pi, lam)
+            scores = model.forward_fn(model.backbone, batch)
+            loglik = float(model.likelihood.dist(scores).log_prob(batch.labels).sum())
+            kl_local = float(sum(v for v in model.ctx.kl_local.values()))
+            logw.append(log_ratio + n_total / len(rows) * (loglik - kl_local))
+    finally:
+        torch.set_rng_state(gen_state)
+    return np.asarray(logw)
+
+
+def load_run_config(run_dir: str | os.PathLike) -> dict:
+    from .experiment_config import _read_yaml, validate_config
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    return validate_config(_read_yaml(path))
+
+
+def evaluate_run(run_dir: str | os.PathLike, splits: list[str] | None = None, num_samples: int | None = None,
+                 progress: bool = True) -> dict:
+    """Reload a finished run's adapters and evaluate them again (e.g. on another split or S)."""
+    from .models.bara_model import BaRAModel
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    if splits:
+        config["eval"]["splits"] = splits
+    if num_samples is not None:
+        config["eval"]["num_samples"] = num_samples
+    backbone, tokenizer, task, data = build_backbone_and_task(config)
+    device = resolve_device(config["train"]["device"])
+    backbone.to(device)
+    members = config["ensemble"]["members"]
+    models = []
+    for m in range(members):
+        member_dir = run_dir if members == 1 else run_dir / f"member_{m}"
+        if not (member_dir / ADAPTER_WEIGHTS_NAME).exists():
+            raise FileNotFoundError(f"no trained adapter in {member_dir}; finish training first "
+                                    f"(bara-pyro train --resume {run_dir})")
+        models.append(BaRAModel.from_pretrained(copy.deepcopy(backbone) if members > 1 else backbone, member_dir,
+                                                forward_fn=task.scores))
+    train_rows = _subset(data["train"], config["data"]["max_train_examples"])
+    for model in models:
+        model.dataset_size = len(train_rows)
+    metrics = _evaluate(models, task, tokenizer, data, train_rows, config, run_dir, progress)
+    old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    old.update(metrics)
+    _write_json(run_dir / "metrics.json", old)
+    return old
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)

@@ -1,0 +1,187 @@
+"""Run configuration: one YAML mapping (model, dataset, task, adapter, train, eval, ensemble), validated at load.
+
+Resolution order, later wins: built-in defaults < the method preset (``preset: NAME`` in the file or
+``--method NAME``) < the YAML file < ``--set section.key=value`` overrides.  Every section is checked
+when the config is loaded: unknown keys and impossible values raise :class:`ConfigError` with the
+legal choices, so a bad config never reaches torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .inference.train_config import TrainConfig
+from .models.config import BaRAConfig, ConfigError
+
+__all__ = ["DEFAULTS", "load_config", "validate_config", "parse_override", "save_config", "TINY_MODELS"]
+
+TINY_MODELS = {"tiny-bert": "bert", "tiny-llama": "llama"}  # random miniature backbones, for tests and smoke runs
+
+DEFAULTS: dict[str, Any] = {
+    "method": "bara",
+    "description": "",
+    "model": "minilm-l6",
+    "tokenizer": None,  # only for tiny-* models: the packaged model whose tokenizer they use
+    "dataset": "rt_sst2",
+    "task": {"scoring": "cloze", "max_length": None},
+    "adapter": {},
+    "train": {},
+    "eval": {"num_samples": 10, "batch_size": 32, "ece_bins": 15, "splits": ["test"], "max_examples": None,
+             "gate_examples": 256, "importance_draws": 32},
+    "ensemble": {"members": 1},
+    "data": {"seed": 0, "max_train_examples": None},
+}
+SECTIONS = {"task", "adapter", "train", "eval", "ensemble", "data"}
+TOP_LEVEL = set(DEFAULTS) | {"preset"}
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "adapter":
+            out[key] = _deep_merge(out[key], value)
+        elif key == "adapter" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge_any(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _deep_merge_any(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge_any(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.steps=200"`` -> ``(["train", "steps"], 200)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+    return path, parsed
+
+
+def _read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, method: str | None = None,
+                overrides: list[str] | None = None) -> dict:
+    """Resolve and validate a run config (see the module docstring for the order)."""
+    file_data = _read_yaml(path) if path is not None else {}
+    preset_name = method or file_data.get("preset")
+    config = copy.deepcopy(DEFAULTS)
+    if preset_name:
+        from .methods import load_preset
+
+        config = _deep_merge(config, load_preset(preset_name))
+    config = _deep_merge(config, {k: v for k, v in file_data.items() if k != "preset"})
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        target = config
+        for k in keys[:-1]:
+            if not isinstance(target.get(k), dict):
+                target[k] = {}
+            target = target[k]
+        target[keys[-1]] = value
+    return validate_config(config)
+
+
+def validate_config(config: dict) -> dict:
+    """Check every section; return the config with adapter/train defaults filled in."""
+    unknown = sorted(set(config) - TOP_LEVEL)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; legal keys: {sorted(TOP_LEVEL - {'preset'})}")
+    config.pop("preset", None)
+    for section in SECTIONS:
+        if not isinstance(config.get(section), dict):
+            raise ConfigError(f"config section {section!r} must be a mapping, got {config.get(section)!r}")
+    for section in ("eval", "ensemble", "data", "task"):
+        extra = sorted(set(config[section]) - set(DEFAULTS[section]))
+        if extra:
+            raise ConfigError(f"unknown {section} key(s) {extra}; legal keys: {sorted(DEFAULTS[section])}")
+    _check_model(config)
+    _check_dataset(config["dataset"])
+    if config["task"]["scoring"] not in ("cloze", "lettered"):
+        raise ConfigError(f"task.scoring must be 'cloze' or 'lettered', got {config['task']['scoring']!r}")
+    ml = config["task"]["max_length"]
+    if ml is not None and not (isinstance(ml, int) and ml >= 8):
+        raise ConfigError(f"task.max_length must be an integer >= 8 or null, got {ml!r}")
+    config["adapter"] = BaRAConfig.from_dict(config["adapter"]).to_dict()
+    config["train"] = TrainConfig.from_dict(config["train"]).to_dict()
+    ev = config["eval"]
+    if not (isinstance(ev["num_samples"], int) and ev["num_samples"] >= 0):
+        raise ConfigError(f"eval.num_samples must be an integer >= 0, got {ev['num_samples']!r}")
+    if not (isinstance(ev["batch_size"], int) and ev["batch_size"] >= 1):
+        raise ConfigError(f"eval.batch_size must be a positive integer, got {ev['batch_size']!r}")
+    if not (isinstance(ev["ece_bins"], int) and ev["ece_bins"] >= 1):
+        raise ConfigError(f"eval.ece_bins must be a positive integer, got {ev['ece_bins']!r}")
+    splits = ev["splits"]
+    if not (isinstance(splits, list) and splits and all(s in ("validation", "test") for s in splits)):
+        raise ConfigError(f"eval.splits must be a non-empty list of 'validation'/'test', got {splits!r}")
+    for key in ("max_examples", "gate_examples", "importance_draws"):
+        v = ev[key]
+        if v is not None and not (isinstance(v, int) and v >= 0):
+            raise ConfigError(f"eval.{key} must be a non-negative integer or null, got {v!r}")
+    members = config["ensemble"]["members"]
+    if not (isinstance(members, int) and not isinstance(members, bool) and members >= 1):
+        raise ConfigError(f"ensemble.members must be a positive integer, got {members!r}")
+    mte = config["data"]["max_train_examples"]
+    if mte is not None and not (isinstance(mte, int) and mte >= 1):
+        raise ConfigError(f"data.max_train_examples must be a positive integer or null, got {mte!r}")
+    return config
+
+
+def _check_model(config: dict) -> None:
+    from .assets import MODEL_ASSETS as PACKAGED_MODELS
+
+    name = config["model"]
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"model must be a name, a local folder or a hub id, got {name!r}")
+    if name in TINY_MODELS or name in PACKAGED_MODELS or Path(name).is_dir() or "/" in name:
+        return
+    raise ConfigError(f"unknown model {name!r}; packaged models: {sorted(PACKAGED_MODELS)}, test models: "
+                      f"{sorted(TINY_MODELS)}; or give a local folder or a hub id (org/name)")
+
+
+def _check_dataset(name: str) -> None:
+    from .data import DATASETS
+
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+
+
+def save_config(config: dict, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    os.replace(tmp, path)
