@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyro
 import torch
 
 from .experiment_config import TINY_MODELS, save_config
@@ -98,6 +99,7 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
     models, train_time = [], 0.0
     for m in range(members):
         member_dir = run_dir if members == 1 else run_dir / f"member_{m}"
+        pyro.set_rng_seed(train_cfg.seed + m)  # adapter initialisation is part of the seeded run
         model = get_bara_model(copy.deepcopy(backbone) if members > 1 else backbone, _adapter_config(config, m),
                                forward_fn=task.scores)
         cfg_m = TrainConfig.from_dict({**train_cfg.to_dict(), "seed": train_cfg.seed + m})
@@ -157,8 +159,8 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
         split = "test" if "test" in ev["splits"] else ev["splits"][0]
         rows = _subset(data[split], ev["gate_examples"])
         gates = export_gates(gated[0], task, tokenizer, rows, train_rows, config, progress)
-        np.savez(run_dir / "gates.npz", **gates)
         rank = gates.pop("_effective_rank")
+        np.savez(run_dir / "gates.npz", **gates)
         metrics["effective_rank"] = rank.pop("joint", None)
         metrics["effective_rank_per_layer"] = rank
     return metrics

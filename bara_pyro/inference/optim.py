@@ -34,12 +34,15 @@ def warmup_linear_decay(total_steps: int, warmup_ratio: float, schedule: str = "
 class TorchOptimizer(PyroOptim):
     """A ``PyroOptim`` that owns one ``torch.optim`` optimizer, an LR scheduler and global-norm clipping."""
 
-    def __init__(self, params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
+    def __init__(self, params: list[torch.nn.Parameter] | list[dict], lr: float, weight_decay: float = 0.0,
                  clip_norm: float | None = 1.0, lr_lambda=None):
         # Deliberately not calling PyroOptim.__init__: it sets up per-parameter optimizers.
-        self.params = list(params)
+        groups = list(params)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self.params = [p for g in groups for p in g["params"]]
         self._param_ids = {id(p) for p in self.params}
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda or (lambda step: 1.0))
         self.clip_norm = clip_norm
         self.last_grad_norm = float("nan")

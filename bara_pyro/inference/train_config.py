@@ -18,6 +18,9 @@ class TrainConfig:
     steps: int = field(default=1000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=8, metadata={"help": "examples per step"})
     lr: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
+    guide_lr: float | None = field(default=None, metadata={
+        "help": "learning rate of the gate priors' variational parameters and the amortized gate networks "
+                "(null: same as lr); variational parameters often need a larger step than the LoRA factors"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "fraction of steps of linear LR warm-up"})
     lr_schedule: str = field(default="linear", metadata={"help": "'linear' decay to 0 after warm-up, or 'constant'"})
@@ -46,6 +49,9 @@ class TrainConfig:
                  f"{name} must be a non-negative integer, got {v!r}")
         need(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
              f"lr must be a positive number, got {self.lr!r}")
+        need(self.guide_lr is None or (isinstance(self.guide_lr, (int, float)) and math.isfinite(self.guide_lr)
+                                       and self.guide_lr > 0),
+             f"guide_lr must be a positive number or null, got {self.guide_lr!r}")
         need(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
              f"weight_decay must be >= 0, got {self.weight_decay!r}")
         need(isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1,

@@ -4,7 +4,8 @@ Every step draws the next minibatch from a seeded per-epoch permutation, sets th
 weight ``beta``, and takes one optimizer step.  A checkpoint (trainable weights, optimizer and
 schedule state, RNG state, step) is written atomically every ``checkpoint_every`` steps and when
 the run is interrupted (Ctrl-C or SIGTERM); ``fit(..., resume=True)`` continues from it and
-reproduces the uninterrupted run exactly on the same device.
+reproduces the uninterrupted run exactly on the same device.  A signal is honoured at the next
+step boundary; a SIGKILL loses the steps since the last checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,25 +71,30 @@ class TrainResult:
     interrupted: bool = False
 
 
-class _Stop(Exception):
-    pass
+class _StopRequest:
+    """Set by SIGINT/SIGTERM; the loop stops at the next step boundary, so the checkpoint is consistent.
+    A second Ctrl-C raises ``KeyboardInterrupt`` at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Turn SIGTERM into an exception so a killed run checkpoints before it exits."""
-    if os.name != "posix" or not _in_main_thread():
+def _stop_on_signals(stop: _StopRequest):
+    if not _in_main_thread():
         yield
         return
-
-    def handler(signum, frame):
-        raise _Stop()
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _in_main_thread() -> bool:
@@ -117,7 +124,7 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
 
-    optim = TorchOptimizer(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay,
+    optim = TorchOptimizer(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay,
                            clip_norm=config.clip_norm,
                            lr_lambda=warmup_linear_decay(config.steps, config.warmup_ratio, config.lr_schedule))
     start_step = 0
@@ -141,11 +148,12 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     t0 = time.perf_counter()
     bar = tqdm(total=config.steps, initial=start_step, disable=not progress, desc="train", dynamic_ncols=True)
     interrupted = False
+    stop = _StopRequest()
     model.train()
     model.backbone.train()  # the backbone's own dropout acts as in any fine-tuning run; its weights stay frozen
     try:
-        with _sigterm_as_interrupt():
-            while step < config.steps:
+        with _stop_on_signals(stop):
+            while step < config.steps and not stop.requested:
                 batch = task.collate([train_rows[i] for i in order.indices(step)]).to(device)
                 model.kl_beta = min(1.0, (step + 1) / config.kl_warmup_steps) if config.kl_warmup_steps else 1.0
                 log_now = (step + 1) % config.log_every == 0 or step + 1 == config.steps
@@ -180,23 +188,38 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                 bar.update(1)
                 if run_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
                     _save_checkpoint(run_dir, model, optim, step)
-    except (KeyboardInterrupt, _Stop):
+    except KeyboardInterrupt:  # a second Ctrl-C: the step in flight is lost, the last checkpoint stays
         interrupted = True
         if run_dir is not None:
-            _save_checkpoint(run_dir, model, optim, step)
-            bar.write(f"interrupted at step {step}; checkpoint saved in {run_dir / CHECKPOINT_DIR}; "
-                      f"resume with --resume {run_dir}")
+            bar.write(f"aborted at step {step}; resume from the last checkpoint with --resume {run_dir}")
     finally:
         bar.close()
         model.ctx.collect_stats = False
         model.eval()
         model.backbone.eval()
-    if run_dir is not None and not interrupted:
+    if stop.requested and not interrupted:
+        interrupted = True
+        if run_dir is not None:
+            _save_checkpoint(run_dir, model, optim, step)
+            print(f"interrupted at step {step}; checkpoint saved in {run_dir / CHECKPOINT_DIR}; "
+                  f"resume with --resume {run_dir}", file=sys.stderr)
+    elif run_dir is not None and not interrupted:
         _save_checkpoint(run_dir, model, optim, step)
     result = TrainResult(steps=step, wall_time_s=time.perf_counter() - t0, history=history, interrupted=interrupted)
     if interrupted:
         raise KeyboardInterrupt(f"training interrupted at step {step}")
     return result
+
+
+def _param_groups(model, config: TrainConfig) -> list[dict]:
+    """Two AdamW groups: the gates' variational parameters (at ``guide_lr``) and everything else (at ``lr``)."""
+    params = model.trainable_parameters()
+    if config.guide_lr is None:
+        return [{"params": params}]
+    gate_ids = {id(p) for _, g in getattr(model, "gates", []) for p in g.parameters()}
+    gate = [p for p in params if id(p) in gate_ids]
+    rest = [p for p in params if id(p) not in gate_ids]
+    return [g for g in ({"params": rest}, {"params": gate, "lr": config.guide_lr}) if g["params"]]
 
 
 def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: float) -> dict:
