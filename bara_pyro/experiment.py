@@ -230,10 +230,12 @@ def log_importance_weights(model, task, train_rows, num_draws: int, batch_size: 
 
     the local part being the one-sample local ELBO on a fixed subset of ``B`` training examples,
     scaled to the dataset (a lower-bound estimate of :math:`\log p(\mathcal{D} \mid \pi_s, \lambda_s)`).
+    Every draw reuses the same local noise (common random numbers), so the weights vary with the
+    global draws, not with fresh local noise.
     """
     device = next(model.backbone.parameters()).device
     gen_state = torch.get_rng_state()
-    torch.manual_seed(seed)
+    global_gen = torch.Generator().manual_seed(seed)
     rows = [train_rows[i] for i in range(min(batch_size, len(train_rows)))]
     batch = task.collate(rows).to(device)
     n_total = model.dataset_size or len(train_rows)
@@ -245,10 +247,13 @@ def log_importance_weights(model, task, train_rows, num_draws: int, batch_size: 
             log_ratio = 0.0
             for path, g in gates:
                 q_pi, q_lam = g.guide_pi(), g.guide_lambda()
-                pi, lam = q_pi.sample(), q_lam.sample()
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=global_gen)))
+                    pi, lam = q_pi.sample(), q_lam.sample()
                 log_ratio += float((g.prior_pi().log_prob(pi) - q_pi.log_prob(pi)).sum()
                                    + (g.prior_lambda().log_prob(lam) - q_lam.log_prob(lam)).sum())
                 model.ctx.globals[path] = (pi, lam)
+            torch.manual_seed(seed + 1)  # the same local draws for every global draw
             scores = model.forward_fn(model.backbone, batch)
             loglik = float(model.likelihood.dist(scores).log_prob(batch.labels).sum())
             kl_local = float(sum(v for v in model.ctx.kl_local.values()))

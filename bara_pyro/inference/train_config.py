@@ -42,7 +42,8 @@ class TrainConfig:
 
         for name in ("steps", "batch_size", "num_particles", "log_every"):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                 f"{name} must be a positive integer, got {v!r}")
         for name in ("kl_warmup_steps", "checkpoint_every", "seed"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
