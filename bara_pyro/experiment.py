@@ -194,7 +194,7 @@ def export_gates(model, task, tokenizer, rows, train_rows, config, progress: boo
     if tokens is not None:
         out["example_tokens"], out["example_gate_prob"] = tokens, example
     draws = config["eval"]["importance_draws"]
-    if draws and all(hasattr(g, "guide_pi") for _, g in gates):
+    if draws and all(hasattr(g, "draw_globals") for _, g in gates):
         out["log_importance_weights"] = log_importance_weights(model, task, train_rows, draws,
                                                                batch_size=min(64, len(train_rows)))
     return out
@@ -244,15 +244,9 @@ def log_importance_weights(model, task, train_rows, num_draws: int, batch_size: 
     try:
         for _ in range(num_draws):
             model._prepare(batch, "fused")
-            log_ratio = 0.0
-            for path, g in gates:
-                q_pi, q_lam = g.guide_pi(), g.guide_lambda()
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=global_gen)))
-                    pi, lam = q_pi.sample(), q_lam.sample()
-                log_ratio += float((g.prior_pi().log_prob(pi) - q_pi.log_prob(pi)).sum()
-                                   + (g.prior_lambda().log_prob(lam) - q_lam.log_prob(lam)).sum())
-                model.ctx.globals[path] = (pi, lam)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=global_gen)))
+                log_ratio = float(sum(g.draw_globals() for _, g in gates))
             torch.manual_seed(seed + 1)  # the same local draws for every global draw
             scores = model.forward_fn(model.backbone, batch)
             loglik = float(model.likelihood.dist(scores).log_prob(batch.labels).sum())

@@ -55,7 +55,10 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
         for start in tqdm(range(0, len(rows), batch_size), disable=not progress, desc="predict", dynamic_ncols=True):
             chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
             batch = task.collate(chunk * s).to(device)
-            scores = model.scores(batch, mode="sample" if num_samples > 0 else "mean")
+            if num_samples > 0:  # S sample-major copies: shared draws (weights, per-layer gates) are per copy
+                scores = model.scores(batch, mode="sample", num_samples=s)
+            else:
+                scores = model.scores(batch, mode="mean")
             p = torch.softmax(scores.float(), dim=-1).reshape(s, len(chunk), -1)
             sample_probs.append(p.cpu())
             probs.append(p.mean(0).cpu())

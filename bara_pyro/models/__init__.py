@@ -1,17 +1,23 @@
-"""Priors, gate distributions, adapter layers and injection."""
+"""Priors, guides, weight families, gate distributions, adapter layers and injection."""
 
 from . import kl  # noqa: F401  (registers the closed-form KL rules)
 from .adapter import BaRAAdapter
 from .bara_model import BaRAModel
-from .config import BaRAConfig, ConfigError
+from .config import BaRAConfig, ConfigError, ResolvedComponents, available_components
 from .context import GateContext
-from .distributions import BinaryConcreteStraightThrough, ReparameterizedWeibull
+from .distributions import BinaryConcreteStraightThrough, ReparameterizedKumaraswamy, ReparameterizedWeibull
 from .gate import GlobalLocalGate
+from .guides import GUIDES, GlobalGuide, LocalGuide, register_guide
 from .injection import get_bara_model
 from .likelihoods import CategoricalLikelihood, GaussianLikelihood
+from .priors import PRIORS, GlobalSite, MagnitudePrior, SparsityPrior, register_prior
 from .targets import find_target_modules
+from .weights import WEIGHTS, WeightFamily, register_weights
 
 __all__ = [
+    "GUIDES",
+    "PRIORS",
+    "WEIGHTS",
     "BaRAAdapter",
     "BaRAConfig",
     "BaRAModel",
@@ -20,8 +26,20 @@ __all__ = [
     "ConfigError",
     "GateContext",
     "GaussianLikelihood",
+    "GlobalGuide",
     "GlobalLocalGate",
+    "GlobalSite",
+    "LocalGuide",
+    "MagnitudePrior",
+    "ReparameterizedKumaraswamy",
     "ReparameterizedWeibull",
+    "ResolvedComponents",
+    "SparsityPrior",
+    "WeightFamily",
+    "available_components",
     "find_target_modules",
     "get_bara_model",
+    "register_guide",
+    "register_prior",
+    "register_weights",
 ]

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import math
 
+import pyro
+import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
+from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 
 from .config import BaRAConfig
+from .context import GateContext, per_sample_linear
 from .gate import GlobalLocalGate
+from .kl import has_closed_form_kl, kl_divergence, kl_or_mc
+from .weights import flipout_linear
 
 __all__ = ["BaRAAdapter"]
 
@@ -17,11 +24,13 @@ __all__ = ["BaRAAdapter"]
 class BaRAAdapter(PyroModule):
     r"""Adds :math:`\Delta y_t = \frac{\alpha}{r} B\,(g_t \odot A x_t)` to a frozen linear layer's output.
 
-    ``A`` (``r x d_in``, Kaiming-uniform) and ``B`` (``d_out x r``, zeros) are point estimates,
-    initialised as in LoRA, so a fresh adapter leaves the backbone unchanged.  ``g_t`` comes from
-    the gate (``None``: every gate is 1, plain LoRA).  Shapes: ``x`` ``(..., d_in)`` ->
-    ``(..., d_out)``.  The adapter is attached with a forward hook, so the backbone's own module
-    tree and state dict are untouched.
+    ``A`` (``r x d_in``, Kaiming-uniform) and ``B`` (``d_out x r``, zeros) are initialised as in
+    LoRA, so a fresh adapter leaves the backbone unchanged; the config's weight family
+    (:mod:`~bara_pyro.models.weights`) says whether they are point estimates or random variables
+    (sites ``{path}.lora_A`` / ``{path}.lora_B``).  ``g_t`` comes from the gate (``None``: every gate
+    is 1, plain LoRA).  ``lora_dropout`` acts on ``x`` in training (and, for ``mc_dropout``, when
+    predicting in mode 'sample').  Shapes: ``x`` ``(..., d_in)`` -> ``(..., d_out)``.  The adapter is
+    attached with a forward hook, so the backbone's own module tree and state dict are untouched.
     """
 
     def __init__(self, base_layer: nn.Linear, path: str, config: BaRAConfig):
@@ -31,21 +40,94 @@ class BaRAAdapter(PyroModule):
         self.out_features = base_layer.out_features
         self.r = config.r
         self.scaling = config.alpha / config.r
+        self.lora_dropout_p = float(config.lora_dropout)
         self.lora_dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self.lora_A = nn.Linear(self.in_features, config.r, bias=False)
         self.lora_B = nn.Linear(config.r, self.out_features, bias=False)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
-        self.gate = GlobalLocalGate(path, config) if config.gate == "bara" else None
+        self.weights = config.components.weights
+        self.weights.install(self)
+        self._flipout = self.weights.flipout_factors()
+        self.gate = GlobalLocalGate(path, config) if config.has_gate else None
+        self._ctx = GateContext()
+        # direct references for the non-Pyro modes (no PyroModule attribute lookup per call)
+        self._direct = {"lora_A": self.lora_A, "lora_B": self.lora_B, "gate": self.gate}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.lora_A(self.lora_dropout(x))
-        if self.gate is not None:
-            # .forward, not __call__: PyroModule.__call__ would activate the Pyro context (and param-store
+        ctx = self._ctx
+        if self.lora_dropout_p > 0 and (self.training or (self.weights.dropout_when_sampling and ctx.mode == "sample")):
+            x = F.dropout(x, self.lora_dropout_p, training=True)
+        h = self._factor("lora_A", x)
+        gate = self._direct["gate"]
+        if gate is not None:
+            # .gated (not __call__): PyroModule.__call__ would activate the Pyro context (and param-store
             # traffic) on the fused fast path; the Pyro model/guide activate it themselves.
-            h = h * self.gate.forward(h).to(h.dtype)
-        return self.lora_B(h) * self.scaling
+            h = gate.gated(h)
+        return self._factor("lora_B", h) * self.scaling
+
+    def _factor(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` times factor ``name`` (transposed), with the factor drawn as the context's mode says."""
+        ctx = self._ctx
+        if name not in self.weights.latent:
+            # inside the Pyro model/guide the PyroModule lookup registers the weights in the param store
+            return (getattr(self, name) if ctx.mode in ("guide", "model") else self._direct[name])(x)
+        mode = ctx.mode
+        if mode in ("guide", "model", "given") or (mode == "fused" and name not in self._flipout):
+            return F.linear(x, ctx.weights[self.path][name])
+        q = self.weights.posterior(self, name)
+        if mode == "fused":
+            return flipout_linear(x, q.loc, q.scale)
+        if mode == "sample" and not isinstance(q, dist.Delta):
+            return per_sample_linear(x, q.rsample((ctx.num_samples,)))
+        return F.linear(x, q.mean)
+
+    # ----------------------------------------------------------------- global sites (weights, then the gate's)
+    def weight_dist(self, name: str, side: str):
+        return self.weights.posterior(self, name) if side == "guide" else self.weights.prior(self, name)
+
+    def sample_globals(self, side: str) -> None:
+        """Pyro ``model``/``guide`` side: the latent weights (then the gate's global sites), kept in the context."""
+        ctx = self._ctx
+        if self.weights.latent:
+            with poutine.scale(scale=ctx.kl_beta):
+                ctx.weights[self.path] = {name: pyro.sample(f"{self.path}.{name}", self.weight_dist(name, side)
+                                                            .to_event(2)) for name in self.weights.latent}
+        if self.gate is not None:
+            self.gate.sample_globals(side)
+
+    def fused_globals(self) -> None:
+        """Fused path: draw the latent weights and the gate's globals from q (the guide's order) and put their
+        KL, counted once, in ``ctx.kl_global[path]``.  Flipout factors are drawn later, in the forward pass."""
+        ctx = self._ctx
+        kl, values = None, {}
+        for name in self.weights.latent:
+            q, p = self.weights.posterior(self, name), self.weights.prior(self, name)
+            if name in self._flipout:
+                term = kl_divergence(q, p)
+            else:
+                values[name] = q.rsample()
+                term = kl_or_mc(q, p, values[name])
+            kl = term.sum() if kl is None else kl + term.sum()
+        ctx.weights[self.path] = values
+        if self.gate is not None:
+            gate_kl = self.gate.fused_globals()
+            kl = gate_kl if kl is None else kl + gate_kl
+        if kl is not None:
+            ctx.kl_global[self.path] = kl
+
+    @property
+    def has_latent_sites(self) -> bool:
+        return bool(self.weights.latent) or self.gate is not None
+
+    def kl_report(self) -> dict[str, bool]:
+        """``{site: True if its KL is closed-form}`` for the latent weights and the gate's sites."""
+        report = {name: has_closed_form_kl(self.weights.posterior(self, name), self.weights.prior(self, name))
+                  for name in self.weights.latent}
+        if self.gate is not None:
+            report.update(self.gate.kl_report())
+        return report
 
     def delta_weight(self) -> torch.Tensor:
-        """``(alpha/r) B A``: the update when every gate is 1 (plain LoRA), ``(d_out, d_in)``."""
+        """``(alpha/r) B A``: the update when every gate is 1 (plain LoRA), ``(d_out, d_in)``; A, B at their means."""
         return self.scaling * self.lora_B.weight @ self.lora_A.weight

@@ -1,5 +1,9 @@
 """``BaRAModel``: one root ``PyroModule`` holding a frozen backbone's adapters, its Pyro model and guide.
 
+Priors, guides and the weight family come from the config (:mod:`~bara_pyro.models.config`); this
+module only orchestrates them: every adapter's global sites (latent weights, then gate globals) in
+module order, then the backbone, whose hooks sample the local gates.
+
 The backbone stays outside the module tree (``self._backbone = (backbone,)``, as ``AutoGuide``
 keeps its model); each adapter is attached to its ``nn.Linear`` with a forward hook and lives in
 ``self.adapters`` under the module's own path, so parameter names read
@@ -22,14 +26,17 @@ from typing import Callable
 
 import pyro
 import torch
+from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributions import transform_to
 
 from ..tasks.base import Batch
 from .adapter import BaRAAdapter
 from .config import BaRAConfig
 from .context import GateContext
+from .fused_kernels import bara_globals_fused
 from .likelihoods import CategoricalLikelihood
 
 __all__ = ["BaRAModel", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME"]
@@ -37,6 +44,7 @@ __all__ = ["BaRAModel", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME"]
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 HEAD_NAMES = ("classifier", "score")
+FAST_GLOBAL_PARAMS = ("pi_alpha", "pi_beta", "lambda_shape", "lambda_rate")  # all positive-constrained
 
 ForwardFn = Callable[[nn.Module, Batch], torch.Tensor]
 
@@ -47,12 +55,18 @@ def default_forward(backbone: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 class BaRAModel(PyroModule):
-    """Frozen backbone + BaRA adapters + likelihood: the Pyro ``model``, the amortized ``guide``,
-    the fused closed-form ELBO (:meth:`fused_loss`) and prediction (:meth:`scores`)."""
+    """Frozen backbone + BaRA adapters + likelihood: the Pyro ``model`` and ``guide``, the fused ELBO
+    (:meth:`fused_loss`) and prediction (:meth:`scores`).
+
+    Every Pyro parameter is named ``{name}.adapters.{path}...``.  A new model drops the param-store
+    entries left under its name by an earlier model (otherwise Pyro would silently hand it the old
+    values); two models used through Pyro at the same time (e.g. ensemble members) need distinct
+    config names."""
 
     def __init__(self, backbone: nn.Module, config: BaRAConfig, target_paths: list[str],
                  forward_fn: ForwardFn | None = None, likelihood=None):
         super().__init__(name=config.name)
+        _forget_param_store_entries(config.name)
         self._backbone = (backbone,)
         self.config = config
         self.forward_fn = forward_fn or default_forward
@@ -75,6 +89,7 @@ class BaRAModel(PyroModule):
             base = modules[path]
             adapter = BaRAAdapter(base, path, config).to(base.weight.device)
             self._attach(path, adapter)
+            adapter._ctx = self.ctx
             if adapter.gate is not None:
                 adapter.gate._ctx = self.ctx
             self._adapter_items.append((path, adapter))
@@ -144,7 +159,8 @@ class BaRAModel(PyroModule):
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.num_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / total:.4f}")
 
     @contextlib.contextmanager
     def disable_adapter(self):
@@ -166,8 +182,8 @@ class BaRAModel(PyroModule):
     # ----------------------------------------------------------------- Pyro model and guide
     def _prepare(self, batch: Batch, mode: str) -> None:
         ctx = self.ctx
-        if mode == "model":  # keep what the guide recorded (cache, stats); fresh plates and globals
-            ctx.mode, ctx.globals, ctx.plates = mode, {}, {}
+        if mode == "model":  # keep what the guide recorded (cache, stats); fresh plates, globals and weights
+            ctx.mode, ctx.globals, ctx.plates, ctx.weights = mode, {}, {}, {}
         else:
             ctx.reset(mode)
         ctx.token_mask = batch.token_mask
@@ -180,24 +196,29 @@ class BaRAModel(PyroModule):
         return pyro.plate("data", self.dataset_size or n, subsample=torch.arange(n, device=batch.labels.device))
 
     def model(self, batch: Batch) -> torch.Tensor:
-        """p(y, z, theta, pi, lambda | x): priors on every gate, ``y ~ likelihood(scores)`` in the data plate."""
+        """p(y, gates, weights | x): priors on every latent site, ``y ~ likelihood(scores)`` in the data plate.
+
+        Replaying the guide run of the same batch, the model receives the guide's tensors for every site
+        that enters the forward pass (latent weights, local gates); if all are identical it reuses the
+        guide's scores, else it runs the backbone with its own values."""
         guide_run, self._guide_run = self._guide_run, None
         ctx = self.ctx
         with self._pyro_context:
             self._prepare(batch, "model")
-            for _, gate in self.gates:
-                gate.sample_globals("model")
+            for _, adapter in self._adapter_items:
+                adapter.sample_globals("model")
             if guide_run is not None and guide_run[0] is batch:
-                _, guide_scores, guide_cache = guide_run
-                replayed = True
+                _, guide_scores, guide_cache, guide_weights = guide_run
+                replayed = all(ctx.weights[path][name] is value
+                               for path, values in guide_weights.items() for name, value in values.items())
                 given = {}
-                for path, (gz, gtheta) in guide_cache.items():
-                    z, theta = self._gate(path).model_local_sites(gz.shape)
-                    replayed = replayed and z is gz and theta is gtheta
-                    given[path] = (z, theta)
+                for path, entry in guide_cache.items():
+                    values = self._gate(path).model_local_sites(next(iter(entry.values())).shape)
+                    replayed = replayed and all(values[name] is entry[name] for name in entry)
+                    given[path] = values
                 if replayed:
                     scores = guide_scores
-                else:  # not a replay of that guide run: the likelihood must see the model's own gates
+                else:  # not a replay of that guide run: the likelihood must see the model's own values
                     ctx.mode, ctx.cache = "given", given
                     scores = self.forward_fn(self.backbone, batch)
             else:
@@ -208,14 +229,14 @@ class BaRAModel(PyroModule):
         return scores
 
     def guide(self, batch: Batch) -> torch.Tensor:
-        """q(pi) q(lambda) prod_t q(z_t | x) q(theta_t | x): runs the backbone once with sampled gates."""
+        """q(weights) q(globals) prod_t q(local gates_t | x): runs the backbone once with sampled values."""
         ctx = self.ctx
         with self._pyro_context:
             self._prepare(batch, "guide")
-            for _, gate in self.gates:
-                gate.sample_globals("guide")
+            for _, adapter in self._adapter_items:
+                adapter.sample_globals("guide")
             scores = self.forward_fn(self.backbone, batch)
-        self._guide_run = (batch, scores, dict(ctx.cache))
+        self._guide_run = (batch, scores, dict(ctx.cache), dict(ctx.weights))
         return scores
 
     def _gate(self, path: str):
@@ -223,6 +244,40 @@ class BaRAModel(PyroModule):
             if p == path:
                 return adapter.gate
         raise KeyError(path)
+
+    @property
+    def has_latent_sites(self) -> bool:
+        """Whether the model has any latent site (False for plain LoRA and MC dropout)."""
+        return any(a.has_latent_sites for _, a in self._adapter_items)
+
+    def kl_report(self) -> dict[str, bool]:
+        """``{site name: True if TraceMeanField_ELBO / the fused estimator use a closed-form KL}``."""
+        return {f"{path}.{site}": analytic for path, adapter in self._adapter_items
+                for site, analytic in adapter.kl_report().items()}
+
+    @property
+    def is_stochastic(self) -> bool:
+        """Whether predictions in mode ``sample`` vary between draws: random gates, a weight posterior that is not
+        a point mass, or MC dropout (False for LoRA, LoRA-MAP and delta guides: use ``num_samples = 0``)."""
+        for _, adapter in self._adapter_items:
+            weights = adapter.weights
+            if adapter.gate is not None and adapter.gate.is_stochastic:
+                return True
+            if any(not isinstance(weights.posterior(adapter, n), pyro.distributions.Delta) for n in weights.latent):
+                return True
+            if weights.dropout_when_sampling and adapter.lora_dropout_p > 0:
+                return True
+        return False
+
+    @property
+    def kl_is_analytic(self) -> bool:
+        """True when every latent site's KL is closed-form (no Monte Carlo fallback anywhere)."""
+        return all(self.kl_report().values())
+
+    @property
+    def fused_matches_svi(self) -> bool:
+        """Whether :meth:`fused_loss` uses the same draws as the Pyro guide (False when a factor uses flipout)."""
+        return not any(a._flipout for _, a in self._adapter_items)
 
     # ----------------------------------------------------------------- fused estimator
     def fused_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -233,30 +288,63 @@ class BaRAModel(PyroModule):
                            + \frac{N}{B}\sum_{l,t} \mathrm{KL}_{lt}^{local}\Big]
 
         with one draw of every global and local variable from q (same draws as the Pyro guide for
-        the same seed).  Returns ``(loss, parts)``; ``parts`` holds the unscaled, detached terms.
+        the same seed, except factors sampled by flipout); a site without a closed-form KL uses
+        ``log q(x) - log p(x)`` at its draw, as ``TraceMeanField_ELBO`` does.  ``KL^global`` holds
+        everything counted once per step: global gate sites, latent weights and per-layer gates.
+        Returns ``(loss, parts)``; ``parts`` holds the unscaled, detached terms.
         """
         ctx = self.ctx
-        self._prepare(batch, "fused")
-        gates = self.gates
-        kl_global = torch.stack([g.fused_globals() for _, g in gates]).sum() if gates else None
-        scores = self.forward_fn(self.backbone, batch)
-        loglik = self.likelihood.dist(scores).log_prob(batch.labels).sum()
+        with pyro.validation_enabled(False):  # argument checks would sync the GPU for every distribution
+            self._prepare(batch, "fused")
+            if self._fast_globals:
+                self._fused_globals_at_once()
+            else:
+                for _, adapter in self._adapter_items:
+                    adapter.fused_globals()
+            scores = self.forward_fn(self.backbone, batch)
+            loglik = self.likelihood.dist(scores).log_prob(batch.labels).sum()
         loss = -ctx.local_scale * loglik
         parts = {"loglik": loglik.detach(), "scores": scores.detach()}
-        if gates:
-            kl_local = torch.stack(list(ctx.kl_local.values())).sum()
+        if ctx.kl_global or ctx.kl_local:
+            zero = loglik.new_zeros(())
+            kl_global = torch.stack(list(ctx.kl_global.values())).sum() if ctx.kl_global else zero
+            kl_local = torch.stack(list(ctx.kl_local.values())).sum() if ctx.kl_local else zero
             loss = loss + ctx.kl_beta * (kl_global + ctx.local_scale * kl_local)
             parts.update(kl_global=kl_global.detach(), kl_local=kl_local.detach())
         return loss, parts
 
+    @property
+    def _fast_globals(self) -> bool:
+        items = self._adapter_items
+        return bool(items) and all(a.gate is not None and a.gate.fast_globals and not a.weights.latent
+                                   for _, a in items)
+
+    def _fused_globals_at_once(self) -> None:
+        """Every layer's default globals (pi ~ Beta, lambda ~ Gamma) in one ``bara_globals_fused`` call: the
+        same draws, in the same order, as the per-gate :meth:`GlobalLocalGate.fused_globals` (on CPU)."""
+        gates = [a.gate for _, a in self._adapter_items]
+        raw = torch.stack([getattr(g, f"{name}_unconstrained") for name in FAST_GLOBAL_PARAMS for g in gates])
+        params = transform_to(constraints.positive)(raw).unflatten(0, (len(FAST_GLOBAL_PARAMS), len(gates)))
+        prior_a = torch.stack([g.sparsity_hp.a for g in gates])
+        prior_b = torch.stack([g.sparsity_hp.b for g in gates])
+        prior_shape = torch.stack([g.magnitude_hp.shape for g in gates])
+        pi, lam, kl = bara_globals_fused(*params.unbind(0), prior_a, prior_b, prior_shape, prior_shape)
+        for (path, _), p, m in zip(self._adapter_items, pi.unbind(0), lam.unbind(0)):
+            self.ctx.globals[path] = {"pi": p, "lambda": m}
+        self.ctx.kl_global["globals"] = kl
+
     # ----------------------------------------------------------------- prediction
-    def scores(self, batch: Batch, mode: str = "mean") -> torch.Tensor:
-        """Task scores ``(B, C)`` with gates at their posterior mean (``mean``), sampled from q
-        (``sample``), all fixed to 1 (``ones``: plain LoRA), or with the adapters off (``off``)."""
+    def scores(self, batch: Batch, mode: str = "mean", num_samples: int = 1) -> torch.Tensor:
+        """Task scores ``(B, C)`` with gates and weights at their posterior mean (``mean``), sampled from q
+        (``sample``; the batch holds ``num_samples`` sample-major copies of its rows, see
+        :func:`~bara_pyro.inference.predict`), every gate fixed to 1 (``ones``: plain LoRA at the mean
+        weights), or with the adapters off (``off``)."""
         if mode not in ("mean", "sample", "ones", "off"):
             raise ValueError(f"prediction mode must be 'mean', 'sample', 'ones' or 'off', got {mode!r}")
-        self._prepare(batch, mode)
-        return self.forward_fn(self.backbone, batch)
+        with pyro.validation_enabled(False):
+            self._prepare(batch, mode)
+            self.ctx.num_samples = int(num_samples)
+            return self.forward_fn(self.backbone, batch)
 
     def gate_statistics(self) -> dict[str, dict[str, torch.Tensor]]:
         """Statistics recorded by the last forward pass when ``ctx.collect_stats`` was set."""
@@ -323,6 +411,12 @@ class BaRAModel(PyroModule):
         model.load_adapter_state_dict({k: v.to(device) for k, v in load_file(str(directory / ADAPTER_WEIGHTS_NAME))
                                        .items()})
         return model
+
+
+def _forget_param_store_entries(name: str) -> None:
+    store = pyro.get_param_store()
+    for key in [k for k in store.keys() if k.startswith(name + ".")]:
+        del store[key]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

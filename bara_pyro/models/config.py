@@ -1,4 +1,38 @@
-"""``BaRAConfig``: every hyperparameter of the BaRA adapter, with its meaning and default."""
+"""``BaRAConfig``: every hyperparameter of the BaRA adapter, with its meaning and default.
+
+Priors, guides and the weight family are named components (:mod:`~bara_pyro.models.registry`),
+written as nested specs::
+
+    prior:
+      sparsity: {name: beta_process, gamma0: 4, concentration: 1}   # or ibp, none
+      magnitude: {name: gamma, shape: 1}                            # or horseshoe, none
+    guide:
+      local: {name: amortized, hidden: 32}                          # or mean_field, delta
+      global: {name: mean_field}                                    # or delta
+    weights: {name: point}                                          # or map_gaussian, blob_gaussian, mc_dropout
+
+``prior: fixed`` (every gate 1: plain LoRA) is the same as ``gate: none``.  A spec may be a bare
+name (``sparsity: ibp``).  The flat fields are the defaults of the components' parameters that
+are left out (or null) in a spec:
+
+==================  ==========================================================================
+flat field          component parameter it provides
+==================  ==========================================================================
+``gamma0``          ``beta_process.gamma0``; ``ibp.alpha``
+``concentration``   ``beta_process.concentration``
+``e0``              ``gamma.shape`` (``lambda ~ Gamma(shape, shape)``)
+``a_theta``         ``gamma.local_shape``, ``horseshoe.local_shape``
+``temperature``     ``amortized.temperature``, ``mean_field.temperature`` (local)
+``guide_hidden``    ``amortized.hidden``, ``delta.hidden`` (local)
+``init_gate_logit`` ``amortized`` / ``mean_field`` / ``delta`` (local) ``init_logit``; the global
+                    posteriors start at the matching inclusion probability
+==================  ==========================================================================
+
+A value given in a spec wins over the flat field.  Specs are stored as written (normalised to
+``{name: ..., **params}``), so :meth:`BaRAConfig.to_dict` / :meth:`BaRAConfig.from_dict` round-trip
+exactly; the resolved component objects are :attr:`BaRAConfig.components`.  Treat a config as
+immutable (use :func:`dataclasses.replace` to change one).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +40,57 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["BaRAConfig", "ConfigError"]
+from .errors import ConfigError
+from .guides import GUIDES, GlobalGuide, LocalGuide
+from .priors import PRIORS, MagnitudePrior, SparsityPrior
+from .registry import normalize_spec
+from .weights import WEIGHTS, WeightFamily
 
-
-class ConfigError(ValueError):
-    """A configuration value is impossible; the message names the field and the legal values."""
-
+__all__ = ["BaRAConfig", "ConfigError", "ResolvedComponents", "available_components"]
 
 GATE_TYPES = ("bara", "none")
+DEFAULT_PRIOR = {"sparsity": "beta_process", "magnitude": "gamma"}
+DEFAULT_GUIDE = {"local": "amortized", "global": "mean_field"}
+DEFAULT_WEIGHTS = "point"
+RESERVED_SITES = ("z", "theta", "lora_A", "lora_B")
+
+
+def available_components() -> dict[str, list[str]]:
+    """Registered names per config slot, e.g. ``{"prior.sparsity": ["beta_process", "ibp", "none"], ...}``."""
+    return {**{f"prior.{k}": PRIORS.names(k) for k in PRIORS.kinds},
+            **{f"guide.{k}": GUIDES.names(k) for k in GUIDES.kinds},
+            "weights": WEIGHTS.names("weights")}
+
+
+@dataclass(frozen=True)
+class ResolvedComponents:
+    """The component objects a config names, with every parameter filled in."""
+
+    sparsity: SparsityPrior
+    magnitude: MagnitudePrior
+    local: LocalGuide
+    global_: GlobalGuide
+    weights: WeightFamily
+
+
+def _normalize_pair(value: Any, slot: str, defaults: dict[str, str]) -> dict[str, dict[str, Any]]:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{slot} must be a mapping with keys {list(defaults)}"
+                          + (" or 'fixed'" if slot == "prior" else "") + f", got {value!r}")
+    unknown = sorted(set(value) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown {slot} key(s) {unknown}; legal keys: {list(defaults)}")
+    return {kind: normalize_spec(value.get(kind, default), f"{slot}.{kind}") for kind, default in defaults.items()}
 
 
 @dataclass
 class BaRAConfig:
     """Configuration of BaRA adapters (PEFT-style; unknown keys are rejected by :meth:`from_dict`).
 
-    Generative model per adapted layer ``l`` and component ``k = 1..r``::
+    Default generative model per adapted layer ``l`` and component ``k = 1..r`` (see the module
+    docstring for swapping the prior, the guide or the weight family)::
 
         pi_lk     ~ Beta(c * gamma0 / r, c * (1 - gamma0 / r))   # finite beta process
         lambda_lk ~ Gamma(e0, e0)                                 # component magnitude, mean 1
@@ -42,7 +112,15 @@ class BaRAConfig:
         metadata={"help": "backbone modules trained as point estimates (e.g. a new classification head); "
                           "None trains a top-level 'classifier' or 'score' module if the model has one"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
-    gate: str = field(default="bara", metadata={"help": "gate type: 'bara' (global-local gates) or 'none' (LoRA)"})
+    gate: str = field(default="bara", metadata={"help": "gate type: 'bara' (gates from prior/guide) or 'none' "
+                                                         "(plain LoRA; same as prior: fixed)"})
+    prior: dict | str | None = field(default=None, metadata={
+        "help": "gate prior {sparsity: SPEC, magnitude: SPEC} or 'fixed' (every gate 1); SPEC is a registered name "
+                "or {name: ..., **params}; null: beta_process + gamma"})
+    guide: dict | None = field(default=None, metadata={
+        "help": "gate guide {local: SPEC, global: SPEC}; null: amortized + mean_field"})
+    weights: dict | str | None = field(default=None, metadata={
+        "help": "LoRA factors: point (default), map_gaussian, blob_gaussian or mc_dropout, as a SPEC"})
     gamma0: float | None = field(default=None, metadata={"help": "beta-process mass: prior expected number of "
                                                                 "active components, 0 < gamma0 < r; None: r / 2"})
     concentration: float = field(default=1.0, metadata={"help": "beta-process concentration c > 0"})
@@ -81,8 +159,57 @@ class BaRAConfig:
                  f"{name} must be a list of names, a regex string or null, got {value!r}")
             if isinstance(value, tuple):
                 setattr(self, name, list(value))
+        self._normalize_components()
+        self._components = self._resolve_components()
+
+    def _normalize_components(self) -> None:
+        if self.prior == "fixed" or self.gate == "none":
+            if self.prior not in (None, "fixed") and _normalize_pair(self.prior, "prior", DEFAULT_PRIOR) != \
+                    _normalize_pair(None, "prior", DEFAULT_PRIOR):
+                raise ConfigError(f"gate='none' (plain LoRA) contradicts prior={self.prior!r}; leave prior unset")
+            self.prior, self.gate = "fixed", "none"
+        else:
+            self.prior = _normalize_pair(self.prior, "prior", DEFAULT_PRIOR)
+        self.guide = _normalize_pair(self.guide, "guide", DEFAULT_GUIDE)
+        self.weights = normalize_spec(DEFAULT_WEIGHTS if self.weights is None else self.weights, "weights")
+
+    def _resolve_components(self) -> ResolvedComponents:
+        prior = {"sparsity": {"name": "none"}, "magnitude": {"name": "none"}} if self.prior == "fixed" else self.prior
+        built = {}
+        for slot, registry, kind, spec in (("prior.sparsity", PRIORS, "sparsity", prior["sparsity"]),
+                                           ("prior.magnitude", PRIORS, "magnitude", prior["magnitude"]),
+                                           ("guide.local", GUIDES, "local", self.guide["local"]),
+                                           ("guide.global", GUIDES, "global", self.guide["global"]),
+                                           ("weights", WEIGHTS, "weights", self.weights)):
+            component = registry.build(kind, spec, slot)
+            component.resolve(self)
+            built[kind] = component
+        names: dict[str, str] = {}
+        for kind in ("sparsity", "magnitude"):
+            component = built[kind]
+            if not component.active:
+                continue
+            for site in component.global_sites(self.r, 0.5):
+                if site in RESERVED_SITES or site in names:
+                    raise ConfigError(f"prior.{kind} {component.name!r} declares site {site!r}, already used by "
+                                      f"{names.get(site, 'the adapter')}; site names must be unique per layer")
+                names[site] = f"prior.{kind} {component.name!r}"
+        return ResolvedComponents(built["sparsity"], built["magnitude"], built["local"], built["global"],
+                                  built["weights"])
+
+    @property
+    def components(self) -> ResolvedComponents:
+        """The resolved prior, guide and weight components (shared by every adapter of a model)."""
+        return self._components
+
+    @property
+    def has_gate(self) -> bool:
+        """Whether adapters get gates (False for plain LoRA: ``gate: none``, ``prior: fixed`` or both priors none)."""
+        parts = self._components
+        return self.gate == "bara" and (parts.sparsity.active or parts.magnitude.active)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain (JSON/YAML-ready) dict of the fields; :meth:`from_dict` of it gives an equal config."""
         return asdict(self)
 
     @classmethod

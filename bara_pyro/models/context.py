@@ -9,10 +9,16 @@ Modes:
     ``model``  gates sampled from the prior through ``pyro.sample`` (prior predictive, or replay);
     ``fused``  gates sampled from q with plain torch, closed-form KLs accumulated (fast path);
     ``sample`` gates sampled from q, no KL (posterior predictive);
-    ``mean``   posterior-mean gates E[z] E[theta] (deterministic fast prediction);
+    ``mean``   posterior-mean gates E[z] E[theta] and weights (deterministic fast prediction);
     ``given``  gates read from ``cache`` (the model's own draws when it is not a replay of the guide);
     ``ones``   every gate fixed to 1 (the adapter is then plain LoRA);
     ``off``    adapters disabled: the frozen backbone alone.
+
+In mode ``sample`` the batch holds ``num_samples`` independent posterior draws, sample-major
+(rows ``[i * n / S, (i + 1) * n / S)`` belong to draw ``i``, as :func:`~bara_pyro.inference.predict`
+lays them out): per-token gates are drawn per row anyway, while variables shared by many tokens
+(per-layer gates, weight samples) are drawn once per draw and spread over its rows with
+:func:`rows_of_sample` / :func:`per_sample_linear`.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 
-__all__ = ["GateContext", "MODES"]
+__all__ = ["GateContext", "MODES", "per_sample_linear", "rows_of_sample"]
 
 MODES = ("guide", "model", "fused", "sample", "mean", "given", "ones", "off")
 
@@ -34,9 +40,13 @@ class GateContext:
     token_mask: torch.Tensor | None = None  # (n_seq, T) bool, or None when every position is real
     local_scale: float = 1.0  # N / B: scales local KL (and likelihood) from the minibatch to the dataset
     kl_beta: float = 1.0  # KL warm-up weight
-    globals: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # path -> (pi, lambda)
+    num_samples: int = 1  # posterior draws held by the batch in mode 'sample' (sample-major rows)
+    gate_impl: str = "auto"  # fused_kernels implementation of the fast gate path: auto, torch, compile, triton
+    globals: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {site: value}, e.g. pi, lambda
+    weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {lora_A/lora_B: drawn value}
+    kl_global: dict[str, torch.Tensor] = field(default_factory=dict)  # path (or 'globals') -> KL counted once (fused)
     kl_local: dict[str, torch.Tensor] = field(default_factory=dict)  # path -> unscaled masked local KL sum
-    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # path -> (z, theta) drawn
+    cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {z, theta} drawn
     collect_stats: bool = False  # record gate statistics (detached) into ``stats``
     stats: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     record_tokens: bool = False  # keep per-token q(z=1) and E[g] (for analysis)
@@ -46,7 +56,10 @@ class GateContext:
         if mode not in MODES:
             raise ValueError(f"unknown gate mode {mode!r}; legal modes: {list(MODES)}")
         self.mode = mode
+        self.num_samples = 1
         self.globals = {}
+        self.weights = {}
+        self.kl_global = {}
         self.kl_local = {}
         self.cache = {}
         self.stats = {}
@@ -70,3 +83,23 @@ class GateContext:
                                  f"{plate.size} vs {size}); gates need one (sequences, tokens) layout per pass")
             stack.enter_context(plate)
         return stack
+
+
+def rows_of_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Spread per-draw values ``(S, r)`` over the sample-major rows of ``like`` ``(n, [T,] r)``:
+    returns ``(n, [1,] r)`` where row ``j`` holds draw ``j // (n / S)``."""
+    num_samples, n = values.shape[0], like.shape[0]
+    if n % num_samples:
+        raise ValueError(f"{n} rows cannot hold {num_samples} sample-major draws")
+    rows = values.repeat_interleave(n // num_samples, dim=0)
+    return rows.reshape(rows.shape[:1] + (1,) * (like.dim() - 2) + rows.shape[1:])
+
+
+def per_sample_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x W_s^T`` with draw ``s`` of ``weight`` ``(S, d_out, d_in)`` applied to its sample-major rows of
+    ``x`` ``(n, [T,] d_in)``; returns ``(n, [T,] d_out)``."""
+    num_samples, n = weight.shape[0], x.shape[0]
+    if n % num_samples:
+        raise ValueError(f"{n} rows cannot hold {num_samples} sample-major draws")
+    y = torch.matmul(x.reshape(num_samples, -1, x.shape[-1]), weight.transpose(-1, -2))
+    return y.reshape(x.shape[:-1] + (weight.shape[-2],))

@@ -9,6 +9,7 @@ References:
     [1] C. Maddison, A. Mnih, Y. W. Teh. The Concrete Distribution. ICLR 2017.
     [2] H. Zhang, B. Chen, D. Guo, M. Zhou. WHAI: Weibull Hybrid Autoencoding Inference
         for Deep Topic Modeling. ICLR 2018.
+    [3] E. Nalisnick, P. Smyth. Stick-Breaking Variational Autoencoders. ICLR 2017.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from torch.distributions.utils import broadcast_all
 
 __all__ = [
     "BinaryConcreteStraightThrough",
+    "ReparameterizedKumaraswamy",
     "ReparameterizedWeibull",
     "binary_concrete_straight_through",
+    "hard_threshold_straight_through",
+    "kumaraswamy_rsample",
     "weibull_rsample",
     "weibull_mean",
 ]
@@ -45,6 +49,22 @@ def binary_concrete_straight_through(logits: torch.Tensor, temperature: float, u
     soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
     hard = (soft > 0.5).to(soft.dtype)
     return hard + (soft - soft.detach())
+
+
+def hard_threshold_straight_through(logits: torch.Tensor) -> torch.Tensor:
+    r"""Deterministic :math:`z = [\ell > 0]` in the forward pass, gradient of :math:`\sigma(\ell)` backward.
+
+    The point estimate of a binary gate used by the delta (MAP) guide; the value is exactly 0 or 1.
+    """
+    soft = torch.sigmoid(logits)
+    return (logits > 0).to(soft.dtype) + (soft - soft.detach())
+
+
+def kumaraswamy_rsample(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    r"""Inverse-CDF Kumaraswamy sample :math:`v = (1 - (1-u)^{1/b})^{1/a}`, kept inside (0, 1)."""
+    v = torch.pow(-torch.expm1(torch.log1p(-u) / b), 1.0 / a)
+    info = torch.finfo(v.dtype)
+    return v.clamp(info.tiny, 1.0 - info.eps)
 
 
 def weibull_rsample(scale: torch.Tensor, concentration: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -140,3 +160,42 @@ class ReparameterizedWeibull(TorchDistribution):
         k = self.concentration
         return EULER_GAMMA * (1 - 1 / k) + torch.log(self.scale / k) + 1
 
+
+
+class ReparameterizedKumaraswamy(TorchDistribution):
+    r"""Kumaraswamy(a, b) on (0, 1) with an inverse-CDF reparameterised sampler (Nalisnick & Smyth [3]).
+
+    .. math:: p(v) = a b\, v^{a-1} (1 - v^a)^{b-1}, \qquad E[v] = b\,B(1 + 1/a, b)
+
+    A Beta look-alike whose CDF inverts in closed form; the guide of the IBP stick fractions.
+    Its KL to a ``Beta`` prior is registered in :mod:`bara_pyro.models.kl`.
+    """
+
+    arg_constraints = {"a": constraints.positive, "b": constraints.positive}
+    support = constraints.unit_interval
+    has_rsample = True
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, validate_args=None):
+        self.a, self.b = broadcast_all(a, b)
+        super().__init__(self.a.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return ReparameterizedKumaraswamy(self.a.expand(batch_shape), self.b.expand(batch_shape))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.moment(1.0)
+
+    def moment(self, m: float | torch.Tensor) -> torch.Tensor:
+        r""":math:`E[v^m] = b\,B(1 + m/a, b)`."""
+        a, b = self.a, self.b
+        return b * torch.exp(torch.lgamma(1 + m / a) + torch.lgamma(b) - torch.lgamma(1 + m / a + b))
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        return kumaraswamy_rsample(self.a.expand(shape), self.b.expand(shape), _uniform_open(shape, self.a))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        a, b = self.a, self.b
+        return (torch.log(a) + torch.log(b) + (a - 1) * torch.log(value)
+                + (b - 1) * torch.log1p(-torch.pow(value, a)))

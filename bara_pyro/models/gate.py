@@ -1,167 +1,298 @@
-"""``GlobalLocalGate``: the BaRA prior and variational posterior over one layer's gates.
+"""``GlobalLocalGate``: the prior and variational posterior over one layer's gates, assembled from components.
 
-Sites (``path`` is the adapted module's path in the backbone)::
+The gate of component ``k`` at token ``t`` is ``g_tk = z_tk * theta_tk``.  Its prior is a sparsity
+component (``z``) and a magnitude component (``theta``), its guide a local and a global guide, each
+a registered class named in :class:`~bara_pyro.models.config.BaRAConfig`.  With the defaults::
 
-    {path}.pi      (r,)          pi_k ~ Beta(c g0/r, c (1 - g0/r))      q: Beta(a_k, b_k)
-    {path}.lambda  (r,)          lambda_k ~ Gamma(e0, e0)               q: Gamma(s_k, t_k)
+    {path}.pi      (r,)          pi_k ~ Beta(c g0/r, c (1 - g0/r))      q: Beta(pi_alpha_k, pi_beta_k)
+    {path}.lambda  (r,)          lambda_k ~ Gamma(e0, e0)               q: Gamma(lambda_shape_k, lambda_rate_k)
     {path}.z       (n, T | r)    z_tk ~ Bernoulli(pi_k)                 q: BinaryConcrete(l_tk) (amortized)
     {path}.theta   (n, T | r)    theta_tk ~ Gamma(a, a / lambda_k)      q: Weibull(s_tk, k_tk)  (amortized)
 
 ``n, T`` are the local batch dims (sequences, tokens), in plates ``sequences`` and ``tokens``;
 ``r`` is an event dim.  Padding tokens are masked out of every local term.  Local sites are
 scaled by ``N / B`` (dataset size over examples in the batch) and every latent site by the KL
-warm-up weight ``beta``.
+warm-up weight ``beta``.  A local guide with ``per_token = False`` (``mean_field``) makes ``z`` and
+``theta`` per-layer sites of shape ``(r,)``, outside the plates and counted once.  A component
+``none`` fixes its factor to 1 and has no sites.
+
+Every KL term uses the registered closed form when there is one and otherwise the one-draw Monte
+Carlo term ``log q(x) - log p(x)`` (:func:`~bara_pyro.models.kl.kl_or_mc`), exactly as
+``TraceMeanField_ELBO`` does, so the fused estimator equals the Pyro one draw for draw.
+
+Fast path: with the amortized local guide and Bernoulli/Gamma local priors (every built-in
+sparsity x magnitude pair), :meth:`GlobalLocalGate.gated` runs the ``fused``, ``sample`` and
+``mean`` modes through :mod:`~bara_pyro.models.fused_kernels` (same math and, on CPU, the same
+draws; Triton kernels on CUDA, chosen by ``ctx.gate_impl``), unless gate statistics are being
+recorded.  With the default beta_process + gamma + mean_field globals, ``BaRAModel.fused_loss``
+also draws every layer's globals in one call (``fast_globals``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.distributions import constraints
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroModule
 
-from .amortized_net import AmortizedGateNet
+from . import fused_kernels
 from .config import BaRAConfig
-from .context import GateContext
-from .distributions import (
-    BinaryConcreteStraightThrough,
-    ReparameterizedWeibull,
-    _uniform_open,
-    binary_concrete_straight_through,
-    weibull_mean,
-    weibull_rsample,
-)
-from .kl import kl_bernoulli_logits_probs, kl_divergence, kl_weibull_gamma
+from .context import GateContext, rows_of_sample
+from .guides import AmortizedLocalGuide, MeanFieldGlobalGuide
+from .kl import has_closed_form_kl, kl_or_mc
+from .priors import BetaProcessPrior, GammaMagnitudePrior, Hyperparameters, MagnitudePrior, SparsityPrior
 
 __all__ = ["GlobalLocalGate"]
 
 
 class GlobalLocalGate(PyroModule):
-    """Global beta-process/gamma priors and per-token gates for one adapter (see module docstring)."""
+    """Global and local gate variables of one adapter (see the module docstring)."""
 
     def __init__(self, path: str, config: BaRAConfig):
         super().__init__()
+        parts = config.components
         r = config.r
         self.path = path
         self.r = r
-        self.temperature = config.temperature
-        c, g0 = config.concentration, config.gamma0
-        self.register_buffer("pi_prior_a", torch.full((r,), c * g0 / r))
-        self.register_buffer("pi_prior_b", torch.full((r,), c * (1 - g0 / r)))
-        self.register_buffer("lambda_prior_shape", torch.full((r,), float(config.e0)))
-        self.register_buffer("lambda_prior_rate", torch.full((r,), float(config.e0)))
-        self.register_buffer("theta_shape", torch.tensor(float(config.a_theta)))
-        m = torch.sigmoid(torch.tensor(config.init_gate_logit)).item()
-        self.pi_alpha = PyroParam(torch.full((r,), 10.0 * m), constraint=constraints.positive)
-        self.pi_beta = PyroParam(torch.full((r,), 10.0 * (1 - m)), constraint=constraints.positive)
-        self.lambda_shape = PyroParam(torch.full((r,), 10.0), constraint=constraints.positive)
-        self.lambda_rate = PyroParam(torch.full((r,), 10.0), constraint=constraints.positive)
-        self.local_net = AmortizedGateNet(r, config.guide_hidden, config.init_gate_logit, config.a_theta)
+        self.sparsity, self.magnitude = parts.sparsity, parts.magnitude
+        self.local_guide, self.global_guide = parts.local, parts.global_
+        self.has_z, self.has_theta = self.sparsity.active, self.magnitude.active
+        self.per_token = self.local_guide.per_token
+        self.a_theta = float(getattr(self.magnitude, "local_shape", None) or config.a_theta)
+        init_logit = getattr(self.local_guide, "init_logit", None)
+        init_prob = 1.0 / (1.0 + math.exp(-(config.init_gate_logit if init_logit is None else init_logit)))
+        self.sparsity_hp = Hyperparameters(self.sparsity.hyperparameters(r) if self.has_z else {})
+        self.magnitude_hp = Hyperparameters(self.magnitude.hyperparameters(r) if self.has_theta else {})
+        self.sites = {}
+        self._site_owner = {}
+        for owner, component in (("sparsity", self.sparsity), ("magnitude", self.magnitude)):
+            if component.active:
+                for name, site in component.global_sites(r, init_prob).items():
+                    self.sites[name] = site
+                    self._site_owner[name] = owner
+        self.register_buffer("_dtype_probe", torch.zeros(()), persistent=False)
+        self.global_guide.install(self, self.sites)
+        self.local_guide.install(self)
         self._ctx = GateContext()
+        self.fast_local = (type(self.local_guide) is AmortizedLocalGuide and self.has_z and self.has_theta
+                           and type(self.sparsity).local_prior is SparsityPrior.local_prior
+                           and type(self.magnitude).local_prior is MagnitudePrior.local_prior)
+        self.fast_globals = (self.fast_local and type(self.sparsity) is BetaProcessPrior
+                             and type(self.magnitude) is GammaMagnitudePrior
+                             and type(self.global_guide) is MeanFieldGlobalGuide)
+        self._net = (self.local_net,) if self.fast_local else ()  # direct reference: no PyroModule lookup per call
 
     # ----------------------------------------------------------------- distributions
-    def prior_pi(self) -> dist.Beta:
-        return dist.Beta(self.pi_prior_a, self.pi_prior_b)
+    def prior_global(self, name: str, values: dict[str, torch.Tensor]):
+        """Prior of global site ``name`` given the sites drawn before it (batch shape = the site's shape)."""
+        if self._site_owner[name] == "sparsity":
+            return self.sparsity.global_prior(name, self.sparsity_hp, values)
+        return self.magnitude.global_prior(name, self.magnitude_hp, values)
 
-    def prior_lambda(self) -> dist.Gamma:
-        return dist.Gamma(self.lambda_prior_shape, self.lambda_prior_rate)
+    def guide_global(self, name: str):
+        return self.global_guide.posterior(self, name, self.sites[name])
 
-    def guide_pi(self) -> dist.Beta:
-        return dist.Beta(self.pi_alpha, self.pi_beta)
-
-    def guide_lambda(self) -> dist.Gamma:
-        return dist.Gamma(self.lambda_shape, self.lambda_rate)
-
-    def prior_theta(self, lam: torch.Tensor) -> dist.Gamma:
-        return dist.Gamma(self.theta_shape, self.theta_shape / lam)
+    def local_priors(self, values: dict[str, torch.Tensor]):
+        """``(p(z), p(theta))`` with batch shape ``(r,)`` given the layer's global values (None: fixed to 1)."""
+        p_z = self.sparsity.local_prior(self.sparsity_hp, values) if self.has_z else None
+        p_theta = self.magnitude.local_prior(self.magnitude_hp, values) if self.has_theta else None
+        return p_z, p_theta
 
     # ----------------------------------------------------------------- global sites
     def sample_globals(self, side: str) -> None:
-        """Pyro ``model``/``guide`` side: sample pi and lambda as sites and keep them in the context."""
+        """Pyro ``model``/``guide`` side: sample every global site in order and keep the values in the context."""
         ctx = self._ctx
+        values = {}
         with poutine.scale(scale=ctx.kl_beta):
-            if side == "guide":
-                pi = pyro.sample(f"{self.path}.pi", self.guide_pi().to_event(1))
-                lam = pyro.sample(f"{self.path}.lambda", self.guide_lambda().to_event(1))
-            else:
-                pi = pyro.sample(f"{self.path}.pi", self.prior_pi().to_event(1))
-                lam = pyro.sample(f"{self.path}.lambda", self.prior_lambda().to_event(1))
-        ctx.globals[self.path] = (pi, lam)
+            for name, site in self.sites.items():
+                fn = self.guide_global(name) if side == "guide" else self.prior_global(name, values)
+                values[name] = pyro.sample(f"{self.path}.{name}", fn.to_event(len(site.shape)))
+        ctx.globals[self.path] = values
 
     def fused_globals(self) -> torch.Tensor:
-        """Fused path: draw pi, lambda from q (same order as the Pyro guide); return their closed-form KL."""
-        q_pi, q_lam = self.guide_pi(), self.guide_lambda()
-        pi, lam = q_pi.rsample(), q_lam.rsample()
-        self._ctx.globals[self.path] = (pi, lam)
-        return kl_divergence(q_pi, self.prior_pi()).sum() + kl_divergence(q_lam, self.prior_lambda()).sum()
+        """Fused path: draw every global site from q (the Pyro guide's order); return their summed KL."""
+        values, kl = {}, self._dtype_probe
+        for name in self.sites:
+            q = self.guide_global(name)
+            x = q.rsample()
+            kl = kl + kl_or_mc(q, self.prior_global(name, values), x).sum()
+            values[name] = x
+        self._ctx.globals[self.path] = values
+        return kl
 
+    @torch.no_grad()
     def global_kl(self) -> torch.Tensor:
-        """KL(q(pi) || p(pi)) + KL(q(lambda) || p(lambda)), summed over components."""
-        return (kl_divergence(self.guide_pi(), self.prior_pi()).sum()
-                + kl_divergence(self.guide_lambda(), self.prior_lambda()).sum())
+        """KL of the global sites, summed (for logging; Monte Carlo sites use a draw that leaves the RNG alone)."""
+        devices = [self._dtype_probe.device] if self._dtype_probe.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            values, kl = {}, self._dtype_probe
+            for name in self.sites:
+                q = self.guide_global(name)
+                x = q.sample()
+                kl = kl + kl_or_mc(q, self.prior_global(name, values), x).sum()
+                values[name] = x
+        return kl
+
+    @torch.no_grad()
+    def draw_globals(self) -> torch.Tensor:
+        """Draw every global site from q into the context (for a following pass in mode ``fused``) and return
+        ``log p(values) - log q(values)``, summed: one importance log-ratio of the global guide (for PSIS)."""
+        values, log_ratio = {}, self._dtype_probe
+        for name in self.sites:
+            q = self.guide_global(name)
+            x = q.sample()
+            log_ratio = log_ratio + (self.prior_global(name, values).log_prob(x) - q.log_prob(x)).sum()
+            values[name] = x
+        self._ctx.globals[self.path] = values
+        return log_ratio
+
+    @property
+    def is_stochastic(self) -> bool:
+        """Whether gates drawn in mode ``sample`` vary (False for the delta local guide)."""
+        with torch.no_grad():
+            q = self.local_guide.posterior(self, self._dtype_probe.new_zeros(1, self.r))
+        return any(d is not None and not isinstance(d, pyro.distributions.Delta) for d in q)
+
+    def variational_parameters(self) -> dict[str, torch.Tensor]:
+        """Constrained, detached parameters of the global posteriors, e.g. ``pi_alpha``, ``lambda_rate``."""
+        prefixes = tuple(f"{name}_" for name in self.sites)
+        return {name: getattr(self, name).detach() for name in self._pyro_params if name.startswith(prefixes)}
 
     # ----------------------------------------------------------------- local gates
-    def forward(self, h: torch.Tensor) -> torch.Tensor | None:
-        """Gates ``g = z * theta`` of shape ``h.shape`` (``(..., r)``), drawn as the context's mode says."""
+    def gated(self, h: torch.Tensor) -> torch.Tensor:
+        """``h * gates`` in ``h``'s dtype: the fast path (module docstring) where it applies, else :meth:`forward`."""
+        ctx = self._ctx
+        mode = ctx.mode
+        if not self._net or ctx.collect_stats or mode not in ("fused", "sample", "mean"):
+            return h * self.forward(h).to(h.dtype)
+        net = self._net[0]
+        weights = (net.hidden.weight, net.hidden.bias, net.out.weight, net.out.bias)
+        if mode == "mean":
+            return fused_kernels.bara_gated_mean(h, *weights, impl=ctx.gate_impl)
+        temperature = self.local_guide.temperature
+        if mode == "sample":
+            return fused_kernels.bara_gated_sample(h, *weights, temperature, impl=ctx.gate_impl)
+        values = ctx.globals[self.path]
+        s_hp, m_hp = self.sparsity_hp, self.magnitude_hp
+        y, ctx.kl_local[self.path] = fused_kernels.bara_gated_local(
+            h, *weights, self.sparsity.inclusion_probs(s_hp, values), self.magnitude.component_scale(m_hp, values),
+            m_hp.local_shape, temperature, mask=self._mask(h.shape[:-1]), impl=ctx.gate_impl)
+        return y
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Gates of shape broadcastable to ``h`` (``(..., r)``), drawn as the context's mode says."""
         ctx = self._ctx
         mode = ctx.mode
         with torch.autocast(device_type=h.device.type, enabled=False):
-            h = h.to(self.pi_prior_a.dtype)  # gates and KLs in the adapter's own precision (fp32 under bf16 autocast)
-            if mode == "model":
-                z, theta = self.model_local_sites(h.shape)
-                return z * theta
+            h = h.to(self._dtype_probe.dtype)  # gates and KLs in the adapter's own precision (fp32 under bf16 autocast)
             if mode == "ones":
                 return torch.ones_like(h)
+            if mode == "model":
+                return _combine(self.model_local_sites(h.shape[:-1] + (self.r,)))
             if mode == "given":
-                z, theta = ctx.cache[self.path]
-                return z * theta
-            logits, scale, conc = self.local_net(h)
+                return _combine(ctx.cache[self.path])
+            q_z, q_theta = self.local_guide.posterior(self, h)
+            values = None
             if mode == "mean":
-                gate = torch.sigmoid(logits) * weibull_mean(scale, conc)
+                gate = _combine({"z": None if q_z is None else q_z.mean,
+                                 "theta": None if q_theta is None else q_theta.mean})
             elif mode == "guide":
-                gate = self._guide_local(logits, scale, conc)
+                values = self._guide_local(q_z, q_theta, h.shape[:-1])
+                gate = _combine(values)
             elif mode in ("fused", "sample"):
-                z = binary_concrete_straight_through(logits, self.temperature, _uniform_open(logits.shape, logits))
-                theta = weibull_rsample(scale, conc, _uniform_open(logits.shape, logits))
-                gate = z * theta
+                per_draw = mode == "sample" and not self.per_token
+                shape = (ctx.num_samples,) if per_draw else ()
+                values = {"z": None if q_z is None else q_z.rsample(shape),
+                          "theta": None if q_theta is None else q_theta.rsample(shape)}
+                gate = _combine(values)
+                if per_draw:
+                    gate = rows_of_sample(gate, h)
                 if mode == "fused":
-                    pi, lam = ctx.globals[self.path]
-                    kl = (kl_bernoulli_logits_probs(logits, pi)
-                          + kl_weibull_gamma(scale, conc, self.theta_shape, self.theta_shape / lam)).sum(-1)
-                    ctx.kl_local[self.path] = self._masked_sum(kl)
+                    kl = self._local_kl(q_z, q_theta, values)
+                    if self.per_token:
+                        ctx.kl_local[self.path] = self._masked_sum(kl)
+                    else:
+                        ctx.kl_global[self.path] = ctx.kl_global.get(self.path, 0.0) + kl
             else:
                 raise ValueError(f"gate mode {mode!r} does not run the gates")
             if ctx.collect_stats:
-                self._record(logits, scale, conc, mode == "guide")
+                self._record(q_z, q_theta, h, values if mode == "guide" and self.per_token else None)
         return gate
 
-    def _guide_local(self, logits, scale, conc) -> torch.Tensor:
-        ctx = self._ctx
-        mask = self._mask(logits.shape[:-1])
-        with ctx.local_plates(logits.shape[:-1]), poutine.scale(scale=ctx.local_scale * ctx.kl_beta):
-            z = pyro.sample(f"{self.path}.z",
-                            BinaryConcreteStraightThrough(self.temperature, logits).to_event(1).mask(mask))
-            theta = pyro.sample(f"{self.path}.theta", ReparameterizedWeibull(scale, conc).to_event(1).mask(mask))
-        ctx.cache[self.path] = (z, theta)
-        return z * theta
+    def _local_kl(self, q_z, q_theta, values: dict) -> torch.Tensor:
+        """Local KL summed over components: ``(n, T)`` per token, or a scalar per layer."""
+        p_z, p_theta = self.local_priors(self._ctx.globals[self.path])
+        kl = 0.0
+        if q_z is not None:
+            kl = kl + kl_or_mc(q_z, p_z, values["z"])
+        if q_theta is not None:
+            kl = kl + kl_or_mc(q_theta, p_theta, values["theta"])
+        return kl.sum(-1)
 
-    def model_local_sites(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's local sites ``z``, ``theta`` given the sampled globals; returns their values."""
+    def _guide_local(self, q_z, q_theta, batch_shape) -> dict[str, torch.Tensor]:
         ctx = self._ctx
-        pi, lam = ctx.globals[self.path]
-        mask = self._mask(shape[:-1])
-        with ctx.local_plates(shape[:-1]), poutine.scale(scale=ctx.local_scale * ctx.kl_beta):
-            z = pyro.sample(f"{self.path}.z", dist.Bernoulli(pi).expand(shape).to_event(1).mask(mask))
-            theta = pyro.sample(f"{self.path}.theta", self.prior_theta(lam).expand(shape).to_event(1).mask(mask))
-        return z, theta
+        values = {}
+        with self._local_context(batch_shape) as mask:
+            for name, q in (("z", q_z), ("theta", q_theta)):
+                if q is not None:
+                    fn = q.to_event(1) if mask is None else q.to_event(1).mask(mask)
+                    values[name] = pyro.sample(f"{self.path}.{name}", fn)
+        ctx.cache[self.path] = values
+        return values
+
+    def model_local_sites(self, shape: torch.Size) -> dict[str, torch.Tensor]:
+        """The model's local sites given the sampled globals; ``shape`` is the value shape ``(n, T, r)``
+        (ignored for per-layer gates, whose sites have shape ``(r,)``).  Returns ``{z, theta}`` values."""
+        p_z, p_theta = self.local_priors(self._ctx.globals[self.path])
+        values = {}
+        with self._local_context(shape[:-1]) as mask:
+            for name, p in (("z", p_z), ("theta", p_theta)):
+                if p is not None:
+                    if mask is None:
+                        fn = p.to_event(1)
+                    else:
+                        fn = p.expand(torch.Size(shape)).to_event(1).mask(mask)
+                    values[name] = pyro.sample(f"{self.path}.{name}", fn)
+        return values
+
+    @contextlib.contextmanager
+    def _local_context(self, batch_shape):
+        """Per-token sites: plates ``sequences``/``tokens``, scale ``N/B * beta``, yields the token mask (True when
+        there is none).  Per-layer sites: scale ``beta`` only, yields None."""
+        ctx = self._ctx
+        if not self.per_token:
+            with poutine.scale(scale=ctx.kl_beta):
+                yield None
+            return
+        mask = self._mask(batch_shape)
+        with ctx.local_plates(batch_shape), poutine.scale(scale=ctx.local_scale * ctx.kl_beta):
+            yield True if mask is None else mask
+
+    # ----------------------------------------------------------------- analysis
+    def kl_report(self) -> dict[str, bool]:
+        """``{site: True if its KL is closed-form}`` for every latent site of this gate."""
+        report, values = {}, {}
+        with torch.no_grad(), torch.random.fork_rng(devices=[self._dtype_probe.device] if
+                                                    self._dtype_probe.is_cuda else []):
+            for name in self.sites:
+                q = self.guide_global(name)
+                report[name] = has_closed_form_kl(q, self.prior_global(name, values))
+                values[name] = q.sample()
+            q_z, q_theta = self.local_guide.posterior(self, self._dtype_probe.new_zeros(1, self.r))
+            p_z, p_theta = self.local_priors(values)
+            for name, q, p in (("z", q_z, p_z), ("theta", q_theta, p_theta)):
+                if q is not None:
+                    report[name] = has_closed_form_kl(q, p)
+        return report
 
     # ----------------------------------------------------------------- helpers
-    def _mask(self, batch_shape) -> torch.Tensor | bool:
+    def _mask(self, batch_shape) -> torch.Tensor | None:
         mask = self._ctx.token_mask
         if mask is None:
-            return True
+            return None
         if mask.shape != batch_shape:
             raise ValueError(f"{self.path}: token mask of shape {tuple(mask.shape)} does not match the adapter "
                              f"input's leading shape {tuple(batch_shape)}")
@@ -173,24 +304,32 @@ class GlobalLocalGate(PyroModule):
             return values.sum()
         return torch.where(mask, values, values.new_zeros(())).sum()
 
-    def _record(self, logits, scale, conc, with_kl: bool) -> None:
+    def _record(self, q_z, q_theta, h, values) -> None:
         """Detached statistics: expected active components per token, and (guide mode) the local KL."""
         ctx = self._ctx
         with torch.no_grad():
-            probs = torch.sigmoid(logits)
+            probs = q_z.mean if q_z is not None else h.new_ones(self.r)
+            gate = probs * q_theta.mean if q_theta is not None else probs
+            probs, gate = probs.expand(h.shape), gate.expand(h.shape)
             mask = ctx.token_mask
             weights = probs.new_ones(probs.shape[:-1]) if mask is None else mask.to(probs.dtype)
             stats = {
                 "prob_sum": (probs * weights.unsqueeze(-1)).reshape(-1, self.r).sum(0),  # (r,)
                 "num_tokens": weights.sum(),
             }
-            if with_kl:
-                pi, lam = ctx.globals[self.path]
-                kl = (kl_bernoulli_logits_probs(logits, pi)
-                      + kl_weibull_gamma(scale, conc, self.theta_shape, self.theta_shape / lam)).sum(-1)
-                stats["kl_local"] = self._masked_sum(kl)
+            if values is not None:
+                stats["kl_local"] = self._masked_sum(self._local_kl(q_z, q_theta, values))
             if ctx.record_tokens:
                 keep = weights.reshape(-1) > 0
                 stats["token_prob"] = probs.reshape(-1, self.r)[keep]
-                stats["token_expected_gate"] = (probs * weibull_mean(scale, conc)).reshape(-1, self.r)[keep]
+                stats["token_expected_gate"] = gate.reshape(-1, self.r)[keep]
             ctx.stats[self.path] = stats
+
+
+def _combine(values: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    """``z * theta``, either factor absent (None) meaning 1."""
+    z, theta = values.get("z"), values.get("theta")
+    if z is None:
+        return theta
+    return z if theta is None else z * theta
+

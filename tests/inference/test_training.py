@@ -53,7 +53,7 @@ def test_svi_improves_the_elbo():
                         for _ in range(8)) / 8
 
     before = elbo_estimate()
-    result = fit(model, task, rows, TrainConfig(steps=60, batch_size=16, lr=1e-2, estimator="svi", log_every=10,
+    result = fit(model, task, rows, TrainConfig(steps=150, batch_size=16, lr=3e-2, estimator="svi", log_every=10,
                                                 checkpoint_every=0), progress=False)
     after = elbo_estimate()
     assert after > before + 5.0, (before, after)

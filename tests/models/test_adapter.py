@@ -5,12 +5,11 @@ import copy
 import pyro
 import pytest
 import torch
+from builders import make_batch
 
 from bara_pyro import BaRAConfig, BaRAModel, get_bara_model
 from bara_pyro.models import ConfigError
 from bara_pyro.tasks.base import Batch
-
-from builders import make_batch
 
 BERT_PATHS = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
 LLAMA_PATHS = [f"model.layers.{i}.self_attn.{m}" for i in range(2) for m in ("q_proj", "v_proj")]

@@ -3,14 +3,17 @@
 import pyro
 import pytest
 import torch
+from builders import make_batch
 from pyro.infer import TraceMeanField_ELBO
-from torch.distributions import Bernoulli, Gamma, kl_divergence
+from torch.distributions import Bernoulli, Beta, Gamma, kl_divergence
 
 from bara_pyro import BaRAConfig, get_bara_model
-from bara_pyro.models.distributions import BinaryConcreteStraightThrough, ReparameterizedWeibull
-from bara_pyro.models.kl import kl_weibull_gamma
-
-from builders import make_batch
+from bara_pyro.models.distributions import (
+    BinaryConcreteStraightThrough,
+    ReparameterizedKumaraswamy,
+    ReparameterizedWeibull,
+)
+from bara_pyro.models.kl import kl_kumaraswamy_beta, kl_weibull_gamma
 
 
 @pytest.mark.parametrize("scale,conc,shape,rate", [(1.0, 2.0, 4.0, 4.0), (0.3, 0.7, 1.0, 2.5), (2.5, 5.0, 9.0, 3.0)])
@@ -60,7 +63,7 @@ def test_trace_mean_field_uses_closed_form_kl_for_every_default_site(tiny_bert, 
     guide_tr = pyro.poutine.trace(model.guide).get_trace(batch)
     model_tr = pyro.poutine.trace(pyro.poutine.replay(model.model, trace=guide_tr)).get_trace(batch)
     latent = [n for n, s in model_tr.nodes.items() if s["type"] == "sample" and not s["is_observed"]
-              and not n in ("sequences", "tokens", "data")]
+              and n not in ("sequences", "tokens", "data")]
     assert {n.rsplit(".", 1)[1] for n in latent} == {"pi", "lambda", "z", "theta"}
     for name in latent:
         kl_divergence(guide_tr.nodes[name]["fn"], model_tr.nodes[name]["fn"])  # raises NotImplementedError if absent
@@ -80,3 +83,64 @@ def test_trace_mean_field_uses_closed_form_kl_for_every_default_site(tiny_bert, 
     monkeypatch.setattr(TraceMeanField_ELBO, "_differentiable_loss_particle", spy)
     TraceMeanField_ELBO(max_plate_nesting=2).loss(model.model, model.guide, batch)
     assert fallback == []
+
+
+@pytest.mark.parametrize("a,b,alpha,beta", [(7.4, 1.0, 4.0, 1.0), (0.5, 0.4, 1.0, 2.0), (3.0, 0.3, 0.5, 5.0),
+                                            (2.0, 5.0, 0.3, 0.7), (1.0, 1.0, 2.0, 3.0)])
+def test_kl_kumaraswamy_beta_matches_monte_carlo(a, b, alpha, beta):
+    """The truncated Taylor series of Nalisnick & Smyth (plus its closed-form tail) against Monte Carlo."""
+    torch.manual_seed(0)
+    a, b, alpha, beta = (torch.tensor(v, dtype=torch.float64) for v in (a, b, alpha, beta))
+    q, p = ReparameterizedKumaraswamy(a, b), Beta(alpha, beta)
+    x = q.rsample((400_000,))
+    terms = q.log_prob(x) - p.log_prob(x)
+    closed = kl_divergence(q, p)
+    assert float(closed) == pytest.approx(float(kl_kumaraswamy_beta(a, b, alpha, beta)))
+    assert abs(float(closed - terms.mean())) < 5 * float(terms.std()) / 400_000 ** 0.5 + 1e-4
+    # the 64-term series with its tail agrees with a 100,000-term sum
+    assert float(closed) == pytest.approx(float(kl_kumaraswamy_beta(a, b, alpha, beta, terms=100_000)), rel=1e-5)
+
+
+def test_kumaraswamy_sampler_log_prob_and_mean():
+    a, b = torch.tensor([0.7, 3.0], dtype=torch.float64), torch.tensor([2.0, 0.5], dtype=torch.float64)
+    q = ReparameterizedKumaraswamy(a, b)
+    x = q.rsample((300_000,))
+    torch.testing.assert_close(x.mean(0), q.mean, rtol=5e-3, atol=0.0)
+    for point in (0.1, 0.5, 0.9):  # empirical CDF against F(x) = 1 - (1 - x^a)^b
+        torch.testing.assert_close((x < point).double().mean(0), 1 - (1 - point**a) ** b, atol=4e-3, rtol=0)
+    # log_prob is the derivative of that CDF
+    point = torch.tensor([0.3, 0.6], dtype=torch.float64)
+    step = 1e-6
+    cdf = lambda v: 1 - (1 - v**a) ** b  # noqa: E731
+    torch.testing.assert_close(q.log_prob(point).exp(), (cdf(point + step) - cdf(point - step)) / (2 * step),
+                               rtol=1e-6, atol=0)
+
+
+ANALYTIC = {
+    # (sparsity, magnitude, local guide, global guide) -> sites whose KL is Monte Carlo
+    ("beta_process", "gamma", "amortized", "mean_field"): set(),
+    ("ibp", "gamma", "amortized", "mean_field"): set(),
+    ("beta_process", "horseshoe", "amortized", "mean_field"): {"tau", "lambda"},
+    ("beta_process", "horseshoe", "delta", "delta"): set(),
+    ("none", "horseshoe", "mean_field", "mean_field"): {"tau", "lambda"},
+}
+
+
+@pytest.mark.parametrize("combo,monte_carlo", ANALYTIC.items(), ids=["-".join(c) for c in ANALYTIC])
+def test_kl_report_names_the_monte_carlo_sites(combo, monte_carlo, tiny_bert):
+    s, m, local, glob = combo
+    model = get_bara_model(tiny_bert, BaRAConfig(r=4, prior={"sparsity": s, "magnitude": m},
+                                                 guide={"local": local, "global": glob}))
+    report = model.kl_report()
+    assert {name.rsplit(".", 1)[1] for name, analytic in report.items() if not analytic} == monte_carlo
+    assert model.kl_is_analytic == (not monte_carlo)
+
+
+def test_ibp_inclusion_probabilities_decrease_and_use_the_kumaraswamy_guide(tiny_bert):
+    model = get_bara_model(tiny_bert, BaRAConfig(r=4, prior={"sparsity": {"name": "ibp", "alpha": 2.0}}))
+    gate = model.gates[0][1]
+    assert isinstance(gate.guide_global("v"), ReparameterizedKumaraswamy)
+    v = torch.tensor([0.9, 0.5, 0.8, 0.7])
+    torch.testing.assert_close(gate.sparsity.inclusion_probs(gate.sparsity_hp, {"v": v}), torch.cumprod(v, 0))
+    prior = gate.prior_global("v", {})
+    torch.testing.assert_close(prior.mean, torch.full((4,), 2.0 / 3.0))

@@ -1,0 +1,60 @@
+"""The methods ``bara-pyro`` can run: one packaged preset (YAML) per method, all configurations of one machinery.
+
+A preset is a partial run config (``method``, ``description``, ``adapter``, ``eval``, ``ensemble``, ...)
+merged over the defaults by the run layer; every method uses the same adapters, training loop,
+prediction and metrics and differs only in its ``adapter`` block (prior, guide, weight family)
+and evaluation sample count::
+
+    lora                LoRA (MLE)                           prior: fixed
+    lora_map            LoRA-MAP                             weights: map_gaussian
+    mc_dropout          MC-dropout LoRA                      weights: mc_dropout, lora_dropout: 0.1, S = 10
+    ensemble            deep ensemble of LoRAs               ensemble.members: 5 (run level)
+    blob                BLoB                                 weights: blob_gaussian, S = 10
+    bara                BaRA                                 the default prior and guide, S = 10
+    bara_sparsity_only  BaRA without the gamma magnitude     prior.magnitude: none
+    bara_global_only    BaRA without amortization            guide.local: mean_field
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+from .models.config import ConfigError
+
+__all__ = ["list_methods", "load_preset", "preset_names"]
+
+PRESET_PACKAGE = "bara_pyro.presets"
+
+
+@lru_cache(maxsize=None)
+def _read_all() -> dict[str, dict]:
+    presets = {}
+    for entry in resources.files(PRESET_PACKAGE).iterdir():
+        if entry.name.endswith(".yaml"):
+            data = yaml.safe_load(entry.read_text())
+            if not isinstance(data, dict):
+                raise ConfigError(f"preset {entry.name} must hold a mapping")
+            presets[entry.name[: -len(".yaml")]] = data
+    return presets
+
+
+def preset_names() -> list[str]:
+    """Names of the packaged presets, sorted."""
+    return sorted(_read_all())
+
+
+def list_methods() -> list[tuple[str, str]]:
+    """``[(name, one-line description), ...]`` of every packaged method, sorted by name."""
+    return [(name, str(data.get("description", ""))) for name, data in sorted(_read_all().items())]
+
+
+def load_preset(name: str) -> dict:
+    """The preset ``name`` as a fresh dict (the packaged YAML); unknown names raise, listing the known ones."""
+    presets = _read_all()
+    if name not in presets:
+        raise ConfigError(f"unknown method {name!r}; packaged methods: {sorted(presets)}")
+    return copy.deepcopy(presets[name])

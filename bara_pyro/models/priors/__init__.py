@@ -1,0 +1,24 @@
+"""Gate priors, one registered class each: sparsity (``z``) and magnitude (``theta``) components."""
+
+from .base import PRIORS, GatePrior, GlobalSite, Hyperparameters, MagnitudePrior, SparsityPrior, register_prior
+from .beta_process import BetaProcessPrior
+from .gamma import GammaMagnitudePrior
+from .horseshoe import HorseshoePrior
+from .ibp import StickBreakingIBPPrior
+from .none import NoMagnitude, NoSparsity
+
+__all__ = [
+    "PRIORS",
+    "BetaProcessPrior",
+    "GammaMagnitudePrior",
+    "GatePrior",
+    "GlobalSite",
+    "HorseshoePrior",
+    "Hyperparameters",
+    "MagnitudePrior",
+    "NoMagnitude",
+    "NoSparsity",
+    "SparsityPrior",
+    "StickBreakingIBPPrior",
+    "register_prior",
+]

@@ -1,0 +1,183 @@
+"""Weight families: the distribution of the LoRA factors ``A`` (``r x d_in``) and ``B`` (``d_out x r``).
+
+A family names which factors are latent (``latent``) and gives their posterior and prior, each
+with batch shape = the weight's shape; the adapter samples them as sites ``{path}.lora_A`` /
+``{path}.lora_B`` (global: counted once, KL weighted by the warm-up ``beta``).  Built-in:
+
+==================  ===========================================================================
+``point``           A, B point estimates (maximum likelihood; plain LoRA training).  Default.
+``map_gaussian``    ``A, B ~ N(0, prior_scale^2)`` elementwise, ``q = Delta``: MAP (LoRA-MAP).
+``blob_gaussian``   ``A ~ N(0, prior_scale^2)``, ``q(A) = N(M, sigma^2)`` mean-field, B a point
+                    estimate (BLoB, Wang et al. 2024); fused path samples by flipout.
+``mc_dropout``      point estimates; ``lora_dropout`` stays on when predicting with samples
+                    (MC dropout, Gal & Ghahramani 2016), off for posterior-mean prediction.
+==================  ===========================================================================
+
+References:
+    [1] Y. Wang, H. Shi, L. Han, D. Metaxas, H. Wang. BLoB: Bayesian Low-Rank Adaptation by
+        Backpropagation for Large Language Models. NeurIPS 2024.
+    [2] Y. Wen, P. Vicol, J. Ba, D. Tran, R. Grosse. Flipout: Efficient Pseudo-Independent Weight
+        Perturbations on Mini-Batches. ICLR 2018.
+    [3] Y. Gal, Z. Ghahramani. Dropout as a Bayesian Approximation. ICML 2016.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import TYPE_CHECKING, ClassVar
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions import constraints
+from pyro.nn import PyroParam
+from torch.distributions import Distribution
+
+from .registry import Component, Registry
+
+if TYPE_CHECKING:
+    from .adapter import BaRAAdapter
+
+__all__ = [
+    "WEIGHTS",
+    "BLoBGaussianWeights",
+    "MAPGaussianWeights",
+    "MCDropoutWeights",
+    "PointWeights",
+    "WeightFamily",
+    "flipout_linear",
+    "register_weights",
+]
+
+
+class WeightFamily(Component):
+    """Base of the weight families (see the module docstring)."""
+
+    kind = "weights"
+    #: factors that are random variables, in sampling order ("lora_A", "lora_B")
+    latent: ClassVar[tuple[str, ...]] = ()
+    #: keep ``lora_dropout`` active in prediction mode 'sample'
+    dropout_when_sampling: ClassVar[bool] = False
+
+    def install(self, adapter: "BaRAAdapter") -> None:
+        """Create extra parameters on ``adapter`` (the point weights ``lora_A``/``lora_B`` exist already)."""
+
+    def posterior(self, adapter: "BaRAAdapter", name: str) -> Distribution:
+        """``q`` of factor ``name``; batch shape = the weight's shape."""
+        raise NotImplementedError
+
+    def prior(self, adapter: "BaRAAdapter", name: str) -> Distribution:
+        """``p`` of factor ``name``; batch shape = the weight's shape."""
+        raise NotImplementedError
+
+    def flipout_factors(self) -> tuple[str, ...]:
+        """Latent factors the fused estimator samples by flipout instead of one shared draw."""
+        return ()
+
+
+WEIGHTS = Registry("weights", {"weights": WeightFamily})
+
+
+def register_weights(name: str):
+    """Class decorator: register a :class:`WeightFamily` subclass under ``name`` (``weights: {name: ...}``)."""
+    return WEIGHTS.register("weights", name)
+
+
+def _gaussian_prior(adapter, name: str, scale: float) -> Distribution:
+    weight = getattr(adapter, name).weight
+    return dist.Normal(weight.new_zeros(()), scale).expand(weight.shape)
+
+
+@register_weights("point")
+class PointWeights(WeightFamily):
+    """``A``, ``B`` are point estimates with no prior: maximum likelihood (plain LoRA)."""
+
+
+@register_weights("map_gaussian")
+class MAPGaussianWeights(WeightFamily):
+    r"""LoRA-MAP: a Gaussian prior on both factors, point estimates for both::
+
+        A_ij ~ N(0, prior_scale^2),  B_ij ~ N(0, prior_scale^2)      # sites {path}.lora_A, {path}.lora_B
+        q(A) = Delta(A),  q(B) = Delta(B)
+
+    ``KL(Delta || Normal) = -log N(A; 0, s^2)`` is Pyro's registered rule, so the ELBO is the log
+    joint (an L2 penalty ``|A|^2 / (2 s^2)`` counted once per dataset).  Closed-form.
+    """
+
+    prior_scale: float = 1.0
+    latent = ("lora_A", "lora_B")
+
+    def resolve(self, config) -> None:
+        self.need(self.prior_scale > 0, f"prior_scale must be > 0, got {self.prior_scale!r}")
+
+    def posterior(self, adapter, name):
+        return dist.Delta(getattr(adapter, name).weight)
+
+    def prior(self, adapter, name):
+        return _gaussian_prior(adapter, name, self.prior_scale)
+
+
+@register_weights("blob_gaussian")
+class BLoBGaussianWeights(WeightFamily):
+    r"""BLoB: a mean-field Gaussian posterior on ``A``, ``B`` a point estimate::
+
+        A_ij ~ N(0, prior_scale^2)                                 # site {path}.lora_A
+        q(A_ij) = N(M_ij, sigma_ij^2)                              # M = lora_A.weight, sigma = lora_A_scale
+
+    ``M`` starts as LoRA's A (Kaiming-uniform), ``sigma`` at ``init_scale`` (BLoB starts it in
+    [0.00125, 0.0025]); the KL is closed-form.  The Pyro path draws one ``A`` per step; the fused
+    path uses flipout (``sampler: flipout``, per sequence: every token of a sequence sees the same
+    perturbation; the BLoB reference code flips signs per token) or the same single draw as Pyro
+    (``sampler: shared``, which makes the two estimators equal draw for draw).  Predicting with
+    ``S`` samples draws ``S`` independent ``A``; posterior-mean prediction uses ``M``.
+    """
+
+    prior_scale: float = 0.2
+    init_scale: float = 0.002
+    sampler: str = field(default="flipout", metadata={"choices": ("flipout", "shared")})
+    latent = ("lora_A",)
+
+    def resolve(self, config) -> None:
+        self.need(self.prior_scale > 0, f"prior_scale must be > 0, got {self.prior_scale!r}")
+        self.need(self.init_scale > 0, f"init_scale must be > 0, got {self.init_scale!r}")
+
+    def install(self, adapter) -> None:
+        adapter.lora_A_scale = PyroParam(torch.full_like(adapter.lora_A.weight, float(self.init_scale)),
+                                         constraint=constraints.positive)
+
+    def posterior(self, adapter, name):
+        return dist.Normal(adapter.lora_A.weight, adapter.lora_A_scale)
+
+    def prior(self, adapter, name):
+        return _gaussian_prior(adapter, name, self.prior_scale)
+
+    def flipout_factors(self):
+        return ("lora_A",) if self.sampler == "flipout" else ()
+
+
+@register_weights("mc_dropout")
+class MCDropoutWeights(WeightFamily):
+    """Point estimates trained with ``lora_dropout`` (which must be > 0); the dropout stays active when
+    predicting in mode 'sample', so ``S`` samples are ``S`` dropout masks (MC dropout).  Mode 'mean'
+    turns it off (the usual weight-scaling approximation)."""
+
+    dropout_when_sampling = True
+
+    def resolve(self, config) -> None:
+        self.need(config.lora_dropout > 0, f"needs lora_dropout > 0 (e.g. 0.1), got {config.lora_dropout!r}")
+
+
+def flipout_linear(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    r"""``x W^T`` for ``W ~ N(loc, scale^2)``, pseudo-independent per sequence (flipout [2]).
+
+    .. math:: y = x\,\mu^\top + \big((x \odot s_{in})(\sigma \odot \epsilon)^\top\big) \odot s_{out}
+
+    with one shared :math:`\epsilon \sim N(0, I)` and random signs :math:`s_{in}` ``(n, [1,] d_in)``,
+    :math:`s_{out}` ``(n, [1,] d_out)`` per sequence (leading dim of ``x``), shared by its tokens.
+    Each sequence's ``W`` is marginally exactly ``N(loc, scale^2)``.
+    """
+    eps = torch.randn_like(loc)
+    lead = x.shape[:1] + (1,) * (x.dim() - 2)
+    s_in = torch.empty(lead + (x.shape[-1],), dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+    s_out = torch.empty(lead + (loc.shape[0],), dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+    return F.linear(x, loc) + F.linear(x * s_in, scale * eps) * s_out

@@ -1,0 +1,1 @@
+"""Packaged method presets (one YAML per method); read them with :mod:`bara_pyro.methods`."""
