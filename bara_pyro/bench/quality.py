@@ -1,0 +1,1070 @@
+r"""Quality and calibration of every method on every task: ``bara-pyro bench quality``.
+
+Protocol (issue 6, "Quality"; every default below is that protocol, every deviation is recorded)::
+
+    backbone      SmolLM2-135M-Instruct (``smollm2-135m``), frozen, fp32
+    scoring       cloze: mean log-likelihood of each answer continuation, softmax over the choices
+    adapters      rank r = 8, alpha = 16, on q_proj and v_proj of every layer
+    budget        the same for every method: AdamW lr 1e-4, no weight decay, 6% linear warm-up then linear
+                  decay to 0, gradient-norm clip 1.0, batch 4, 1000 steps (per member for the ensemble)
+    tasks         WG-S, ARC-C, ARC-E, WG-M, OBQA, BoolQ (fixed splits of :mod:`bara_pyro.data`, data seed 0)
+    methods       LoRA (MLE), MAP, MC-dropout, deep ensemble (M = 5), BLoB, BaRA (the packaged presets)
+    seeds         1, 2, 3 (adapter initialisation, data order and posterior draws; the splits are fixed)
+    metrics       on the test split: ACC, NLL, ECE (15 equal-width bins), Brier; joint effective rank of
+                  gated methods; the validation split is evaluated and stored too
+    selection     none: every method is evaluated at its final step, and the presets' hyperparameters
+                  are fixed in advance; the test split never chooses anything (nor does validation,
+                  which is stored for later selection studies)
+    OOD (--ood)   each OBQA model is evaluated on the test splits of ARC-C, ARC-E and two MMLU subjects
+                  (:data:`MMLU_OOD_SETS`): ACC and ECE there, and the AUROC of predictive entropy and of
+                  mutual information (in-distribution = OBQA test, OOD = the other set's test)
+
+Every run is one :func:`~bara_pyro.experiment.run_experiment` call in its own run directory
+``<output>/runs/<method>/<task>/seed<k>``; with ``--workers K > 1`` K runs execute at once as
+``python -m bara_pyro.cli train --config <output>/configs/<...>.yaml`` subprocesses on the same device.
+A run whose directory already holds ``metrics.json`` is skipped and an interrupted one is resumed from
+its checkpoint, so re-running the same command finishes an interrupted benchmark; a failed run is
+reported (``results.json``/``results.md`` and ``<output>/logs/``) and the others go on.
+
+Outputs: ``results.json`` (protocol, command line, machine, date, git commit, every run's metrics,
+aggregates mean +- std over seeds, OOD, the peft anchor and the targets) and ``results.md`` (one table
+per metric, rows = methods, columns = tasks + mean; OOD tables; anchor; targets met / missed).
+
+Anchor: peft's LoRA on an H100 with this protocol, seed 1 (:data:`PEFT_LORA_ANCHOR`); the LoRA (MLE)
+row must reproduce it within seed noise.  Targets for BaRA against LoRA (MLE), averaged over the tasks
+(:data:`TARGETS`): ECE <= 40% of LoRA's; NLL below LoRA's and BLoB's; accuracy at most 0.5 points
+below LoRA's; joint effective rank <= r / 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import copy
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "METHODS", "TASKS", "SEEDS", "STEPS", "MODEL", "OOD_TRAIN_TASK", "MMLU_OOD_SETS", "OOD_SETS", "METRICS",
+    "PROTOCOL_OVERRIDES", "QUICK_OVERRIDES", "PEFT_LORA_ANCHOR", "TARGETS", "MODEL_SELECTION", "RunSpec",
+    "plan_runs", "evaluate_ood", "aggregate", "format_markdown", "main",
+]
+
+MODEL = "smollm2-135m"
+TASKS = ("winogrande_s", "arc_challenge", "arc_easy", "winogrande_m", "openbookqa", "boolq")
+METHODS = ("lora", "lora_map", "mc_dropout", "ensemble", "blob", "bara")
+SEEDS = (1, 2, 3)
+STEPS = 1000
+METRICS = ("accuracy", "nll", "ece", "brier")
+
+OOD_TRAIN_TASK = "openbookqa"
+# two MMLU subjects with many test rows and short questions, far from OBQA's elementary science
+MMLU_OOD_SETS = ("mmlu_high_school_psychology", "mmlu_miscellaneous")  # 545 and 783 test rows
+OOD_SETS = ("arc_challenge", "arc_easy", *MMLU_OOD_SETS)
+
+# Applied to every run, after the method preset (so the budget is the same for every method).
+PROTOCOL_OVERRIDES = (
+    "task.scoring=cloze",
+    "adapter.r=8",
+    "adapter.alpha=16",
+    "adapter.target_modules=[q_proj, v_proj]",
+    "train.lr=0.0001",
+    "train.weight_decay=0.0",
+    "train.warmup_ratio=0.06",
+    "train.lr_schedule=linear",
+    "train.clip_norm=1.0",
+    "train.batch_size=4",
+    "eval.ece_bins=15",
+    "eval.splits=[validation, test]",
+    "eval.batch_size=4",  # S = 10 draws x 4 examples x up to 5 choices per forward: memory, not results
+    "data.seed=0",
+)
+# --quick: a CPU smoke run of the whole pipeline (tiny random Llama with SmolLM2's tokenizer)
+QUICK_OVERRIDES = (
+    "data.max_train_examples=8",
+    "eval.max_examples=16",
+    "eval.gate_examples=8",
+    "eval.importance_draws=0",
+    "train.checkpoint_every=0",
+    "train.log_every=1",
+)
+QUICK_CAPS = {("ensemble", "members"): 2, ("eval", "num_samples"): 2}  # --quick: at most 2 members, S <= 2
+QUICK = {"model": "tiny-llama", "steps": 3, "seeds": (1,), "methods": ("lora", "bara"), "tasks": ("winogrande_s",),
+         "device": "cpu", "ood_sets": ("arc_easy",)}
+
+# peft's LoRA, same protocol, one seed (1), H100: (ACC %, ECE %)
+PEFT_LORA_ANCHOR = {
+    "arc_easy": (69.1, 5.2),
+    "arc_challenge": (34.1, 16.0),
+    "openbookqa": (39.8, 20.4),
+    "boolq": (60.4, 5.9),
+    "winogrande_s": (54.8, 7.2),
+}
+ANCHOR_SEED = 1
+
+TARGETS = {
+    "ece": "BaRA's ECE at most 40% of LoRA (MLE)'s",
+    "nll": "BaRA's NLL below both LoRA (MLE)'s and BLoB's",
+    "accuracy": "BaRA's accuracy no more than 0.5 points below LoRA (MLE)'s",
+    "effective_rank": "BaRA's joint effective rank at most r / 2",
+}
+MODEL_SELECTION = ("No early stopping or checkpoint selection: every method is evaluated at its final training step, "
+                   "with the presets' fixed hyperparameters. The test split chooses nothing; the validation split "
+                   "is evaluated and stored but not used for selection either.")
+
+METHOD_LABELS = {"lora": "LoRA (MLE)", "lora_map": "MAP", "mc_dropout": "MC-dropout", "ensemble": "Ensemble",
+                 "blob": "BLoB", "bara": "BaRA", "bara_sparsity_only": "BaRA (sparsity only)",
+                 "bara_global_only": "BaRA (global only)"}
+TASK_LABELS = {"winogrande_s": "WG-S", "winogrande_m": "WG-M", "arc_challenge": "ARC-C", "arc_easy": "ARC-E",
+               "openbookqa": "OBQA", "boolq": "BoolQ", "mmlu_high_school_psychology": "MMLU HS psych.",
+               "mmlu_miscellaneous": "MMLU misc."}
+METRIC_LABELS = {"accuracy": ("ACC (%)", 100.0, 1), "nll": ("NLL", 1.0, 3), "ece": ("ECE (%)", 100.0, 1),
+                 "brier": ("Brier", 1.0, 3), "effective_rank": ("Joint effective rank", 1.0, 2),
+                 "auroc_entropy": ("OOD AUROC of predictive entropy (%)", 100.0, 1),
+                 "auroc_mutual_information": ("OOD AUROC of mutual information (%)", 100.0, 1)}
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class RunSpec:
+    """One training run: ``method`` x ``task`` x ``seed`` with its resolved config and run directory."""
+
+    method: str
+    task: str
+    seed: int
+    config: dict
+    run_dir: Path
+    config_path: Path
+    log_path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}/{self.task}/seed{self.seed}"
+
+    @property
+    def cost(self) -> float:
+        """Rough relative cost, to start the longest runs first."""
+        stochastic = self.config["eval"]["num_samples"] > 0 and self.config["ensemble"]["members"] == 1
+        return self.config["ensemble"]["members"] * self.config["train"]["steps"] * (1.2 if stochastic else 1.0)
+
+
+@dataclass
+class Options:
+    methods: list[str]
+    tasks: list[str]
+    seeds: list[int]
+    steps: int
+    model: str
+    device: str
+    workers: int
+    output: Path
+    overrides: list[str]
+    ood: bool
+    ood_sets: list[str]
+    quick: bool
+    argv: list[str] = field(default_factory=list)
+
+    def run_overrides(self) -> list[str]:
+        """Overrides shared by every run, in order (later wins): protocol, quick, budget/device, --set."""
+        out = [f"model={self.model}", *PROTOCOL_OVERRIDES]
+        if self.quick:
+            out += list(QUICK_OVERRIDES)
+        out += [f"train.steps={self.steps}", f"train.device={self.device}"]
+        return out + list(self.overrides)
+
+    def deviations(self) -> list[str]:
+        """How this benchmark differs from issue 6's protocol (empty: it is the protocol)."""
+        dev = []
+        if self.quick:
+            dev.append("--quick (smoke-run budget: " + ", ".join(QUICK_OVERRIDES)
+                       + ", at most 2 ensemble members and S = 2)")
+        if self.model != MODEL:
+            dev.append(f"model {self.model} (protocol: {MODEL})")
+        if self.steps != STEPS:
+            dev.append(f"{self.steps} steps (protocol: {STEPS})")
+        if list(self.seeds) != list(SEEDS):
+            dev.append(f"seeds {self.seeds} (protocol: {list(SEEDS)})")
+        if list(self.tasks) != list(TASKS):
+            dev.append(f"tasks {self.tasks} (protocol: {list(TASKS)})")
+        if list(self.methods) != list(METHODS):
+            dev.append(f"methods {self.methods} (protocol: {list(METHODS)})")
+        if self.overrides:
+            dev.append("overrides " + " ".join(f"--set {o}" for o in self.overrides))
+        return dev
+
+
+def _run_config(opts: Options, method: str, task: str, seed: int) -> dict:
+    from ..experiment_config import load_config
+
+    overrides = [f"dataset={task}", *opts.run_overrides(), f"train.seed={seed}"]
+    config = load_config(None, method=method, overrides=overrides)
+    caps = [f"{a}.{b}={cap}" for (a, b), cap in QUICK_CAPS.items() if opts.quick and config[a][b] > cap]
+    if caps:  # before the user's --set overrides (which win) and the seed
+        overrides[-len(opts.overrides) - 1:-len(opts.overrides) - 1] = caps
+        config = load_config(None, method=method, overrides=overrides)
+    return config
+
+
+def plan_runs(opts: Options) -> list[RunSpec]:
+    """Every (method, task, seed) of the benchmark with its validated config (raises ConfigError early)."""
+    specs = []
+    for method in opts.methods:
+        for task in opts.tasks:
+            for seed in opts.seeds:
+                config = _run_config(opts, method, task, seed)
+                stem = f"{method}__{task}__seed{seed}"
+                specs.append(RunSpec(method, task, seed, config, opts.output / "runs" / method / task / f"seed{seed}",
+                                     opts.output / "configs" / f"{stem}.yaml", opts.output / "logs" / f"{stem}.log"))
+    return specs
+
+
+# ---------------------------------------------------------------------------------------- execution
+
+
+def _comparable(config: dict) -> dict:
+    out = copy.deepcopy(config)
+    out.get("train", {}).pop("device", None)  # the same run on another device is the same run
+    return out
+
+
+def _saved_config_conflict(spec: RunSpec) -> str | None:
+    """A message when the run directory holds a run with another config (never mix two protocols)."""
+    path = spec.run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    from ..experiment import load_run_config
+
+    try:
+        saved = load_run_config(spec.run_dir)
+    except Exception as exc:  # noqa: BLE001 - an unreadable config is a conflict too
+        return f"{path} cannot be read ({exc}); delete the run directory to redo it"
+    if _comparable(saved) != _comparable(spec.config):
+        return (f"{spec.run_dir} holds a run with a different config; delete it or choose another --output "
+                f"(a benchmark never mixes two protocols)")
+    return None
+
+
+def _run_status(spec: RunSpec) -> str:
+    """'done' (metrics.json), 'partial' (started: will resume) or 'new'."""
+    if (spec.run_dir / "metrics.json").exists():
+        return "done"
+    return "partial" if (spec.run_dir / "config.yaml").exists() else "new"
+
+
+def _release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _train_in_process(spec: RunSpec) -> None:
+    import pyro
+
+    from ..experiment import run_experiment
+
+    pyro.clear_param_store()
+    try:
+        run_experiment(spec.config, spec.run_dir, resume=True, progress=False)
+    finally:
+        pyro.clear_param_store()
+        _release_memory()
+
+
+def _subprocess_env(workers: int) -> dict:
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _run_subprocess(cmd: list[str], log_path: Path, env: dict) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        with _RUNNING_LOCK:
+            _RUNNING.add(proc)
+        try:
+            rc = proc.wait()
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
+    if rc != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-6:]
+        raise RuntimeError(f"exit status {rc}; last lines of {log_path}:\n" + "\n".join(tail))
+
+
+def _stop_subprocesses() -> None:
+    """SIGTERM every running run: each stops at its next step boundary with a consistent checkpoint."""
+    with _RUNNING_LOCK:
+        procs = list(_RUNNING)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (e.g. from ``timeout``) ends the benchmark like Ctrl-C: its runs checkpoint, a re-run resumes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt("terminated")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train_command(spec: RunSpec) -> list[str]:
+    if _run_status(spec) == "partial":
+        return [sys.executable, "-m", "bara_pyro.cli", "train", "--resume", str(spec.run_dir), "--quiet"]
+    return [sys.executable, "-m", "bara_pyro.cli", "train", "--config", str(spec.config_path),
+            "--output", str(spec.run_dir), "--quiet"]
+
+
+def _ood_command(run_dir: Path, ood_sets: list[str]) -> list[str]:
+    return [sys.executable, "-m", "bara_pyro.bench.quality", "--ood-run", str(run_dir),
+            "--ood-sets", ",".join(ood_sets)]
+
+
+def _execute(jobs: list[tuple[str, callable, list[str] | None, Path]], workers: int, log=_log) -> dict[str, dict]:
+    """Run ``(name, in_process_fn, subprocess_cmd, log_path)`` jobs; returns ``{name: {status, error, time_s}}``.
+
+    ``workers == 1``: in this process, one after another; otherwise ``workers`` subprocesses at once.
+    A job that raises (or exits non-zero) is recorded as failed; the others go on.
+    """
+    outcome: dict[str, dict] = {}
+    lock = threading.Lock()
+    env = _subprocess_env(workers) if workers > 1 else None
+    total = len(jobs)
+
+    stop = threading.Event()
+
+    def one(job):
+        name, fn, cmd, log_path = job
+        if stop.is_set():  # interrupted: start nothing new
+            return None
+        t0 = time.perf_counter()
+        try:
+            if workers > 1:
+                _run_subprocess(cmd, log_path, env)
+            else:
+                fn()
+            result = {"status": "ok", "error": None}
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
+            err = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            if workers == 1:
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                log_path.write_text(traceback.format_exc())
+            result = {"status": "failed", "error": err}
+        result["time_s"] = time.perf_counter() - t0
+        with lock:
+            outcome[name] = result
+            tail = "" if result["status"] == "ok" else f": {result['error'].splitlines()[0]}"
+            log(f"[{len(outcome)}/{total}] {name} {result['status']} ({result['time_s']:.0f} s){tail}")
+        return result
+
+    if workers == 1:
+        for job in jobs:
+            one(job)
+    else:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+        try:
+            futures = [pool.submit(one, job) for job in jobs]
+            for future in concurrent.futures.as_completed(futures):
+                future.result()
+        except KeyboardInterrupt:
+            stop.set()
+            _stop_subprocesses()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
+    return outcome
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    try:
+        return float(obj)
+    except (TypeError, ValueError):
+        return str(obj)
+
+
+# ----------------------------------------------------------------------------------------------- OOD
+
+
+def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool = False) -> dict:
+    """Evaluate a finished run's saved adapter(s) in distribution (its test split) and on each OOD test split.
+
+    Uses the run's config: the same backbone, tokenizer, scoring, posterior sample count S, ``eval.max_examples``
+    and device.  Per OOD set: ACC, NLL, ECE, Brier, and the AUROC of telling its examples from the
+    in-distribution ones by predictive entropy and by mutual information (``None`` for deterministic
+    predictions, whose mutual information is 0).  Writes ``ood_metrics.json`` into the run directory.
+    """
+    import pyro
+
+    from ..data import load_task_dataset
+    from ..experiment import _ensemble_predict, _subset, build_backbone_and_task, load_run_config
+    from ..inference.trainer import resolve_device
+    from ..metrics import classification_metrics, mutual_information, ood_auroc, predictive_entropy
+    from ..models.bara_model import ADAPTER_WEIGHTS_NAME, BaRAModel
+    from ..tasks import get_task
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    ev = config["eval"]
+    backbone, tokenizer, task, data = build_backbone_and_task(config)
+    backbone.to(resolve_device(config["train"]["device"]))
+    members = config["ensemble"]["members"]
+    models = []
+    for m in range(members):
+        member_dir = run_dir if members == 1 else run_dir / f"member_{m}"
+        if not (member_dir / ADAPTER_WEIGHTS_NAME).exists():
+            raise FileNotFoundError(f"no trained adapter in {member_dir}")
+        models.append(BaRAModel.from_pretrained(copy.deepcopy(backbone) if members > 1 else backbone, member_dir,
+                                                forward_fn=task.scores))
+
+    def scores(pred):
+        ent = predictive_entropy(pred.probs)
+        mi = mutual_information(pred.sample_probs) if pred.sample_probs is not None else None
+        return ent, mi
+
+    pyro.set_rng_seed(config["train"]["seed"])
+    id_rows = _subset(data["test"], ev["max_examples"])
+    id_pred = _ensemble_predict(models, task, id_rows, config, progress)
+    id_entropy, id_mi = scores(id_pred)
+    out = {"trained_on": config["dataset"], "method": config["method"], "num_samples": ev["num_samples"],
+           "ensemble_members": members, "ood_sets": list(ood_sets),
+           "in_distribution": {"dataset": config["dataset"], "split": "test", "num_examples": len(id_rows),
+                               **classification_metrics(id_pred.probs, id_pred.labels, n_bins=ev["ece_bins"])},
+           "ood": {}}
+    for name in ood_sets:
+        ood_task = get_task(name, tokenizer, scoring=config["task"]["scoring"], max_length=config["task"]["max_length"])
+        for model in models:
+            model.forward_fn = ood_task.scores
+        rows = _subset(load_task_dataset(name, seed=config["data"]["seed"])["test"], ev["max_examples"])
+        pred = _ensemble_predict(models, ood_task, rows, config, progress)
+        entropy, mi = scores(pred)
+        res = {"split": "test", "num_examples": len(rows),
+               **classification_metrics(pred.probs, pred.labels, n_bins=ev["ece_bins"]),
+               "auroc_entropy": ood_auroc(id_entropy, entropy),
+               "auroc_mutual_information": ood_auroc(id_mi, mi) if mi is not None and id_mi is not None else None}
+        out["ood"][name] = res
+    _write_json(run_dir / "ood_metrics.json", out)
+    del models, backbone
+    _release_memory()
+    return out
+
+
+def _ood_done(run_dir: Path, ood_sets: list[str]) -> bool:
+    path = run_dir / "ood_metrics.json"
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("ood_sets") == list(ood_sets)
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------- aggregation
+
+
+def _stats(values: list) -> dict | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None,
+            "n": len(vals), "values": vals}
+
+
+def _table(records: list[dict], methods, columns, value) -> dict:
+    """``{method: {column: stats, "mean": stats over columns}}`` for ``value(record, column) -> float | None``.
+
+    The "mean" cell averages the per-column means (only when every column has a value); its std is over
+    the seeds that have every column (the per-seed average over columns), when there are two or more.
+    """
+    out = {}
+    for method in methods:
+        rows = [r for r in records if r["method"] == method]
+        by_col = {}
+        for col in columns:
+            pairs = [(r["seed"], value(r, col)) for r in rows]
+            by_col[col] = {s: v for s, v in pairs if v is not None}
+        cells = {col: _stats(list(by_col[col].values())) for col in columns}
+        if columns and all(cells[c] is not None for c in columns):
+            seeds = sorted(set.intersection(*(set(by_col[c]) for c in columns)))
+            per_seed = [statistics.fmean(by_col[c][s] for c in columns) for s in seeds]
+            mean = statistics.fmean(cells[c]["mean"] for c in columns)
+            cells["mean"] = {"mean": mean, "std": statistics.stdev(per_seed) if len(per_seed) > 1 else None,
+                             "n": len(per_seed), "values": per_seed}
+        else:
+            cells["mean"] = None
+        out[method] = cells
+    return out
+
+
+def _metric_value(split: str, metric: str):
+    def value(record, task):
+        if record["task"] != task or record["status"] != "ok":
+            return None
+        m = record.get("metrics") or {}
+        if metric == "effective_rank":
+            return m.get("effective_rank")
+        return (m.get(split) or {}).get(metric)
+    return value
+
+
+def _ood_value(metric: str):
+    def value(record, column):
+        ood = record.get("ood_metrics")
+        if record["task"] != OOD_TRAIN_TASK or not ood:
+            return None
+        cell = ood["in_distribution"] if column == "in_distribution" else ood["ood"].get(column)
+        return None if cell is None else cell.get(metric)
+    return value
+
+
+def _mean(agg: dict, method: str) -> float | None:
+    cell = (agg.get(method) or {}).get("mean")
+    return None if cell is None else cell["mean"]
+
+
+def check_targets(aggregates: dict, rank_budget: float | None) -> list[dict]:
+    """Issue 6's targets for BaRA against LoRA (MLE) on the across-task test means: met / missed / not evaluated."""
+    test = aggregates["test"]
+    acc, nll, ece = test["accuracy"], test["nll"], test["ece"]
+    rank = aggregates["effective_rank"]
+    out = []
+
+    def add(key, status, detail):
+        out.append({"target": key, "description": TARGETS[key], "status": status, "detail": detail})
+
+    b, lo = _mean(ece, "bara"), _mean(ece, "lora")
+    if b is None or lo is None:
+        add("ece", "not evaluated", "needs BaRA and LoRA (MLE) on every task")
+    else:
+        ratio = b / lo if lo > 0 else math.inf
+        add("ece", "met" if b <= 0.4 * lo else "missed",
+            f"BaRA {100 * b:.2f}% vs LoRA {100 * lo:.2f}%: ratio {ratio:.2f} (target <= 0.40)")
+    b, lo, bl = _mean(nll, "bara"), _mean(nll, "lora"), _mean(nll, "blob")
+    if b is None or lo is None:
+        add("nll", "not evaluated", "needs BaRA and LoRA (MLE) on every task")
+    elif bl is None:
+        add("nll", "not evaluated", f"BaRA {b:.4f} vs LoRA {lo:.4f} ({'below' if b < lo else 'not below'}); "
+                                    "BLoB was not run on every task")
+    else:
+        add("nll", "met" if b < lo and b < bl else "missed",
+            f"BaRA {b:.4f} vs LoRA {lo:.4f} (diff {b - lo:+.4f}) and BLoB {bl:.4f} (diff {b - bl:+.4f})")
+    b, lo = _mean(acc, "bara"), _mean(acc, "lora")
+    if b is None or lo is None:
+        add("accuracy", "not evaluated", "needs BaRA and LoRA (MLE) on every task")
+    else:
+        diff = 100 * (b - lo)
+        add("accuracy", "met" if diff >= -0.5 else "missed",
+            f"BaRA {100 * b:.2f}% vs LoRA {100 * lo:.2f}%: {diff:+.2f} points (target >= -0.50)")
+    b = _mean(rank, "bara")
+    if b is None or rank_budget is None:
+        add("effective_rank", "not evaluated", "needs BaRA on every task")
+    else:
+        add("effective_rank", "met" if b <= rank_budget / 2 else "missed",
+            f"BaRA {b:.2f} vs r / 2 = {rank_budget / 2:g}")
+    return out
+
+
+def anchor_check(records: list[dict], aggregates: dict, tasks: list[str]) -> list[dict]:
+    """The LoRA (MLE) row against peft's LoRA (seed 1); 'within noise' = |diff| <= 2 sqrt(2) x our seed std."""
+    rows = []
+    lora = [r for r in records if r["method"] == "lora" and r["status"] == "ok"]
+    for task in tasks:
+        if task not in PEFT_LORA_ANCHOR:
+            continue
+        peft_acc, peft_ece = PEFT_LORA_ANCHOR[task]
+        runs = sorted((r for r in lora if r["task"] == task), key=lambda r: (r["seed"] != ANCHOR_SEED, r["seed"]))
+        row = {"task": task, "peft": {"accuracy": peft_acc, "ece": peft_ece}, "seed": None, "ours": None,
+               "diff": None, "ours_seeds": {}, "within_noise": {}}
+        if runs:
+            r = runs[0]
+            row["seed"] = r["seed"]
+            row["ours"] = {k: 100 * r["metrics"]["test"][k] for k in ("accuracy", "ece")}
+            row["diff"] = {k: row["ours"][k] - row["peft"][k] for k in ("accuracy", "ece")}
+            for k in ("accuracy", "ece"):
+                cell = aggregates["test"][k].get("lora", {}).get(task)
+                std = None if cell is None or cell["std"] is None else 100 * cell["std"]
+                row["ours_seeds"][k] = None if cell is None else {"mean": 100 * cell["mean"], "std": std,
+                                                                  "n": cell["n"]}
+                row["within_noise"][k] = None if std is None else abs(row["diff"][k]) <= 2 * math.sqrt(2) * std
+        rows.append(row)
+    return rows
+
+
+def aggregate(records: list[dict], methods: list[str], tasks: list[str], ood_sets: list[str] | None = None,
+              rank_budget: float | None = None) -> dict:
+    """Aggregates (mean +- std over seeds per method x task, plus the across-task mean), OOD, anchor, targets."""
+    aggregates = {split: {m: _table(records, methods, tasks, _metric_value(split, m)) for m in METRICS}
+                  for split in ("test", "validation")}
+    aggregates["effective_rank"] = _table(records, methods, tasks, _metric_value("test", "effective_rank"))
+    out = {"aggregates": aggregates}
+    if ood_sets:
+        id_cols = ["in_distribution", *ood_sets]
+        out["ood"] = {
+            "trained_on": OOD_TRAIN_TASK, "sets": list(ood_sets),
+            "accuracy": _table(records, methods, id_cols, _ood_value("accuracy")),
+            "ece": _table(records, methods, id_cols, _ood_value("ece")),
+            "nll": _table(records, methods, id_cols, _ood_value("nll")),
+            "auroc_entropy": _table(records, methods, list(ood_sets), _ood_value("auroc_entropy")),
+            "auroc_mutual_information": _table(records, methods, list(ood_sets),
+                                               _ood_value("auroc_mutual_information")),
+        }
+    out["anchor"] = anchor_check(records, aggregates, tasks)
+    out["targets"] = check_targets(aggregates, rank_budget)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- markdown
+
+
+def _cell(stats: dict | None, scale: float, digits: int, n_expected: int | None = None) -> str:
+    if stats is None:
+        return "–"
+    text = f"{scale * stats['mean']:.{digits}f}"
+    if stats["std"] is not None:
+        text += f" ± {scale * stats['std']:.{digits}f}"
+    if n_expected is not None and stats["n"] < n_expected:
+        text += f" (n={stats['n']})"
+    return text
+
+
+def _md_table(table: dict, methods: list[str], columns: list[str], metric: str, n_expected: int | None,
+              with_mean: bool = True, column_labels: dict | None = None) -> list[str]:
+    _, scale, digits = METRIC_LABELS[metric]
+    labels = {**TASK_LABELS, **(column_labels or {})}
+    cols = columns + (["mean"] if with_mean else [])
+    head = ["Method", *[labels.get(c, c) for c in columns]] + (["Mean"] if with_mean else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in methods:
+        cells = [_cell(table.get(method, {}).get(c), scale, digits, n_expected) for c in cols]
+        lines.append("| " + " | ".join([METHOD_LABELS.get(method, method), *cells]) + " |")
+    return lines
+
+
+def format_markdown(results: dict) -> str:
+    """``results.md``: provenance, protocol, one table per metric, OOD tables, anchor, targets, failures."""
+    methods, tasks, seeds = results["methods"], results["tasks"], results["seeds"]
+    n_seeds = len(seeds)
+    lines = ["# Quality benchmark", "",
+             f"- date: {results['date']}",
+             f"- machine: {results['machine']['device']} (torch {results['machine']['torch']}, "
+             f"python {results['machine']['python']})",
+             f"- git commit: {results['git_commit']}",
+             f"- command: `{results['command']}`",
+             f"- wall time: {results['wall_time_s'] / 60:.1f} min",
+             "",
+             "## Protocol", "",
+             f"- model: {results['protocol']['model']}; steps: {results['protocol']['steps']}; "
+             f"seeds: {', '.join(map(str, seeds))}",
+             "- every run: " + ", ".join(f"`{o}`" for o in results["protocol"]["overrides"]),
+             f"- model selection: {results['protocol']['model_selection']}",
+             "- cells: mean ± std over seeds (sample std; no ± with one seed; (n=k) when fewer seeds finished); "
+             "Mean: the average of the task means, ± over seeds with every task",
+             ""]
+    if results["protocol"]["deviations"]:
+        lines += ["**This benchmark deviates from issue 6's protocol**, so its numbers are not the protocol's "
+                  "(the anchor and targets below are shown for the pipeline only):", ""]
+        lines += [f"- {d}" for d in results["protocol"]["deviations"]] + [""]
+    failed = [r for r in results["runs"] if r["status"] != "ok"]
+    lines += [f"Runs: {len(results['runs']) - len(failed)} of {len(results['runs'])} finished."]
+    if failed:
+        lines += ["", "Failed runs (not in the tables):", ""]
+        lines += [f"- {r['method']}/{r['task']}/seed{r['seed']}: {(r.get('error') or '').splitlines()[0]}"
+                  for r in failed]
+    lines += [""]
+
+    agg = results["aggregates"]
+    for metric in METRICS:
+        lines += [f"## {METRIC_LABELS[metric][0]}, test", ""]
+        lines += _md_table(agg["test"][metric], methods, tasks, metric, n_seeds) + [""]
+    gated = [m for m in methods if any(v is not None for v in agg["effective_rank"].get(m, {}).values())]
+    if gated:
+        lines += ["## Joint effective rank (gated methods; expected number of active components per layer)", ""]
+        lines += _md_table(agg["effective_rank"], gated, tasks, "effective_rank", n_seeds) + [""]
+
+    ood = results.get("ood")
+    if ood:
+        sets = ood["sets"]
+        id_label = {"in_distribution": f"{TASK_LABELS.get(ood['trained_on'], ood['trained_on'])} (ID)"}
+        lines += [f"## Out of distribution: trained on {TASK_LABELS.get(ood['trained_on'])}, test splits", "",
+                  "In-distribution = the OBQA test split; AUROC: OOD examples as positives, scored by predictive "
+                  "entropy or by mutual information (– for deterministic predictions, whose mutual information "
+                  "is 0).", ""]
+        for metric in ("accuracy", "ece"):
+            lines += [f"### OOD {METRIC_LABELS[metric][0]}", ""]
+            lines += _md_table(ood[metric], methods, ["in_distribution", *sets], metric, n_seeds, with_mean=False,
+                               column_labels=id_label) + [""]
+        for metric in ("auroc_entropy", "auroc_mutual_information"):
+            lines += [f"### {METRIC_LABELS[metric][0]}", ""]
+            lines += _md_table(ood[metric], methods, sets, metric, n_seeds) + [""]
+
+    lines += ["## Anchor: LoRA (MLE) against peft's LoRA", "",
+              f"peft's LoRA on an H100 with this protocol, one seed ({ANCHOR_SEED}); ours: the LoRA (MLE) preset, "
+              f"seed {ANCHOR_SEED} (diff = ours - peft, points), and mean ± std over our seeds. Within noise: "
+              "|diff| <= 2·√2 × our seed std (two standard deviations of the difference of two single-seed runs).",
+              ""]
+    if not results["anchor"]:
+        lines += ["(no anchored task in this benchmark)", ""]
+    else:
+        lines += ["| Task | ACC peft | ACC ours | diff | ACC ours (seeds) | ECE peft | ECE ours | diff | "
+                  "ECE ours (seeds) | within noise (ACC / ECE) |", "|" + "---|" * 10]
+        for row in results["anchor"]:
+            label = TASK_LABELS.get(row["task"], row["task"])
+            if row["ours"] is None:
+                lines.append(f"| {label} | {row['peft']['accuracy']:.1f} | – | – | – | {row['peft']['ece']:.1f} | – "
+                             "| – | – | – |")
+                continue
+            seed_note = "" if row["seed"] == ANCHOR_SEED else f" (seed {row['seed']})"
+
+            def seeds_cell(k):
+                c = row["ours_seeds"].get(k)
+                if c is None:
+                    return "–"
+                return f"{c['mean']:.1f}" + ("" if c["std"] is None else f" ± {c['std']:.1f}")
+
+            def noise(k):
+                v = row["within_noise"].get(k)
+                return "n/a (one seed)" if v is None else ("yes" if v else "no")
+
+            lines.append(f"| {label} | {row['peft']['accuracy']:.1f} | {row['ours']['accuracy']:.1f}{seed_note} | "
+                         f"{row['diff']['accuracy']:+.1f} | {seeds_cell('accuracy')} | {row['peft']['ece']:.1f} | "
+                         f"{row['ours']['ece']:.1f}{seed_note} | {row['diff']['ece']:+.1f} | {seeds_cell('ece')} | "
+                         f"{noise('accuracy')} / {noise('ece')} |")
+        lines += [""]
+
+    lines += [f"## Targets: BaRA against LoRA (MLE), averaged over {len(tasks)} task(s) "
+              f"(protocol: {len(TASKS)})", ""]
+    for t in results["targets"]:
+        lines.append(f"- {t['description']}: **{t['status']}** ({t['detail']})")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ provenance
+
+
+def _machine(device: str) -> dict:
+    import torch
+
+    info = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count()}
+    if device != "cpu" and torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+        info["gpu_count"] = torch.cuda.device_count()
+    else:
+        info["device"] = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return info
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def _csv(kind, choices=None):
+    def parse(text: str):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        try:
+            items = [kind(t) for t in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}") from None
+        if len(set(items)) != len(items):
+            raise argparse.ArgumentTypeError(f"repeated entries in {text!r}")
+        return items
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bara-pyro bench quality", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Defaults: issue 6's protocol (python -m pydoc bara_pyro.bench.quality).")
+    p.add_argument("--methods", type=_csv(str), help=f"method presets (default {','.join(METHODS)})")
+    p.add_argument("--tasks", type=_csv(str), help=f"datasets (default {','.join(TASKS)})")
+    p.add_argument("--seeds", type=_csv(int), help=f"training seeds (default {','.join(map(str, SEEDS))})")
+    p.add_argument("--steps", type=int, help=f"optimizer steps per run (default {STEPS})")
+    p.add_argument("--model", help=f"backbone (default {MODEL})")
+    p.add_argument("--device", help="'auto' (default; cuda when available), 'cuda', 'cpu', ...")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs at once: 1 runs in this process; K > 1 launches K training subprocesses")
+    p.add_argument("--output", help="benchmark folder (default benchmarks/quality/<date>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every run, e.g. --set train.estimator=fused (repeatable)")
+    p.add_argument("--ood", action="store_true", help=f"evaluate the {OOD_TRAIN_TASK} runs out of distribution")
+    p.add_argument("--ood-sets", type=_csv(str), help=f"OOD test sets (default {','.join(OOD_SETS)})")
+    p.add_argument("--quick", action="store_true",
+                   help="CPU smoke run: tiny-llama, 3 steps, 8 train / 16 eval examples, 1 seed, lora and bara")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and exit")
+    p.add_argument("--aggregate-only", action="store_true", help="train nothing: aggregate the finished runs")
+    p.add_argument("--ood-run", help=argparse.SUPPRESS)  # internal: OOD-evaluate one run dir (worker subprocess)
+    return p
+
+
+def _options(args, argv: list[str]) -> Options:
+    q = QUICK if args.quick else {}
+    opts = Options(
+        methods=args.methods or list(q.get("methods", METHODS)),
+        tasks=args.tasks or list(q.get("tasks", TASKS)),
+        seeds=args.seeds or list(q.get("seeds", SEEDS)),
+        steps=args.steps if args.steps is not None else q.get("steps", STEPS),
+        model=args.model or q.get("model", MODEL),
+        device=args.device or q.get("device", "auto"),
+        workers=args.workers,
+        output=Path(args.output or Path("benchmarks") / "quality" / datetime.date.today().isoformat()),
+        overrides=list(args.set),
+        ood=args.ood,
+        ood_sets=args.ood_sets or list(q.get("ood_sets", OOD_SETS)),
+        quick=args.quick,
+        argv=list(argv),
+    )
+    return opts
+
+
+def _check_options(opts: Options) -> None:
+    from ..data import DATASETS
+    from ..methods import preset_names
+    from ..models.config import ConfigError
+
+    unknown = [m for m in opts.methods if m not in preset_names()]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; packaged methods: {preset_names()}")
+    for name in [*opts.tasks, *(opts.ood_sets if opts.ood else [])]:
+        if name not in DATASETS:
+            raise ConfigError(f"unknown dataset {name!r}; known: {sorted(k for k in DATASETS if 'mmlu_' not in k)} "
+                              "and mmlu_<subject>")
+    if opts.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {opts.workers}")
+    if opts.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {opts.steps}")
+    if opts.ood and OOD_TRAIN_TASK not in opts.tasks:
+        raise ConfigError(f"--ood evaluates the models trained on {OOD_TRAIN_TASK}: add it to --tasks")
+
+
+def _record(spec: RunSpec, outcome: dict | None, output: Path, ood: bool) -> dict:
+    rec = {"method": spec.method, "task": spec.task, "seed": spec.seed,
+           "run_dir": str(spec.run_dir.relative_to(output)) if spec.run_dir.is_relative_to(output)
+           else str(spec.run_dir), "status": "failed", "error": None, "metrics": None}
+    metrics_path = spec.run_dir / "metrics.json"
+    if outcome is not None and outcome["status"] != "ok":
+        rec["error"] = outcome["error"]
+    elif metrics_path.exists():
+        rec["status"] = "ok"
+        rec["metrics"] = json.loads(metrics_path.read_text())
+    else:
+        rec["error"] = "not run" if outcome is None else "finished without metrics.json"
+    if outcome is not None:
+        rec["bench_time_s"] = outcome.get("time_s")
+        rec["resumed_or_skipped"] = outcome.get("skipped", False)
+    if ood and spec.task == OOD_TRAIN_TASK and (spec.run_dir / "ood_metrics.json").exists():
+        rec["ood_metrics"] = json.loads((spec.run_dir / "ood_metrics.json").read_text())
+    return rec
+
+
+def _prepare_assets(specs: list[RunSpec], ood_sets: list[str]) -> None:
+    """Fetch the model and build every dataset cache once, before parallel workers would race to build them."""
+    from ..assets import ASSETS, resolve_model
+    from ..data import load_task_dataset
+    from ..experiment_config import TINY_MODELS
+
+    models = set()
+    for spec in specs:
+        name, tokenizer = spec.config["model"], spec.config["tokenizer"]
+        if name in TINY_MODELS:  # as build_backbone_and_task: a packaged tokenizer
+            name = tokenizer or ("minilm-l6" if TINY_MODELS[name] == "bert" else "smollm2-135m")
+        models.add(name)
+    for name in sorted(models & set(ASSETS)):
+        resolve_model(name)
+    for name, seed in sorted({(s.task, s.config["data"]["seed"]) for s in specs}
+                             | {(name, s.config["data"]["seed"]) for s in specs for name in ood_sets}):
+        load_task_dataset(name, seed=seed)
+
+
+def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
+    """Plan, train (skipping finished runs), evaluate OOD, aggregate; write results.json and results.md."""
+    from ..experiment_config import save_config
+
+    t0 = time.perf_counter()
+    specs = plan_runs(opts)
+    opts.output.mkdir(parents=True, exist_ok=True)
+    outcome: dict[str, dict] = {}
+    for spec in specs:
+        conflict = _saved_config_conflict(spec)
+        if conflict:
+            outcome[spec.name] = {"status": "failed", "error": conflict, "time_s": 0.0}
+            log(f"{spec.name}: {conflict}")
+    if execute:
+        jobs = []
+        for spec in sorted(specs, key=lambda s: -s.cost):
+            if spec.name in outcome:
+                continue
+            if _run_status(spec) == "done":
+                outcome[spec.name] = {"status": "ok", "error": None, "time_s": 0.0, "skipped": True}
+                continue
+            spec.config_path.parent.mkdir(parents=True, exist_ok=True)
+            save_config(spec.config, spec.config_path)
+            jobs.append((spec.name, (lambda s=spec: _train_in_process(s)), _train_command(spec), spec.log_path))
+        if opts.workers > 1 and jobs:
+            _prepare_assets(specs, opts.ood_sets if opts.ood else [])
+        done = len(specs) - len(jobs) - sum(o["status"] != "ok" for o in outcome.values())
+        resumed = sum(_run_status(s) == "partial" for s in specs if s.name not in outcome)
+        log(f"quality benchmark: {len(specs)} runs ({done} already finished, {len(jobs)} to run of which {resumed} "
+            f"resume from a checkpoint; {opts.workers} at a time) -> {opts.output}")
+        outcome.update(_execute(jobs, opts.workers, log))
+        if opts.ood:
+            ood_jobs = []
+            for spec in specs:
+                if spec.task != OOD_TRAIN_TASK or outcome.get(spec.name, {}).get("status") != "ok":
+                    continue
+                if _ood_done(spec.run_dir, opts.ood_sets):
+                    continue
+                ood_jobs.append((f"ood:{spec.name}", (lambda s=spec: evaluate_ood(s.run_dir, opts.ood_sets)),
+                                 _ood_command(spec.run_dir, opts.ood_sets),
+                                 spec.log_path.with_name(spec.log_path.stem + "__ood.log")))
+            if ood_jobs:
+                log(f"OOD evaluation of {len(ood_jobs)} {OOD_TRAIN_TASK} run(s) on {', '.join(opts.ood_sets)}")
+            ood_outcome = _execute(ood_jobs, opts.workers, log)
+        else:
+            ood_outcome = {}
+    else:
+        ood_outcome = {}
+
+    records = [_record(s, outcome.get(s.name), opts.output, opts.ood) for s in specs]
+    if not execute:  # aggregate-only: whatever finished with this benchmark's config
+        for rec in records:
+            if rec["status"] != "ok" and rec["error"] == "not run":
+                rec["error"] = "not finished"
+    for name, res in ood_outcome.items():
+        if res["status"] != "ok":
+            rec = next(r for r in records if f"ood:{r['method']}/{r['task']}/seed{r['seed']}" == name)
+            rec["ood_error"] = res["error"]
+
+    rank_budget = next((s.config["adapter"]["r"] for s in specs if s.method == "bara"), None)
+    results = {
+        "benchmark": "quality",
+        "command": "bara-pyro bench quality " + shlex.join(opts.argv),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": _machine(opts.device),
+        "git_commit": _git_commit(),
+        "protocol": {"model": opts.model, "steps": opts.steps, "seeds": opts.seeds,
+                     "overrides": opts.run_overrides()[1:], "model_selection": MODEL_SELECTION,
+                     "deviations": opts.deviations(), "docstring": __doc__},
+        "methods": opts.methods, "tasks": opts.tasks, "seeds": opts.seeds,
+        "ood_sets": opts.ood_sets if opts.ood else None,
+        "runs": records,
+        **aggregate(records, opts.methods, opts.tasks, opts.ood_sets if opts.ood else None, rank_budget),
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    _write_json(opts.output / "results.json", results)
+    (opts.output / "results.md").write_text(format_markdown(results))
+    failed = [r for r in records if r["status"] != "ok"] + [r for r in records if r.get("ood_error")]
+    log(f"results: {opts.output / 'results.json'}\n         {opts.output / 'results.md'}"
+        + (f"\n{len(failed)} run(s) failed: see results.md and {opts.output / 'logs'}" if failed else ""))
+    for t in results["targets"]:
+        log(f"target {t['target']}: {t['status']} ({t['detail']})")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``bara-pyro bench quality [options]``: 0 if every run finished, 1 if some failed (reported), 2 on bad input."""
+    from ..models.config import ConfigError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.ood_run:
+            evaluate_ood(args.ood_run, args.ood_sets or list(OOD_SETS))
+            return 0
+        opts = _options(args, argv)
+        _check_options(opts)
+        if args.dry_run:
+            specs = plan_runs(opts)
+            for spec in specs:
+                print(f"{spec.name:<40} members {spec.config['ensemble']['members']}  "
+                      f"steps {spec.config['train']['steps']}  S {spec.config['eval']['num_samples']}  "
+                      f"[{'conflict: other config' if _saved_config_conflict(spec) else _run_status(spec)}]")
+            trainings = sum(s.config["ensemble"]["members"] for s in specs)
+            n_ood = sum(s.task == OOD_TRAIN_TASK for s in specs) if opts.ood else 0
+            print(f"{len(specs)} runs ({trainings} trainings of {opts.steps} steps), {n_ood} OOD evaluations")
+            return 0
+        with _terminate_as_interrupt():
+            results = run_benchmark(opts, execute=not args.aggregate_only)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume (finished runs are kept)", file=sys.stderr)
+        return 130
+    failed = any(r["status"] != "ok" or r.get("ood_error") for r in results["runs"])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

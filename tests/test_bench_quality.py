@@ -1,0 +1,249 @@
+"""The quality benchmark on CPU (``--quick``: tiny Llama, 3 steps); its aggregation, anchor and targets."""
+
+import json
+import math
+import sys
+
+import pytest
+
+from bara_pyro.bench import quality
+
+OOD_SET = "mmlu_high_school_psychology"
+SMALL = ["--set", "eval.max_examples=8"]  # --quick evaluates 16 examples per split; 8 keep the test fast
+
+
+def md_table(md: str, heading: str) -> list[list[str]]:
+    """The cells of the first Markdown table after ``heading`` (header row first, separator dropped)."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("#") and heading in line)
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif rows:
+            break
+    return rows
+
+
+def quick_argv(out, *extra):
+    return ["--quick", "--methods", "lora,bara", "--tasks", "openbookqa", "--seeds", "1", "--output", str(out),
+            *SMALL, *extra]
+
+
+def test_quick_benchmark_with_ood_writes_results_and_resumes(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = quick_argv(out, "--ood", "--ood-sets", OOD_SET)
+    assert quality.main(argv) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert {"command", "date", "machine", "git_commit", "protocol", "methods", "tasks", "seeds", "runs",
+            "aggregates", "ood", "anchor", "targets"} <= set(results)
+    assert results["command"] == "bara-pyro bench quality " + " ".join(argv)
+    assert results["machine"]["device"].startswith("CPU")
+    assert results["git_commit"]
+    assert results["protocol"]["deviations"] and "final training step" in results["protocol"]["model_selection"]
+    assert {"adapter.r=8", "adapter.alpha=16", "train.batch_size=4"} <= set(results["protocol"]["overrides"])
+    runs = results["runs"]
+    assert [(r["method"], r["task"], r["seed"], r["status"]) for r in runs] == [
+        ("lora", "openbookqa", 1, "ok"), ("bara", "openbookqa", 1, "ok")]
+    for r in runs:
+        assert {"accuracy", "nll", "ece", "brier"} <= set(r["metrics"]["test"]) and "validation" in r["metrics"]
+        assert r["metrics"]["test"]["num_examples"] == 8
+    config = (out / "configs" / "bara__openbookqa__seed1.yaml").read_text()
+    assert "tiny-llama" in config and "q_proj" in config
+
+    agg = results["aggregates"]
+    for metric in quality.METRICS:
+        cell = agg["test"][metric]["lora"]["openbookqa"]
+        assert cell["n"] == 1 and cell["std"] is None
+        assert agg["test"][metric]["lora"]["mean"]["mean"] == pytest.approx(cell["mean"])
+    assert agg["effective_rank"]["lora"]["openbookqa"] is None
+    assert 0 < agg["effective_rank"]["bara"]["openbookqa"]["mean"] <= 8
+
+    # OOD: the saved adapter, reloaded, predicts exactly what training evaluated (LoRA is deterministic)
+    for method in ("lora", "bara"):
+        run_dir = out / "runs" / method / "openbookqa" / "seed1"
+        ood = json.loads((run_dir / "ood_metrics.json").read_text())
+        res = ood["ood"][OOD_SET]
+        assert res["num_examples"] == 8 and 0 <= res["auroc_entropy"] <= 1
+        assert (res["auroc_mutual_information"] is None) == (method == "lora")
+        if method == "lora":
+            trained = json.loads((run_dir / "metrics.json").read_text())["test"]
+            for k in ("accuracy", "nll", "ece", "brier"):
+                assert ood["in_distribution"][k] == pytest.approx(trained[k], abs=1e-6)
+    assert results["ood"]["sets"] == [OOD_SET]
+    assert results["ood"]["accuracy"]["bara"][OOD_SET]["n"] == 1
+
+    targets = {t["target"]: t["status"] for t in results["targets"]}
+    assert set(targets) == {"ece", "nll", "accuracy", "effective_rank"}
+    assert targets["nll"] == "not evaluated"  # BLoB was not run
+    assert all(targets[k] in ("met", "missed") for k in ("ece", "accuracy", "effective_rank"))
+    (anchor,) = results["anchor"]
+    assert anchor["task"] == "openbookqa" and anchor["seed"] == 1 and anchor["peft"] == {"accuracy": 39.8, "ece": 20.4}
+    assert anchor["diff"]["accuracy"] == pytest.approx(anchor["ours"]["accuracy"] - 39.8)
+
+    md = (out / "results.md").read_text()
+    for metric in quality.METRICS:
+        table = md_table(md, quality.METRIC_LABELS[metric][0] + ", test")
+        assert table[0] == ["Method", "OBQA", "Mean"]
+        assert [row[0] for row in table[1:]] == ["LoRA (MLE)", "BaRA"]
+        assert all(len(row) == 3 for row in table)
+    assert md_table(md, "OOD ACC")[0] == ["Method", "OBQA (ID)", "MMLU HS psych."]
+    assert md_table(md, "mutual information")[1][1] == "–"  # LoRA: deterministic
+    assert md_table(md, "Anchor")[1][:2] == ["OBQA", "39.8"]
+    assert "deviates from issue 6's protocol" in md and results["git_commit"] in md
+    target_lines = [line for line in md.splitlines() if line.startswith("- BaRA's")]
+    assert len(target_lines) == 4
+    assert sum("**met**" in line or "**missed**" in line for line in target_lines) == 3
+
+    # the same command again: every run and OOD evaluation is already there, nothing is redone
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*metrics.json")}
+    assert len(stamps) == 4
+    assert quality.main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*metrics.json")} == stamps
+    assert "2 already finished, 0 to run" in capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())
+    assert again["aggregates"] == results["aggregates"] and again["ood"] == results["ood"]
+
+    # another budget into the same folder: refused per run, never mixed with the finished ones
+    assert quality.main(quick_argv(out, "--steps", "4")) == 1
+    mixed = json.loads((out / "results.json").read_text())
+    assert all(r["status"] == "failed" and "different config" in r["error"] for r in mixed["runs"])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*metrics.json")} == stamps
+
+
+def test_parallel_workers_run_the_cli_in_subprocesses(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["--quick", "--methods", "lora", "--tasks", "openbookqa,winogrande_s", "--workers", "2",
+            "--ood", "--ood-sets", "arc_easy", "--output", str(out), *SMALL]
+    assert quality.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["status"] for r in results["runs"]] == ["ok", "ok"]
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [
+        "lora__openbookqa__seed1.log", "lora__openbookqa__seed1__ood.log", "lora__winogrande_s__seed1.log"]
+    assert "bara_pyro.cli train --config" in (out / "logs" / "lora__openbookqa__seed1.log").read_text()
+    assert "--ood-run" in (out / "logs" / "lora__openbookqa__seed1__ood.log").read_text()
+    run_dir = out / "runs" / "lora" / "openbookqa" / "seed1"
+    assert json.loads((run_dir / "ood_metrics.json").read_text())["ood_sets"] == ["arc_easy"]
+    assert results["ood"]["auroc_entropy"]["lora"]["arc_easy"]["n"] == 1
+    assert md_table((out / "results.md").read_text(), "ACC (%), test")[0] == ["Method", "OBQA", "WG-S", "Mean"]
+
+
+def test_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
+    def fake_train(spec):
+        if spec.method == "bara":
+            raise RuntimeError("boom: out of memory")
+        spec.run_dir.mkdir(parents=True)
+        metrics = {split: {"accuracy": 0.5, "nll": 0.69, "ece": 0.05, "brier": 0.5} for split in ("validation", "test")}
+        (spec.run_dir / "metrics.json").write_text(json.dumps({**metrics, "effective_rank": None}))
+
+    monkeypatch.setattr(quality, "_train_in_process", fake_train)
+    out = tmp_path / "bench"
+    assert quality.main(quick_argv(out, "--tasks", "winogrande_s,boolq")) == 1
+    results = json.loads((out / "results.json").read_text())
+    status = {(r["method"], r["task"]): r["status"] for r in results["runs"]}
+    assert status == {("lora", "winogrande_s"): "ok", ("lora", "boolq"): "ok", ("bara", "winogrande_s"): "failed",
+                      ("bara", "boolq"): "failed"}
+    assert all("boom" in r["error"] for r in results["runs"] if r["status"] == "failed")
+    assert "Traceback" in (out / "logs" / "bara__boolq__seed1.log").read_text()
+    md = (out / "results.md").read_text()
+    assert "Failed runs" in md and "bara/boolq/seed1: RuntimeError: boom" in md
+    table = md_table(md, "ACC (%), test")
+    assert table[0] == ["Method", "WG-S", "BoolQ", "Mean"]
+    assert table[1] == ["LoRA (MLE)", "50.0", "50.0", "50.0"] and table[2] == ["BaRA", "–", "–", "–"]
+    assert {t["status"] for t in results["targets"]} == {"not evaluated"}
+
+
+def test_subprocess_failure_is_recorded(tmp_path):
+    jobs = [(name, None, [sys.executable, "-c", code], tmp_path / f"{name}.log")
+            for name, code in (("good", "print('fine')"), ("bad", "import sys; print('broken'); sys.exit(3)"))]
+    outcome = quality._execute(jobs, workers=2, log=lambda msg: None)
+    assert outcome["good"]["status"] == "ok"
+    assert outcome["bad"]["status"] == "failed" and "exit status 3" in outcome["bad"]["error"]
+    assert "broken" in outcome["bad"]["error"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "lora,nope"], "unknown method"),
+    (["--tasks", "not_a_task"], "unknown dataset"),
+    (["--tasks", "boolq", "--ood"], "add it to --tasks"),
+    (["--workers", "0"], "--workers"),
+    (["--set", "train.lr=-1"], "lr must be a positive number"),
+])
+def test_bad_input_is_one_error_line(tmp_path, capsys, argv, message):
+    assert quality.main(["--quick", "--output", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_dry_run_counts_the_full_protocol(capsys):
+    assert quality.main(["--dry-run", "--ood", "--output", "unused"]) == 0
+    out = capsys.readouterr().out
+    assert "108 runs (180 trainings of 1000 steps), 18 OOD evaluations" in out
+    assert "ensemble/boolq/seed3" in out and "members 5" in out
+
+
+# ------------------------------------------------------------------------ aggregation on synthetic runs
+
+TASKS = list(quality.TASKS)
+
+
+def synthetic_records():
+    """LoRA, BLoB and BaRA on the six tasks x 3 seeds, with known means."""
+    base = {"lora": dict(accuracy=0.60, nll=0.70, ece=0.10, brier=0.50, effective_rank=None),
+            "blob": dict(accuracy=0.59, nll=0.66, ece=0.05, brier=0.49, effective_rank=None),
+            "bara": dict(accuracy=0.596, nll=0.68, ece=0.03, brier=0.48, effective_rank=3.5)}
+    records = []
+    for method, values in base.items():
+        for i, task in enumerate(TASKS):
+            for seed, jitter in zip((1, 2, 3), (-0.01, 0.0, 0.01)):
+                test = {k: values[k] + jitter for k in ("accuracy", "nll", "ece", "brier")}
+                if method == "lora" and task == "arc_easy":
+                    test["accuracy"] = 0.691 + jitter  # on the anchor
+                records.append({"method": method, "task": task, "seed": seed, "status": "ok",
+                                "metrics": {"test": test, "validation": test,
+                                            "effective_rank": values["effective_rank"]}})
+    return records
+
+
+def test_aggregates_anchor_and_targets_from_synthetic_runs():
+    records = synthetic_records()
+    res = quality.aggregate(records, ["lora", "blob", "bara"], TASKS, rank_budget=8)
+    ece = res["aggregates"]["test"]["ece"]
+    assert ece["lora"]["winogrande_s"]["mean"] == pytest.approx(0.10)
+    assert ece["lora"]["winogrande_s"]["std"] == pytest.approx(0.01)
+    assert ece["bara"]["mean"]["mean"] == pytest.approx(0.03) and ece["bara"]["mean"]["n"] == 3
+    assert res["aggregates"]["effective_rank"]["bara"]["mean"]["mean"] == pytest.approx(3.5)
+    targets = {t["target"]: t for t in res["targets"]}
+    assert targets["ece"]["status"] == "met" and "ratio 0.30" in targets["ece"]["detail"]
+    assert targets["nll"]["status"] == "missed"  # below LoRA's, not below BLoB's
+    assert "BLoB 0.6600" in targets["nll"]["detail"]
+    # 0.4 points below LoRA on five tasks but 9.5 on ARC-E: 1.92 below on average
+    assert targets["accuracy"]["status"] == "missed" and "-1.92 points" in targets["accuracy"]["detail"]
+    assert targets["effective_rank"]["status"] == "met" and "r / 2 = 4" in targets["effective_rank"]["detail"]
+
+    anchor = {row["task"]: row for row in res["anchor"]}
+    assert set(anchor) == set(quality.PEFT_LORA_ANCHOR)  # WG-M has no peft figure
+    arc = anchor["arc_easy"]
+    assert arc["seed"] == 1 and arc["ours"]["accuracy"] == pytest.approx(68.1)
+    assert arc["diff"]["accuracy"] == pytest.approx(-1.0)
+    assert arc["within_noise"]["accuracy"] is True  # 1.0 <= 2 sqrt(2) x 1.0
+    assert anchor["openbookqa"]["within_noise"]["accuracy"] is False  # 60 vs 39.8
+
+    results = {"methods": ["lora", "blob", "bara"], "tasks": TASKS, "seeds": [1, 2, 3], "date": "today",
+               "machine": {"device": "NVIDIA H100", "torch": "x", "python": "y"}, "git_commit": "abc",
+               "command": "bara-pyro bench quality", "wall_time_s": 60.0,
+               "protocol": {"model": "smollm2-135m", "steps": 1000, "overrides": ["adapter.r=8"],
+                            "model_selection": quality.MODEL_SELECTION, "deviations": []},
+               "runs": records, **res}
+    md = quality.format_markdown(results)
+    table = md_table(md, "ECE (%), test")
+    assert table[0] == ["Method", "WG-S", "ARC-C", "ARC-E", "WG-M", "OBQA", "BoolQ", "Mean"]
+    assert table[1] == ["LoRA (MLE)"] + ["10.0 ± 1.0"] * 7
+    assert table[3][0] == "BaRA" and table[3][-1] == "3.0 ± 1.0"
+    assert len(md_table(md, "Joint effective rank")) == 2  # header + BaRA only
+    assert md_table(md, "Anchor")[1][0] == "WG-S" and "deviates" not in md
+    assert "Runs: 54 of 54 finished." in md
+    assert "**missed** (BaRA 0.6800 vs LoRA 0.7000" in md
+    assert not math.isnan(res["aggregates"]["test"]["accuracy"]["lora"]["mean"]["mean"])
