@@ -183,8 +183,10 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                             f.write(json.dumps(row) + "\n")
                     if on_log is not None:
                         on_log(row)
-                    bar.set_postfix(elbo=f"{-row['loss']:.3g}", kl=f"{row.get('kl', 0.0):.3g}",
-                                    acc=f"{row['accuracy']:.2f}")
+                    postfix = {"elbo": f"{-row['loss']:.3g}", "acc": f"{row['accuracy']:.2f}"}
+                    if "kl" in row:
+                        postfix["kl"] = f"{row['kl']:.3g}"
+                    bar.set_postfix(postfix)
                 bar.update(1)
                 if run_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
                     _save_checkpoint(run_dir, model, optim, step)
