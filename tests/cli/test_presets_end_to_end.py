@@ -1,0 +1,31 @@
+"""Every method preset trains and evaluates through the run layer on the demo dataset (Rotten Tomatoes ->
+SST-2) and on a multiple-choice dataset (ARC-Easy, cloze), with tiny random backbones and tiny budgets."""
+
+import json
+
+import pytest
+
+from bara_pyro.experiment import run_experiment
+from bara_pyro.experiment_config import load_config
+from bara_pyro.methods import preset_names
+
+TINY_BUDGET = ["data.max_train_examples=16", "eval.max_examples=8", "eval.num_samples=2", "eval.gate_examples=8",
+               "eval.importance_draws=0", "train.steps=2", "train.batch_size=4", "train.checkpoint_every=0",
+               "train.device=cpu", "ensemble.members=2"]
+
+
+@pytest.mark.parametrize("dataset,model", [("rt_sst2", "tiny-bert"), ("arc_easy", "tiny-llama")])
+@pytest.mark.parametrize("method", preset_names())
+def test_preset_trains_and_evaluates(method, dataset, model, tmp_path):
+    config = load_config(method=method, overrides=TINY_BUDGET + [f"dataset={dataset}", f"model={model}"])
+    if method != "ensemble":
+        config["ensemble"]["members"] = 1
+    metrics = run_experiment(config, tmp_path, progress=False)
+    assert metrics["method"] == method
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["test"]["nll"] > 0
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test"]["ece"] == pytest.approx(metrics["test"]["ece"])
+    assert (tmp_path / "predictions.npz").exists()
+    gated = method.startswith("bara")
+    assert (tmp_path / "gates.npz").exists() == gated
+    assert (metrics["effective_rank"] is not None) == gated
