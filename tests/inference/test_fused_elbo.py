@@ -3,11 +3,10 @@
 import pyro
 import pytest
 import torch
+from builders import make_batch, make_tiny_bert
 from pyro.infer import TraceMeanField_ELBO
 
 from bara_pyro import BaRAConfig, get_bara_model
-
-from builders import make_batch, make_tiny_bert
 
 
 @pytest.mark.parametrize("kl_beta", [1.0, 0.3])

@@ -2,14 +2,13 @@
 
 import pyro
 import torch
+from builders import make_tiny_bert
 from torch import nn
 
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.inference import TrainConfig, fit, predict
 from bara_pyro.models import GaussianLikelihood
 from bara_pyro.tasks.base import Batch
-
-from builders import make_tiny_bert
 
 
 class TokenTask:
