@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..models.config import ConfigError
+from ..models.errors import ConfigError, dataclass_from_dict
 
 __all__ = ["TrainConfig", "ESTIMATORS"]
 
@@ -68,8 +68,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown train field(s) {unknown}; legal fields: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "train")

@@ -37,10 +37,10 @@ immutable (use :func:`dataclasses.replace` to change one).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, dataclass_from_dict
 from .guides import GUIDES, GlobalGuide, LocalGuide
 from .priors import PRIORS, MagnitudePrior, SparsityPrior
 from .registry import normalize_spec
@@ -214,8 +214,4 @@ class BaRAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BaRAConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown BaRAConfig field(s) {unknown}; legal fields: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "BaRAConfig")
