@@ -187,23 +187,32 @@ class MultipleChoiceTask:
     # ------------------------------------------------------------------ scores
 
     def scores(self, backbone: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        """``(B, C)`` choice logits from one backbone pass; ``-inf`` for missing choices."""
-        logits = backbone(**batch.inputs).logits  # (n_seq, T, V)
+        """``(B, C)`` choice logits from one backbone pass; ``-inf`` for missing choices.
+
+        Only the positions that are scored go through the LM head (the continuation-predicting
+        positions for cloze, the last real position for lettered), so memory and time grow with the
+        scored tokens, not with ``n_seq * T * V``."""
+        extras = batch.extras
+        if self.scoring == "cloze":
+            sequence, position = extras["target_sequence"], extras["target_position"] - 1
+        else:
+            sequence = torch.arange(batch.inputs["input_ids"].shape[0], device=extras["last_position"].device)
+            position = extras["last_position"]
+        logits = _logits_at(backbone, batch.inputs, sequence, position)  # (n_positions, V)
         if self.scoring == "cloze":
             return self._cloze_scores(logits, batch)
-        extras = batch.extras
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        next_token_logits = logits[rows, extras["last_position"]]  # (B, V)
-        letter_logits = next_token_logits[:, extras["letter_ids"]]  # (B, C)
+        letter_logits = logits[:, extras["letter_ids"]]  # (B, C)
         return letter_logits.masked_fill(~extras["choice_mask"], float("-inf"))
 
     @staticmethod
-    def _cloze_scores(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def _cloze_scores(predicting: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """``predicting``: ``(n_tokens, V)`` logits at the positions that predict continuation tokens."""
         extras = batch.extras
         input_ids = batch.inputs["input_ids"]
-        # Continuation token t is predicted at position t - 1: only those rows of the logits are normalised.
+        # Continuation token t is predicted at position t - 1.
         sequence, position = extras["target_sequence"], extras["target_position"]
-        predicting = logits[sequence, position - 1].float()  # (n_tokens, V)
+        logits = predicting
+        predicting = predicting.float()
         targets = input_ids[sequence, position]  # (n_tokens,)
         token_log_lik = predicting.gather(-1, targets[:, None]).squeeze(-1) - predicting.logsumexp(-1)
         n_seq = input_ids.shape[0]
@@ -217,3 +226,22 @@ class MultipleChoiceTask:
             (num_examples, extras["width"]), float("-inf"), dtype=mean_log_lik.dtype, device=logits.device
         )
         return scores.index_put((extras["example_index"], extras["choice_index"]), mean_log_lik)
+
+
+def _logits_at(backbone: torch.nn.Module, inputs: dict, sequence: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Next-token logits at ``(sequence[i], position[i])``: ``(n, V)``.
+
+    For decoder LMs whose logits are ``lm_head(final hidden state)`` (Llama, Mistral, Qwen, ...), the
+    base model runs once and the LM head is applied only at those positions; any other model (an extra
+    head transform, logit soft-capping) computes the full logits and indexes them.
+    """
+    lm_head = getattr(backbone, "lm_head", None)
+    base = getattr(backbone, "model", None)
+    config = getattr(backbone, "config", None)
+    plain_head = (isinstance(lm_head, torch.nn.Linear) and base is not None
+                  and getattr(config, "final_logit_softcapping", None) is None
+                  and getattr(config, "logit_scale", None) is None)
+    if plain_head:
+        hidden = base(**inputs).last_hidden_state  # (n_seq, T, H)
+        return lm_head(hidden[sequence, position])
+    return backbone(**inputs).logits[sequence, position]
