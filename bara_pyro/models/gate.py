@@ -114,27 +114,26 @@ class GlobalLocalGate(PyroModule):
 
     def fused_globals(self) -> torch.Tensor:
         """Fused path: draw every global site from q (the Pyro guide's order); return their summed KL."""
+        values, kl = self._draw_globals_and_kl(reparameterized=True)
+        self._ctx.globals[self.path] = values
+        return kl
+
+    def _draw_globals_and_kl(self, reparameterized: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One draw of every global site from q, in site order, and the summed KL to the prior."""
         values, kl = {}, self._dtype_probe
         for name in self.sites:
             q = self.guide_global(name)
-            x = q.rsample()
+            x = q.rsample() if reparameterized else q.sample()
             kl = kl + kl_or_mc(q, self.prior_global(name, values), x).sum()
             values[name] = x
-        self._ctx.globals[self.path] = values
-        return kl
+        return values, kl
 
     @torch.no_grad()
     def global_kl(self) -> torch.Tensor:
         """KL of the global sites, summed (for logging; Monte Carlo sites use a draw that leaves the RNG alone)."""
         devices = [self._dtype_probe.device] if self._dtype_probe.is_cuda else []
         with torch.random.fork_rng(devices=devices):
-            values, kl = {}, self._dtype_probe
-            for name in self.sites:
-                q = self.guide_global(name)
-                x = q.sample()
-                kl = kl + kl_or_mc(q, self.prior_global(name, values), x).sum()
-                values[name] = x
-        return kl
+            return self._draw_globals_and_kl(reparameterized=False)[1]
 
     @torch.no_grad()
     def draw_globals(self) -> torch.Tensor:
