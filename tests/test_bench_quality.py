@@ -164,8 +164,48 @@ def test_subprocess_failure_is_recorded(tmp_path):
     assert "broken" in outcome["bad"]["error"]
 
 
+def test_workers_are_spread_over_the_gpus(tmp_path):
+    """Each subprocess sees one GPU; with 4 workers on 2 GPUs, each GPU runs at most 2 jobs at once."""
+    code = ("import os, time; print('gpu=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'none'), time.time()); "
+            "time.sleep(0.3); print('end', time.time())")
+    jobs = [(f"job{i}", None, [sys.executable, "-c", code], tmp_path / f"job{i}.log") for i in range(8)]
+    outcome = quality._execute(jobs, workers=4, log=lambda msg: None, gpus=[0, 1])
+    assert all(o["status"] == "ok" for o in outcome.values())
+    spans = {"0": [], "1": []}
+    for i in range(8):
+        lines = (tmp_path / f"job{i}.log").read_text().split("\n")
+        start = next(line for line in lines if line.startswith("gpu="))
+        end = next(line for line in lines if line.startswith("end"))
+        spans[start.split()[0][4:]].append((float(start.split()[1]), float(end.split()[1])))
+    assert sorted(len(v) for v in spans.values()) == [4, 4]
+    for intervals in spans.values():  # never three jobs at once on one GPU
+        for t, _ in intervals:
+            assert sum(a <= t < b for a, b in intervals) <= 2
+
+
+def test_variants_and_per_method_overrides(capsys, tmp_path):
+    argv = ["--dry-run", "--methods", "lora,bara,bara_fast", "--tasks", "openbookqa", "--seeds", "1",
+            "--variant", "bara_fast=bara", "--method-set", "bara_fast:train.guide_lr=0.01",
+            "--method-set", "bara:adapter.init_gate_logit=0.0", "--output", str(tmp_path)]
+    assert quality.main(argv) == 0
+    assert "bara_fast/openbookqa/seed1" in capsys.readouterr().out
+    opts = quality._options(quality.build_parser().parse_args(argv), argv)
+    configs = {s.method: s.config for s in quality.plan_runs(opts)}
+    assert configs["bara_fast"]["train"]["guide_lr"] == 0.01 and configs["bara"]["train"]["guide_lr"] is None
+    assert configs["bara_fast"]["adapter"] == {**configs["bara"]["adapter"], "init_gate_logit": 2.0}
+    assert configs["bara"]["adapter"]["init_gate_logit"] == 0.0 and configs["lora"]["train"]["guide_lr"] is None
+    assert configs["bara_fast"]["method"] == "bara" and configs["bara_fast"]["train"]["lr"] == 1e-4
+    assert any("bara_fast is a variant of the bara preset" in d for d in opts.deviations())
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "lora,nope"], "unknown method"),
+    (["--variant", "lora=bara"], "is a packaged method"),
+    (["--variant", "x=nope", "--methods", "x"], "unknown preset"),
+    (["--variant", "x"], "NAME=PRESET"),
+    (["--methods", "lora", "--method-set", "bara:train.lr=0.1"], "not in --methods"),
+    (["--methods", "lora", "--method-set", "lora=0.1"], "METHOD:KEY=VALUE"),
+    (["--methods", "lora", "--method-set", "lora:train.lr=-1"], "lr must be a positive number"),
     (["--tasks", "not_a_task"], "unknown dataset"),
     (["--tasks", "boolq", "--ood"], "add it to --tasks"),
     (["--workers", "0"], "--workers"),

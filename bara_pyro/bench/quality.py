@@ -21,7 +21,11 @@ Protocol (issue 6, "Quality"; every default below is that protocol, every deviat
 
 Every run is one :func:`~bara_pyro.experiment.run_experiment` call in its own run directory
 ``<output>/runs/<method>/<task>/seed<k>``; with ``--workers K > 1`` K runs execute at once as
-``python -m bara_pyro.cli train --config <output>/configs/<...>.yaml`` subprocesses on the same device.
+``python -m bara_pyro.cli train --config <output>/configs/<...>.yaml`` subprocesses, spread round-robin over
+the visible GPUs (``--gpus`` to choose them; each subprocess sees one).  ``--variant NAME=PRESET`` adds a
+method that starts from a packaged preset and ``--method-set METHOD:KEY=VALUE`` gives one method its own
+values (a validation sweep of BaRA's hyperparameters, or the chosen values in the full run); both are
+recorded as deviations.
 A run whose directory already holds ``metrics.json`` is skipped and an interrupted one is resumed from
 its checkpoint, so re-running the same command finishes an interrupted benchmark; a failed run is
 reported (``results.json``/``results.md`` and ``<output>/logs/``) and the others go on.
@@ -184,6 +188,13 @@ class Options:
     ood_sets: list[str]
     quick: bool
     argv: list[str] = field(default_factory=list)
+    variants: dict[str, str] = field(default_factory=dict)  # method name -> the preset it starts from
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)  # method name -> its own --set values
+    gpus: list[int] | None = None  # GPUs the workers are spread over (None: the default device)
+
+    def preset(self, method: str) -> str:
+        """The packaged preset a method (or a ``--variant``) starts from."""
+        return self.variants.get(method, method)
 
     def run_overrides(self) -> list[str]:
         """Overrides shared by every run, in order (later wins): protocol, quick, budget/device, --set."""
@@ -211,18 +222,23 @@ class Options:
             dev.append(f"methods {self.methods} (protocol: {list(METHODS)})")
         if self.overrides:
             dev.append("overrides " + " ".join(f"--set {o}" for o in self.overrides))
+        for name, base in self.variants.items():
+            dev.append(f"method {name} is a variant of the {base} preset")
+        for method, values in self.method_overrides.items():
+            dev.append(f"{method} only: " + " ".join(f"--set {o}" for o in values))
         return dev
 
 
 def _run_config(opts: Options, method: str, task: str, seed: int) -> dict:
     from ..experiment_config import load_config
 
-    overrides = [f"dataset={task}", *opts.run_overrides(), f"train.seed={seed}"]
-    config = load_config(None, method=method, overrides=overrides)
+    shared = [f"dataset={task}", *opts.run_overrides()[:-len(opts.overrides) or None]]
+    user = [*opts.overrides, *opts.method_overrides.get(method, []), f"train.seed={seed}"]
+    preset = opts.preset(method)
+    config = load_config(None, method=preset, overrides=shared + user)
     caps = [f"{a}.{b}={cap}" for (a, b), cap in QUICK_CAPS.items() if opts.quick and config[a][b] > cap]
     if caps:  # before the user's --set overrides (which win) and the seed
-        overrides[-len(opts.overrides) - 1:-len(opts.overrides) - 1] = caps
-        config = load_config(None, method=method, overrides=overrides)
+        config = load_config(None, method=preset, overrides=shared + caps + user)
     return config
 
 
@@ -367,16 +383,23 @@ def _ood_command(run_dir: Path, ood_sets: list[str]) -> list[str]:
             "--ood-sets", ",".join(ood_sets)]
 
 
-def _execute(jobs: list[tuple[str, callable, list[str] | None, Path]], workers: int, log=_log) -> dict[str, dict]:
+def _execute(jobs: list[tuple[str, callable, list[str] | None, Path]], workers: int, log=_log,
+             gpus: list[int] | None = None) -> dict[str, dict]:
     """Run ``(name, in_process_fn, subprocess_cmd, log_path)`` jobs; returns ``{name: {status, error, time_s}}``.
 
-    ``workers == 1``: in this process, one after another; otherwise ``workers`` subprocesses at once.
+    ``workers == 1``: in this process, one after another; otherwise ``workers`` subprocesses at once,
+    spread round-robin over ``gpus`` (each subprocess sees one GPU through ``CUDA_VISIBLE_DEVICES``).
     A job that raises (or exits non-zero) is recorded as failed; the others go on.
     """
+    import queue
+
     outcome: dict[str, dict] = {}
     lock = threading.Lock()
     env = _subprocess_env(workers) if workers > 1 else None
     total = len(jobs)
+    slots: queue.Queue = queue.Queue()
+    for i in range(workers):
+        slots.put(None if not gpus else gpus[i % len(gpus)])
 
     stop = threading.Event()
 
@@ -385,9 +408,10 @@ def _execute(jobs: list[tuple[str, callable, list[str] | None, Path]], workers: 
         if stop.is_set():  # interrupted: start nothing new
             return None
         t0 = time.perf_counter()
+        gpu = slots.get()
         try:
             if workers > 1:
-                _run_subprocess(cmd, log_path, env)
+                _run_subprocess(cmd, log_path, env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": str(gpu)})
             else:
                 fn()
             result = {"status": "ok", "error": None}
@@ -399,6 +423,8 @@ def _execute(jobs: list[tuple[str, callable, list[str] | None, Path]], workers: 
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 log_path.write_text(traceback.format_exc())
             result = {"status": "failed", "error": err}
+        finally:
+            slots.put(gpu)
         result["time_s"] = time.perf_counter() - t0
         with lock:
             outcome[name] = result
@@ -855,9 +881,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="'auto' (default; cuda when available), 'cuda', 'cpu', ...")
     p.add_argument("--workers", type=int, default=1,
                    help="runs at once: 1 runs in this process; K > 1 launches K training subprocesses")
+    p.add_argument("--gpus", type=_csv(int),
+                   help="GPU indices to spread the --workers over (default: every visible GPU when there are "
+                        "several and --workers > 1)")
     p.add_argument("--output", help="benchmark folder (default benchmarks/quality/<date>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run, e.g. --set train.estimator=fused (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=PRESET",
+                   help="add a method NAME that starts from PRESET (give it its own values with --method-set "
+                        "and list it in --methods), e.g. --variant bara_fast=bara (repeatable)")
+    p.add_argument("--method-set", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                   help="override a config value in METHOD's runs only, after --set, e.g. "
+                        "--method-set bara:train.guide_lr=0.01 (repeatable)")
     p.add_argument("--ood", action="store_true", help=f"evaluate the {OOD_TRAIN_TASK} runs out of distribution")
     p.add_argument("--ood-sets", type=_csv(str), help=f"OOD test sets (default {','.join(OOD_SETS)})")
     p.add_argument("--quick", action="store_true",
@@ -884,8 +919,48 @@ def _options(args, argv: list[str]) -> Options:
         ood_sets=args.ood_sets or list(q.get("ood_sets", OOD_SETS)),
         quick=args.quick,
         argv=list(argv),
+        variants=_parse_variants(args.variant),
+        method_overrides=_parse_method_sets(args.method_set),
+        gpus=args.gpus,
     )
+    if opts.gpus is None and opts.workers > 1 and opts.device not in ("cpu",) and not opts.device.startswith("cuda:"):
+        opts.gpus = _visible_gpus()
     return opts
+
+
+def _parse_variants(items: list[str]) -> dict[str, str]:
+    from ..models.config import ConfigError
+
+    out = {}
+    for item in items:
+        name, sep, base = item.partition("=")
+        if not sep or not name.strip() or not base.strip():
+            raise ConfigError(f"--variant {item!r} must look like NAME=PRESET")
+        out[name.strip()] = base.strip()
+    return out
+
+
+def _parse_method_sets(items: list[str]) -> dict[str, list[str]]:
+    from ..models.config import ConfigError
+
+    out: dict[str, list[str]] = {}
+    for item in items:
+        method, sep, value = item.partition(":")
+        if not sep or not method.strip() or "=" not in value:
+            raise ConfigError(f"--method-set {item!r} must look like METHOD:KEY=VALUE")
+        out.setdefault(method.strip(), []).append(value.strip())
+    return out
+
+
+def _visible_gpus() -> list[int] | None:
+    """``[0, ..., n-1]`` when this process sees n >= 2 CUDA devices, else None (one device: nothing to spread)."""
+    try:
+        import torch
+
+        n = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no usable CUDA: the default device
+        return None
+    return list(range(n)) if n >= 2 else None
 
 
 def _check_options(opts: Options) -> None:
@@ -893,9 +968,20 @@ def _check_options(opts: Options) -> None:
     from ..methods import preset_names
     from ..models.config import ConfigError
 
-    unknown = [m for m in opts.methods if m not in preset_names()]
+    for name, base in opts.variants.items():
+        if name in preset_names():
+            raise ConfigError(f"--variant {name}={base}: {name!r} is a packaged method; choose another name")
+        if base not in preset_names():
+            raise ConfigError(f"--variant {name}={base}: unknown preset {base!r}; packaged methods: {preset_names()}")
+    unknown = [m for m in opts.methods if m not in preset_names() and m not in opts.variants]
     if unknown:
-        raise ConfigError(f"unknown method(s) {unknown}; packaged methods: {preset_names()}")
+        raise ConfigError(f"unknown method(s) {unknown}; packaged methods: {preset_names()}"
+                          + (f", variants: {sorted(opts.variants)}" if opts.variants else ""))
+    stray = sorted(set(opts.method_overrides) - set(opts.methods))
+    if stray:
+        raise ConfigError(f"--method-set names method(s) {stray} that are not in --methods {opts.methods}")
+    if opts.gpus is not None and (not opts.gpus or any(g < 0 for g in opts.gpus)):
+        raise ConfigError(f"--gpus must list GPU indices >= 0, got {opts.gpus}")
     for name in [*opts.tasks, *(opts.ood_sets if opts.ood else [])]:
         if name not in DATASETS:
             raise ConfigError(f"unknown dataset {name!r}; known: {sorted(k for k in DATASETS if 'mmlu_' not in k)} "
@@ -977,7 +1063,7 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
         resumed = sum(_run_status(s) == "partial" for s in specs if s.name not in outcome)
         log(f"quality benchmark: {len(specs)} runs ({done} already finished, {len(jobs)} to run of which {resumed} "
             f"resume from a checkpoint; {opts.workers} at a time) -> {opts.output}")
-        outcome.update(_execute(jobs, opts.workers, log))
+        outcome.update(_execute(jobs, opts.workers, log, opts.gpus))
         if opts.ood:
             ood_jobs = []
             for spec in specs:
@@ -990,7 +1076,7 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
                                  spec.log_path.with_name(spec.log_path.stem + "__ood.log")))
             if ood_jobs:
                 log(f"OOD evaluation of {len(ood_jobs)} {OOD_TRAIN_TASK} run(s) on {', '.join(opts.ood_sets)}")
-            ood_outcome = _execute(ood_jobs, opts.workers, log)
+            ood_outcome = _execute(ood_jobs, opts.workers, log, opts.gpus)
         else:
             ood_outcome = {}
     else:

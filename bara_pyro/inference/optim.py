@@ -45,7 +45,7 @@ class TorchOptimizer(PyroOptim):
         self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda or (lambda step: 1.0))
         self.clip_norm = clip_norm
-        self.last_grad_norm = float("nan")
+        self._grad_norm: torch.Tensor | None = None  # kept on the device: reading it every step would sync
 
     def __call__(self, params=None, *args, **kwargs) -> None:
         if params is not None:
@@ -58,10 +58,15 @@ class TorchOptimizer(PyroOptim):
     def step(self) -> None:
         """Clip the global gradient norm, step the optimizer and the schedule, clear the gradients."""
         if self.clip_norm is not None:
-            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm))
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def last_grad_norm(self) -> float:
+        """Global gradient norm before clipping at the last step (nan without clipping); reading it syncs."""
+        return float("nan") if self._grad_norm is None else float(self._grad_norm)
 
     @property
     def lr(self) -> float:

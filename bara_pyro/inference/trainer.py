@@ -143,7 +143,10 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     order = DataOrder(len(train_rows), config.batch_size, config.seed)
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
                 if config.bf16 and device.type == "cuda" else contextlib.nullcontext())
-    correct = seen = 0
+    # Per-step quantities stay on the device and are read on log steps only: a read each step would make
+    # the CPU wait for the GPU and lose the overlap of kernel launches with execution.
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
     step = start_step
     t0 = time.perf_counter()
     bar = tqdm(total=config.steps, initial=start_step, disable=not progress, desc="train", dynamic_ncols=True)
@@ -160,23 +163,36 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                 model.ctx.collect_stats = log_now
                 with autocast:
                     if use_svi:
-                        loss = svi.step(batch)
+                        try:
+                            loss = svi.step(batch)
+                        except ValueError as exc:  # Pyro's argument validation sees the NaN first
+                            if "invalid values" not in str(exc):
+                                raise
+                            raise FloatingPointError(f"a distribution received NaN or infinite parameters at step "
+                                                     f"{step}; lower the learning rate or raise kl_warmup_steps"
+                                                     ) from exc
                         scores = model.last_scores
                     else:
                         loss_t, parts = model.fused_loss(batch)
                         loss_t.backward()
                         optim.step()
-                        loss, scores = float(loss_t.detach()), parts["scores"]
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss} at step {step}; lower the learning rate or "
-                                             "raise kl_warmup_steps")
+                        loss, scores = loss_t.detach(), parts["scores"]
                 if scores is not None and scores.dim() == 2 and batch.labels.dtype == torch.long:
-                    correct += int((scores.argmax(-1) == batch.labels).sum())
+                    correct += (scores.detach().argmax(-1) == batch.labels).sum()
                     seen += batch.num_examples
                 step += 1
+                checkpoint_now = (run_dir is not None and config.checkpoint_every
+                                  and step % config.checkpoint_every == 0)
+                if log_now or checkpoint_now or use_svi:
+                    loss = float(loss)
+                    if not math.isfinite(loss):  # checked before any checkpoint can store a broken state
+                        raise FloatingPointError(f"the loss became {loss} at step {step - 1} (or up to "
+                                                 f"{config.log_every - 1} steps before it); lower the learning "
+                                                 "rate or raise kl_warmup_steps")
                 if log_now:
-                    row = _log_row(model, step, loss, optim, correct / max(seen, 1))
-                    correct = seen = 0
+                    row = _log_row(model, step, loss, optim, int(correct) / max(seen, 1))
+                    correct.zero_()
+                    seen = 0
                     history.append(row)
                     if log_path is not None:
                         with open(log_path, "a") as f:
@@ -188,7 +204,7 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                         postfix["kl"] = f"{row['kl']:.3g}"
                     bar.set_postfix(postfix)
                 bar.update(1)
-                if run_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+                if checkpoint_now:
                     _save_checkpoint(run_dir, model, optim, step)
     except KeyboardInterrupt:  # a second Ctrl-C: the step in flight is lost, the last checkpoint stays
         interrupted = True
