@@ -287,3 +287,22 @@ def test_aggregates_anchor_and_targets_from_synthetic_runs():
     assert "Runs: 54 of 54 finished." in md
     assert "**missed** (BaRA 0.6800 vs LoRA 0.7000" in md
     assert not math.isnan(res["aggregates"]["test"]["accuracy"]["lora"]["mean"]["mean"])
+
+
+def test_best_variant_is_chosen_on_validation_nll(tmp_path, capsys):
+    records = []
+    for method, val_nll, test_nll in (("bara", 0.9, 0.5), ("bara_a", 0.7, 0.9), ("bara_b", 0.8, 0.4)):
+        for task in ("openbookqa", "arc_challenge"):
+            metrics = {"validation": {"accuracy": 0.5, "nll": val_nll, "ece": 0.1, "brier": 0.5},
+                       "test": {"accuracy": 0.5, "nll": test_nll, "ece": 0.1, "brier": 0.5}}
+            records.append({"method": method, "task": task, "seed": 1, "status": "ok", "metrics": metrics})
+    results = {**quality.aggregate(records, ["bara", "bara_a", "bara_b"], ["openbookqa", "arc_challenge"]),
+               "method_overrides": {"bara_a": ["train.guide_lr=0.01", "adapter.a_theta=16"]}}
+    name, values, means = quality.best_variant(results)
+    assert name == "bara_a" and values == ["train.guide_lr=0.01", "adapter.a_theta=16"]  # not the test winner
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert quality.main(["--best-variant", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == ["--method-set=bara:train.guide_lr=0.01", "--method-set=bara:adapter.a_theta=16"]
+    assert "chosen: bara_a" in err

@@ -899,6 +899,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU smoke run: tiny-llama, 3 steps, 8 train / 16 eval examples, 1 seed, lora and bara")
     p.add_argument("--dry-run", action="store_true", help="print the runs and exit")
     p.add_argument("--aggregate-only", action="store_true", help="train nothing: aggregate the finished runs")
+    p.add_argument("--best-variant", metavar="RESULTS_JSON",
+                   help="print the --method-set arguments of the sweep's method with the lowest mean validation "
+                        "NLL (for --best-variant-for), its ranking on stderr, and exit")
+    p.add_argument("--best-variant-for", default="bara", metavar="METHOD",
+                   help="the method the chosen values are printed for (default bara)")
     p.add_argument("--ood-run", help=argparse.SUPPRESS)  # internal: OOD-evaluate one run dir (worker subprocess)
     return p
 
@@ -1103,6 +1108,7 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
                      "overrides": opts.run_overrides()[1:], "model_selection": MODEL_SELECTION,
                      "deviations": opts.deviations(), "docstring": __doc__},
         "methods": opts.methods, "tasks": opts.tasks, "seeds": opts.seeds,
+        "variants": opts.variants, "method_overrides": opts.method_overrides,
         "ood_sets": opts.ood_sets if opts.ood else None,
         "runs": records,
         **aggregate(records, opts.methods, opts.tasks, opts.ood_sets if opts.ood else None, rank_budget),
@@ -1118,6 +1124,20 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
     return results
 
 
+def best_variant(results: dict, split: str = "validation", metric: str = "nll") -> tuple[str, list[str], dict]:
+    """The method of a sweep's ``results.json`` with the lowest across-task mean ``metric`` on ``split``.
+
+    Returns ``(name, its --method-set values, {method: mean})``; methods without a value on every task
+    are left out.  Selection uses the validation split only (issue 6: the test split chooses nothing).
+    """
+    table = results["aggregates"][split][metric]
+    means = {m: cell["mean"]["mean"] for m, cell in table.items() if cell.get("mean") is not None}
+    if not means:
+        raise ValueError(f"no method has a {split} {metric} on every task")
+    name = min(means, key=means.get)
+    return name, list((results.get("method_overrides") or {}).get(name, [])), means
+
+
 def main(argv: list[str] | None = None) -> int:
     """``bara-pyro bench quality [options]``: 0 if every run finished, 1 if some failed (reported), 2 on bad input."""
     from ..models.config import ConfigError
@@ -1127,6 +1147,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.ood_run:
             evaluate_ood(args.ood_run, args.ood_sets or list(OOD_SETS))
+            return 0
+        if args.best_variant:
+            path = Path(args.best_variant)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist")
+            name, values, means = best_variant(json.loads(path.read_text()))
+            for method, mean in sorted(means.items(), key=lambda kv: kv[1]):
+                print(f"{method:<24} validation NLL {mean:.4f}", file=sys.stderr)
+            target = args.best_variant_for
+            print(" ".join(shlex.quote(f"--method-set={target}:{v}") for v in values))
+            print(f"chosen: {name}", file=sys.stderr)
             return 0
         opts = _options(args, argv)
         _check_options(opts)
