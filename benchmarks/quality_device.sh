@@ -6,15 +6,21 @@
 #   bash benchmarks/quality_device.sh setup1         # carry: carry_a (GGUF part 1, datasets), .device_wheels
 #   bash benchmarks/quality_device.sh setup2         # carry: carry_b (GGUF part 2, datasets)
 #   bash benchmarks/quality_device.sh run [SECONDS]  # carry: carry_c (GGUF part 3, datasets); repeat until done
+#                                                   # SECONDS: how long the call may take (default 550)
 #
 # `run` stages, each skipped once finished:
 #   1. sweep  BaRA variants on the validation splits of OBQA and ARC-C (seed 1): the variant with the
 #             lowest mean validation NLL is chosen (bench quality --best-variant); the test split chooses nothing.
-#   2. core   bara (chosen values), lora, blob: six tasks x 3 seeds
-#   3. rest   lora_map, mc_dropout
-#   4. ens    ensemble (5 members)
-#   5. ood    the OBQA runs on ARC-C, ARC-E and two MMLU subjects
-# then aggregates all methods into $KEEP/suite/results.{json,md} and packs the small files into $OUT.
+#   2. one stage per method, six tasks x 3 seeds each, in this order: lora (the anchor), bara (chosen
+#             values), blob, lora_map, mc_dropout, ensemble (5 members)
+#   3. ood    the OBQA runs on ARC-C, ARC-E and two MMLU subjects
+# then aggregates all methods into $KEEP/suite/results.{json,md} and packs the small files (and the OBQA
+# adapters, which the OOD stage of a later session needs) into $OUT.
+#
+# A fresh machine starts from the runs already in the repository ($SEED_FROM): finished runs are copied
+# into $KEEP/suite and skipped. OBQA runs are copied only with their adapters (the OOD stage loads them).
+# One training process per GPU: on an H100, 8 processes on one GPU gave no more steps per second than
+# one, and on 4 H200s, 3 processes per GPU gave about half of one process's rate per GPU (docs/benchmarks.md).
 set -u
 KEEP=${KEEP:-/root/keep}
 phase=${1:?setup1, setup2 or run}
@@ -43,13 +49,25 @@ if [ ! -f "$KEEP/smol/hf/model.safetensors" ]; then
     || exit 1
 fi
 NGPU=$(nvidia-smi -L | wc -l)
-WORKERS=${WORKERS:-$(( 3 * NGPU ))}
+WORKERS=${WORKERS:-$NGPU}
+SEED_FROM=${SEED_FROM:-benchmarks/results/quality_h200x4_2026-11-22}
+if [ ! -d "$KEEP/suite" ] && [ -d "$SEED_FROM/suite/runs" ]; then
+  for run in "$SEED_FROM"/suite/runs/*/*/seed*; do
+    [ -f "$run/metrics.json" ] || continue
+    case $run in *openbookqa*) ls "$run"/*.safetensors > /dev/null 2>&1 || continue ;; esac
+    rel=${run#"$SEED_FROM"/}; mkdir -p "$KEEP/$rel" && cp -r "$run"/. "$KEEP/$rel/"
+  done
+  [ -d "$SEED_FROM/sweep" ] && [ ! -d "$KEEP/sweep" ] && cp -r "$SEED_FROM/sweep" "$KEEP/sweep" && touch "$KEEP/sweep.done"
+  echo "seeded $(ls -d "$KEEP"/suite/runs/*/*/seed* 2>/dev/null | wc -l) finished runs from $SEED_FROM"
+fi
 Q=(python3 -m bara_pyro.bench.quality --model "$KEEP/smol/hf" --device cuda --workers "$WORKERS"
    --set train.estimator=fused --set eval.batch_size=32 --set eval.importance_draws=0 --set eval.gate_examples=64)
-bench() {  # bench STAGE ARGS...: run until done (marker) or until 30 s before the deadline
+bench() {  # bench STAGE ARGS...: run until done (marker) or until the deadline, less the time a stop takes
   local stage=$1; shift
   [ -f "$KEEP/$stage.done" ] && return 0
-  local left=$(( END - $(date +%s) - 30 ))
+  # SIGTERM: training runs checkpoint at their next step, but a run that is evaluating finishes or is
+  # killed after 120 s (bench quality's grace period); then aggregation and packing need ~30 s.
+  local left=$(( END - $(date +%s) - 160 ))
   [ "$left" -gt 60 ] || return 1
   echo "== $stage ($left s left)"
   timeout -s TERM "$left" "${Q[@]}" "$@" && touch "$KEEP/$stage.done"
@@ -73,10 +91,9 @@ read -r -a SEL < "$KEEP/selected.txt"
 echo "chosen BaRA values: ${SEL[*]:-(the preset)}"
 SUITE=(--output "$KEEP/suite" --set "eval.splits=[test]" "${SEL[@]}")
 ALL=bara,lora,blob,lora_map,mc_dropout,ensemble
-bench core --methods bara,lora,blob "${SUITE[@]}" \
-  && bench rest --methods lora_map,mc_dropout "${SUITE[@]}" \
-  && bench ens --methods ensemble "${SUITE[@]}" \
-  && bench ood --methods $ALL --ood "${SUITE[@]}"
+for method in lora bara blob lora_map mc_dropout ensemble; do
+  bench "$method" --methods "$method" "${SUITE[@]}" || break
+done && bench ood --methods $ALL --ood "${SUITE[@]}"
 
 # aggregate whatever has finished, then pack the small files
 "${Q[@]}" --methods $ALL --ood "${SUITE[@]}" --aggregate-only > /dev/null 2>&1
@@ -85,6 +102,8 @@ if [ -n "${OUT:-}" ]; then
     [ -d "$KEEP/$d" ] && tar -C "$KEEP" -czf "$OUT/$d.tar.gz" --exclude='*.safetensors' --exclude='checkpoint*' \
       --exclude='*.npz' --exclude='*.pt' "$d"
   done
+  (cd "$KEEP" && find suite/runs -path '*openbookqa*' -name '*.safetensors' -not -path '*checkpoint*' \
+    | tar -czf "$OUT/obqa_adapters.tar.gz" -T -)
   cp "$KEEP/selected.txt" "$OUT/" 2>/dev/null
   ls -la "$OUT"
 fi

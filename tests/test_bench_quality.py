@@ -306,3 +306,13 @@ def test_best_variant_is_chosen_on_validation_nll(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out.split() == ["--method-set=bara:train.guide_lr=0.01", "--method-set=bara:adapter.a_theta=16"]
     assert "chosen: bara_a" in err
+
+
+def test_aggregate_only_keeps_the_machine_the_runs_trained_on(tmp_path):
+    out = tmp_path / "bench"
+    out.mkdir()
+    gpu = {"device": "NVIDIA H200", "gpu_count": 4, "torch": "2.11.0+cu130", "python": "3.12.3"}
+    (out / "results.json").write_text(json.dumps({"machine": gpu}))
+    quality.main(quick_argv(out, "--aggregate-only"))
+    results = json.loads((out / "results.json").read_text())
+    assert results["machine"] == gpu and results["aggregated_on"]["device"].startswith("CPU")

@@ -12,9 +12,10 @@ Protocol (issue 6, "Quality"; every default below is that protocol, every deviat
     seeds         1, 2, 3 (adapter initialisation, data order and posterior draws; the splits are fixed)
     metrics       on the test split: ACC, NLL, ECE (15 equal-width bins), Brier; joint effective rank of
                   gated methods; the validation split is evaluated and stored too
-    selection     none: every method is evaluated at its final step, and the presets' hyperparameters
-                  are fixed in advance; the test split never chooses anything (nor does validation,
-                  which is stored for later selection studies)
+    selection     every method is evaluated at its final step (no early stopping); hyperparameters are
+                  the presets' unless chosen by a validation sweep (``--variant`` methods ranked by
+                  ``--best-variant`` on the validation NLL, applied with ``--method-set``); the test
+                  split never chooses anything
     OOD (--ood)   each OBQA model is evaluated on the test splits of ARC-C, ARC-E and two MMLU subjects
                   (:data:`MMLU_OOD_SETS`): ACC and ECE there, and the AUROC of predictive entropy and of
                   mutual information (in-distribution = OBQA test, OOD = the other set's test)
@@ -127,9 +128,10 @@ TARGETS = {
     "accuracy": "BaRA's accuracy no more than 0.5 points below LoRA (MLE)'s",
     "effective_rank": "BaRA's joint effective rank at most r / 2",
 }
-MODEL_SELECTION = ("No early stopping or checkpoint selection: every method is evaluated at its final training step, "
-                   "with the presets' fixed hyperparameters. The test split chooses nothing; the validation split "
-                   "is evaluated and stored but not used for selection either.")
+MODEL_SELECTION = ("No early stopping or checkpoint selection: every method is evaluated at its final training step. "
+                   "Hyperparameters are the presets' unless a --method-set says otherwise; such values come from a "
+                   "sweep of --variant methods ranked on the validation split (--best-variant). The test split "
+                   "chooses nothing.")
 
 METHOD_LABELS = {"lora": "LoRA (MLE)", "lora_map": "MAP", "mc_dropout": "MC-dropout", "ensemble": "Ensemble",
                  "blob": "BLoB", "bara": "BaRA", "bara_sparsity_only": "BaRA (sparsity only)",
@@ -755,9 +757,14 @@ def format_markdown(results: dict) -> str:
     lines += [""]
 
     agg = results["aggregates"]
-    for metric in METRICS:
-        lines += [f"## {METRIC_LABELS[metric][0]}, test", ""]
-        lines += _md_table(agg["test"][metric], methods, tasks, metric, n_seeds) + [""]
+    def has_values(split):
+        return any(cell is not None for table in agg[split].values() for row in table.values()
+                   for cell in row.values())
+
+    for split in [sp for sp in ("test", "validation") if sp == "test" or has_values(sp)]:
+        for metric in METRICS:
+            lines += [f"## {METRIC_LABELS[metric][0]}, {split}", ""]
+            lines += _md_table(agg[split][metric], methods, tasks, metric, n_seeds) + [""]
     gated = [m for m in methods if any(v is not None for v in agg["effective_rank"].get(m, {}).values())]
     if gated:
         lines += ["## Joint effective rank (gated methods; expected number of active components per layer)", ""]
@@ -1114,6 +1121,15 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
         **aggregate(records, opts.methods, opts.tasks, opts.ood_sets if opts.ood else None, rank_budget),
         "wall_time_s": time.perf_counter() - t0,
     }
+    previous = opts.output / "results.json"
+    if not execute and previous.exists():  # aggregate-only: the runs trained where the last executing call ran
+        try:
+            trained_on = json.loads(previous.read_text()).get("machine")
+        except ValueError:
+            trained_on = None
+        if trained_on and trained_on != results["machine"]:
+            results["aggregated_on"] = results["machine"]
+            results["machine"] = trained_on
     _write_json(opts.output / "results.json", results)
     (opts.output / "results.md").write_text(format_markdown(results))
     failed = [r for r in records if r["status"] != "ok"] + [r for r in records if r.get("ood_error")]
