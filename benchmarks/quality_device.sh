@@ -19,8 +19,9 @@
 #
 # A fresh machine starts from the runs already in the repository ($SEED_FROM): finished runs are copied
 # into $KEEP/suite and skipped. OBQA runs are copied only with their adapters (the OOD stage loads them).
-# One training process per GPU: on an H100, 8 processes on one GPU gave no more steps per second than
-# one, and on 4 H200s, 3 processes per GPU gave about half of one process's rate per GPU (docs/benchmarks.md).
+# Five training processes per GPU (WORKERS): an eager training step is bound by the host CPU (about
+# 220 ms per BaRA step on OBQA), not by the GPU. On 4 H200s one process per GPU trained a 1000-step run
+# in 221-227 s, the same as with 3 processes per GPU (210-236 s), so the GPUs had room for more.
 set -u
 KEEP=${KEEP:-/root/keep}
 phase=${1:?setup1, setup2 or run}
@@ -49,7 +50,7 @@ if [ ! -f "$KEEP/smol/hf/model.safetensors" ]; then
     || exit 1
 fi
 NGPU=$(nvidia-smi -L | wc -l)
-WORKERS=${WORKERS:-$NGPU}
+WORKERS=${WORKERS:-$(( 5 * NGPU ))}
 SEED_FROM=${SEED_FROM:-benchmarks/results/quality_h200x4_2026-11-22}
 if [ ! -d "$KEEP/suite" ] && [ -d "$SEED_FROM/suite/runs" ]; then
   for run in "$SEED_FROM"/suite/runs/*/*/seed*; do
