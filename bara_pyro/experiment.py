@@ -121,6 +121,8 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
                                forward_fn=task.scores)
         cfg_m = TrainConfig.from_dict({**train_cfg.to_dict(), "seed": seed})
         if (out_dir / DONE_MARKER).exists() and (out_dir / ADAPTER_WEIGHTS_NAME).exists():
+            # trained before (an interrupted ensemble, or a member copied from an identical run by the quality
+            # benchmark): its training time is not counted again in train_time_s
             from .models.bara_model import BaRAModel
 
             model.remove_hooks()
