@@ -32,9 +32,25 @@ from .metrics import classification_metrics
 from .models.bara_model import ADAPTER_WEIGHTS_NAME
 from .models.config import BaRAConfig
 
-__all__ = ["run_experiment", "evaluate_run", "build_backbone_and_task", "load_run_config"]
+__all__ = ["run_experiment", "evaluate_run", "build_backbone_and_task", "load_run_config", "member_seed",
+           "member_dir"]
 
 DONE_MARKER = "DONE"
+LEGACY_SEED_STRIDE = 1  # run configs saved before ensemble.seed_stride existed: member m trained with seed + m
+
+
+def member_seed(config: dict, member: int) -> int:
+    """Seed of ensemble member ``m``: ``train.seed + m * ensemble.seed_stride`` (member 0: ``train.seed``).
+
+    It seeds the adapter initialisation and :class:`TrainConfig` (data order, noise).  With stride 1000,
+    ensembles of different seeds below 1000 share no member, and member 0 is the single-model run of the seed.
+    """
+    return config["train"]["seed"] + member * config["ensemble"]["seed_stride"]
+
+
+def member_dir(run_dir: str | os.PathLike, config: dict, member: int) -> Path:
+    """Where member ``m`` lives: the run directory itself for one model, else ``run_dir/member_<m>``."""
+    return Path(run_dir) if config["ensemble"]["members"] == 1 else Path(run_dir) / f"member_{member}"
 
 
 def build_backbone_and_task(config: dict):
@@ -98,24 +114,27 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
     members = config["ensemble"]["members"]
     models, train_time = [], 0.0
     for m in range(members):
-        member_dir = run_dir if members == 1 else run_dir / f"member_{m}"
-        pyro.set_rng_seed(train_cfg.seed + m)  # adapter initialisation is part of the seeded run
+        out_dir = member_dir(run_dir, config, m)
+        seed = member_seed(config, m)
+        pyro.set_rng_seed(seed)  # adapter initialisation is part of the seeded run
         model = get_bara_model(copy.deepcopy(backbone) if members > 1 else backbone, _adapter_config(config, m),
                                forward_fn=task.scores)
-        cfg_m = TrainConfig.from_dict({**train_cfg.to_dict(), "seed": train_cfg.seed + m})
-        if (member_dir / DONE_MARKER).exists() and (member_dir / ADAPTER_WEIGHTS_NAME).exists():
+        cfg_m = TrainConfig.from_dict({**train_cfg.to_dict(), "seed": seed})
+        if (out_dir / DONE_MARKER).exists() and (out_dir / ADAPTER_WEIGHTS_NAME).exists():
+            # trained before (an interrupted ensemble, or a member copied from an identical run by the quality
+            # benchmark): its training time is not counted again in train_time_s
             from .models.bara_model import BaRAModel
 
             model.remove_hooks()
-            model = BaRAModel.from_pretrained(model.backbone, member_dir, forward_fn=task.scores)
+            model = BaRAModel.from_pretrained(model.backbone, out_dir, forward_fn=task.scores)
         else:
             if progress and members > 1:
                 print(f"ensemble member {m + 1}/{members}")
-            result = fit(model, task, train_rows, cfg_m, run_dir=member_dir,
-                         resume=resume and (member_dir / CHECKPOINT_DIR).exists(), progress=progress)
+            result = fit(model, task, train_rows, cfg_m, run_dir=out_dir,
+                         resume=resume and (out_dir / CHECKPOINT_DIR).exists(), progress=progress)
             train_time += result.wall_time_s
-            model.save_pretrained(member_dir)
-            (member_dir / DONE_MARKER).write_text("trained\n")
+            model.save_pretrained(out_dir)
+            (out_dir / DONE_MARKER).write_text("trained\n")
         models.append(model)
     metrics = _evaluate(models, task, tokenizer, data, train_rows, config, run_dir, progress)
     trainable = sum(m.num_parameters()[0] for m in models)
@@ -263,7 +282,11 @@ def load_run_config(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    return validate_config(_read_yaml(path))
+    config = _read_yaml(path)
+    ensemble = config.get("ensemble")
+    if isinstance(ensemble, dict):
+        ensemble.setdefault("seed_stride", LEGACY_SEED_STRIDE)
+    return validate_config(config)
 
 
 def evaluate_run(run_dir: str | os.PathLike, splits: list[str] | None = None, num_samples: int | None = None,
@@ -283,11 +306,11 @@ def evaluate_run(run_dir: str | os.PathLike, splits: list[str] | None = None, nu
     members = config["ensemble"]["members"]
     models = []
     for m in range(members):
-        member_dir = run_dir if members == 1 else run_dir / f"member_{m}"
-        if not (member_dir / ADAPTER_WEIGHTS_NAME).exists():
-            raise FileNotFoundError(f"no trained adapter in {member_dir}; finish training first "
+        out_dir = member_dir(run_dir, config, m)
+        if not (out_dir / ADAPTER_WEIGHTS_NAME).exists():
+            raise FileNotFoundError(f"no trained adapter in {out_dir}; finish training first "
                                     f"(bara-pyro train --resume {run_dir})")
-        models.append(BaRAModel.from_pretrained(copy.deepcopy(backbone) if members > 1 else backbone, member_dir,
+        models.append(BaRAModel.from_pretrained(copy.deepcopy(backbone) if members > 1 else backbone, out_dir,
                                                 forward_fn=task.scores))
     train_rows = _subset(data["train"], config["data"]["max_train_examples"])
     for model in models:

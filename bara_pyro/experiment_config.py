@@ -4,6 +4,11 @@ Resolution order, later wins: built-in defaults < the method preset (``preset: N
 ``--method NAME``) < the YAML file < ``--set section.key=value`` overrides.  Every section is checked
 when the config is loaded: unknown keys and impossible values raise :class:`ConfigError` with the
 legal choices, so a bad config never reaches torch.
+
+``ensemble``: ``members`` M (1: one model) and ``seed_stride`` (default 1000): member m trains with seed
+``train.seed + m * seed_stride`` (adapter initialisation, data order and noise; member 0 keeps ``train.seed``,
+so it is the single-model run of that seed).  With the default stride, ensembles whose ``train.seed`` values
+differ and are below 1000 never share a member.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {},
     "eval": {"num_samples": 10, "batch_size": 32, "ece_bins": 15, "splits": ["test"], "max_examples": None,
              "gate_examples": 256, "importance_draws": 32},
-    "ensemble": {"members": 1},
+    "ensemble": {"members": 1, "seed_stride": 1000},  # member m: train.seed + m * seed_stride
     "data": {"seed": 0, "max_train_examples": None},
 }
 SECTIONS = {"task", "adapter", "train", "eval", "ensemble", "data"}
@@ -155,6 +160,9 @@ def validate_config(config: dict) -> dict:
     members = config["ensemble"]["members"]
     if not (isinstance(members, int) and not isinstance(members, bool) and members >= 1):
         raise ConfigError(f"ensemble.members must be a positive integer, got {members!r}")
+    stride = config["ensemble"]["seed_stride"]
+    if not (isinstance(stride, int) and not isinstance(stride, bool) and stride >= 1):
+        raise ConfigError(f"ensemble.seed_stride must be a positive integer, got {stride!r}")
     mte = config["data"]["max_train_examples"]
     if mte is not None and not (isinstance(mte, int) and mte >= 1):
         raise ConfigError(f"data.max_train_examples must be a positive integer or null, got {mte!r}")

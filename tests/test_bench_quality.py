@@ -5,8 +5,11 @@ import math
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from bara_pyro.bench import quality
+from bara_pyro.experiment_config import save_config
 
 OOD_SET = "mmlu_high_school_psychology"
 SMALL = ["--set", "eval.max_examples=8"]  # --quick evaluates 16 examples per split; 8 keep the test fast
@@ -222,6 +225,78 @@ def test_dry_run_counts_the_full_protocol(capsys):
     out = capsys.readouterr().out
     assert "108 runs (180 trainings of 1000 steps), 18 OOD evaluations" in out
     assert "ensemble/boolq/seed3" in out and "members 5" in out
+    # member 0 of each ensemble is the LoRA run of its seed: 18 of the 90 ensemble trainings
+    assert "18 ensemble member(s) can reuse an identical one-model run of this benchmark (162 trainings)" in out
+
+
+def test_ensemble_member_0_is_the_lora_run_of_its_seed(tmp_path, capsys):
+    """Member 0 of the seed-k ensemble trains exactly as the LoRA run of seed k, so the benchmark copies it
+    (in one call, and from an earlier call's run); an ensemble trained from scratch elsewhere has the same
+    weights bit for bit (CPU training is deterministic), so the copy changes nothing but the time."""
+    quick = ["--quick", "--tasks", "winogrande_s", "--seeds", "1", *SMALL]  # --quick: 2 ensemble members
+    one_call, two_calls, scratch = tmp_path / "one_call", tmp_path / "two_calls", tmp_path / "scratch"
+    assert quality.main([*quick, "--methods", "lora,ensemble", "--output", str(one_call)]) == 0
+    assert "ensemble/winogrande_s/seed1: member 0 is runs/lora/winogrande_s/seed1 (identical training), reused" \
+        in capsys.readouterr().out
+    assert quality.main([*quick, "--methods", "lora", "--output", str(two_calls)]) == 0
+    assert quality.main([*quick, "--methods", "ensemble", "--output", str(two_calls)]) == 0
+    assert "1 ensemble member(s) reused from identical one-model runs" in capsys.readouterr().out
+    assert quality.main([*quick, "--methods", "ensemble", "--output", str(scratch)]) == 0
+
+    lora = load_file(str(one_call / "runs/lora/winogrande_s/seed1/adapter_model.safetensors"))
+    ensembles = {out: out / "runs/ensemble/winogrande_s/seed1" for out in (one_call, two_calls, scratch)}
+    for out, run_dir in ensembles.items():
+        member_0 = load_file(str(run_dir / "member_0/adapter_model.safetensors"))
+        member_1 = load_file(str(run_dir / "member_1/adapter_model.safetensors"))
+        assert member_0.keys() == lora.keys()
+        assert all(torch.equal(member_0[k], lora[k]) for k in lora), out.name
+        assert not all(torch.equal(member_1[k], lora[k]) for k in lora)  # seed 1001, another training
+        assert (run_dir / "member_0/reused_from").exists() == (out != scratch)
+        assert not (run_dir / "member_1/reused_from").exists()
+    assert (ensembles[one_call] / "member_0/reused_from").read_text().strip() == "runs/lora/winogrande_s/seed1"
+    adapter_configs = [json.loads((d / "member_0/adapter_config.json").read_text()) for d in ensembles.values()]
+    assert adapter_configs[0]["bara_config"]["name"] == "bara_m0"  # the member's name, not the LoRA run's
+    assert all(c == adapter_configs[0] for c in adapter_configs)
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in ensembles.values()]
+    assert metrics[0]["test"] == metrics[1]["test"] == metrics[2]["test"]
+    lora_log = (one_call / "runs/lora/winogrande_s/seed1/train_log.jsonl").read_text()
+    assert all((d / "member_0/train_log.jsonl").read_text() == lora_log for d in ensembles.values())
+
+
+def _fake_finished_run(run_dir, config):
+    """A one-model run directory as run_experiment leaves it (the weights' content does not matter here)."""
+    run_dir.mkdir(parents=True)
+    save_config(config, run_dir / "config.yaml")
+    for name in ("metrics.json", "adapter_config.json", "adapter_model.safetensors"):
+        (run_dir / name).write_text("{}")
+
+
+def test_only_identical_finished_runs_are_reused(tmp_path):
+    argv = ["--quick", "--methods", "lora,ensemble", "--tasks", "winogrande_s", "--seeds", "1",
+            "--output", str(tmp_path)]
+    opts = quality._options(quality.build_parser().parse_args(argv), argv)
+    lora, ensemble = quality.plan_runs(opts)
+    assert quality._reusable_members(ensemble, tmp_path) == {}  # nothing finished yet
+    # saved by an older version (no ensemble.seed_stride) on another device: the same run, and a source
+    _fake_finished_run(lora.run_dir, {**lora.config, "train": {**lora.config["train"], "device": "cuda"},
+                                      "ensemble": {"members": 1}})
+    assert quality._saved_config_conflict(lora) is None
+    assert quality._reusable_members(ensemble, tmp_path) == {0: lora.run_dir}
+    member_1 = {**lora.config, "train": {**lora.config["train"], "seed": 1001}}
+    other = tmp_path / "runs" / "lora" / "winogrande_s" / "seed1001"
+    _fake_finished_run(other, member_1)
+    assert quality._reusable_members(ensemble, tmp_path) == {0: lora.run_dir, 1: other}
+    for path, value in (("train.lr", 0.001), ("adapter.r", 4), ("data.max_train_examples", 4)):
+        section, key = path.split(".")
+        changed = tmp_path / "changed" / path
+        changed.mkdir(parents=True)
+        _fake_finished_run(changed / "runs/lora/winogrande_s/seed1",
+                           {**lora.config, section: {**lora.config[section], key: value}})
+        assert quality._reusable_members(ensemble, changed) == {}, path
+    unfinished = tmp_path / "unfinished"
+    _fake_finished_run(unfinished / "runs/lora/winogrande_s/seed1", lora.config)
+    (unfinished / "runs/lora/winogrande_s/seed1/metrics.json").unlink()
+    assert quality._reusable_members(ensemble, unfinished) == {}
 
 
 # ------------------------------------------------------------------------ aggregation on synthetic runs

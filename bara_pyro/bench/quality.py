@@ -9,7 +9,9 @@ Protocol (issue 6, "Quality"; every default below is that protocol, every deviat
                   decay to 0, gradient-norm clip 1.0, batch 4, 1000 steps (per member for the ensemble)
     tasks         WG-S, ARC-C, ARC-E, WG-M, OBQA, BoolQ (fixed splits of :mod:`bara_pyro.data`, data seed 0)
     methods       LoRA (MLE), MAP, MC-dropout, deep ensemble (M = 5), BLoB, BaRA (the packaged presets)
-    seeds         1, 2, 3 (adapter initialisation, data order and posterior draws; the splits are fixed)
+    seeds         1, 2, 3 (adapter initialisation, data order and posterior draws; the splits are fixed);
+                  ensemble member m of seed k: seed k + 1000 m (``ensemble.seed_stride``), so no two seeds'
+                  ensembles share a member, and member 0 is the LoRA (MLE) run of seed k
     metrics       on the test split: ACC, NLL, ECE (15 equal-width bins), Brier; joint effective rank of
                   gated methods; the validation split is evaluated and stored too
     selection     every method is evaluated at its final step (no early stopping); hyperparameters are
@@ -29,7 +31,10 @@ values (a validation sweep of BaRA's hyperparameters, or the chosen values in th
 recorded as deviations.
 A run whose directory already holds ``metrics.json`` is skipped and an interrupted one is resumed from
 its checkpoint, so re-running the same command finishes an interrupted benchmark; a failed run is
-reported (``results.json``/``results.md`` and ``<output>/logs/``) and the others go on.
+reported (``results.json``/``results.md`` and ``<output>/logs/``) and the others go on.  An ensemble member
+whose training equals a finished one-model run in ``<output>/runs`` (member 0 and the LoRA run of the same
+seed) is copied from it instead of trained again (``member_<m>/reused_from`` names the source); such
+ensembles start after the other runs so that their sources can finish first.
 
 Outputs: ``results.json`` (protocol, command line, machine, date, git commit, every run's metrics,
 aggregates mean +- std over seeds, OOD, the peft anchor and the targets) and ``results.md`` (one table
@@ -263,6 +268,8 @@ def plan_runs(opts: Options) -> list[RunSpec]:
 def _comparable(config: dict) -> dict:
     out = copy.deepcopy(config)
     out.get("train", {}).pop("device", None)  # the same run on another device is the same run
+    if out.get("ensemble", {}).get("members") == 1:  # one model: the member seed stride plays no part
+        out["ensemble"].pop("seed_stride", None)
     return out
 
 
@@ -288,6 +295,130 @@ def _run_status(spec: RunSpec) -> str:
     if (spec.run_dir / "metrics.json").exists():
         return "done"
     return "partial" if (spec.run_dir / "config.yaml").exists() else "new"
+
+
+def _member_training(config: dict, member: int) -> dict:
+    """What determines ensemble member ``m``'s training (a single model: ``m = 0``), as a single-model run has it.
+
+    Backbone, tokenizer, data, task, the adapter without its name (a Pyro param-store prefix, not part of the
+    weights) and the train section with the member's seed and without the device.
+    """
+    from ..experiment import member_seed
+
+    return {**{key: config[key] for key in ("model", "tokenizer", "dataset", "task", "data")},
+            "adapter": {k: v for k, v in config["adapter"].items() if k != "name"},
+            "train": {**{k: v for k, v in config["train"].items() if k != "device"},
+                      "seed": member_seed(config, member)}}
+
+
+def _member_done(member_dir: Path) -> bool:
+    from ..experiment import DONE_MARKER
+    from ..models.bara_model import ADAPTER_WEIGHTS_NAME
+
+    return (member_dir / DONE_MARKER).exists() and (member_dir / ADAPTER_WEIGHTS_NAME).exists()
+
+
+def _finished_single_runs(output: Path, task: str, seed: int) -> list[tuple[Path, dict]]:
+    """``(run_dir, config)`` of this benchmark's finished one-model runs of ``task`` with ``seed`` (any method)."""
+    from ..experiment import load_run_config
+    from ..models.bara_model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+
+    out = []
+    for run_dir in sorted((output / "runs").glob(f"*/{task}/seed{seed}")):
+        needed = ("metrics.json", "config.yaml", ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
+        if not all((run_dir / name).is_file() for name in needed):
+            continue
+        try:
+            config = load_run_config(run_dir)
+        except Exception:  # noqa: BLE001 - an unreadable run is no source
+            continue
+        if config["ensemble"]["members"] == 1:
+            out.append((run_dir, config))
+    return out
+
+
+def _reusable_members(spec: RunSpec, output: Path) -> dict[int, Path]:
+    """``{m: run_dir}``: the unfinished members of an ensemble whose training a finished one-model run did."""
+    from ..experiment import member_dir, member_seed
+
+    members = spec.config["ensemble"]["members"]
+    found: dict[int, Path] = {}
+    if members == 1:
+        return found
+    for m in range(members):
+        if _member_done(member_dir(spec.run_dir, spec.config, m)):
+            continue
+        wanted = _member_training(spec.config, m)
+        runs = _finished_single_runs(output, spec.task, member_seed(spec.config, m))
+        source = next((run_dir for run_dir, config in runs if _member_training(config, 0) == wanted), None)
+        if source is not None:
+            found[m] = source
+    return found
+
+
+def _reuse_single_runs_as_members(spec: RunSpec, output: Path, log=_log) -> int:
+    """Copy finished one-model runs of this benchmark into the ensemble members they equal; return how many.
+
+    Exact, not an approximation: :func:`~bara_pyro.experiment.run_experiment` builds and trains member ``m``
+    exactly as it builds and trains one model with ``train.seed = member_seed(config, m)``: the same backbone,
+    data and task, ``pyro.set_rng_seed`` of that seed before the adapter is built, and the same TrainConfig.
+    The adapter name differs (members need distinct param-store names), but it names Pyro parameters only and
+    is not in the weights.  So the source's weights are the member's (bitwise on the same deterministic
+    device; ``train.device`` is ignored, as for every run of the benchmark).  Member ``m`` gets
+    ``adapter_config.json`` (with the member's adapter name), the weights, ``train_log.jsonl`` and a
+    ``reused_from`` file naming the source; the DONE marker goes last, so run_experiment loads the member
+    instead of training it.  A reused member adds nothing to the ensemble's ``train_time_s``.
+    """
+    from ..experiment import DONE_MARKER, _adapter_config, member_dir
+    from ..experiment_config import save_config
+    from ..inference.trainer import TRAIN_LOG_NAME
+    from ..models.bara_model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+
+    sources = _reusable_members(spec, output)
+    if sources:  # record the config first, as run_experiment does: another config later is a conflict
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(spec.config, spec.run_dir / "config.yaml")
+    for m, source in sources.items():
+        target = member_dir(spec.run_dir, spec.config, m)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / DONE_MARKER).unlink(missing_ok=True)
+        adapter = json.loads((source / ADAPTER_CONFIG_NAME).read_text())
+        adapter["bara_config"]["name"] = _adapter_config(spec.config, m).name
+        (target / ADAPTER_CONFIG_NAME).write_text(json.dumps(adapter, indent=2))
+        _copy_file(source / ADAPTER_WEIGHTS_NAME, target / ADAPTER_WEIGHTS_NAME)
+        if (source / TRAIN_LOG_NAME).exists():
+            _copy_file(source / TRAIN_LOG_NAME, target / TRAIN_LOG_NAME)
+        else:
+            (target / TRAIN_LOG_NAME).unlink(missing_ok=True)  # a partial member's log is not this training's
+        name = str(source.relative_to(output)) if source.is_relative_to(output) else str(source)
+        (target / "reused_from").write_text(name + "\n")
+        (target / DONE_MARKER).write_text(f"reused from {name}\n")
+        log(f"{spec.name}: member {m} is {name} (identical training), reused")
+    return len(sources)
+
+
+def _count_reusable_members(specs: list[RunSpec], output: Path) -> int:
+    """How many ensemble members equal a one-model run of the plan or one finished in ``output`` (for --dry-run)."""
+    from ..experiment import member_dir
+
+    singles = [_member_training(s.config, 0) for s in specs if s.config["ensemble"]["members"] == 1]
+    count = 0
+    for spec in specs:
+        members = spec.config["ensemble"]["members"]
+        if members == 1 or _run_status(spec) == "done":
+            continue
+        finished = _reusable_members(spec, output)  # members already trained are not in it
+        count += sum(m in finished or (not _member_done(member_dir(spec.run_dir, spec.config, m))
+                                       and _member_training(spec.config, m) in singles) for m in range(members))
+    return count
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    import shutil
+
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _release_memory() -> None:
@@ -386,11 +517,12 @@ def _ood_command(run_dir: Path, ood_sets: list[str]) -> list[str]:
 
 
 def _execute(jobs: list[tuple[str, callable, list[str] | None, Path]], workers: int, log=_log,
-             gpus: list[int] | None = None) -> dict[str, dict]:
+             gpus: list[int] | None = None, before_job: dict[str, callable] | None = None) -> dict[str, dict]:
     """Run ``(name, in_process_fn, subprocess_cmd, log_path)`` jobs; returns ``{name: {status, error, time_s}}``.
 
     ``workers == 1``: in this process, one after another; otherwise ``workers`` subprocesses at once,
     spread round-robin over ``gpus`` (each subprocess sees one GPU through ``CUDA_VISIBLE_DEVICES``).
+    ``before_job[name]``, if given, runs in this process just before that job starts.
     A job that raises (or exits non-zero) is recorded as failed; the others go on.
     """
     import queue
@@ -412,6 +544,8 @@ def _execute(jobs: list[tuple[str, callable, list[str] | None, Path]], workers: 
         t0 = time.perf_counter()
         gpu = slots.get()
         try:
+            if before_job and name in before_job:
+                before_job[name]()
             if workers > 1:
                 _run_subprocess(cmd, log_path, env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": str(gpu)})
             else:
@@ -1059,23 +1193,31 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
             outcome[spec.name] = {"status": "failed", "error": conflict, "time_s": 0.0}
             log(f"{spec.name}: {conflict}")
     if execute:
-        jobs = []
-        for spec in sorted(specs, key=lambda s: -s.cost):
-            if spec.name in outcome:
-                continue
-            if _run_status(spec) == "done":
+        for spec in specs:
+            if spec.name not in outcome and _run_status(spec) == "done":
                 outcome[spec.name] = {"status": "ok", "error": None, "time_s": 0.0, "skipped": True}
-                continue
+        pending = [s for s in specs if s.name not in outcome]
+        resumed = sum(_run_status(s) == "partial" for s in pending)
+        ensembles = [s for s in pending if s.config["ensemble"]["members"] > 1]
+        reused = sum(_reuse_single_runs_as_members(s, opts.output, log) for s in ensembles)
+        # an ensemble with a member that a pending one-model run will train starts after the other runs and
+        # looks for finished ones again when it starts (before_job): then it reuses them instead of retraining
+        singles = [_member_training(s.config, 0) for s in pending if s.config["ensemble"]["members"] == 1]
+        waits = {s.name for s in ensembles
+                 if any(_member_training(s.config, m) in singles for m in range(s.config["ensemble"]["members"]))}
+        before_job = {s.name: (lambda s=s: _reuse_single_runs_as_members(s, opts.output, log)) for s in ensembles}
+        jobs = []
+        for spec in sorted(pending, key=lambda s: (s.name in waits, -s.cost)):
             spec.config_path.parent.mkdir(parents=True, exist_ok=True)
             save_config(spec.config, spec.config_path)
             jobs.append((spec.name, (lambda s=spec: _train_in_process(s)), _train_command(spec), spec.log_path))
         if opts.workers > 1 and jobs:
             _prepare_assets(specs, opts.ood_sets if opts.ood else [])
         done = len(specs) - len(jobs) - sum(o["status"] != "ok" for o in outcome.values())
-        resumed = sum(_run_status(s) == "partial" for s in specs if s.name not in outcome)
         log(f"quality benchmark: {len(specs)} runs ({done} already finished, {len(jobs)} to run of which {resumed} "
-            f"resume from a checkpoint; {opts.workers} at a time) -> {opts.output}")
-        outcome.update(_execute(jobs, opts.workers, log, opts.gpus))
+            f"resume from a checkpoint; {opts.workers} at a time) -> {opts.output}"
+            + (f"; {reused} ensemble member(s) reused from identical one-model runs" if reused else ""))
+        outcome.update(_execute(jobs, opts.workers, log, opts.gpus, before_job=before_job))
         if opts.ood:
             ood_jobs = []
             for spec in specs:
@@ -1186,6 +1328,10 @@ def main(argv: list[str] | None = None) -> int:
             trainings = sum(s.config["ensemble"]["members"] for s in specs)
             n_ood = sum(s.task == OOD_TRAIN_TASK for s in specs) if opts.ood else 0
             print(f"{len(specs)} runs ({trainings} trainings of {opts.steps} steps), {n_ood} OOD evaluations")
+            reusable = _count_reusable_members(specs, opts.output)
+            if reusable:
+                print(f"{reusable} ensemble member(s) can reuse an identical one-model run of this benchmark "
+                      f"({trainings - reusable} trainings)")
             return 0
         with _terminate_as_interrupt():
             results = run_benchmark(opts, execute=not args.aggregate_only)
