@@ -3,7 +3,8 @@
 # 64 MiB each (this workplace's `device` tool). Everything persists under $KEEP between calls on the
 # same machine; every stage resumes where the last call stopped (bara-pyro bench quality resumes runs).
 #
-#   bash benchmarks/quality_device.sh setup1         # carry: carry_a (GGUF part 1, datasets), .device_wheels
+#   bash benchmarks/quality_device.sh setup1         # carry: carry_a (GGUF part 1, datasets, the OBQA
+#                                                   #   adapters of earlier sessions), .device_wheels
 #   bash benchmarks/quality_device.sh setup2         # carry: carry_b (GGUF part 2, datasets)
 #   bash benchmarks/quality_device.sh run [SECONDS]  # carry: carry_c (GGUF part 3, datasets); repeat until done
 #                                                   # SECONDS: how long the call may take (default 550)
@@ -11,17 +12,19 @@
 # `run` stages, each skipped once finished:
 #   1. sweep  BaRA variants on the validation splits of OBQA and ARC-C (seed 1): the variant with the
 #             lowest mean validation NLL is chosen (bench quality --best-variant); the test split chooses nothing.
-#   2. one stage per method, six tasks x 3 seeds each, in this order: lora (the anchor), bara (chosen
-#             values), blob, lora_map, mc_dropout, ensemble (5 members)
+#   2. lora (the anchor); then bara (chosen values), blob, lora_map and mc_dropout side by side; then
+#             the ensemble's members 1-4 as LoRA runs; then the ensemble (5 members); six tasks x 3 seeds each
 #   3. ood    the OBQA runs on ARC-C, ARC-E and two MMLU subjects
-# then aggregates all methods into $KEEP/suite/results.{json,md} and packs the small files (and the OBQA
-# adapters, which the OOD stage of a later session needs) into $OUT.
+# then aggregates all methods into $KEEP/suite/results.{json,md} and packs the small files, and the OBQA
+# adapters trained on this machine (the OOD stage of a later machine needs them), into $OUT.
 #
 # A fresh machine starts from the runs already in the repository ($SEED_FROM): finished runs are copied
-# into $KEEP/suite and skipped. OBQA runs are copied only with their adapters (the OOD stage loads them).
-# Five training processes per GPU (WORKERS): an eager training step is bound by the host CPU (about
-# 220 ms per BaRA step on OBQA), not by the GPU. On 4 H200s one process per GPU trained a 1000-step run
-# in 221-227 s, the same as with 3 processes per GPU (210-236 s), so the GPUs had room for more.
+# into $KEEP/suite and skipped. OBQA runs are copied only with their adapters (the OOD stage loads them):
+# carry_a/obqa_adapters_*.tar.gz (git-ignored) holds those of earlier sessions.
+# Five training processes per GPU (WORKERS): an eager training step is bound by the host CPU, not by
+# the GPU. On 4 H200s (2026-11-22): one process per GPU trained a 1000-step BaRA run in 221-227 s, as
+# many as 3 per GPU did (210-236 s); 18 LoRA runs side by side (20 workers) took 161-219 s each;
+# 36 workers with BoolQ evaluations (S = 10, fp32) in the mix slowed every run down (254-378 s).
 set -u
 KEEP=${KEEP:-/root/keep}
 phase=${1:?setup1, setup2 or run}
@@ -35,6 +38,7 @@ case $phase in
 setup1)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$KEEP/site" .device_wheels/*.whl
   cp carry_a/part_aa "$KEEP/" && copy_datasets carry_a
+  cp carry_a/obqa_adapters_*.tar.gz "$KEEP/" 2>/dev/null  # OBQA adapters of earlier sessions (OOD stage)
   nvidia-smi --query-gpu=name,memory.total --format=csv; exit 0 ;;
 setup2)
   cp carry_b/part_ab "$KEEP/" && copy_datasets carry_b; ls -la "$KEEP"; exit 0 ;;
@@ -52,13 +56,18 @@ fi
 NGPU=$(nvidia-smi -L | wc -l)
 WORKERS=${WORKERS:-$(( 5 * NGPU ))}
 SEED_FROM=${SEED_FROM:-benchmarks/results/quality_h200x4_2026-11-22}
-if [ ! -d "$KEEP/suite" ] && [ -d "$SEED_FROM/suite/runs" ]; then
+if [ ! -f "$KEEP/seeded" ] && [ -d "$SEED_FROM/suite/runs" ]; then
+  for t in "$KEEP"/obqa_adapters_*.tar.gz; do [ -f "$t" ] && tar -C "$KEEP" -xzf "$t"; done
   for run in "$SEED_FROM"/suite/runs/*/*/seed*; do
     [ -f "$run/metrics.json" ] || continue
-    case $run in *openbookqa*) ls "$run"/*.safetensors > /dev/null 2>&1 || continue ;; esac
-    rel=${run#"$SEED_FROM"/}; mkdir -p "$KEEP/$rel" && cp -r "$run"/. "$KEEP/$rel/"
+    rel=${run#"$SEED_FROM"/}
+    case $run in *openbookqa*) [ -n "$(ls "$run"/*.safetensors "$KEEP/$rel"/*.safetensors 2>/dev/null)" ] || continue ;; esac
+    mkdir -p "$KEEP/$rel" && cp -r "$run"/. "$KEEP/$rel/"
   done
-  [ -d "$SEED_FROM/sweep" ] && [ ! -d "$KEEP/sweep" ] && cp -r "$SEED_FROM/sweep" "$KEEP/sweep" && touch "$KEEP/sweep.done"
+  if [ -d "$SEED_FROM/sweep" ] && [ ! -f "$KEEP/sweep.done" ]; then
+    rm -rf "$KEEP/sweep" && cp -r "$SEED_FROM/sweep" "$KEEP/sweep" && touch "$KEEP/sweep.done"
+  fi
+  touch "$KEEP/seeded"
   echo "seeded $(ls -d "$KEEP"/suite/runs/*/*/seed* 2>/dev/null | wc -l) finished runs from $SEED_FROM"
 fi
 Q=(python3 -m bara_pyro.bench.quality --model "$KEEP/smol/hf" --device cuda --workers "$WORKERS"
@@ -92,19 +101,28 @@ read -r -a SEL < "$KEEP/selected.txt"
 echo "chosen BaRA values: ${SEL[*]:-(the preset)}"
 SUITE=(--output "$KEEP/suite" --set "eval.splits=[test]" "${SEL[@]}")
 ALL=bara,lora,blob,lora_map,mc_dropout,ensemble
-for method in lora bara blob lora_map mc_dropout ensemble; do
-  bench "$method" --methods "$method" "${SUITE[@]}" || break
-done && bench ood --methods $ALL --ood "${SUITE[@]}"
+# The ensemble's members 1-4 (seeds s + 1000 m) first train as LoRA (MLE) runs of those seeds, side by
+# side; the ensemble stage then copies them (bench quality reuses identical finished one-model runs), so
+# each ensemble job trains at most member 0 instead of five members one after another.
+MEMBER_SEEDS=$(python3 -c "print(','.join(str(s + 1000 * m) for m in range(1, 5) for s in (1, 2, 3)))")
+bench lora --methods lora "${SUITE[@]}" \
+  && bench others --methods bara,blob,lora_map,mc_dropout "${SUITE[@]}" \
+  && bench members --methods lora --seeds "$MEMBER_SEEDS" "${SUITE[@]}" \
+  && bench ensemble --methods ensemble "${SUITE[@]}" \
+  && bench ood --methods $ALL --ood "${SUITE[@]}"
 
 # aggregate whatever has finished, then pack the small files
 "${Q[@]}" --methods $ALL --ood "${SUITE[@]}" --aggregate-only > /dev/null 2>&1
 if [ -n "${OUT:-}" ]; then
-  for d in sweep suite; do
+  for d in suite; do
     [ -d "$KEEP/$d" ] && tar -C "$KEEP" -czf "$OUT/$d.tar.gz" --exclude='*.safetensors' --exclude='checkpoint*' \
       --exclude='*.npz' --exclude='*.pt' "$d"
   done
-  (cd "$KEEP" && find suite/runs -path '*openbookqa*' -name '*.safetensors' -not -path '*checkpoint*' \
-    | tar -czf "$OUT/obqa_adapters.tar.gz" -T -)
+  # the OBQA adapters trained on this machine (the OOD stage of a later machine needs them), in parts of
+  # 15 MB (a file that comes back holds at most 16 MiB); join them with cat into carry_a/obqa_adapters_*.tar.gz
+  (cd "$KEEP" && find suite/runs/*/openbookqa -newer "$KEEP/seeded" -not -path '*checkpoint*' \
+    \( -name '*.safetensors' -o -name 'adapter_config.json' -o -name DONE \) 2>/dev/null \
+    | tar -czf - -T - | split -b 15M - "$OUT/obqa_adapters_new.tar.gz.part_")
   cp "$KEEP/selected.txt" "$OUT/" 2>/dev/null
   ls -la "$OUT"
 fi

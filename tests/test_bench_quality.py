@@ -80,7 +80,9 @@ def test_quick_benchmark_with_ood_writes_results_and_resumes(tmp_path, capsys):
 
     targets = {t["target"]: t["status"] for t in results["targets"]}
     assert set(targets) == {"ece", "nll", "accuracy", "effective_rank"}
-    assert targets["nll"] == "not evaluated"  # BLoB was not run
+    # BLoB was not run: not below LoRA already misses the target; below it, BLoB would have to decide
+    bara_nll, lora_nll = (agg["test"]["nll"][m]["mean"]["mean"] for m in ("bara", "lora"))
+    assert targets["nll"] == ("not evaluated" if bara_nll < lora_nll else "missed")
     assert all(targets[k] in ("met", "missed") for k in ("ece", "accuracy", "effective_rank"))
     (anchor,) = results["anchor"]
     assert anchor["task"] == "openbookqa" and anchor["seed"] == 1 and anchor["peft"] == {"accuracy": 39.8, "ece": 20.4}
@@ -362,6 +364,16 @@ def test_aggregates_anchor_and_targets_from_synthetic_runs():
     assert "Runs: 54 of 54 finished." in md
     assert "**missed** (BaRA 0.6800 vs LoRA 0.7000" in md
     assert not math.isnan(res["aggregates"]["test"]["accuracy"]["lora"]["mean"]["mean"])
+
+    # without BLoB: BaRA below LoRA leaves the NLL target open, above LoRA misses it
+    no_blob = [r for r in records if r["method"] != "blob"]
+    for shift, status in ((0.0, "not evaluated"), (0.05, "missed")):
+        shifted = [{**r, "metrics": {**r["metrics"], "test": {**r["metrics"]["test"],
+                                                              "nll": r["metrics"]["test"]["nll"] + shift}}}
+                   if r["method"] == "bara" else r for r in no_blob]
+        res = quality.aggregate(shifted, ["lora", "bara"], TASKS, rank_budget=8)
+        (nll,) = [t for t in res["targets"] if t["target"] == "nll"]
+        assert nll["status"] == status and "BLoB was not run" in nll["detail"]
 
 
 def test_best_variant_is_chosen_on_validation_nll(tmp_path, capsys):

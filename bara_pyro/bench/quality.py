@@ -760,9 +760,9 @@ def check_targets(aggregates: dict, rank_budget: float | None) -> list[dict]:
     b, lo, bl = _mean(nll, "bara"), _mean(nll, "lora"), _mean(nll, "blob")
     if b is None or lo is None:
         add("nll", "not evaluated", "needs BaRA and LoRA (MLE) on every task")
-    elif bl is None:
-        add("nll", "not evaluated", f"BaRA {b:.4f} vs LoRA {lo:.4f} ({'below' if b < lo else 'not below'}); "
-                                    "BLoB was not run on every task")
+    elif bl is None:  # not below LoRA already misses the target, whatever BLoB gives
+        add("nll", "not evaluated" if b < lo else "missed",
+            f"BaRA {b:.4f} vs LoRA {lo:.4f} (diff {b - lo:+.4f}); BLoB was not run on every task")
     else:
         add("nll", "met" if b < lo and b < bl else "missed",
             f"BaRA {b:.4f} vs LoRA {lo:.4f} (diff {b - lo:+.4f}) and BLoB {bl:.4f} (diff {b - bl:+.4f})")
