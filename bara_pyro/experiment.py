@@ -53,6 +53,22 @@ def member_dir(run_dir: str | os.PathLike, config: dict, member: int) -> Path:
     return Path(run_dir) if config["ensemble"]["members"] == 1 else Path(run_dir) / f"member_{member}"
 
 
+def load_members(run_dir: str | os.PathLike, config: dict, backbone, task) -> list:
+    """The trained model of a run, one per ensemble member (each member on its own copy of ``backbone``)."""
+    from .models.bara_model import BaRAModel
+
+    members = config["ensemble"]["members"]
+    models = []
+    for m in range(members):
+        out_dir = member_dir(run_dir, config, m)
+        if not (out_dir / ADAPTER_WEIGHTS_NAME).exists():
+            raise FileNotFoundError(f"no trained adapter in {out_dir}; finish training first "
+                                    f"(bara-pyro train --resume {run_dir})")
+        models.append(BaRAModel.from_pretrained(copy.deepcopy(backbone) if members > 1 else backbone, out_dir,
+                                                forward_fn=task.scores))
+    return models
+
+
 def build_backbone_and_task(config: dict):
     """``(backbone, tokenizer, task, dataset_dict)`` for a resolved config."""
     from .backbones import load_backbone, tiny_backbone
@@ -292,8 +308,6 @@ def load_run_config(run_dir: str | os.PathLike) -> dict:
 def evaluate_run(run_dir: str | os.PathLike, splits: list[str] | None = None, num_samples: int | None = None,
                  progress: bool = True) -> dict:
     """Reload a finished run's adapters and evaluate them again (e.g. on another split or S)."""
-    from .models.bara_model import BaRAModel
-
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     if splits:
@@ -303,15 +317,7 @@ def evaluate_run(run_dir: str | os.PathLike, splits: list[str] | None = None, nu
     backbone, tokenizer, task, data = build_backbone_and_task(config)
     device = resolve_device(config["train"]["device"])
     backbone.to(device)
-    members = config["ensemble"]["members"]
-    models = []
-    for m in range(members):
-        out_dir = member_dir(run_dir, config, m)
-        if not (out_dir / ADAPTER_WEIGHTS_NAME).exists():
-            raise FileNotFoundError(f"no trained adapter in {out_dir}; finish training first "
-                                    f"(bara-pyro train --resume {run_dir})")
-        models.append(BaRAModel.from_pretrained(copy.deepcopy(backbone) if members > 1 else backbone, out_dir,
-                                                forward_fn=task.scores))
+    models = load_members(run_dir, config, backbone, task)
     train_rows = _subset(data["train"], config["data"]["max_train_examples"])
     for model in models:
         model.dataset_size = len(train_rows)

@@ -615,10 +615,9 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
     import pyro
 
     from ..data import load_task_dataset
-    from ..experiment import _ensemble_predict, _subset, build_backbone_and_task, load_run_config
+    from ..experiment import _ensemble_predict, _subset, build_backbone_and_task, load_members, load_run_config
     from ..inference.trainer import resolve_device
     from ..metrics import classification_metrics, mutual_information, ood_auroc, predictive_entropy
-    from ..models.bara_model import ADAPTER_WEIGHTS_NAME, BaRAModel
     from ..tasks import get_task
 
     run_dir = Path(run_dir)
@@ -626,14 +625,7 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
     ev = config["eval"]
     backbone, tokenizer, task, data = build_backbone_and_task(config)
     backbone.to(resolve_device(config["train"]["device"]))
-    members = config["ensemble"]["members"]
-    models = []
-    for m in range(members):
-        member_dir = run_dir if members == 1 else run_dir / f"member_{m}"
-        if not (member_dir / ADAPTER_WEIGHTS_NAME).exists():
-            raise FileNotFoundError(f"no trained adapter in {member_dir}")
-        models.append(BaRAModel.from_pretrained(copy.deepcopy(backbone) if members > 1 else backbone, member_dir,
-                                                forward_fn=task.scores))
+    models = load_members(run_dir, config, backbone, task)
 
     def scores(pred):
         ent = predictive_entropy(pred.probs)
@@ -645,7 +637,7 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
     id_pred = _ensemble_predict(models, task, id_rows, config, progress)
     id_entropy, id_mi = scores(id_pred)
     out = {"trained_on": config["dataset"], "method": config["method"], "num_samples": ev["num_samples"],
-           "ensemble_members": members, "ood_sets": list(ood_sets),
+           "ensemble_members": len(models), "ood_sets": list(ood_sets),
            "in_distribution": {"dataset": config["dataset"], "split": "test", "num_examples": len(id_rows),
                                **classification_metrics(id_pred.probs, id_pred.labels, n_bins=ev["ece_bins"])},
            "ood": {}}
