@@ -12,16 +12,18 @@
 # `run` stages, each skipped once finished:
 #   1. sweep  BaRA variants on the validation splits of OBQA and ARC-C (seed 1): the variant with the
 #             lowest mean validation NLL is chosen (bench quality --best-variant); the test split chooses nothing.
-#   2. lora (the anchor); then bara (chosen values), blob, lora_map and mc_dropout side by side; then
-#             the ensemble's members 1-4 as LoRA runs; then the ensemble (5 members); six tasks x 3 seeds each
+#   2. others   bara (chosen values), blob, lora_map and mc_dropout; six tasks x 3 seeds
+#      members  at the same time: lora (the anchor, seeds 1-3) and the ensemble's members 1-4 as LoRA runs
+#               (seeds s + 1000 m); then the ensemble (5 members, copied from those runs)
 #   3. ood    the OBQA runs on ARC-C, ARC-E and two MMLU subjects
 # then aggregates all methods into $KEEP/suite/results.{json,md} and packs the small files, and the OBQA
 # adapters trained on this machine (the OOD stage of a later machine needs them), into $OUT.
 #
 # A fresh machine starts from the runs already in the repository ($SEED_FROM): finished runs are copied
 # into $KEEP/suite and skipped. OBQA runs are copied only with their adapters (the OOD stage loads them):
-# carry_a/obqa_adapters_*.tar.gz (git-ignored) holds those of earlier sessions.
-# Five training processes per GPU (WORKERS): an eager training step is bound by the host CPU, not by
+# carry_a/obqa_adapters_*.tar.gz (git-ignored) holds those of earlier sessions. LoRA runs without
+# adapters train again (identical results: same seed, deterministic), to be the ensemble's member 0.
+# Six training processes per GPU (WORKERS), 2/5 of them for `others`: an eager training step is bound by the host CPU, not by
 # the GPU. On 4 H200s (2026-11-22): one process per GPU trained a 1000-step BaRA run in 221-227 s, as
 # many as 3 per GPU did (210-236 s); 18 LoRA runs side by side (20 workers) took 161-219 s each;
 # 36 workers with BoolQ evaluations (S = 10, fp32) in the mix slowed every run down (254-378 s).
@@ -54,14 +56,16 @@ if [ ! -f "$KEEP/smol/hf/model.safetensors" ]; then
     || exit 1
 fi
 NGPU=$(nvidia-smi -L | wc -l)
-WORKERS=${WORKERS:-$(( 5 * NGPU ))}
+WORKERS=${WORKERS:-$(( 6 * NGPU ))}
 SEED_FROM=${SEED_FROM:-benchmarks/results/quality_h200x4_2026-11-22}
 if [ ! -f "$KEEP/seeded" ] && [ -d "$SEED_FROM/suite/runs" ]; then
   for t in "$KEEP"/obqa_adapters_*.tar.gz; do [ -f "$t" ] && tar -C "$KEEP" -xzf "$t"; done
   for run in "$SEED_FROM"/suite/runs/*/*/seed*; do
     [ -f "$run/metrics.json" ] || continue
     rel=${run#"$SEED_FROM"/}
-    case $run in *openbookqa*) [ -n "$(ls "$run"/*.safetensors "$KEEP/$rel"/*.safetensors 2>/dev/null)" ] || continue ;; esac
+    # OBQA runs only with their adapters (the OOD stage loads them); LoRA runs too (the ensemble's member 0)
+    case $run in *openbookqa*|*/runs/lora/*)
+      [ -n "$(ls "$run"/*.safetensors "$KEEP/$rel"/*.safetensors 2>/dev/null)" ] || continue ;; esac
     mkdir -p "$KEEP/$rel" && cp -r "$run"/. "$KEEP/$rel/"
   done
   if [ -d "$SEED_FROM/sweep" ] && [ ! -f "$KEEP/sweep.done" ]; then
@@ -70,7 +74,7 @@ if [ ! -f "$KEEP/seeded" ] && [ -d "$SEED_FROM/suite/runs" ]; then
   touch "$KEEP/seeded"
   echo "seeded $(ls -d "$KEEP"/suite/runs/*/*/seed* 2>/dev/null | wc -l) finished runs from $SEED_FROM"
 fi
-Q=(python3 -m bara_pyro.bench.quality --model "$KEEP/smol/hf" --device cuda --workers "$WORKERS"
+Q=(python3 -m bara_pyro.bench.quality --model "$KEEP/smol/hf" --device cuda
    --set train.estimator=fused --set eval.batch_size=32 --set eval.importance_draws=0 --set eval.gate_examples=64)
 bench() {  # bench STAGE ARGS...: run until done (marker) or until the deadline, less the time a stop takes
   local stage=$1; shift
@@ -80,7 +84,7 @@ bench() {  # bench STAGE ARGS...: run until done (marker) or until the deadline,
   local left=$(( END - $(date +%s) - 160 ))
   [ "$left" -gt 60 ] || return 1
   echo "== $stage ($left s left)"
-  timeout -s TERM "$left" "${Q[@]}" "$@" && touch "$KEEP/$stage.done"
+  timeout -s TERM "$left" "${Q[@]}" --workers "${W:-$WORKERS}" "$@" && touch "$KEEP/$stage.done"
   [ -f "$KEEP/$stage.done" ]
 }
 
@@ -101,15 +105,19 @@ read -r -a SEL < "$KEEP/selected.txt"
 echo "chosen BaRA values: ${SEL[*]:-(the preset)}"
 SUITE=(--output "$KEEP/suite" --set "eval.splits=[test]" "${SEL[@]}")
 ALL=bara,lora,blob,lora_map,mc_dropout,ensemble
-# The ensemble's members 1-4 (seeds s + 1000 m) first train as LoRA (MLE) runs of those seeds, side by
-# side; the ensemble stage then copies them (bench quality reuses identical finished one-model runs), so
-# each ensemble job trains at most member 0 instead of five members one after another.
-MEMBER_SEEDS=$(python3 -c "print(','.join(str(s + 1000 * m) for m in range(1, 5) for s in (1, 2, 3)))")
-bench lora --methods lora "${SUITE[@]}" \
-  && bench others --methods bara,blob,lora_map,mc_dropout "${SUITE[@]}" \
-  && bench members --methods lora --seeds "$MEMBER_SEEDS" "${SUITE[@]}" \
-  && bench ensemble --methods ensemble "${SUITE[@]}" \
-  && bench ood --methods $ALL --ood "${SUITE[@]}"
+# The ensemble's members 0-4 (seeds s + 1000 m; member 0 is the LoRA run of seed s) first train as LoRA
+# (MLE) runs, side by side with the other methods' runs (two bench processes sharing the workers, so that
+# neither waits for the other's last wave); the ensemble stage then copies them (bench quality reuses
+# identical finished one-model runs) and only evaluates.
+MEMBER_SEEDS=$(python3 -c "print(','.join(str(s + 1000 * m) for m in range(5) for s in (1, 2, 3)))")
+W_OTHERS=${W_OTHERS:-$(( WORKERS * 2 / 5 ))}
+( W=$W_OTHERS bench others --methods bara,blob,lora_map,mc_dropout "${SUITE[@]}" ) &
+sleep 20  # the first process builds the dataset caches before its workers start
+( export W=$(( WORKERS - W_OTHERS ))
+  bench members --methods lora --seeds "$MEMBER_SEEDS" "${SUITE[@]}" \
+  && bench ensemble --methods ensemble "${SUITE[@]}" ) &
+wait
+[ -f "$KEEP/others.done" ] && [ -f "$KEEP/ensemble.done" ] && bench ood --methods $ALL --ood "${SUITE[@]}"
 
 # aggregate whatever has finished, then pack the small files
 "${Q[@]}" --methods $ALL --ood "${SUITE[@]}" --aggregate-only > /dev/null 2>&1
