@@ -161,17 +161,27 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
     return metrics
 
 
+PREDICTIONS_NAME = "predictions.npz"  # predictions on the test split (else the last of eval.splits)
+
+
 def _ensemble_predict(models, task, rows, config, progress) -> Prediction:
     ev = config["eval"]
     preds = []
     for model in models:
         s = ev["num_samples"] if _is_stochastic(model) else 0
         preds.append(predict(model, task, rows, num_samples=s, batch_size=ev["batch_size"], progress=progress))
-    if len(preds) == 1:
-        return preds[0]
-    # the ensemble's predictive is the mixture of its members; each member is one draw
+    return preds[0] if len(preds) == 1 else mixture_of_members(preds)
+
+
+def mixture_of_members(preds: list[Prediction]) -> Prediction:
+    r"""An ensemble's predictive, the equal-weight mixture of its M members' predictives:
+    :math:`p(y \mid x) = \frac{1}{M} \sum_m p_m(y \mid x)`; each member is one draw, so ``sample_probs`` is
+    (M, N, C).  The members must predict the same N examples in the same order (equal ``labels``)."""
+    labels = preds[0].labels
+    if any(p.labels.shape != labels.shape or not torch.equal(p.labels, labels) for p in preds[1:]):
+        raise ValueError("ensemble members predicted different examples (their labels differ)")
     sample_probs = torch.stack([p.probs for p in preds])
-    return Prediction(probs=sample_probs.mean(0), labels=preds[0].labels, sample_probs=sample_probs)
+    return Prediction(probs=sample_probs.mean(0), labels=labels, sample_probs=sample_probs)
 
 
 def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, progress: bool) -> dict:
@@ -186,7 +196,7 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
         metrics[split] = classification_metrics(pred.probs, pred.labels, n_bins=ev["ece_bins"])
         metrics[split]["num_examples"] = len(rows)
         if split == "test" or split == ev["splits"][-1]:
-            _write_predictions(run_dir / "predictions.npz", pred)
+            _write_predictions(run_dir / PREDICTIONS_NAME, pred)
     metrics["eval_time_s"] = time.perf_counter() - t0
     gated = [m for m in models if any(a.gate is not None for _, a in m.adapter_items)]
     metrics["effective_rank"], metrics["effective_rank_per_layer"] = None, {}
@@ -202,13 +212,27 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
 
 
 def _write_predictions(path: Path, pred: Prediction) -> None:
+    np.savez(path, **prediction_arrays(pred))
+
+
+def prediction_arrays(pred: Prediction, prefix: str = "") -> dict[str, np.ndarray]:
+    """``probs`` (N, C), ``labels`` (N,) and, for sampled predictions, ``sample_probs`` (S, N, C) and
+    ``sample_loglik`` (S, N) (log-probability of the label per draw), each key prefixed with ``prefix``."""
     out = {"probs": pred.probs.numpy(), "labels": pred.labels.numpy()}
     if pred.sample_probs is not None:
         sp = pred.sample_probs
         out["sample_probs"] = sp.numpy()
         picked = sp.gather(-1, pred.labels.view(1, -1, 1).expand(sp.shape[0], -1, 1)).squeeze(-1)
         out["sample_loglik"] = torch.log(picked.clamp_min(1e-12)).numpy()
-    np.savez(path, **out)
+    return {prefix + k: v for k, v in out.items()}
+
+
+def read_prediction(arrays, prefix: str = "") -> Prediction:
+    """The :class:`Prediction` that :func:`prediction_arrays` stored under ``prefix`` (e.g. an opened .npz)."""
+    sample = prefix + "sample_probs"
+    return Prediction(probs=torch.from_numpy(np.asarray(arrays[prefix + "probs"])),
+                      labels=torch.from_numpy(np.asarray(arrays[prefix + "labels"])),
+                      sample_probs=torch.from_numpy(np.asarray(arrays[sample])) if sample in arrays else None)
 
 
 def export_gates(model, task, tokenizer, rows, train_rows, config, progress: bool = False) -> dict:

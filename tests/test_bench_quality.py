@@ -301,6 +301,82 @@ def test_only_identical_finished_runs_are_reused(tmp_path):
     assert quality._reusable_members(ensemble, unfinished) == {}
 
 
+def test_ensemble_assembled_from_member_predictions_equals_evaluating_it(tmp_path, capsys):
+    """An ensemble whose members all finished as one-model runs (with their predictions, without their weights)
+    is assembled from those files, in distribution and OOD, and equals the same ensemble trained and evaluated
+    as one run, bit for bit."""
+    import numpy as np
+
+    common = ["--quick", "--tasks", "openbookqa", *SMALL, "--set", "eval.splits=[test]", "--ood-sets", OOD_SET]
+    files, direct = tmp_path / "files", tmp_path / "direct"
+    ensemble = ["--methods", "ensemble", "--seeds", "1", "--ood"]
+    assert quality.main([*common, "--methods", "lora", "--seeds", "1,1001", "--output", str(files)]) == 0
+    for weights in files.glob("runs/lora/openbookqa/seed*/adapter_model.safetensors"):
+        weights.unlink()  # as when the members trained on another machine: only their small files came back
+    assert quality.main([*common, *ensemble, "--output", str(files)]) == 1  # no OOD predictions of the members
+    out = capsys.readouterr().out
+    assert ("ensemble/openbookqa/seed1: assembled from its members' predictions "
+            "(runs/lora/openbookqa/seed1, runs/lora/openbookqa/seed1001)") in out
+    assert "ood:ensemble/openbookqa/seed1 failed: assembled from its members' predictions, so it needs" in out
+    assert quality.main([*common, "--methods", "lora", "--seeds", "1,1001", "--ood", "--output", str(files)]) == 1
+    (tmp_path / "restore").mkdir()  # the members' OOD evaluation loads their weights: train them again here
+    assert quality.main([*common, "--methods", "lora", "--seeds", "1,1001", "--ood", "--output",
+                         str(tmp_path / "restore")]) == 0
+    for seed in (1, 1001):
+        src = tmp_path / "restore" / f"runs/lora/openbookqa/seed{seed}"
+        dst = files / f"runs/lora/openbookqa/seed{seed}"
+        for name in ("ood_metrics.json", "ood_predictions.npz"):
+            (dst / name).write_bytes((src / name).read_bytes())
+        test_metrics = [json.loads((d / "metrics.json").read_text())["test"] for d in (src, dst)]
+        assert test_metrics[0] == test_metrics[1]  # the same training (CPU is deterministic)
+    assert quality.main([*common, *ensemble, "--output", str(files)]) == 0
+    assert "ood:ensemble/openbookqa/seed1: assembled from its members' OOD predictions" in capsys.readouterr().out
+    assert quality.main([*common, *ensemble, "--output", str(direct)]) == 0
+
+    runs = {out: out / "runs/ensemble/openbookqa/seed1" for out in (files, direct)}
+    metrics = {out: json.loads((d / "metrics.json").read_text()) for out, d in runs.items()}
+    assert metrics[files]["test"] == metrics[direct]["test"]
+    assert metrics[files]["ensemble_members"] == metrics[direct]["ensemble_members"] == 2
+    assert metrics[files]["assembled_from"] == ["runs/lora/openbookqa/seed1", "runs/lora/openbookqa/seed1001"]
+    assert "assembled_from" not in metrics[direct] and not (runs[files] / "member_0").exists()
+    with np.load(runs[files] / "predictions.npz") as a, np.load(runs[direct] / "predictions.npz") as b:
+        assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    ood = {out: json.loads((d / "ood_metrics.json").read_text()) for out, d in runs.items()}
+    assert ood[files] == ood[direct]
+    assert ood[files]["ood"][OOD_SET]["auroc_mutual_information"] is not None  # two members: two draws
+    results = json.loads((files / "results.json").read_text())
+    assert [(r["method"], r["status"]) for r in results["runs"]] == [("ensemble", "ok")]
+
+
+def test_only_identical_runs_with_predictions_assemble_an_ensemble(tmp_path):
+    argv = ["--quick", "--methods", "lora,ensemble", "--tasks", "winogrande_s", "--seeds", "1",
+            "--set", "eval.splits=[test]", "--output", str(tmp_path)]
+    opts = quality._options(quality.build_parser().parse_args(argv), argv)
+    lora, ensemble = quality.plan_runs(opts)
+    member_1 = {**lora.config, "train": {**lora.config["train"], "seed": 1001}}
+    for seed, config in ((1, lora.config), (1001, member_1)):
+        run_dir = tmp_path / "runs" / "lora" / "winogrande_s" / f"seed{seed}"
+        _fake_finished_run(run_dir, config)
+        assert quality._member_prediction_sources(ensemble, tmp_path, "predictions.npz") is None  # no predictions
+        (run_dir / "predictions.npz").write_text("")
+    sources = quality._member_prediction_sources(ensemble, tmp_path, "predictions.npz")
+    assert sources == {0: lora.run_dir, 1: tmp_path / "runs/lora/winogrande_s/seed1001"}
+    for path, value in (("eval.batch_size", 7), ("eval.max_examples", 3), ("eval.splits", ["validation"]),
+                        ("train.lr", 0.001)):
+        section, key = path.split(".")
+        changed = tmp_path / "changed" / path
+        for m, source in sources.items():
+            config = {**(lora.config if m == 0 else member_1)}
+            if m == 1:
+                config[section] = {**config[section], key: value}
+            _fake_finished_run(changed / source.relative_to(tmp_path), config)
+            (changed / source.relative_to(tmp_path) / "predictions.npz").write_text("")
+        assert quality._member_prediction_sources(ensemble, changed, "predictions.npz") is None, path
+    sampled = {**ensemble.config, "eval": {**ensemble.config["eval"], "num_samples": 2}}
+    assert quality._member_prediction_sources(quality.RunSpec(**{**ensemble.__dict__, "config": sampled}),
+                                              tmp_path, "predictions.npz") is None  # not deterministic
+
+
 # ------------------------------------------------------------------------ aggregation on synthetic runs
 
 TASKS = list(quality.TASKS)

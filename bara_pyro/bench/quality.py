@@ -34,7 +34,12 @@ its checkpoint, so re-running the same command finishes an interrupted benchmark
 reported (``results.json``/``results.md`` and ``<output>/logs/``) and the others go on.  An ensemble member
 whose training equals a finished one-model run in ``<output>/runs`` (member 0 and the LoRA run of the same
 seed) is copied from it instead of trained again (``member_<m>/reused_from`` names the source); such
-ensembles start after the other runs so that their sources can finish first.
+ensembles start after the other runs so that their sources can finish first.  When every member of an
+ensemble equals such a run that saved its deterministic test predictions (``predictions.npz``, one eval
+split, ``eval.num_samples = 0``), the ensemble is instead assembled from those files, without loading a
+model (``metrics.json``'s ``assembled_from`` names them): the mixture of the members' predictives, the
+same numbers that evaluating the members would give; likewise its OOD evaluation, from the members'
+``ood_predictions.npz``.  So an ensemble's members may train in other calls or on other machines.
 
 Outputs: ``results.json`` (protocol, command line, machine, date, git commit, every run's metrics,
 aggregates mean +- std over seeds, OOD, the peft anchor and the targets) and ``results.md`` (one table
@@ -86,6 +91,7 @@ OOD_TRAIN_TASK = "openbookqa"
 # two MMLU subjects with many test rows and short questions, far from OBQA's elementary science
 MMLU_OOD_SETS = ("mmlu_high_school_psychology", "mmlu_miscellaneous")  # 545 and 783 test rows
 OOD_SETS = ("arc_challenge", "arc_easy", *MMLU_OOD_SETS)
+OOD_PREDICTIONS_NAME = "ood_predictions.npz"
 
 # Applied to every run, after the method preset (so the budget is the same for every method).
 PROTOCOL_OVERRIDES = (
@@ -318,14 +324,16 @@ def _member_done(member_dir: Path) -> bool:
     return (member_dir / DONE_MARKER).exists() and (member_dir / ADAPTER_WEIGHTS_NAME).exists()
 
 
-def _finished_single_runs(output: Path, task: str, seed: int) -> list[tuple[Path, dict]]:
-    """``(run_dir, config)`` of this benchmark's finished one-model runs of ``task`` with ``seed`` (any method)."""
+def _finished_single_runs(output: Path, task: str, seed: int, needed: tuple[str, ...] | None = None
+                          ) -> list[tuple[Path, dict]]:
+    """``(run_dir, config)`` of this benchmark's finished one-model runs of ``task`` with ``seed`` (any method)
+    that hold the files ``needed`` (default: the adapter's config and weights) besides metrics and config."""
     from ..experiment import load_run_config
     from ..models.bara_model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
+    needed = ("metrics.json", "config.yaml", *(needed or (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)))
     out = []
     for run_dir in sorted((output / "runs").glob(f"*/{task}/seed{seed}")):
-        needed = ("metrics.json", "config.yaml", ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
         if not all((run_dir / name).is_file() for name in needed):
             continue
         try:
@@ -395,6 +403,107 @@ def _reuse_single_runs_as_members(spec: RunSpec, output: Path, log=_log) -> int:
         (target / DONE_MARKER).write_text(f"reused from {name}\n")
         log(f"{spec.name}: member {m} is {name} (identical training), reused")
     return len(sources)
+
+
+# An ensemble's predictive is the mixture of its members' (experiment.mixture_of_members). When every member
+# equals a finished one-model run (_member_training) that saved its deterministic predictions on the same
+# rows, the ensemble's predictions and metrics follow from those files: exactly what evaluating the members
+# again would give, bitwise (same code, same batches), with no model loaded. So members can train anywhere
+# (other calls, other machines) as long as their predictions come back.
+
+MEMBER_EVAL_KEYS = ("splits", "max_examples", "batch_size", "num_samples")  # what a member's probabilities depend on
+
+
+def _member_prediction_sources(spec: RunSpec, output: Path, filename: str) -> dict[int, Path] | None:
+    """``{m: run_dir}`` for every member of the ensemble ``spec``, each a finished identical one-model run with
+    ``filename`` and the ensemble's eval settings (deterministic: ``eval.num_samples = 0``); else None."""
+    from ..experiment import member_seed
+
+    members, ev = spec.config["ensemble"]["members"], spec.config["eval"]
+    if members == 1 or ev["num_samples"] != 0 or len(ev["splits"]) != 1:
+        return None
+    found = {}
+    for m in range(members):
+        wanted = _member_training(spec.config, m)
+        runs = _finished_single_runs(output, spec.task, member_seed(spec.config, m), needed=(filename,))
+        source = next((run_dir for run_dir, config in runs if _member_training(config, 0) == wanted
+                       and all(config["eval"][k] == ev[k] for k in MEMBER_EVAL_KEYS)), None)
+        if source is None:
+            return None
+        found[m] = source
+    return found
+
+
+def _relative(path: Path, output: Path) -> str:
+    return str(path.relative_to(output)) if path.is_relative_to(output) else str(path)
+
+
+def _assemble_ensemble(spec: RunSpec, output: Path, log=_log) -> bool:
+    """Write the ensemble run ``spec`` (config, ``predictions.npz``, ``metrics.json``) from its members'
+    saved test predictions, if every member has a source (:func:`_member_prediction_sources`); return whether
+    it did.  ``metrics.json`` names the sources (``assembled_from``); no training time is counted."""
+    import numpy as np
+
+    from ..experiment import PREDICTIONS_NAME, _write_predictions, mixture_of_members, read_prediction
+    from ..experiment_config import save_config
+    from ..metrics import classification_metrics
+
+    sources = _member_prediction_sources(spec, output, PREDICTIONS_NAME)
+    if sources is None:
+        return False
+    t0 = time.perf_counter()
+    preds = []
+    for source in sources.values():
+        with np.load(source / PREDICTIONS_NAME) as arrays:
+            preds.append(read_prediction(arrays))
+    pred = mixture_of_members(preds)
+    ev = spec.config["eval"]
+    metrics = {"num_samples": ev["num_samples"], "ensemble_members": len(preds),
+               ev["splits"][0]: {**classification_metrics(pred.probs, pred.labels, n_bins=ev["ece_bins"]),
+                                 "num_examples": len(pred.labels)},
+               "eval_time_s": time.perf_counter() - t0, "effective_rank": None, "effective_rank_per_layer": {}}
+    trainable = []
+    for source in sources.values():
+        trainable.append(json.loads((source / "metrics.json").read_text()).get("trainable_parameters"))
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(spec.config, spec.run_dir / "config.yaml")
+    _write_predictions(spec.run_dir / PREDICTIONS_NAME, pred)
+    metrics.update(method=spec.config["method"], model=spec.config["model"], dataset=spec.config["dataset"],
+                   trainable_parameters=sum(trainable) if None not in trainable else None, train_time_s=0.0,
+                   wall_time_s=time.perf_counter() - t0,
+                   assembled_from=[_relative(source, output) for source in sources.values()])
+    _write_json(spec.run_dir / "metrics.json", metrics)
+    log(f"{spec.name}: assembled from its members' predictions ({', '.join(metrics['assembled_from'])})")
+    return True
+
+
+def _assemble_ensemble_ood(spec: RunSpec, output: Path, ood_sets: list[str], log=_log) -> bool:
+    """The OOD evaluation of the ensemble run ``spec`` from its members' ``ood_predictions.npz`` (each with
+    ``ood_sets``), as :func:`evaluate_ood` would compute it; return whether it did."""
+    import numpy as np
+
+    from ..experiment import mixture_of_members, read_prediction
+
+    sources = _member_prediction_sources(spec, output, OOD_PREDICTIONS_NAME)
+    if sources is None or not all(_ood_done(source, ood_sets) for source in sources.values()):
+        return False
+    names = [spec.config["dataset"], *ood_sets]
+    member_preds = []
+    for source in sources.values():
+        with np.load(source / OOD_PREDICTIONS_NAME) as arrays:
+            member_preds.append({name: read_prediction(arrays, prefix=f"{name}/") for name in names})
+    mixed = {name: mixture_of_members([p[name] for p in member_preds]) for name in names}
+    id_pred = mixed.pop(spec.config["dataset"])
+    _write_ood(spec.run_dir, spec.config, len(member_preds), id_pred, mixed)
+    log(f"ood:{spec.name}: assembled from its members' OOD predictions")
+    return True
+
+
+def _assembled(run_dir: Path) -> bool:
+    try:
+        return "assembled_from" in json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _count_reusable_members(specs: list[RunSpec], output: Path) -> int:
@@ -610,14 +719,15 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
     Uses the run's config: the same backbone, tokenizer, scoring, posterior sample count S, ``eval.max_examples``
     and device.  Per OOD set: ACC, NLL, ECE, Brier, and the AUROC of telling its examples from the
     in-distribution ones by predictive entropy and by mutual information (``None`` for deterministic
-    predictions, whose mutual information is 0).  Writes ``ood_metrics.json`` into the run directory.
+    predictions, whose mutual information is 0).  Writes ``ood_metrics.json`` and the predictions behind it,
+    ``ood_predictions.npz`` (arrays ``<set>/probs``, ``<set>/labels``, ...; the test split is ``<dataset>/``),
+    into the run directory.
     """
     import pyro
 
     from ..data import load_task_dataset
     from ..experiment import _ensemble_predict, _subset, build_backbone_and_task, load_members, load_run_config
     from ..inference.trainer import resolve_device
-    from ..metrics import classification_metrics, mutual_information, ood_auroc, predictive_entropy
     from ..tasks import get_task
 
     run_dir = Path(run_dir)
@@ -626,36 +736,52 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
     backbone, tokenizer, task, data = build_backbone_and_task(config)
     backbone.to(resolve_device(config["train"]["device"]))
     models = load_members(run_dir, config, backbone, task)
+    pyro.set_rng_seed(config["train"]["seed"])
+    id_pred = _ensemble_predict(models, task, _subset(data["test"], ev["max_examples"]), config, progress)
+    preds = {}
+    for name in ood_sets:
+        ood_task = get_task(name, tokenizer, scoring=config["task"]["scoring"], max_length=config["task"]["max_length"])
+        for model in models:
+            model.forward_fn = ood_task.scores
+        rows = _subset(load_task_dataset(name, seed=config["data"]["seed"])["test"], ev["max_examples"])
+        preds[name] = _ensemble_predict(models, ood_task, rows, config, progress)
+    out = _write_ood(run_dir, config, len(models), id_pred, preds)
+    del models, backbone
+    _release_memory()
+    return out
+
+
+def _write_ood(run_dir: Path, config: dict, members: int, id_pred, preds: dict) -> dict:
+    """``ood_metrics.json`` and ``ood_predictions.npz`` from the in-distribution and OOD predictions."""
+    import numpy as np
+
+    from ..experiment import prediction_arrays
+    from ..metrics import classification_metrics, mutual_information, ood_auroc, predictive_entropy
+
+    ev = config["eval"]
 
     def scores(pred):
         ent = predictive_entropy(pred.probs)
         mi = mutual_information(pred.sample_probs) if pred.sample_probs is not None else None
         return ent, mi
 
-    pyro.set_rng_seed(config["train"]["seed"])
-    id_rows = _subset(data["test"], ev["max_examples"])
-    id_pred = _ensemble_predict(models, task, id_rows, config, progress)
     id_entropy, id_mi = scores(id_pred)
     out = {"trained_on": config["dataset"], "method": config["method"], "num_samples": ev["num_samples"],
-           "ensemble_members": len(models), "ood_sets": list(ood_sets),
-           "in_distribution": {"dataset": config["dataset"], "split": "test", "num_examples": len(id_rows),
+           "ensemble_members": members, "ood_sets": list(preds),
+           "in_distribution": {"dataset": config["dataset"], "split": "test", "num_examples": len(id_pred.labels),
                                **classification_metrics(id_pred.probs, id_pred.labels, n_bins=ev["ece_bins"])},
            "ood": {}}
-    for name in ood_sets:
-        ood_task = get_task(name, tokenizer, scoring=config["task"]["scoring"], max_length=config["task"]["max_length"])
-        for model in models:
-            model.forward_fn = ood_task.scores
-        rows = _subset(load_task_dataset(name, seed=config["data"]["seed"])["test"], ev["max_examples"])
-        pred = _ensemble_predict(models, ood_task, rows, config, progress)
+    arrays = prediction_arrays(id_pred, prefix=f"{config['dataset']}/")
+    for name, pred in preds.items():
         entropy, mi = scores(pred)
-        res = {"split": "test", "num_examples": len(rows),
-               **classification_metrics(pred.probs, pred.labels, n_bins=ev["ece_bins"]),
-               "auroc_entropy": ood_auroc(id_entropy, entropy),
-               "auroc_mutual_information": ood_auroc(id_mi, mi) if mi is not None and id_mi is not None else None}
-        out["ood"][name] = res
+        out["ood"][name] = {"split": "test", "num_examples": len(pred.labels),
+                            **classification_metrics(pred.probs, pred.labels, n_bins=ev["ece_bins"]),
+                            "auroc_entropy": ood_auroc(id_entropy, entropy),
+                            "auroc_mutual_information": ood_auroc(id_mi, mi)
+                            if mi is not None and id_mi is not None else None}
+        arrays.update(prediction_arrays(pred, prefix=f"{name}/"))
+    np.savez(run_dir / OOD_PREDICTIONS_NAME, **arrays)
     _write_json(run_dir / "ood_metrics.json", out)
-    del models, backbone
-    _release_memory()
     return out
 
 
@@ -1188,6 +1314,9 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
         for spec in specs:
             if spec.name not in outcome and _run_status(spec) == "done":
                 outcome[spec.name] = {"status": "ok", "error": None, "time_s": 0.0, "skipped": True}
+        for spec in specs:  # ensembles whose members all finished elsewhere, with their predictions
+            if spec.name not in outcome and _assemble_ensemble(spec, opts.output, log):
+                outcome[spec.name] = {"status": "ok", "error": None, "time_s": 0.0, "skipped": True}
         pending = [s for s in specs if s.name not in outcome]
         resumed = sum(_run_status(s) == "partial" for s in pending)
         ensembles = [s for s in pending if s.config["ensemble"]["members"] > 1]
@@ -1211,18 +1340,27 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
             + (f"; {reused} ensemble member(s) reused from identical one-model runs" if reused else ""))
         outcome.update(_execute(jobs, opts.workers, log, opts.gpus, before_job=before_job))
         if opts.ood:
-            ood_jobs = []
+            ood_jobs, ood_outcome_failed = [], {}
             for spec in specs:
                 if spec.task != OOD_TRAIN_TASK or outcome.get(spec.name, {}).get("status") != "ok":
                     continue
-                if _ood_done(spec.run_dir, opts.ood_sets):
+                if _ood_done(spec.run_dir, opts.ood_sets) or _assemble_ensemble_ood(spec, opts.output, opts.ood_sets, log):
+                    continue
+                if _assembled(spec.run_dir):  # no member weights here: only the members' OOD predictions can do
+                    ood_outcome_failed[f"ood:{spec.name}"] = {
+                        "status": "failed", "time_s": 0.0,
+                        "error": "assembled from its members' predictions, so it needs their OOD predictions: "
+                                 "run --ood for the member runs (method, task and seeds in its metrics.json's "
+                                 "assembled_from) first"}
                     continue
                 ood_jobs.append((f"ood:{spec.name}", (lambda s=spec: evaluate_ood(s.run_dir, opts.ood_sets)),
                                  _ood_command(spec.run_dir, opts.ood_sets),
                                  spec.log_path.with_name(spec.log_path.stem + "__ood.log")))
             if ood_jobs:
                 log(f"OOD evaluation of {len(ood_jobs)} {OOD_TRAIN_TASK} run(s) on {', '.join(opts.ood_sets)}")
-            ood_outcome = _execute(ood_jobs, opts.workers, log, opts.gpus)
+            ood_outcome = {**ood_outcome_failed, **_execute(ood_jobs, opts.workers, log, opts.gpus)}
+            for name, res in ood_outcome_failed.items():
+                log(f"{name} failed: {res['error']}")
         else:
             ood_outcome = {}
     else:
