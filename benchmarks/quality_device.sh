@@ -5,28 +5,36 @@
 #
 #   bash benchmarks/quality_device.sh setup1         # carry: carry_a (GGUF part 1, datasets, the OBQA
 #                                                   #   adapters of earlier sessions), .device_wheels
-#   bash benchmarks/quality_device.sh setup2         # carry: carry_b (GGUF part 2, datasets)
+#   bash benchmarks/quality_device.sh setup2         # carry: carry_b (GGUF part 2, datasets, more OBQA
+#                                                   #   adapters)
 #   bash benchmarks/quality_device.sh run [SECONDS]  # carry: carry_c (GGUF part 3, datasets); repeat until done
 #                                                   # SECONDS: how long the call may take (default 550)
 #
-# `run` stages, each skipped once finished:
-#   1. sweep  BaRA variants on the validation splits of OBQA and ARC-C (seed 1): the variant with the
-#             lowest mean validation NLL is chosen (bench quality --best-variant); the test split chooses nothing.
-#   2. others   bara (chosen values), blob, lora_map and mc_dropout; six tasks x 3 seeds
-#      members  at the same time: lora (the anchor, seeds 1-3) and the ensemble's members 1-4 as LoRA runs
-#               (seeds s + 1000 m); then the ensemble (5 members, copied from those runs)
-#   3. ood    the OBQA runs on ARC-C, ARC-E and two MMLU subjects
-# then aggregates all methods into $KEEP/suite/results.{json,md} and packs the small files, and the OBQA
-# adapters trained on this machine (the OOD stage of a later machine needs them), into $OUT.
+# `run` stages, each skipped once finished (SKIP="stage ..." skips stages for one call):
+#   1. sweep        BaRA variants on the validation splits of OBQA and ARC-C (seed 1): the variant with the
+#                   lowest mean validation NLL is chosen (bench quality --best-variant); the test split chooses
+#                   nothing.
+#   2. others       bara (chosen values), blob, lora_map and mc_dropout; six tasks x 3 seeds
+#      members      at the same time: lora (the anchor, seeds 1-3) and the ensemble's members 1-4 as LoRA runs
+#                   (seeds s + 1000 m); then
+#      ensemble     each ensemble assembled from its 5 members' predictions, and
+#      ood_members  the OOD evaluation of the OBQA member runs
+#   3. ood          the OBQA runs of every method on ARC-C, ARC-E and two MMLU subjects
+# then aggregates all methods into $KEEP/suite/results.{json,md} and packs into $OUT the small files, every
+# run's predictions (predictions.tar.gz.part_*; commit the LoRA runs' ones: the ensembles are assembled from
+# them) and the OBQA adapters trained on this machine (obqa_adapters_new.tar.gz.part_*: the OOD stage of a
+# later machine needs them). Join parts with cat.
 #
 # A fresh machine starts from the runs already in the repository ($SEED_FROM): finished runs are copied
-# into $KEEP/suite and skipped. OBQA runs are copied only with their adapters (the OOD stage loads them):
-# carry_a/obqa_adapters_*.tar.gz (git-ignored) holds those of earlier sessions. LoRA runs without
-# adapters train again (identical results: same seed, deterministic), to be the ensemble's member 0.
-# Six training processes per GPU (WORKERS), 2/5 of them for `others`: an eager training step is bound by the host CPU, not by
-# the GPU. On 4 H200s (2026-11-22): one process per GPU trained a 1000-step BaRA run in 221-227 s, as
-# many as 3 per GPU did (210-236 s); 18 LoRA runs side by side (20 workers) took 161-219 s each;
-# 36 workers with BoolQ evaluations (S = 10, fp32) in the mix slowed every run down (254-378 s).
+# into $KEEP/suite and skipped, except OBQA runs without adapters or OOD predictions (the OOD stage needs
+# one of them; carry_a and carry_b/obqa_adapters_*.tar.gz, git-ignored, hold the adapters of earlier
+# sessions), and LoRA runs without adapters or test predictions (an ensemble member needs one of them):
+# those train again (identical results: same seed, deterministic).
+# Six training processes per GPU (WORKERS), 2/5 of them for `others`: an eager training step is bound by
+# the host CPU, not by the GPU. On 4 H200s (2026-11-22): one process per GPU trained a 1000-step BaRA run
+# in 221-227 s, as many as 3 per GPU did (210-236 s); 18 LoRA runs side by side (20 workers) took 161-219 s
+# each; 36 workers with BoolQ evaluations (S = 10, fp32) in the mix slowed every run down (254-378 s); 24
+# workers: LoRA runs 171-301 s, MAP runs 301-408 s.
 set -u
 KEEP=${KEEP:-/root/keep}
 phase=${1:?setup1, setup2 or run}
@@ -43,7 +51,8 @@ setup1)
   cp carry_a/obqa_adapters_*.tar.gz "$KEEP/" 2>/dev/null  # OBQA adapters of earlier sessions (OOD stage)
   nvidia-smi --query-gpu=name,memory.total --format=csv; exit 0 ;;
 setup2)
-  cp carry_b/part_ab "$KEEP/" && copy_datasets carry_b; ls -la "$KEEP"; exit 0 ;;
+  cp carry_b/part_ab "$KEEP/" && copy_datasets carry_b
+  cp carry_b/obqa_adapters_*.tar.gz "$KEEP/" 2>/dev/null; ls -la "$KEEP"; exit 0 ;;
 run) ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac
@@ -63,9 +72,14 @@ if [ ! -f "$KEEP/seeded" ] && [ -d "$SEED_FROM/suite/runs" ]; then
   for run in "$SEED_FROM"/suite/runs/*/*/seed*; do
     [ -f "$run/metrics.json" ] || continue
     rel=${run#"$SEED_FROM"/}
-    # OBQA runs only with their adapters (the OOD stage loads them); LoRA runs too (the ensemble's member 0)
-    case $run in *openbookqa*|*/runs/lora/*)
-      [ -n "$(ls "$run"/*.safetensors "$KEEP/$rel"/*.safetensors 2>/dev/null)" ] || continue ;; esac
+    # OBQA runs only with their adapters or OOD predictions (the OOD stage needs one of them); LoRA runs
+    # only with their adapters or test predictions (an ensemble member needs one of them)
+    case $run in
+      *openbookqa*) [ -f "$run/ood_predictions.npz" ] || [ -n "$(ls "$run"/*.safetensors "$KEEP/$rel"/*.safetensors \
+                      2>/dev/null)" ] || continue ;;
+      */runs/lora/*) [ -f "$run/predictions.npz" ] || [ -n "$(ls "$run"/*.safetensors "$KEEP/$rel"/*.safetensors \
+                       2>/dev/null)" ] || continue ;;
+    esac
     mkdir -p "$KEEP/$rel" && cp -r "$run"/. "$KEEP/$rel/"
   done
   if [ -d "$SEED_FROM/sweep" ] && [ ! -f "$KEEP/sweep.done" ]; then
@@ -79,6 +93,7 @@ Q=(python3 -m bara_pyro.bench.quality --model "$KEEP/smol/hf" --device cuda
 bench() {  # bench STAGE ARGS...: run until done (marker) or until the deadline, less the time a stop takes
   local stage=$1; shift
   [ -f "$KEEP/$stage.done" ] && return 0
+  case " ${SKIP:-} " in *" $stage "*) echo "== $stage skipped (SKIP)"; return 1 ;; esac
   # SIGTERM: training runs checkpoint at their next step, but a run that is evaluating finishes or is
   # killed after 120 s (bench quality's grace period); then aggregation and packing need ~30 s.
   local left=$(( END - $(date +%s) - 160 ))
@@ -105,19 +120,25 @@ read -r -a SEL < "$KEEP/selected.txt"
 echo "chosen BaRA values: ${SEL[*]:-(the preset)}"
 SUITE=(--output "$KEEP/suite" --set "eval.splits=[test]" "${SEL[@]}")
 ALL=bara,lora,blob,lora_map,mc_dropout,ensemble
-# The ensemble's members 0-4 (seeds s + 1000 m; member 0 is the LoRA run of seed s) first train as LoRA
-# (MLE) runs, side by side with the other methods' runs (two bench processes sharing the workers, so that
-# neither waits for the other's last wave); the ensemble stage then copies them (bench quality reuses
-# identical finished one-model runs) and only evaluates.
+# The ensemble's members 0-4 (seeds s + 1000 m; member 0 is the LoRA run of seed s) train as LoRA (MLE)
+# runs, side by side with the other methods' runs (two bench processes sharing the workers, so that neither
+# waits for the other's last wave). The ensemble stage then assembles each ensemble from its members' saved
+# predictions (bench quality does when every member is a finished identical run with predictions.npz): no
+# model is loaded, and the result is what evaluating the five members would give, bit for bit.
 MEMBER_SEEDS=$(python3 -c "print(','.join(str(s + 1000 * m) for m in range(5) for s in (1, 2, 3)))")
 W_OTHERS=${W_OTHERS:-$(( WORKERS * 2 / 5 ))}
 ( W=$W_OTHERS bench others --methods bara,blob,lora_map,mc_dropout "${SUITE[@]}" ) &
 sleep 20  # the first process builds the dataset caches before its workers start
 ( export W=$(( WORKERS - W_OTHERS ))
   bench members --methods lora --seeds "$MEMBER_SEEDS" "${SUITE[@]}" \
-  && bench ensemble --methods ensemble "${SUITE[@]}" ) &
+  && bench ensemble --methods ensemble "${SUITE[@]}" \
+  && bench ood_members --methods lora --tasks openbookqa --seeds "$MEMBER_SEEDS" --ood "${SUITE[@]}" ) &
 wait
-[ -f "$KEEP/others.done" ] && [ -f "$KEEP/ensemble.done" ] && bench ood --methods $ALL --ood "${SUITE[@]}"
+# OOD: the OBQA runs of every method (the ensemble's from its members' OOD predictions). SKIP="members
+# ensemble ood_members": the other methods only (stage ood_partial)
+if [ -f "$KEEP/ood_members.done" ]; then OOD_METHODS=$ALL OOD_STAGE=ood; else OOD_METHODS=${ALL%,ensemble} OOD_STAGE=ood_partial; fi
+case " ${SKIP:-} " in *" ensemble "*) ;; *) [ "$OOD_STAGE" = ood ] || OOD_STAGE=none ;; esac
+[ -f "$KEEP/others.done" ] && [ "$OOD_STAGE" != none ] && bench $OOD_STAGE --methods $OOD_METHODS --ood "${SUITE[@]}"
 
 # aggregate whatever has finished, then pack the small files
 "${Q[@]}" --methods $ALL --ood "${SUITE[@]}" --aggregate-only > /dev/null 2>&1
@@ -126,6 +147,9 @@ if [ -n "${OUT:-}" ]; then
     [ -d "$KEEP/$d" ] && tar -C "$KEEP" -czf "$OUT/$d.tar.gz" --exclude='*.safetensors' --exclude='checkpoint*' \
       --exclude='*.npz' --exclude='*.pt' "$d"
   done
+  # every run's test (and OOD) predictions: the ensembles are assembled from them, on any machine
+  (cd "$KEEP" && find suite/runs \( -name predictions.npz -o -name ood_predictions.npz \) -not -path '*member_*' \
+    | tar -czf - -T - | split -b 15M - "$OUT/predictions.tar.gz.part_")
   # the OBQA adapters trained on this machine (the OOD stage of a later machine needs them), in parts of
   # 15 MB (a file that comes back holds at most 16 MiB); join them with cat into carry_a/obqa_adapters_*.tar.gz
   (cd "$KEEP" && find suite/runs/*/openbookqa -newer "$KEEP/seeded" -not -path '*checkpoint*' \
