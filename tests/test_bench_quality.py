@@ -377,6 +377,28 @@ def test_only_identical_runs_with_predictions_assemble_an_ensemble(tmp_path):
                                               tmp_path, "predictions.npz") is None  # not deterministic
 
 
+def test_runs_with_training_done_start_first(tmp_path):
+    """Evaluation-only runs, then runs that resume, then new ones: a stopped call leaves the least half done."""
+    argv = ["--quick", "--methods", "lora,ensemble", "--tasks", "winogrande_s", "--seeds", "1,2,3",
+            "--output", str(tmp_path)]
+    specs = {s.name: s for s in quality.plan_runs(quality._options(quality.build_parser().parse_args(argv), argv))}
+
+    def trained(d):
+        d.mkdir(parents=True)
+        (d / "DONE").write_text("trained\n")
+        (d / "adapter_model.safetensors").write_text("")
+
+    trained(specs["lora/winogrande_s/seed1"].run_dir)
+    (specs["lora/winogrande_s/seed2"].run_dir / "checkpoint").mkdir(parents=True)
+    ensemble_1, ensemble_2 = specs["ensemble/winogrande_s/seed1"].run_dir, specs["ensemble/winogrande_s/seed2"].run_dir
+    trained(ensemble_1 / "member_0"), trained(ensemble_1 / "member_1")
+    trained(ensemble_2 / "member_0")  # member 1 not started: the ensemble resumes
+    ranks = {name: quality._progress_rank(spec) for name, spec in specs.items()}
+    assert ranks == {"lora/winogrande_s/seed1": 0, "lora/winogrande_s/seed2": 1, "lora/winogrande_s/seed3": 2,
+                     "ensemble/winogrande_s/seed1": 0, "ensemble/winogrande_s/seed2": 1,
+                     "ensemble/winogrande_s/seed3": 2}
+
+
 # ------------------------------------------------------------------------ aggregation on synthetic runs
 
 TASKS = list(quality.TASKS)

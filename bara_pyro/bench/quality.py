@@ -30,7 +30,8 @@ method that starts from a packaged preset and ``--method-set METHOD:KEY=VALUE`` 
 values (a validation sweep of BaRA's hyperparameters, or the chosen values in the full run); both are
 recorded as deviations.
 A run whose directory already holds ``metrics.json`` is skipped and an interrupted one is resumed from
-its checkpoint, so re-running the same command finishes an interrupted benchmark; a failed run is
+its checkpoint, so re-running the same command finishes an interrupted benchmark (runs whose training
+finished start first, then those that resume, then new ones, longest first); a failed run is
 reported (``results.json``/``results.md`` and ``<output>/logs/``) and the others go on.  An ensemble member
 whose training equals a finished one-model run in ``<output>/runs`` (member 0 and the LoRA run of the same
 seed) is copied from it instead of trained again (``member_<m>/reused_from`` names the source); such
@@ -497,6 +498,20 @@ def _assemble_ensemble_ood(spec: RunSpec, output: Path, ood_sets: list[str], log
     _write_ood(spec.run_dir, spec.config, len(member_preds), id_pred, mixed)
     log(f"ood:{spec.name}: assembled from its members' OOD predictions")
     return True
+
+
+def _progress_rank(spec: RunSpec) -> int:
+    """0: every member trained (only the evaluation is left), 1: training resumes from a checkpoint, 2: new.
+
+    Runs start in this order (then the longest first): when a call is stopped, what it did is most likely
+    finished rather than left half done on a machine that may not come back."""
+    from ..experiment import member_dir
+    from ..inference.trainer import CHECKPOINT_DIR
+
+    dirs = [member_dir(spec.run_dir, spec.config, m) for m in range(spec.config["ensemble"]["members"])]
+    if all(_member_done(d) for d in dirs):
+        return 0
+    return 1 if any(_member_done(d) or (d / CHECKPOINT_DIR).exists() for d in dirs) else 2
 
 
 def _assembled(run_dir: Path) -> bool:
@@ -1328,7 +1343,7 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
                  if any(_member_training(s.config, m) in singles for m in range(s.config["ensemble"]["members"]))}
         before_job = {s.name: (lambda s=s: _reuse_single_runs_as_members(s, opts.output, log)) for s in ensembles}
         jobs = []
-        for spec in sorted(pending, key=lambda s: (s.name in waits, -s.cost)):
+        for spec in sorted(pending, key=lambda s: (s.name in waits, _progress_rank(s), -s.cost)):
             spec.config_path.parent.mkdir(parents=True, exist_ok=True)
             save_config(spec.config, spec.config_path)
             jobs.append((spec.name, (lambda s=spec: _train_in_process(s)), _train_command(spec), spec.log_path))
