@@ -30,7 +30,7 @@
 # one of them; carry_a and carry_b/obqa_adapters_*.tar.gz, git-ignored, hold the adapters of earlier
 # sessions), and LoRA runs without adapters or test predictions (an ensemble member needs one of them):
 # those train again (identical results: same seed, deterministic).
-# Six training processes per GPU (WORKERS), 2/5 of them for `others`: an eager training step is bound by
+# Six training processes per GPU (WORKERS), at most 2/5 of them for `others`: an eager training step is bound by
 # the host CPU, not by the GPU. On 4 H200s (2026-11-22): one process per GPU trained a 1000-step BaRA run
 # in 221-227 s, as many as 3 per GPU did (210-236 s); 18 LoRA runs side by side (20 workers) took 161-219 s
 # each; 36 workers with BoolQ evaluations (S = 10, fp32) in the mix slowed every run down (254-378 s); 24
@@ -126,7 +126,9 @@ ALL=bara,lora,blob,lora_map,mc_dropout,ensemble
 # predictions (bench quality does when every member is a finished identical run with predictions.npz): no
 # model is loaded, and the result is what evaluating the five members would give, bit for bit.
 MEMBER_SEEDS=$(python3 -c "print(','.join(str(s + 1000 * m) for m in range(5) for s in (1, 2, 3)))")
-W_OTHERS=${W_OTHERS:-$(( WORKERS * 2 / 5 ))}
+# `others` gets 2/5 of the workers, or one per run it has left (4 methods x 6 tasks x 3 seeds) if fewer
+OTHERS_LEFT=$(( 72 - $(ls "$KEEP"/suite/runs/{bara,blob,lora_map,mc_dropout}/*/seed[123]/metrics.json 2>/dev/null | wc -l) ))
+W_OTHERS=${W_OTHERS:-$(( OTHERS_LEFT < WORKERS * 2 / 5 ? (OTHERS_LEFT > 0 ? OTHERS_LEFT : 1) : WORKERS * 2 / 5 ))}
 ( W=$W_OTHERS bench others --methods bara,blob,lora_map,mc_dropout "${SUITE[@]}" ) &
 sleep 20  # the first process builds the dataset caches before its workers start
 ( export W=$(( WORKERS - W_OTHERS ))
