@@ -488,13 +488,13 @@ def _assemble_ensemble_ood(spec: RunSpec, output: Path, ood_sets: list[str], log
     sources = _member_prediction_sources(spec, output, OOD_PREDICTIONS_NAME)
     if sources is None or not all(_ood_done(source, ood_sets) for source in sources.values()):
         return False
-    names = [spec.config["dataset"], *ood_sets]
+    names = ["in_distribution", *ood_sets]
     member_preds = []
     for source in sources.values():
         with np.load(source / OOD_PREDICTIONS_NAME) as arrays:
             member_preds.append({name: read_prediction(arrays, prefix=f"{name}/") for name in names})
     mixed = {name: mixture_of_members([p[name] for p in member_preds]) for name in names}
-    id_pred = mixed.pop(spec.config["dataset"])
+    id_pred = mixed.pop("in_distribution")
     _write_ood(spec.run_dir, spec.config, len(member_preds), id_pred, mixed)
     log(f"ood:{spec.name}: assembled from its members' OOD predictions")
     return True
@@ -735,7 +735,8 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
     and device.  Per OOD set: ACC, NLL, ECE, Brier, and the AUROC of telling its examples from the
     in-distribution ones by predictive entropy and by mutual information (``None`` for deterministic
     predictions, whose mutual information is 0).  Writes ``ood_metrics.json`` and the predictions behind it,
-    ``ood_predictions.npz`` (arrays ``<set>/probs``, ``<set>/labels``, ...; the test split is ``<dataset>/``),
+    ``ood_predictions.npz`` (arrays ``<set>/probs``, ``<set>/labels``, ...; the run's own test split is
+``in_distribution/``),
     into the run directory.
     """
     import pyro
@@ -786,7 +787,7 @@ def _write_ood(run_dir: Path, config: dict, members: int, id_pred, preds: dict) 
            "in_distribution": {"dataset": config["dataset"], "split": "test", "num_examples": len(id_pred.labels),
                                **classification_metrics(id_pred.probs, id_pred.labels, n_bins=ev["ece_bins"])},
            "ood": {}}
-    arrays = prediction_arrays(id_pred, prefix=f"{config['dataset']}/")
+    arrays = prediction_arrays(id_pred, prefix="in_distribution/")
     for name, pred in preds.items():
         entropy, mi = scores(pred)
         out["ood"][name] = {"split": "test", "num_examples": len(pred.labels),
