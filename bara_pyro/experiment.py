@@ -62,6 +62,12 @@ def load_members(run_dir: str | os.PathLike, config: dict, backbone, task) -> li
     for m in range(members):
         out_dir = member_dir(run_dir, config, m)
         if not (out_dir / ADAPTER_WEIGHTS_NAME).exists():
+            metrics_path = Path(run_dir) / "metrics.json"
+            sources = json.loads(metrics_path.read_text()).get("assembled_from") if metrics_path.exists() else None
+            if sources:
+                raise FileNotFoundError(f"{run_dir} was assembled from its members' predictions and holds no "
+                                        f"adapters; its members are the runs {', '.join(sources)} (under the "
+                                        f"benchmark's output directory)")
             raise FileNotFoundError(f"no trained adapter in {out_dir}; finish training first "
                                     f"(bara-pyro train --resume {run_dir})")
         models.append(BaRAModel.from_pretrained(copy.deepcopy(backbone) if members > 1 else backbone, out_dir,

@@ -346,6 +346,11 @@ def test_ensemble_assembled_from_member_predictions_equals_evaluating_it(tmp_pat
     assert ood[files]["ood"][OOD_SET]["auroc_mutual_information"] is not None  # two members: two draws
     results = json.loads((files / "results.json").read_text())
     assert [(r["method"], r["status"]) for r in results["runs"]] == [("ensemble", "ok")]
+    from bara_pyro.experiment import evaluate_run
+
+    with pytest.raises(FileNotFoundError, match="assembled from its members' predictions and holds no adapters; "
+                                                "its members are the runs runs/lora/openbookqa/seed1, "):
+        evaluate_run(runs[files], progress=False)
 
 
 def test_only_identical_runs_with_predictions_assemble_an_ensemble(tmp_path):
