@@ -46,6 +46,9 @@ def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
+HEAD_INIT_SEED = 0  # a fresh classification head's initialisation (load_backbone), as tiny_backbone's default
+
+
 def load_backbone(
     name_or_path: str | os.PathLike,
     kind: str,
@@ -56,7 +59,10 @@ def load_backbone(
 
     :param name_or_path: packaged name, local folder or hub id (see :func:`bara_pyro.assets.resolve_model`).
     :param kind: ``"sequence_classification"`` (a fresh linear head on the pooled output, ``num_labels``
-        outputs, default 2) or ``"causal_lm"`` (next-token logits, used for multiple-choice scoring).
+        outputs, default 2, initialised from seed :data:`HEAD_INIT_SEED` without touching the global RNG
+        state, so every run and ensemble member starts from the same head and a run trains the same in any
+        process; the run's seed varies the adapters and the data order) or ``"causal_lm"`` (next-token
+        logits, used for multiple-choice scoring).
     :param num_labels: number of classes for ``"sequence_classification"``; must be ``None`` for ``"causal_lm"``.
     :param dtype: parameter dtype.
     :returns: ``(model, tokenizer)``; the model is not switched to ``eval()`` here.
@@ -65,9 +71,11 @@ def load_backbone(
     folder = resolve_model(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if kind == "sequence_classification":
-        model = AutoModelForSequenceClassification.from_pretrained(
-            folder, num_labels=2 if num_labels is None else num_labels, dtype=dtype
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(HEAD_INIT_SEED)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                folder, num_labels=2 if num_labels is None else num_labels, dtype=dtype
+            )
     else:
         if num_labels is not None:
             raise ValueError("num_labels is only meaningful for kind='sequence_classification'")

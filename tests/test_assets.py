@@ -211,3 +211,16 @@ def test_load_backbone_pads(name, kind):
         assert model.config.num_labels == 3
     else:
         assert model.config.vocab_size == 49152 and model.dtype == torch.float32
+
+
+def test_fresh_classification_head_is_seeded():
+    """The head that load_backbone adds is the same in every call (a run trains the same in any process),
+    and loading it leaves the global RNG state alone."""
+    from bara_pyro.backbones import load_backbone
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    heads = [load_backbone("minilm-l6", "sequence_classification")[0].classifier for _ in range(2)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(heads[0].weight, heads[1].weight) and torch.equal(heads[0].bias, heads[1].bias)
+    assert heads[0].weight.std() > 0  # initialised, not zeros
