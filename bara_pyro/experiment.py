@@ -62,8 +62,7 @@ def load_members(run_dir: str | os.PathLike, config: dict, backbone, task) -> li
     for m in range(members):
         out_dir = member_dir(run_dir, config, m)
         if not (out_dir / ADAPTER_WEIGHTS_NAME).exists():
-            metrics_path = Path(run_dir) / "metrics.json"
-            sources = json.loads(metrics_path.read_text()).get("assembled_from") if metrics_path.exists() else None
+            sources = assembled_from(run_dir)
             if sources:
                 raise FileNotFoundError(f"{run_dir} was assembled from its members' predictions and holds no "
                                         f"adapters; its members are the runs {', '.join(sources)} (under the "
@@ -73,6 +72,15 @@ def load_members(run_dir: str | os.PathLike, config: dict, backbone, task) -> li
         models.append(BaRAModel.from_pretrained(copy.deepcopy(backbone) if members > 1 else backbone, out_dir,
                                                 forward_fn=task.scores))
     return models
+
+
+def assembled_from(run_dir: str | os.PathLike) -> list[str] | None:
+    """The member runs an ensemble run was assembled from (``metrics.json``'s ``assembled_from``; the quality
+    benchmark writes it), or None: a run that trained its own members, or one not finished."""
+    try:
+        return json.loads((Path(run_dir) / "metrics.json").read_text()).get("assembled_from")
+    except (OSError, ValueError):
+        return None
 
 
 def build_backbone_and_task(config: dict):

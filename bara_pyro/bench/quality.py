@@ -346,23 +346,28 @@ def _finished_single_runs(output: Path, task: str, seed: int, needed: tuple[str,
     return out
 
 
+def _identical_single_run(spec: RunSpec, output: Path, member: int, needed: tuple[str, ...] | None = None,
+                          eval_keys: tuple[str, ...] = ()) -> Path | None:
+    """A finished one-model run (holding ``needed``, see :func:`_finished_single_runs`) whose training equals
+    member ``member`` of the ensemble ``spec`` and whose ``eval`` agrees with the ensemble's on ``eval_keys``."""
+    from ..experiment import member_seed
+
+    wanted, ev = _member_training(spec.config, member), spec.config["eval"]
+    runs = _finished_single_runs(output, spec.task, member_seed(spec.config, member), needed)
+    return next((run_dir for run_dir, config in runs if _member_training(config, 0) == wanted
+                 and all(config["eval"][k] == ev[k] for k in eval_keys)), None)
+
+
 def _reusable_members(spec: RunSpec, output: Path) -> dict[int, Path]:
     """``{m: run_dir}``: the unfinished members of an ensemble whose training a finished one-model run did."""
-    from ..experiment import member_dir, member_seed
+    from ..experiment import member_dir
 
     members = spec.config["ensemble"]["members"]
-    found: dict[int, Path] = {}
     if members == 1:
-        return found
-    for m in range(members):
-        if _member_done(member_dir(spec.run_dir, spec.config, m)):
-            continue
-        wanted = _member_training(spec.config, m)
-        runs = _finished_single_runs(output, spec.task, member_seed(spec.config, m))
-        source = next((run_dir for run_dir, config in runs if _member_training(config, 0) == wanted), None)
-        if source is not None:
-            found[m] = source
-    return found
+        return {}
+    found = {m: _identical_single_run(spec, output, m) for m in range(members)
+             if not _member_done(member_dir(spec.run_dir, spec.config, m))}
+    return {m: source for m, source in found.items() if source is not None}
 
 
 def _reuse_single_runs_as_members(spec: RunSpec, output: Path, log=_log) -> int:
@@ -399,7 +404,7 @@ def _reuse_single_runs_as_members(spec: RunSpec, output: Path, log=_log) -> int:
             _copy_file(source / TRAIN_LOG_NAME, target / TRAIN_LOG_NAME)
         else:
             (target / TRAIN_LOG_NAME).unlink(missing_ok=True)  # a partial member's log is not this training's
-        name = str(source.relative_to(output)) if source.is_relative_to(output) else str(source)
+        name = _relative(source, output)
         (target / "reused_from").write_text(name + "\n")
         (target / DONE_MARKER).write_text(f"reused from {name}\n")
         log(f"{spec.name}: member {m} is {name} (identical training), reused")
@@ -418,21 +423,11 @@ MEMBER_EVAL_KEYS = ("splits", "max_examples", "batch_size", "num_samples")  # wh
 def _member_prediction_sources(spec: RunSpec, output: Path, filename: str) -> dict[int, Path] | None:
     """``{m: run_dir}`` for every member of the ensemble ``spec``, each a finished identical one-model run with
     ``filename`` and the ensemble's eval settings (deterministic: ``eval.num_samples = 0``); else None."""
-    from ..experiment import member_seed
-
     members, ev = spec.config["ensemble"]["members"], spec.config["eval"]
     if members == 1 or ev["num_samples"] != 0 or len(ev["splits"]) != 1:
         return None
-    found = {}
-    for m in range(members):
-        wanted = _member_training(spec.config, m)
-        runs = _finished_single_runs(output, spec.task, member_seed(spec.config, m), needed=(filename,))
-        source = next((run_dir for run_dir, config in runs if _member_training(config, 0) == wanted
-                       and all(config["eval"][k] == ev[k] for k in MEMBER_EVAL_KEYS)), None)
-        if source is None:
-            return None
-        found[m] = source
-    return found
+    found = {m: _identical_single_run(spec, output, m, (filename,), MEMBER_EVAL_KEYS) for m in range(members)}
+    return None if None in found.values() else found
 
 
 def _relative(path: Path, output: Path) -> str:
@@ -512,13 +507,6 @@ def _progress_rank(spec: RunSpec) -> int:
     if all(_member_done(d) for d in dirs):
         return 0
     return 1 if any(_member_done(d) or (d / CHECKPOINT_DIR).exists() for d in dirs) else 2
-
-
-def _assembled(run_dir: Path) -> bool:
-    try:
-        return "assembled_from" in json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
 
 
 def _count_reusable_members(specs: list[RunSpec], output: Path) -> int:
@@ -735,9 +723,8 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
     and device.  Per OOD set: ACC, NLL, ECE, Brier, and the AUROC of telling its examples from the
     in-distribution ones by predictive entropy and by mutual information (``None`` for deterministic
     predictions, whose mutual information is 0).  Writes ``ood_metrics.json`` and the predictions behind it,
-    ``ood_predictions.npz`` (arrays ``<set>/probs``, ``<set>/labels``, ...; the run's own test split is
-``in_distribution/``),
-    into the run directory.
+    ``ood_predictions.npz`` (arrays ``<set>/probs``, ``<set>/labels``, ...; the run's own test split under
+    ``in_distribution/``), into the run directory.
     """
     import pyro
 
@@ -1315,6 +1302,7 @@ def _prepare_assets(specs: list[RunSpec], ood_sets: list[str]) -> None:
 
 def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
     """Plan, train (skipping finished runs), evaluate OOD, aggregate; write results.json and results.md."""
+    from ..experiment import assembled_from
     from ..experiment_config import save_config
 
     t0 = time.perf_counter()
@@ -1327,11 +1315,8 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
             outcome[spec.name] = {"status": "failed", "error": conflict, "time_s": 0.0}
             log(f"{spec.name}: {conflict}")
     if execute:
-        for spec in specs:
-            if spec.name not in outcome and _run_status(spec) == "done":
-                outcome[spec.name] = {"status": "ok", "error": None, "time_s": 0.0, "skipped": True}
-        for spec in specs:  # ensembles whose members all finished elsewhere, with their predictions
-            if spec.name not in outcome and _assemble_ensemble(spec, opts.output, log):
+        for spec in specs:  # finished, or an ensemble whose members all finished elsewhere, with their predictions
+            if spec.name not in outcome and (_run_status(spec) == "done" or _assemble_ensemble(spec, opts.output, log)):
                 outcome[spec.name] = {"status": "ok", "error": None, "time_s": 0.0, "skipped": True}
         pending = [s for s in specs if s.name not in outcome]
         resumed = sum(_run_status(s) == "partial" for s in pending)
@@ -1360,14 +1345,14 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
             for spec in specs:
                 if spec.task != OOD_TRAIN_TASK or outcome.get(spec.name, {}).get("status") != "ok":
                     continue
-                if _ood_done(spec.run_dir, opts.ood_sets) or _assemble_ensemble_ood(spec, opts.output, opts.ood_sets, log):
+                if (_ood_done(spec.run_dir, opts.ood_sets)
+                        or _assemble_ensemble_ood(spec, opts.output, opts.ood_sets, log)):
                     continue
-                if _assembled(spec.run_dir):  # no member weights here: only the members' OOD predictions can do
-                    ood_outcome_failed[f"ood:{spec.name}"] = {
-                        "status": "failed", "time_s": 0.0,
-                        "error": "assembled from its members' predictions, so it needs their OOD predictions: "
-                                 "run --ood for the member runs (method, task and seeds in its metrics.json's "
-                                 "assembled_from) first"}
+                if assembled_from(spec.run_dir):  # no member weights here: only the members' OOD predictions can do
+                    error = ("assembled from its members' predictions, so it needs their OOD predictions: run --ood "
+                             "for the member runs (method, task and seeds in its metrics.json's assembled_from) first")
+                    ood_outcome_failed[f"ood:{spec.name}"] = {"status": "failed", "time_s": 0.0, "error": error}
+                    log(f"ood:{spec.name} failed: {error}")
                     continue
                 ood_jobs.append((f"ood:{spec.name}", (lambda s=spec: evaluate_ood(s.run_dir, opts.ood_sets)),
                                  _ood_command(spec.run_dir, opts.ood_sets),
@@ -1375,8 +1360,6 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
             if ood_jobs:
                 log(f"OOD evaluation of {len(ood_jobs)} {OOD_TRAIN_TASK} run(s) on {', '.join(opts.ood_sets)}")
             ood_outcome = {**ood_outcome_failed, **_execute(ood_jobs, opts.workers, log, opts.gpus)}
-            for name, res in ood_outcome_failed.items():
-                log(f"{name} failed: {res['error']}")
         else:
             ood_outcome = {}
     else:
