@@ -313,6 +313,10 @@ def test_ensemble_assembled_from_member_predictions_equals_evaluating_it(tmp_pat
     assert quality.main([*common, "--methods", "lora", "--seeds", "1,1001", "--output", str(files)]) == 0
     for weights in files.glob("runs/lora/openbookqa/seed*/adapter_model.safetensors"):
         weights.unlink()  # as when the members trained on another machine: only their small files came back
+    capsys.readouterr()
+    assert quality.main([*common, *ensemble, "--output", str(files), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "[assembled from its members' predictions]" in out and "1 runs (0 trainings of" in out
     assert quality.main([*common, *ensemble, "--output", str(files)]) == 1  # no OOD predictions of the members
     out = capsys.readouterr().out
     assert ("ensemble/openbookqa/seed1: assembled from its members' predictions "

@@ -1449,14 +1449,21 @@ def main(argv: list[str] | None = None) -> int:
         opts = _options(args, argv)
         _check_options(opts)
         if args.dry_run:
+            from ..experiment import PREDICTIONS_NAME
+
             specs = plan_runs(opts)
+            assemblable = {spec.name for spec in specs if _run_status(spec) != "done"
+                           and _member_prediction_sources(spec, opts.output, PREDICTIONS_NAME) is not None}
             for spec in specs:
+                status = ("conflict: other config" if _saved_config_conflict(spec)
+                          else "assembled from its members' predictions" if spec.name in assemblable
+                          else _run_status(spec))
                 print(f"{spec.name:<40} members {spec.config['ensemble']['members']}  "
-                      f"steps {spec.config['train']['steps']}  S {spec.config['eval']['num_samples']}  "
-                      f"[{'conflict: other config' if _saved_config_conflict(spec) else _run_status(spec)}]")
-            trainings = sum(s.config["ensemble"]["members"] for s in specs)
+                      f"steps {spec.config['train']['steps']}  S {spec.config['eval']['num_samples']}  [{status}]")
+            trainings = sum(s.config["ensemble"]["members"] for s in specs if s.name not in assemblable)
             n_ood = sum(s.task == OOD_TRAIN_TASK for s in specs) if opts.ood else 0
             print(f"{len(specs)} runs ({trainings} trainings of {opts.steps} steps), {n_ood} OOD evaluations")
+            specs = [s for s in specs if s.name not in assemblable]
             reusable = _count_reusable_members(specs, opts.output)
             if reusable:
                 print(f"{reusable} ensemble member(s) can reuse an identical one-model run of this benchmark "
