@@ -3,12 +3,17 @@
 # 64 MiB each (this workplace's `device` tool). Everything persists under $KEEP between calls on the
 # same machine; every stage resumes where the last call stopped (bara-pyro bench quality resumes runs).
 #
-#   bash benchmarks/quality_device.sh setup1         # carry: carry_a (GGUF part 1, datasets, the OBQA
-#                                                   #   adapters of earlier sessions), .device_wheels
-#   bash benchmarks/quality_device.sh setup2         # carry: carry_b (GGUF part 2, datasets, more OBQA
-#                                                   #   adapters)
-#   bash benchmarks/quality_device.sh run [SECONDS]  # carry: carry_c (GGUF part 3, datasets); repeat until done
-#                                                   # SECONDS: how long the call may take (default 550)
+#   bash benchmarks/quality_device.sh setup DIR...   # once per carried folder, one call each (64 MiB a call):
+#                                                   #   carry_a + .device_wheels, then carry_b, then carry_d
+#   bash benchmarks/quality_device.sh run [SECONDS]  # carry: carry_c; repeat until done
+#                                                   # SECONDS: how long the call may take (default 550);
+#                                                   # stages stop 160 s before it, which a call that only
+#                                                   # needs its work kept on the machine (not packed) need
+#                                                   # not wait for: `run 745` fills a 600 s call
+# The carried folders are git-ignored; together they hold the GGUF in three parts (part_aa, part_ab,
+# part_ac, joined and checked against its sha256), the datasets (datasets/<name>/), the wheels the image
+# lacks (*.whl) and tarballs of earlier sessions' runs (*.tar.gz: OBQA adapters, runs trained but not yet
+# evaluated), which the first `run` extracts into $KEEP.
 #
 # `run` stages, each skipped once finished (SKIP="stage ..." skips stages for one call):
 #   1. sweep        BaRA variants on the validation splits of OBQA and ARC-C (seed 1): the variant with the
@@ -18,12 +23,15 @@
 #      members      at the same time: lora (the anchor, seeds 1-3) and the ensemble's members 1-4 as LoRA runs
 #                   (seeds s + 1000 m); then
 #      ensemble     each ensemble assembled from its 5 members' predictions, and
-#      ood_members  the OOD evaluation of the OBQA member runs
-#   3. ood          the OBQA runs of every method on ARC-C, ARC-E and two MMLU subjects
+#      ood_members  the OOD evaluation (ARC-C, ARC-E, two MMLU subjects) of the OBQA LoRA and member runs
+#      ood_others   at the same time if the OBQA runs of `others` have all finished, else after `others`:
+#                   the OOD evaluation of those runs
+#   3. ood_ensemble each OBQA ensemble's OOD evaluation, assembled from its members' OOD predictions
 # then aggregates all methods into $KEEP/suite/results.{json,md} and packs into $OUT the small files, every
 # run's predictions (predictions.tar.gz.part_*; commit the LoRA runs' ones: the ensembles are assembled from
-# them) and the OBQA adapters trained on this machine (obqa_adapters_new.tar.gz.part_*: the OOD stage of a
-# later machine needs them). Join parts with cat.
+# them), the OBQA adapters trained on this machine (obqa_adapters_new.tar.gz.part_*: the OOD stage of a
+# later machine needs them) and the runs trained but not evaluated (unevaluated_runs.tar.gz.part_*). Join
+# parts with cat; put the tarballs in a carried folder for the next machine.
 #
 # A fresh machine starts from the runs already in the repository ($SEED_FROM): finished runs are copied
 # into $KEEP/suite and skipped, except OBQA runs without adapters or OOD predictions (the OOD stage needs
@@ -37,7 +45,7 @@
 # workers: LoRA runs 171-301 s, MAP runs 301-408 s.
 set -u
 KEEP=${KEEP:-/root/keep}
-phase=${1:?setup1, setup2 or run}
+phase=${1:?setup DIR... or run [SECONDS]}
 END=$(( $(date +%s) + ${2:-550} ))
 export PYTHONPATH="$PWD:$KEEP/site" BARA_PYRO_CACHE="$KEEP/cache" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
@@ -45,14 +53,16 @@ mkdir -p "$KEEP/cache/datasets/v1" "$KEEP/smol/gguf"
 copy_datasets() { [ -d "$1/datasets" ] && cp -r "$1"/datasets/* "$KEEP/cache/datasets/v1/" 2>/dev/null; true; }
 
 case $phase in
-setup1)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$KEEP/site" .device_wheels/*.whl
-  cp carry_a/part_aa "$KEEP/" && copy_datasets carry_a
-  cp carry_a/obqa_adapters_*.tar.gz "$KEEP/" 2>/dev/null  # OBQA adapters of earlier sessions (OOD stage)
-  nvidia-smi --query-gpu=name,memory.total --format=csv; exit 0 ;;
-setup2)
-  cp carry_b/part_ab "$KEEP/" && copy_datasets carry_b
-  cp carry_b/obqa_adapters_*.tar.gz "$KEEP/" 2>/dev/null; ls -la "$KEEP"; exit 0 ;;
+setup)
+  shift
+  for dir in "$@"; do
+    if ls "$dir"/*.whl > /dev/null 2>&1; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$KEEP/site" "$dir"/*.whl
+    fi
+    cp "$dir"/part_* "$dir"/*.tar.gz "$KEEP/" 2>/dev/null
+    copy_datasets "$dir"
+  done
+  ls -la "$KEEP"; nvidia-smi --query-gpu=name,memory.total --format=csv; exit 0 ;;
 run) ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac
@@ -68,7 +78,7 @@ NGPU=$(nvidia-smi -L | wc -l)
 WORKERS=${WORKERS:-$(( 6 * NGPU ))}
 SEED_FROM=${SEED_FROM:-benchmarks/results/quality_h200x4_2026-11-22}
 if [ ! -f "$KEEP/seeded" ] && [ -d "$SEED_FROM/suite/runs" ]; then
-  for t in "$KEEP"/obqa_adapters_*.tar.gz; do [ -f "$t" ] && tar -C "$KEEP" -xzf "$t"; done
+  for t in "$KEEP"/*.tar.gz; do [ -f "$t" ] && tar -C "$KEEP" -xzf "$t"; done
   for run in "$SEED_FROM"/suite/runs/*/*/seed*; do
     [ -f "$run/metrics.json" ] || continue
     rel=${run#"$SEED_FROM"/}
@@ -129,18 +139,22 @@ MEMBER_SEEDS=$(python3 -c "print(','.join(str(s + 1000 * m) for m in range(5) fo
 # `others` gets 2/5 of the workers, or one per run it has left (4 methods x 6 tasks x 3 seeds) if fewer
 OTHERS_LEFT=$(( 72 - $(ls "$KEEP"/suite/runs/{bara,blob,lora_map,mc_dropout}/*/seed[123]/metrics.json 2>/dev/null | wc -l) ))
 W_OTHERS=${W_OTHERS:-$(( OTHERS_LEFT < WORKERS * 2 / 5 ? (OTHERS_LEFT > 0 ? OTHERS_LEFT : 1) : WORKERS * 2 / 5 ))}
-( W=$W_OTHERS bench others --methods bara,blob,lora_map,mc_dropout "${SUITE[@]}" ) &
+OTHER_METHODS=bara,blob,lora_map,mc_dropout
+OBQA_OTHERS=$(ls "$KEEP"/suite/runs/{bara,blob,lora_map,mc_dropout}/openbookqa/seed[123]/metrics.json 2>/dev/null | wc -l)
+( W=$W_OTHERS bench others --methods $OTHER_METHODS "${SUITE[@]}" ) &
 sleep 20  # the first process builds the dataset caches before its workers start
 ( export W=$(( WORKERS - W_OTHERS ))
   bench members --methods lora --seeds "$MEMBER_SEEDS" "${SUITE[@]}" \
   && bench ensemble --methods ensemble "${SUITE[@]}" \
   && bench ood_members --methods lora --tasks openbookqa --seeds "$MEMBER_SEEDS" --ood "${SUITE[@]}" ) &
+# OOD of the other methods' OBQA runs: at once if they have all finished (the stage then evaluates and trains
+# nothing else, so it cannot collide with `others`), else once `others` has finished
+OOD_OTHERS=(--methods $OTHER_METHODS --tasks openbookqa --ood "${SUITE[@]}")
+[ "$OBQA_OTHERS" -eq 12 ] && ( W=${W_OOD:-8} bench ood_others "${OOD_OTHERS[@]}" ) &
 wait
-# OOD: the OBQA runs of every method (the ensemble's from its members' OOD predictions). SKIP="members
-# ensemble ood_members": the other methods only (stage ood_partial)
-if [ -f "$KEEP/ood_members.done" ]; then OOD_METHODS=$ALL OOD_STAGE=ood; else OOD_METHODS=${ALL%,ensemble} OOD_STAGE=ood_partial; fi
-case " ${SKIP:-} " in *" ensemble "*) ;; *) [ "$OOD_STAGE" = ood ] || OOD_STAGE=none ;; esac
-[ -f "$KEEP/others.done" ] && [ "$OOD_STAGE" != none ] && bench $OOD_STAGE --methods $OOD_METHODS --ood "${SUITE[@]}"
+[ -f "$KEEP/others.done" ] && bench ood_others "${OOD_OTHERS[@]}"
+# the ensemble's OOD, assembled from its members' OOD predictions
+[ -f "$KEEP/ood_members.done" ] && bench ood_ensemble --methods ensemble --tasks openbookqa --ood "${SUITE[@]}"
 
 # aggregate whatever has finished, then pack the small files
 "${Q[@]}" --methods $ALL --ood "${SUITE[@]}" --aggregate-only > /dev/null 2>&1
@@ -157,6 +171,10 @@ if [ -n "${OUT:-}" ]; then
   (cd "$KEEP" && find suite/runs/*/openbookqa -newer "$KEEP/seeded" -not -path '*checkpoint*' \
     \( -name '*.safetensors' -o -name 'adapter_config.json' -o -name DONE \) 2>/dev/null \
     | tar -czf - -T - | split -b 15M - "$OUT/obqa_adapters_new.tar.gz.part_")
+  # runs trained but not evaluated when the call ended (an evaluation cut off by the deadline restarts
+  # from the start): whole, less checkpoints, so that a later machine only evaluates them
+  (cd "$KEEP" && for r in suite/runs/*/*/seed*; do [ -f "$r/DONE" ] && [ ! -f "$r/metrics.json" ] && echo "$r"; done \
+    | tar -czf - --exclude='checkpoint*' -T - | split -b 15M - "$OUT/unevaluated_runs.tar.gz.part_")
   cp "$KEEP/selected.txt" "$OUT/" 2>/dev/null
   ls -la "$OUT"
 fi
