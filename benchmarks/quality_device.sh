@@ -3,9 +3,11 @@
 # 64 MiB each (this workplace's `device` tool). Everything persists under $KEEP between calls on the
 # same machine; every stage resumes where the last call stopped (bara-pyro bench quality resumes runs).
 #
-#   bash benchmarks/quality_device.sh setup DIR...   # once per carried folder, one call each (64 MiB a call):
-#                                                   #   carry_a + .device_wheels, then carry_b, then carry_d
-#   bash benchmarks/quality_device.sh run [SECONDS]  # carry: carry_c; repeat until done
+#   bash benchmarks/quality_device.sh setup DIR...   # once per carried folder, one call each (64 MiB a call,
+#                                                   #   the repository included): carry_a + .device_wheels,
+#                                                   #   then carry_b, then carry_d
+#   bash benchmarks/quality_device.sh run [SECONDS]  # carry: carry_c (taken in like a set-up folder on the
+#                                                   #   first call); repeat until done
 #                                                   # SECONDS: how long the call may take (default 550);
 #                                                   # stages stop 160 s before it, which a call that only
 #                                                   # needs its work kept on the machine (not packed) need
@@ -52,23 +54,25 @@ GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 mkdir -p "$KEEP/cache/datasets/v1" "$KEEP/smol/gguf"
 copy_datasets() { [ -d "$1/datasets" ] && cp -r "$1"/datasets/* "$KEEP/cache/datasets/v1/" 2>/dev/null; true; }
 
+take_in() {  # take_in DIR: copy a carried folder's wheels (installed), GGUF parts, tarballs and datasets into $KEEP
+  if ls "$1"/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$KEEP/site" "$1"/*.whl
+  fi
+  cp "$1"/part_* "$1"/*.tar.gz "$KEEP/" 2>/dev/null
+  copy_datasets "$1"
+}
+
 case $phase in
 setup)
   shift
-  for dir in "$@"; do
-    if ls "$dir"/*.whl > /dev/null 2>&1; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$KEEP/site" "$dir"/*.whl
-    fi
-    cp "$dir"/part_* "$dir"/*.tar.gz "$KEEP/" 2>/dev/null
-    copy_datasets "$dir"
-  done
+  for dir in "$@"; do take_in "$dir"; done
   ls -la "$KEEP"; nvidia-smi --query-gpu=name,memory.total --format=csv; exit 0 ;;
 run) ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac
 
 if [ ! -f "$KEEP/smol/hf/model.safetensors" ]; then
-  cp carry_c/part_ac "$KEEP/" && copy_datasets carry_c
+  take_in carry_c
   cat "$KEEP/part_aa" "$KEEP/part_ab" "$KEEP/part_ac" > "$KEEP/smol/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
   echo "$GGUF_SHA  $KEEP/smol/gguf/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || exit 1
   python3 -c "from pathlib import Path; from bara_pyro.assets import _convert_smollm2_gguf as c; c(Path('$KEEP/smol'))" \
