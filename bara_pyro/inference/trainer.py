@@ -15,7 +15,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pyro.infer import SVI, TraceMeanField_ELBO
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .interrupt import StopRequest, rng_state, set_rng_state, stop_on_signals
 from .optim import TorchOptimizer, warmup_linear_decay
 from .train_config import TrainConfig
 
@@ -69,38 +69,6 @@ class TrainResult:
     wall_time_s: float
     history: list[dict] = field(default_factory=list)
     interrupted: bool = False
-
-
-class _StopRequest:
-    """Set by SIGINT/SIGTERM; the loop stops at the next step boundary, so the checkpoint is consistent.
-    A second Ctrl-C raises ``KeyboardInterrupt`` at once."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __call__(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: _StopRequest):
-    if not _in_main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: str | os.PathLike | None = None,
@@ -151,11 +119,11 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     t0 = time.perf_counter()
     bar = tqdm(total=config.steps, initial=start_step, disable=not progress, desc="train", dynamic_ncols=True)
     interrupted = False
-    stop = _StopRequest()
+    stop = StopRequest()
     model.train()
     model.backbone.train()  # the backbone's own dropout acts as in any fine-tuning run; its weights stay frozen
     try:
-        with _stop_on_signals(stop):
+        with stop_on_signals(stop):
             while step < config.steps and not stop.requested:
                 batch = task.collate([train_rows[i] for i in order.indices(step)]).to(device)
                 model.kl_beta = min(1.0, (step + 1) / config.kl_warmup_steps) if config.kl_warmup_steps else 1.0
@@ -289,9 +257,7 @@ def _save_checkpoint(run_dir: Path, model, optim: TorchOptimizer, step: int) -> 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(model.adapter_state_dict(), str(tmp / "trainable.safetensors"))
-    state = {"optim": optim.get_state(), "rng_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    state = {"optim": optim.get_state(), **rng_state()}
     torch.save(state, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "kl_beta": model.kl_beta}))
     if final.exists():
@@ -315,7 +281,5 @@ def _load_checkpoint(run_dir: Path, model, optim: TorchOptimizer, device) -> int
     except (OSError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
         raise RuntimeError(f"the checkpoint in {ckpt} is damaged ({exc}); delete it to start over") from exc
     optim.set_state(state["optim"])
-    torch.set_rng_state(state["rng_cpu"])
-    if "rng_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    set_rng_state(state)
     return int(step)
