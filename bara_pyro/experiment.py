@@ -172,19 +172,33 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
                    trainable_parameters=trainable, train_time_s=train_time,
                    wall_time_s=time.perf_counter() - t_start)
     _write_json(run_dir / "metrics.json", metrics)
+    remove_partial_predictions(run_dir)
     return metrics
 
 
 PREDICTIONS_NAME = "predictions.npz"  # predictions on the test split (else the last of eval.splits)
 
 
-def _ensemble_predict(models, task, rows, config, progress) -> Prediction:
+PARTIAL_PREDICTION_PREFIX = ".partial_prediction_"  # resumable prediction passes (inference.predict's checkpoint)
+
+
+def _ensemble_predict(models, task, rows, config, progress, checkpoint: Path | None = None) -> Prediction:
+    """Every member's predictive on ``rows`` (S = ``eval.num_samples`` for stochastic members), mixed.
+    ``checkpoint``: a path prefix that makes each member's pass resumable (``<prefix>.m<i>.pt``)."""
     ev = config["eval"]
     preds = []
-    for model in models:
+    for i, model in enumerate(models):
         s = ev["num_samples"] if _is_stochastic(model) else 0
-        preds.append(predict(model, task, rows, num_samples=s, batch_size=ev["batch_size"], progress=progress))
+        path = checkpoint.with_name(f"{checkpoint.name}.m{i}.pt") if checkpoint is not None else None
+        preds.append(predict(model, task, rows, num_samples=s, batch_size=ev["batch_size"], progress=progress,
+                             checkpoint=path))
     return preds[0] if len(preds) == 1 else mixture_of_members(preds)
+
+
+def remove_partial_predictions(run_dir: Path) -> None:
+    """Delete the resumable prediction passes of ``run_dir`` once their results are written."""
+    for path in run_dir.glob(PARTIAL_PREDICTION_PREFIX + "*"):
+        path.unlink(missing_ok=True)
 
 
 def mixture_of_members(preds: list[Prediction]) -> Prediction:
@@ -206,7 +220,8 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
         rows = _subset(data[split], ev["max_examples"])
         if len(rows) == 0:
             continue
-        pred = _ensemble_predict(models, task, rows, config, progress)
+        pred = _ensemble_predict(models, task, rows, config, progress,
+                                 checkpoint=run_dir / f"{PARTIAL_PREDICTION_PREFIX}{split}")
         metrics[split] = classification_metrics(pred.probs, pred.labels, n_bins=ev["ece_bins"])
         metrics[split]["num_examples"] = len(rows)
         if split == "test" or split == ev["splits"][-1]:
@@ -363,6 +378,7 @@ def evaluate_run(run_dir: str | os.PathLike, splits: list[str] | None = None, nu
     old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     old.update(metrics)
     _write_json(run_dir / "metrics.json", old)
+    remove_partial_predictions(run_dir)
     return old
 
 

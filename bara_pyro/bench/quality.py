@@ -586,7 +586,8 @@ def _run_subprocess(cmd: list[str], log_path: Path, env: dict) -> None:
 
 
 def _stop_subprocesses() -> None:
-    """SIGTERM every running run: each stops at its next step boundary with a consistent checkpoint."""
+    """SIGTERM every running run: each stops at its next training step or prediction batch with a consistent
+    checkpoint (a run still loading is killed after 120 s)."""
     with _RUNNING_LOCK:
         procs = list(_RUNNING)
     for proc in procs:
@@ -729,7 +730,15 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
     import pyro
 
     from ..data import load_task_dataset
-    from ..experiment import _ensemble_predict, _subset, build_backbone_and_task, load_members, load_run_config
+    from ..experiment import (
+        PARTIAL_PREDICTION_PREFIX,
+        _ensemble_predict,
+        _subset,
+        build_backbone_and_task,
+        load_members,
+        load_run_config,
+        remove_partial_predictions,
+    )
     from ..inference.trainer import resolve_device
     from ..tasks import get_task
 
@@ -740,15 +749,19 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
     backbone.to(resolve_device(config["train"]["device"]))
     models = load_members(run_dir, config, backbone, task)
     pyro.set_rng_seed(config["train"]["seed"])
-    id_pred = _ensemble_predict(models, task, _subset(data["test"], ev["max_examples"]), config, progress)
+    partial = run_dir / f"{PARTIAL_PREDICTION_PREFIX}ood"  # resumable passes: a stopped evaluation goes on
+    id_pred = _ensemble_predict(models, task, _subset(data["test"], ev["max_examples"]), config, progress,
+                                checkpoint=partial.with_name(f"{partial.name}_in_distribution"))
     preds = {}
     for name in ood_sets:
         ood_task = get_task(name, tokenizer, scoring=config["task"]["scoring"], max_length=config["task"]["max_length"])
         for model in models:
             model.forward_fn = ood_task.scores
         rows = _subset(load_task_dataset(name, seed=config["data"]["seed"])["test"], ev["max_examples"])
-        preds[name] = _ensemble_predict(models, ood_task, rows, config, progress)
+        preds[name] = _ensemble_predict(models, ood_task, rows, config, progress,
+                                        checkpoint=partial.with_name(f"{partial.name}_{name}"))
     out = _write_ood(run_dir, config, len(models), id_pred, preds)
+    remove_partial_predictions(run_dir)
     del models, backbone
     _release_memory()
     return out

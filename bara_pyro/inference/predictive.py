@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from .interrupt import StopRequest, rng_state, set_rng_state, stop_on_signals
 
 __all__ = ["Prediction", "predict"]
 
@@ -30,14 +36,51 @@ def _pad_classes(t: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.cat([t, pad], dim=-1)
 
 
+def _rows_digest(rows: Sequence[dict]) -> str:
+    """A fingerprint of the rows (their keys and values, in order) that a checkpoint belongs to."""
+    h = hashlib.sha256()
+    for row in rows:
+        for key in sorted(row):
+            value = row[key]
+            h.update(key.encode())
+            h.update(value.numpy().tobytes() if isinstance(value, torch.Tensor) else repr(value).encode())
+    return h.hexdigest()
+
+
+def _load_pass(path: Path | None, signature: dict) -> dict | None:
+    """The saved pass in ``path`` if it was written for ``signature``; else None (a stale file is ignored)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise RuntimeError(f"the prediction checkpoint {path} is damaged ({exc}); delete it to start over") from exc
+    return state if state.get("signature") == signature else None
+
+
+def _save_pass(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 @torch.no_grad()
 def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size: int = 32,
-            record_tokens: bool = False, progress: bool = True, device: torch.device | str | None = None) -> Prediction:
+            record_tokens: bool = False, progress: bool = True, device: torch.device | str | None = None,
+            checkpoint: str | os.PathLike | None = None) -> Prediction:
     r"""Posterior predictive :math:`p(y \mid x) \approx \frac{1}{S}\sum_s \mathrm{softmax}(f(x; g_s))`.
 
     ``num_samples = S > 0`` draws the gates from q: the batch's rows are repeated S times and run
     as one batch of ``S * B`` examples (sample-major), so there is no Python loop over samples.
     ``S = 0`` runs once with posterior-mean gates E[z] E[theta].  Missing choices get probability 0.
+
+    ``checkpoint``: a file that makes the pass resumable.  SIGINT/SIGTERM then stop it at the next batch
+    boundary: the finished batches and the random-number state are written there, and ``KeyboardInterrupt``
+    is raised.  A finished pass writes the file too.  A later call with the same file, rows and settings
+    continues from it (or returns the finished pass) and leaves the random-number state where the
+    uninterrupted pass would have, so the result is bit for bit the uninterrupted one on the same device.
+    The caller deletes the file when it no longer needs it; a file written for other rows or settings is
+    ignored and overwritten.
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
@@ -45,35 +88,52 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     model.eval()
     model.backbone.eval()
     ctx = model.ctx
-    ctx.collect_stats, ctx.record_tokens = True, record_tokens
-    probs, sample_probs, labels = [], [], []
-    prob_sum: dict[str, torch.Tensor] = {}
-    num_tokens: dict[str, torch.Tensor] = {}
-    token_stats: dict[str, dict[str, list]] = {}
+    path = Path(checkpoint) if checkpoint is not None else None
+    signature = ({"rows": _rows_digest(rows), "num_samples": num_samples, "batch_size": batch_size,
+                  "record_tokens": record_tokens} if path is not None else None)
+    saved = _load_pass(path, signature)
+    acc = saved["acc"] if saved else {"probs": [], "sample_probs": [], "labels": [], "prob_sum": {},
+                                      "num_tokens": {}, "token_stats": {}}
+    first = saved["next_start"] if saved else 0
+    if saved:
+        set_rng_state(saved["rng"])
+    probs, sample_probs, labels = acc["probs"], acc["sample_probs"], acc["labels"]
+    prob_sum, num_tokens, token_stats = acc["prob_sum"], acc["num_tokens"], acc["token_stats"]
     s = max(num_samples, 1)
+    stop = StopRequest()
+    starts = range(first, len(rows), batch_size)
+    ctx.collect_stats, ctx.record_tokens = True, record_tokens
     try:
-        for start in tqdm(range(0, len(rows), batch_size), disable=not progress, desc="predict", dynamic_ncols=True):
-            chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-            batch = task.collate(chunk * s).to(device)
-            if num_samples > 0:  # S sample-major copies: shared draws (weights, per-layer gates) are per copy
-                scores = model.scores(batch, mode="sample", num_samples=s)
-            else:
-                scores = model.scores(batch, mode="mean")
-            p = torch.softmax(scores.float(), dim=-1).reshape(s, len(chunk), -1)
-            sample_probs.append(p.cpu())
-            probs.append(p.mean(0).cpu())
-            labels.append(batch.labels[: len(chunk)].cpu())
-            for path, st in ctx.stats.items():
-                prob_sum[path] = prob_sum.get(path, 0) + st["prob_sum"].cpu()
-                num_tokens[path] = num_tokens.get(path, 0) + st["num_tokens"].cpu()
-                if record_tokens:
-                    rec = token_stats.setdefault(path, {"token_prob": [], "token_expected_gate": []})
-                    rec["token_prob"].append(st["token_prob"].cpu())
-                    rec["token_expected_gate"].append(st["token_expected_gate"].cpu())
+        with stop_on_signals(stop) if path is not None else contextlib.nullcontext():
+            for start in tqdm(starts, disable=not progress, desc="predict", dynamic_ncols=True,
+                              initial=first // batch_size, total=-(-len(rows) // batch_size)):
+                chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+                batch = task.collate(chunk * s).to(device)
+                if num_samples > 0:  # S sample-major copies: shared draws (weights, per-layer gates) are per copy
+                    scores = model.scores(batch, mode="sample", num_samples=s)
+                else:
+                    scores = model.scores(batch, mode="mean")
+                p = torch.softmax(scores.float(), dim=-1).reshape(s, len(chunk), -1)
+                sample_probs.append(p.cpu())
+                probs.append(p.mean(0).cpu())
+                labels.append(batch.labels[: len(chunk)].cpu())
+                for lpath, st in ctx.stats.items():
+                    prob_sum[lpath] = prob_sum.get(lpath, 0) + st["prob_sum"].cpu()
+                    num_tokens[lpath] = num_tokens.get(lpath, 0) + st["num_tokens"].cpu()
+                    if record_tokens:
+                        rec = token_stats.setdefault(lpath, {"token_prob": [], "token_expected_gate": []})
+                        rec["token_prob"].append(st["token_prob"].cpu())
+                        rec["token_expected_gate"].append(st["token_expected_gate"].cpu())
+                done = min(start + batch_size, len(rows))
+                if stop.requested or (path is not None and done == len(rows)):
+                    _save_pass(path, {"signature": signature, "next_start": done, "acc": acc, "rng": rng_state()})
+                if stop.requested:
+                    raise KeyboardInterrupt(f"prediction interrupted after {done} of {len(rows)} examples; "
+                                            f"run again to continue from {path}")
     finally:
         ctx.collect_stats = ctx.record_tokens = False
     num_classes = max(p.shape[-1] for p in probs)
-    rank = {path: float(prob_sum[path].sum() / num_tokens[path].clamp_min(1)) for path in prob_sum}
+    rank = {lpath: float(prob_sum[lpath].sum() / num_tokens[lpath].clamp_min(1)) for lpath in prob_sum}
     if rank:
         rank["joint"] = sum(rank.values()) / len(rank)
     return Prediction(
@@ -81,5 +141,5 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
         labels=torch.cat(labels),
         sample_probs=torch.cat([_pad_classes(p, num_classes) for p in sample_probs], dim=1) if num_samples else None,
         effective_rank=rank,
-        token_stats={path: {k: torch.cat(v) for k, v in rec.items()} for path, rec in token_stats.items()},
+        token_stats={lpath: {k: torch.cat(v) for k, v in rec.items()} for lpath, rec in token_stats.items()},
     )
