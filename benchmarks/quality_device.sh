@@ -9,9 +9,8 @@
 #   bash benchmarks/quality_device.sh run [SECONDS]  # carry: carry_c (taken in like a set-up folder on the
 #                                                   #   first call); repeat until done
 #                                                   # SECONDS: how long the call may take (default 550);
-#                                                   # stages stop 160 s before it, which a call that only
-#                                                   # needs its work kept on the machine (not packed) need
-#                                                   # not wait for: `run 745` fills a 600 s call
+#                                                   # stages stop 75 s before it (to stop and pack), so
+#                                                   # `run 660` fills a 600 s call
 # The carried folders are git-ignored; together they hold the GGUF in three parts (part_aa, part_ab,
 # part_ac, joined and checked against its sha256), the datasets (datasets/<name>/), the wheels the image
 # lacks (*.whl) and tarballs of earlier sessions' runs (*.tar.gz: OBQA adapters, runs trained but not yet
@@ -108,9 +107,9 @@ bench() {  # bench STAGE ARGS...: run until done (marker) or until the deadline,
   local stage=$1; shift
   [ -f "$KEEP/$stage.done" ] && return 0
   case " ${SKIP:-} " in *" $stage "*) echo "== $stage skipped (SKIP)"; return 1 ;; esac
-  # SIGTERM: training runs checkpoint at their next step, but a run that is evaluating finishes or is
-  # killed after 120 s (bench quality's grace period); then aggregation and packing need ~30 s.
-  local left=$(( END - $(date +%s) - 160 ))
+  # SIGTERM: runs checkpoint at their next training step or prediction batch (an evaluation goes on from
+  # there in the next call); then aggregation and packing need ~30 s.
+  local left=$(( END - $(date +%s) - 75 ))
   [ "$left" -gt 60 ] || return 1
   echo "== $stage ($left s left)"
   timeout -s TERM "$left" "${Q[@]}" --workers "${W:-$WORKERS}" "$@" && touch "$KEEP/$stage.done"
@@ -175,8 +174,8 @@ if [ -n "${OUT:-}" ]; then
   (cd "$KEEP" && find suite/runs/*/openbookqa -newer "$KEEP/seeded" -not -path '*checkpoint*' \
     \( -name '*.safetensors' -o -name 'adapter_config.json' -o -name DONE \) 2>/dev/null \
     | tar -czf - -T - | split -b 15M - "$OUT/obqa_adapters_new.tar.gz.part_")
-  # runs trained but not evaluated when the call ended (an evaluation cut off by the deadline restarts
-  # from the start): whole, less checkpoints, so that a later machine only evaluates them
+  # runs trained but not evaluated when the call ended: whole (their finished prediction batches too),
+  # less training checkpoints, so that a later machine only evaluates them, from where they stopped
   (cd "$KEEP" && for r in suite/runs/*/*/seed*; do [ -f "$r/DONE" ] && [ ! -f "$r/metrics.json" ] && echo "$r"; done \
     | tar -czf - --exclude='checkpoint*' -T - | split -b 15M - "$OUT/unevaluated_runs.tar.gz.part_")
   cp "$KEEP/selected.txt" "$OUT/" 2>/dev/null
