@@ -177,8 +177,6 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
 
 
 PREDICTIONS_NAME = "predictions.npz"  # predictions on the test split (else the last of eval.splits)
-
-
 PARTIAL_PREDICTION_PREFIX = ".partial_prediction_"  # resumable prediction passes (inference.predict's checkpoint)
 
 
@@ -189,7 +187,7 @@ def _ensemble_predict(models, task, rows, config, progress, checkpoint: Path | N
     preds = []
     for i, model in enumerate(models):
         s = ev["num_samples"] if _is_stochastic(model) else 0
-        path = checkpoint.with_name(f"{checkpoint.name}.m{i}.pt") if checkpoint is not None else None
+        path = Path(f"{checkpoint}.m{i}.pt") if checkpoint is not None else None
         preds.append(predict(model, task, rows, num_samples=s, batch_size=ev["batch_size"], progress=progress,
                              checkpoint=path))
     return preds[0] if len(preds) == 1 else mixture_of_members(preds)

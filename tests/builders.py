@@ -30,3 +30,18 @@ def make_batch(num_examples: int = 4, seq_len: int = 7, num_labels: int = 3, see
     ids = ids * mask
     labels = torch.randint(0, num_labels, (num_examples,), generator=g)
     return Batch(inputs={"input_ids": ids, "attention_mask": mask}, labels=labels, token_mask=mask.bool())
+
+
+class TokenTask:
+    """Toy sequence classification on token ids (rows ``{"ids": (T,), "label": int}``): the backbone's logits."""
+
+    name = "toy"
+
+    def collate(self, rows):
+        ids = torch.stack([r["ids"] for r in rows])
+        mask = (ids > 0).long()
+        return Batch(inputs={"input_ids": ids, "attention_mask": mask},
+                     labels=torch.tensor([r["label"] for r in rows]), token_mask=mask.bool())
+
+    def scores(self, backbone, batch):
+        return backbone(**batch.inputs).logits

@@ -749,9 +749,9 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
     backbone.to(resolve_device(config["train"]["device"]))
     models = load_members(run_dir, config, backbone, task)
     pyro.set_rng_seed(config["train"]["seed"])
-    partial = run_dir / f"{PARTIAL_PREDICTION_PREFIX}ood"  # resumable passes: a stopped evaluation goes on
+    partial = run_dir / f"{PARTIAL_PREDICTION_PREFIX}ood_"  # resumable passes: a stopped evaluation goes on
     id_pred = _ensemble_predict(models, task, _subset(data["test"], ev["max_examples"]), config, progress,
-                                checkpoint=partial.with_name(f"{partial.name}_in_distribution"))
+                                checkpoint=Path(f"{partial}in_distribution"))
     preds = {}
     for name in ood_sets:
         ood_task = get_task(name, tokenizer, scoring=config["task"]["scoring"], max_length=config["task"]["max_length"])
@@ -759,7 +759,7 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
             model.forward_fn = ood_task.scores
         rows = _subset(load_task_dataset(name, seed=config["data"]["seed"])["test"], ev["max_examples"])
         preds[name] = _ensemble_predict(models, ood_task, rows, config, progress,
-                                        checkpoint=partial.with_name(f"{partial.name}_{name}"))
+                                        checkpoint=Path(f"{partial}{name}"))
     out = _write_ood(run_dir, config, len(models), id_pred, preds)
     remove_partial_predictions(run_dir)
     del models, backbone

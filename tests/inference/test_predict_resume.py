@@ -7,26 +7,12 @@ import signal
 import pyro
 import pytest
 import torch
-from builders import make_tiny_bert
+from builders import TokenTask, make_tiny_bert
 
 from bara_pyro import BaRAConfig, experiment, get_bara_model
 from bara_pyro.experiment import PARTIAL_PREDICTION_PREFIX, run_experiment
 from bara_pyro.experiment_config import load_config
 from bara_pyro.inference import predict
-from bara_pyro.tasks.base import Batch
-
-
-class TokenTask:
-    name = "toy"
-
-    def collate(self, rows):
-        ids = torch.stack([r["ids"] for r in rows])
-        mask = (ids > 0).long()
-        return Batch(inputs={"input_ids": ids, "attention_mask": mask},
-                     labels=torch.tensor([r["label"] for r in rows]), token_mask=mask.bool())
-
-    def scores(self, backbone, batch):
-        return backbone(**batch.inputs).logits
 
 
 class SignalAt:

@@ -3,28 +3,13 @@
 import pyro
 import pytest
 import torch
-from builders import make_tiny_bert
+from builders import TokenTask, make_tiny_bert
 from torch import nn
 
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.inference import TrainConfig, fit, predict
 from bara_pyro.models import GaussianLikelihood
 from bara_pyro.tasks.base import Batch
-
-
-class TokenTask:
-    """Toy sequence classification: the label is whether token 7 occurs in the sequence."""
-
-    name = "toy"
-
-    def collate(self, rows):
-        ids = torch.stack([r["ids"] for r in rows])
-        mask = (ids > 0).long()
-        return Batch(inputs={"input_ids": ids, "attention_mask": mask},
-                     labels=torch.tensor([r["label"] for r in rows]), token_mask=mask.bool())
-
-    def scores(self, backbone, batch):
-        return backbone(**batch.inputs).logits
 
 
 def toy_rows(n=64, seed=0):
