@@ -157,6 +157,9 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
 
             model.remove_hooks()
             model = BaRAModel.from_pretrained(model.backbone, out_dir, forward_fn=task.scores)
+            device = resolve_device(cfg_m.device)  # where `fit` would have put it: it is evaluated there
+            model.to(device)
+            model.backbone.to(device)
         else:
             if progress and members > 1:
                 print(f"ensemble member {m + 1}/{members}")

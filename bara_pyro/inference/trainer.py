@@ -38,9 +38,18 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a ``torch.device`` ('auto': CUDA if available, else CPU); a clear error for a
+    device this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {name!r} but this machine has no CUDA device; use 'cpu' or 'auto' "
+                         "(to resume a run elsewhere, edit train.device in its config.yaml)")
+    return device
 
 
 class DataOrder:

@@ -125,3 +125,28 @@ def test_run_whose_evaluation_was_stopped_resumes_to_the_same_metrics(tmp_path, 
         assert resumed[split] == reference[split], split
     assert json.loads((run_dir / "metrics.json").read_text())["test"] == reference["test"]
     assert not list(run_dir.glob(PARTIAL_PREDICTION_PREFIX + "*"))
+
+
+def test_run_trained_before_is_evaluated_on_the_training_device(tmp_path, monkeypatch):
+    """A run whose training finished in an earlier process (DONE, weights saved) is loaded and evaluated on
+    ``train.device``, as a run that trains in the same process is, not on the device the backbone loads on."""
+    config = load_config(method="bara", overrides=TINY)
+    run_dir = tmp_path / "run"
+    run_experiment(config, run_dir, progress=False)
+    (run_dir / "metrics.json").unlink()
+
+    class Evaluated(Exception):
+        pass
+
+    seen = []
+
+    def record_devices(models, *args):
+        seen.extend({p.device.type for p in m.parameters()} | {p.device.type for p in m.backbone.parameters()}
+                    for m in models)
+        raise Evaluated
+
+    monkeypatch.setattr(experiment, "resolve_device", lambda name: torch.device("meta"))
+    monkeypatch.setattr(experiment, "_evaluate", record_devices)
+    with pytest.raises(Evaluated):
+        run_experiment(config, run_dir, resume=True, progress=False)
+    assert seen == [{"meta"}]

@@ -106,3 +106,14 @@ def test_a_non_finite_loss_stops_training_before_a_checkpoint(tmp_path, estimato
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         fit(model, task, rows, config, run_dir=tmp_path, progress=False)
     assert not (tmp_path / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("name, message", [("gpu", "is not a device"), ("cuda", "no CUDA device")])
+def test_a_device_this_machine_lacks_is_a_clear_error(name, message):
+    if name == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from bara_pyro.inference.trainer import resolve_device
+
+    with pytest.raises(ValueError, match=message):
+        resolve_device(name)
+    assert resolve_device("cpu") == torch.device("cpu")
