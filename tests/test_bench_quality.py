@@ -333,8 +333,11 @@ def test_ensemble_assembled_from_member_predictions_equals_evaluating_it(tmp_pat
             (dst / name).write_bytes((src / name).read_bytes())
         test_metrics = [json.loads((d / "metrics.json").read_text())["test"] for d in (src, dst)]
         assert test_metrics[0] == test_metrics[1]  # the same training (CPU is deterministic)
+    gpu = {"device": "NVIDIA H200", "gpu_count": 4, "torch": "2.11.0+cu130", "python": "3.12.3"}
+    (files / "results.json").write_text(json.dumps({"machine": gpu}))  # the members' runs came from a GPU machine
     assert quality.main([*common, *ensemble, "--output", str(files)]) == 0
     assert "ood:ensemble/openbookqa/seed1: assembled from its members' OOD predictions" in capsys.readouterr().out
+    assert json.loads((files / "results.json").read_text())["machine"] == gpu  # assembling ran nothing here
     assert quality.main([*common, *ensemble, "--output", str(direct)]) == 0
 
     runs = {out: out / "runs/ensemble/openbookqa/seed1" for out in (files, direct)}

@@ -1322,6 +1322,7 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
     specs = plan_runs(opts)
     opts.output.mkdir(parents=True, exist_ok=True)
     outcome: dict[str, dict] = {}
+    ran_here = False  # whether this call trains or evaluates anything (else the runs' machine is another's)
     for spec in specs:
         conflict = _saved_config_conflict(spec)
         if conflict:
@@ -1352,6 +1353,7 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
         log(f"quality benchmark: {len(specs)} runs ({done} already finished, {len(jobs)} to run of which {resumed} "
             f"resume from a checkpoint; {opts.workers} at a time) -> {opts.output}"
             + (f"; {reused} ensemble member(s) reused from identical one-model runs" if reused else ""))
+        ran_here = bool(jobs)
         outcome.update(_execute(jobs, opts.workers, log, opts.gpus, before_job=before_job))
         if opts.ood:
             ood_jobs, ood_outcome_failed = [], {}
@@ -1372,6 +1374,7 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
                                  spec.log_path.with_name(spec.log_path.stem + "__ood.log")))
             if ood_jobs:
                 log(f"OOD evaluation of {len(ood_jobs)} {OOD_TRAIN_TASK} run(s) on {', '.join(opts.ood_sets)}")
+            ran_here = ran_here or bool(ood_jobs)
             ood_outcome = {**ood_outcome_failed, **_execute(ood_jobs, opts.workers, log, opts.gpus)}
         else:
             ood_outcome = {}
@@ -1406,7 +1409,8 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
         "wall_time_s": time.perf_counter() - t0,
     }
     previous = opts.output / "results.json"
-    if not execute and previous.exists():  # aggregate-only: the runs trained where the last executing call ran
+    if not ran_here and previous.exists():  # aggregate-only, or every run finished or assembled from predictions:
+        # the runs trained where the last call that ran something ran
         try:
             trained_on = json.loads(previous.read_text()).get("machine")
         except ValueError:
