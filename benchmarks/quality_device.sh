@@ -11,10 +11,11 @@
 #                                                   # SECONDS: how long the call may take (default 550);
 #                                                   # stages stop 75 s before it (to stop and pack), so
 #                                                   # `run 660` fills a 600 s call
-# The carried folders are git-ignored; together they hold the GGUF in three parts (part_aa, part_ab,
-# part_ac, joined and checked against its sha256), the datasets (datasets/<name>/), the wheels the image
-# lacks (*.whl) and tarballs of earlier sessions' runs (*.tar.gz: OBQA adapters, runs trained but not yet
-# evaluated), which the first `run` extracts into $KEEP.
+# The carried folders are git-ignored; together they hold the GGUF in parts (split -n 3: part_aa, part_ab,
+# part_ac, joined in order and checked against its sha256), the datasets of the runs left to train or
+# evaluate (datasets/<name>/: bench quality builds only those), the wheels the image lacks (*.whl) and
+# tarballs of earlier sessions' runs (*.tar.gz: OBQA adapters, runs trained but not yet evaluated), which
+# the first `run` extracts into $KEEP. Each folder with the repository must stay under 64 MiB.
 #
 # `run` stages, each skipped once finished (SKIP="stage ..." skips stages for one call):
 #   1. sweep        BaRA variants on the validation splits of OBQA and ARC-C (seed 1): the variant with the
@@ -36,9 +37,9 @@
 #
 # A fresh machine starts from the runs already in the repository ($SEED_FROM): finished runs are copied
 # into $KEEP/suite and skipped, except OBQA runs without adapters or OOD predictions (the OOD stage needs
-# one of them; carry_a and carry_b/obqa_adapters_*.tar.gz, git-ignored, hold the adapters of earlier
-# sessions), and LoRA runs without adapters or test predictions (an ensemble member needs one of them):
-# those train again (identical results: same seed, deterministic).
+# one of them; since the fifth session every OBQA run's OOD predictions are in the repository), and LoRA
+# runs without adapters or test predictions (an ensemble member needs one of them): those train again
+# (identical results: same seed, deterministic).
 # Six training processes per GPU (WORKERS), at most 2/5 of them for `others`: an eager training step is bound by
 # the host CPU, not by the GPU. On 4 H200s (2026-11-22): one process per GPU trained a 1000-step BaRA run
 # in 221-227 s, as many as 3 per GPU did (210-236 s); 18 LoRA runs side by side (20 workers) took 161-219 s
@@ -47,7 +48,6 @@
 set -u
 KEEP=${KEEP:-/root/keep}
 phase=${1:?setup DIR... or run [SECONDS]}
-END=$(( $(date +%s) + ${2:-550} ))
 export PYTHONPATH="$PWD:$KEEP/site" BARA_PYRO_CACHE="$KEEP/cache" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 mkdir -p "$KEEP/cache/datasets/v1" "$KEEP/smol/gguf"
@@ -66,13 +66,13 @@ setup)
   shift
   for dir in "$@"; do take_in "$dir"; done
   ls -la "$KEEP"; nvidia-smi --query-gpu=name,memory.total --format=csv; exit 0 ;;
-run) ;;
+run) END=$(( $(date +%s) + ${2:-550} )) ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac
 
 if [ ! -f "$KEEP/smol/hf/model.safetensors" ]; then
   take_in carry_c
-  cat "$KEEP/part_aa" "$KEEP/part_ab" "$KEEP/part_ac" > "$KEEP/smol/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
+  cat "$KEEP"/part_* > "$KEEP/smol/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"  # part_aa, part_ab, ... in order
   echo "$GGUF_SHA  $KEEP/smol/gguf/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || exit 1
   python3 -c "from pathlib import Path; from bara_pyro.assets import _convert_smollm2_gguf as c; c(Path('$KEEP/smol'))" \
     || exit 1

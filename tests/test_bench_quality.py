@@ -135,6 +135,31 @@ def test_parallel_workers_run_the_cli_in_subprocesses(tmp_path):
     assert md_table((out / "results.md").read_text(), "ACC (%), test")[0] == ["Method", "OBQA", "WG-S", "Mean"]
 
 
+def test_parallel_workers_build_only_the_datasets_of_runs_left(tmp_path, monkeypatch):
+    """Before the workers start, the parent builds the dataset caches they will race for: those of the runs
+    left to train and, while an OBQA run lacks its OOD evaluation, the OOD sets; not a finished run's."""
+    import bara_pyro.data
+
+    out = tmp_path / "bench"
+    argv = ["--quick", "--methods", "lora", "--workers", "2", "--output", str(out), *SMALL]
+    both = [*argv, "--tasks", "openbookqa,winogrande_s", "--ood", "--ood-sets", "arc_easy"]
+    built, real_load = [], bara_pyro.data.load_task_dataset
+
+    def load_task_dataset(name, **kwargs):
+        built.append(name)
+        return real_load(name, **kwargs)
+
+    monkeypatch.setattr(bara_pyro.data, "load_task_dataset", load_task_dataset)
+    assert quality.main([*argv, "--tasks", "winogrande_s"]) == 0
+    assert built == ["winogrande_s"]
+    built.clear()
+    assert quality.main(both) == 0  # WG-S has finished: OBQA and its OOD set
+    assert sorted(built) == ["arc_easy", "openbookqa"]
+    built.clear()
+    assert quality.main(both) == 0  # all finished
+    assert built == []
+
+
 def test_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
     def fake_train(spec):
         if spec.method == "bara":

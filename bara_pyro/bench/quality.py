@@ -1294,8 +1294,9 @@ def _record(spec: RunSpec, outcome: dict | None, output: Path, ood: bool) -> dic
     return rec
 
 
-def _prepare_assets(specs: list[RunSpec], ood_sets: list[str]) -> None:
-    """Fetch the model and build every dataset cache once, before parallel workers would race to build them."""
+def _prepare_assets(specs: list[RunSpec], pending: list[RunSpec], ood_sets: list[str]) -> None:
+    """Fetch the model and build the dataset caches that the ``pending`` runs and ``ood_sets`` need, once,
+    before parallel workers would race to build them (a finished run's dataset is not needed)."""
     from ..assets import ASSETS, resolve_model
     from ..data import load_task_dataset
     from ..experiment_config import TINY_MODELS
@@ -1308,7 +1309,7 @@ def _prepare_assets(specs: list[RunSpec], ood_sets: list[str]) -> None:
         models.add(name)
     for name in sorted(models & set(ASSETS)):
         resolve_model(name)
-    for name, seed in sorted({(s.task, s.config["data"]["seed"]) for s in specs}
+    for name, seed in sorted({(s.task, s.config["data"]["seed"]) for s in pending}
                              | {(name, s.config["data"]["seed"]) for s in specs for name in ood_sets}):
         load_task_dataset(name, seed=seed)
 
@@ -1347,8 +1348,10 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
             spec.config_path.parent.mkdir(parents=True, exist_ok=True)
             save_config(spec.config, spec.config_path)
             jobs.append((spec.name, (lambda s=spec: _train_in_process(s)), _train_command(spec), spec.log_path))
-        if opts.workers > 1 and jobs:
-            _prepare_assets(specs, opts.ood_sets if opts.ood else [])
+        need_ood = opts.ood and any(s.task == OOD_TRAIN_TASK and not _ood_done(s.run_dir, opts.ood_sets)
+                                    for s in specs)
+        if opts.workers > 1 and (jobs or need_ood):
+            _prepare_assets(specs, pending, opts.ood_sets if need_ood else [])
         done = len(specs) - len(jobs) - sum(o["status"] != "ok" for o in outcome.values())
         log(f"quality benchmark: {len(specs)} runs ({done} already finished, {len(jobs)} to run of which {resumed} "
             f"resume from a checkpoint; {opts.workers} at a time) -> {opts.output}"
