@@ -250,7 +250,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, argv, message):
 def test_dry_run_counts_the_full_protocol(capsys):
     assert quality.main(["--dry-run", "--ood", "--output", "unused"]) == 0
     out = capsys.readouterr().out
-    assert "108 runs (180 trainings of 1000 steps), 18 OOD evaluations" in out
+    assert "108 runs (180 trainings of 1000 steps), 18 OOD evaluations; finished: 0 runs, 0 OOD evaluations" in out
     assert "ensemble/boolq/seed3" in out and "members 5" in out
     # member 0 of each ensemble is the LoRA run of its seed: 18 of the 90 ensemble trainings
     assert "18 ensemble member(s) can reuse an identical one-model run of this benchmark (162 trainings)" in out
@@ -363,6 +363,8 @@ def test_ensemble_assembled_from_member_predictions_equals_evaluating_it(tmp_pat
     assert quality.main([*common, *ensemble, "--output", str(files)]) == 0
     assert "ood:ensemble/openbookqa/seed1: assembled from its members' OOD predictions" in capsys.readouterr().out
     assert json.loads((files / "results.json").read_text())["machine"] == gpu  # assembling ran nothing here
+    assert quality.main([*common, *ensemble, "--output", str(files), "--dry-run"]) == 0
+    assert "1 OOD evaluations; finished: 1 runs, 1 OOD evaluations" in capsys.readouterr().out
     assert quality.main([*common, *ensemble, "--output", str(direct)]) == 0
 
     runs = {out: out / "runs/ensemble/openbookqa/seed1" for out in (files, direct)}

@@ -1481,8 +1481,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{spec.name:<40} members {spec.config['ensemble']['members']}  "
                       f"steps {spec.config['train']['steps']}  S {spec.config['eval']['num_samples']}  [{status}]")
             trainings = sum(s.config["ensemble"]["members"] for s in specs if s.name not in assemblable)
-            n_ood = sum(s.task == OOD_TRAIN_TASK for s in specs) if opts.ood else 0
-            print(f"{len(specs)} runs ({trainings} trainings of {opts.steps} steps), {n_ood} OOD evaluations")
+            ood_runs = [s for s in specs if s.task == OOD_TRAIN_TASK] if opts.ood else []
+            runs_done = sum(_run_status(s) == "done" for s in specs)
+            ood_done = sum(_ood_done(s.run_dir, opts.ood_sets) for s in ood_runs)
+            print(f"{len(specs)} runs ({trainings} trainings of {opts.steps} steps), {len(ood_runs)} OOD evaluations; "
+                  f"finished: {runs_done} runs, {ood_done} OOD evaluations")
             specs = [s for s in specs if s.name not in assemblable]
             reusable = _count_reusable_members(specs, opts.output)
             if reusable:
