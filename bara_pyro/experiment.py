@@ -142,13 +142,16 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
     train_rows = _subset(data["train"], config["data"]["max_train_examples"])
     train_cfg = TrainConfig.from_dict(config["train"])
     members = config["ensemble"]["members"]
+    device = resolve_device(train_cfg.device)
     models, train_time = [], 0.0
     for m in range(members):
         out_dir = member_dir(run_dir, config, m)
         seed = member_seed(config, m)
         pyro.set_rng_seed(seed)  # adapter initialisation is part of the seeded run
-        model = get_bara_model(copy.deepcopy(backbone) if members > 1 else backbone, _adapter_config(config, m),
-                               forward_fn=task.scores)
+        # on train.device before the adapters are built (they follow it), as in evaluate_run: a member loaded
+        # below is evaluated there too, not only one that `fit` trains
+        member_backbone = (copy.deepcopy(backbone) if members > 1 else backbone).to(device)
+        model = get_bara_model(member_backbone, _adapter_config(config, m), forward_fn=task.scores)
         cfg_m = TrainConfig.from_dict({**train_cfg.to_dict(), "seed": seed})
         if (out_dir / DONE_MARKER).exists() and (out_dir / ADAPTER_WEIGHTS_NAME).exists():
             # trained before (an interrupted ensemble, or a member copied from an identical run by the quality
@@ -157,9 +160,6 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
 
             model.remove_hooks()
             model = BaRAModel.from_pretrained(model.backbone, out_dir, forward_fn=task.scores)
-            device = resolve_device(cfg_m.device)  # where `fit` would have put it: it is evaluated there
-            model.to(device)
-            model.backbone.to(device)
         else:
             if progress and members > 1:
                 print(f"ensemble member {m + 1}/{members}")

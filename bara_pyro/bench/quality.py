@@ -1472,17 +1472,18 @@ def main(argv: list[str] | None = None) -> int:
             from ..experiment import PREDICTIONS_NAME
 
             specs = plan_runs(opts)
-            assemblable = {spec.name for spec in specs if _run_status(spec) != "done"
+            run_status = {spec.name: _run_status(spec) for spec in specs}
+            assemblable = {spec.name for spec in specs if run_status[spec.name] != "done"
                            and _member_prediction_sources(spec, opts.output, PREDICTIONS_NAME) is not None}
             for spec in specs:
                 status = ("conflict: other config" if _saved_config_conflict(spec)
                           else "assembled from its members' predictions" if spec.name in assemblable
-                          else _run_status(spec))
+                          else run_status[spec.name])
                 print(f"{spec.name:<40} members {spec.config['ensemble']['members']}  "
                       f"steps {spec.config['train']['steps']}  S {spec.config['eval']['num_samples']}  [{status}]")
             trainings = sum(s.config["ensemble"]["members"] for s in specs if s.name not in assemblable)
             ood_runs = [s for s in specs if s.task == OOD_TRAIN_TASK] if opts.ood else []
-            runs_done = sum(_run_status(s) == "done" for s in specs)
+            runs_done = sum(status == "done" for status in run_status.values())
             ood_done = sum(_ood_done(s.run_dir, opts.ood_sets) for s in ood_runs)
             print(f"{len(specs)} runs ({trainings} trainings of {opts.steps} steps), {len(ood_runs)} OOD evaluations; "
                   f"finished: {runs_done} runs, {ood_done} OOD evaluations")
