@@ -35,6 +35,14 @@
 # later machine needs them) and the runs trained but not evaluated (unevaluated_runs.tar.gz.part_*). Join
 # parts with cat; put the tarballs in a carried folder for the next machine.
 #
+#   bash benchmarks/quality_device.sh local_kl [SECONDS]   # instead of `run` (same set-up calls and carry_c,
+#                                                   #   and the datasets of the six tasks carried in set-up calls)
+# `local_kl`: BaRA trained with `train.local_kl=expected` (docs/model.md) as the variant bara_lkl, next to the
+# suite: its validation runs (OBQA and ARC-C, seed 1) in the sweep's folder, beside the variants chosen from
+# there (bench quality --best-variant ranks them again), and its six tasks x 3 seeds on the test split in
+# $KEEP/suite_lkl, with the suite's LoRA, BLoB and BaRA runs copied in for the tables and the targets
+# (--targets-for bara_lkl); packs suite_lkl.tar.gz and sweep.tar.gz (small files only) into $OUT.
+#
 # A fresh machine starts from the runs already in the repository ($SEED_FROM): finished runs are copied
 # into $KEEP/suite and skipped, except OBQA runs without adapters or OOD predictions (the OOD stage needs
 # one of them; since the fifth session every OBQA run's OOD predictions are in the repository), and LoRA
@@ -66,7 +74,7 @@ setup)
   shift
   for dir in "$@"; do take_in "$dir"; done
   ls -la "$KEEP"; nvidia-smi --query-gpu=name,memory.total --format=csv; exit 0 ;;
-run) END=$(( $(date +%s) + ${2:-550} )) ;;
+run|local_kl) END=$(( $(date +%s) + ${2:-550} )) ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac
 
@@ -133,6 +141,29 @@ read -r -a SEL < "$KEEP/selected.txt"
 echo "chosen BaRA values: ${SEL[*]:-(the preset)}"
 SUITE=(--output "$KEEP/suite" --set "eval.splits=[test]" "${SEL[@]}")
 ALL=bara,lora,blob,lora_map,mc_dropout,ensemble
+if [ "$phase" = local_kl ]; then
+  LKL=(--variant bara_lkl=bara --method-set bara_lkl:train.local_kl=expected)
+  mkdir -p "$KEEP/suite_lkl/runs"
+  for m in lora blob bara; do [ -d "$KEEP/suite_lkl/runs/$m" ] || cp -r "$KEEP/suite/runs/$m" "$KEEP/suite_lkl/runs/"; done
+  ( W=2 bench lkl_validation --output "$KEEP/sweep" --tasks openbookqa,arc_challenge --seeds 1 \
+      --methods bara,bara_glr,bara_glr_at16,bara_glr_prior,bara_at64,bara_lkl "${VARIANTS[@]}" "${LKL[@]}" \
+      --set "eval.splits=[validation]" ) &
+  ( W=$(( WORKERS > 2 ? WORKERS - 2 : 1 )) bench lkl_test --methods bara_lkl,bara,lora,blob "${LKL[@]}" \
+      --targets-for bara_lkl --output "$KEEP/suite_lkl" --set "eval.splits=[test]" "${SEL[@]}" ) &
+  wait
+  "${Q[@]}" --methods bara_lkl,bara,lora,blob "${LKL[@]}" --targets-for bara_lkl --output "$KEEP/suite_lkl" \
+    --set "eval.splits=[test]" "${SEL[@]}" --aggregate-only > /dev/null 2>&1
+  python3 -m bara_pyro.bench.quality --best-variant "$KEEP/sweep/results.json" 2>&1
+  if [ -n "${OUT:-}" ]; then
+    for d in suite_lkl sweep; do
+      tar -C "$KEEP" -czf "$OUT/$d.tar.gz" --exclude='*.safetensors' --exclude='checkpoint*' --exclude='*.npz' \
+        --exclude='*.pt' "$d"
+    done
+    ls -la "$OUT"
+  fi
+  ls "$KEEP"/*.done 2>/dev/null
+  exit 0
+fi
 # The ensemble's members 0-4 (seeds s + 1000 m; member 0 is the LoRA run of seed s) train as LoRA (MLE)
 # runs, side by side with the other methods' runs (two bench processes sharing the workers, so that neither
 # waits for the other's last wave). The ensemble stage then assembles each ensemble from its members' saved

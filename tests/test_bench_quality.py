@@ -513,6 +513,22 @@ def test_aggregates_anchor_and_targets_from_synthetic_runs():
         assert nll["status"] == status and "BLoB was not run" in nll["detail"]
 
 
+def test_targets_for_a_variant_of_bara(capsys):
+    """--targets-for checks the targets for a BaRA variant, named as such; the preset's rows are not used."""
+    records = [r for r in synthetic_records() if r["method"] != "bara"]
+    records += [{**r, "method": "bara_x"} for r in synthetic_records() if r["method"] == "bara"]
+    res = quality.aggregate(records, ["lora", "blob", "bara_x"], TASKS, rank_budget=8, target_method="bara_x")
+    targets = {t["target"]: t for t in res["targets"]}
+    assert targets["ece"]["status"] == "met" and targets["ece"]["detail"].startswith("BaRA (bara_x) 3.00%")
+    assert targets["effective_rank"]["status"] == "met"
+    assert all(t["status"] == "not evaluated" for t in quality.aggregate(records, ["lora", "blob", "bara_x"],
+                                                                         TASKS, rank_budget=8)["targets"])
+    assert quality.main(["--targets-for", "lora", "--dry-run"]) == 2
+    assert "error: --targets-for 'lora' must be bara or a --variant NAME=bara" in capsys.readouterr().err
+    assert quality.main(["--targets-for", "blob_x", "--variant", "blob_x=blob", "--dry-run"]) == 2
+    assert "--targets-for 'blob_x'" in capsys.readouterr().err
+
+
 def test_best_variant_is_chosen_on_validation_nll(tmp_path, capsys):
     records = []
     for method, val_nll, test_nll in (("bara", 0.9, 0.5), ("bara_a", 0.7, 0.9), ("bara_b", 0.8, 0.4)):

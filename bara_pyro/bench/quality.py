@@ -205,6 +205,7 @@ class Options:
     variants: dict[str, str] = field(default_factory=dict)  # method name -> the preset it starts from
     method_overrides: dict[str, list[str]] = field(default_factory=dict)  # method name -> its own --set values
     gpus: list[int] | None = None  # GPUs the workers are spread over (None: the default device)
+    targets_for: str = "bara"  # the method whose issue-6 targets are checked: bara or a --variant of it
 
     def preset(self, method: str) -> str:
         """The packaged preset a method (or a ``--variant``) starts from."""
@@ -874,8 +875,15 @@ def _mean(agg: dict, method: str) -> float | None:
     return None if cell is None else cell["mean"]
 
 
-def check_targets(aggregates: dict, rank_budget: float | None) -> list[dict]:
-    """Issue 6's targets for BaRA against LoRA (MLE) on the across-task test means: met / missed / not evaluated."""
+def target_label(method: str) -> str:
+    """How results name the method the targets are checked for: ``BaRA``, or ``BaRA (variant)``."""
+    return "BaRA" if method == "bara" else f"BaRA ({method})"
+
+
+def check_targets(aggregates: dict, rank_budget: float | None, method: str = "bara") -> list[dict]:
+    """Issue 6's targets for BaRA (``method``: the preset or a variant of it) against LoRA (MLE) on the
+    across-task test means: met / missed / not evaluated."""
+    name = target_label(method)
     test = aggregates["test"]
     acc, nll, ece = test["accuracy"], test["nll"], test["ece"]
     rank = aggregates["effective_rank"]
@@ -884,35 +892,35 @@ def check_targets(aggregates: dict, rank_budget: float | None) -> list[dict]:
     def add(key, status, detail):
         out.append({"target": key, "description": TARGETS[key], "status": status, "detail": detail})
 
-    b, lo = _mean(ece, "bara"), _mean(ece, "lora")
+    b, lo = _mean(ece, method), _mean(ece, "lora")
     if b is None or lo is None:
         add("ece", "not evaluated", "needs BaRA and LoRA (MLE) on every task")
     else:
         ratio = b / lo if lo > 0 else math.inf
         add("ece", "met" if b <= 0.4 * lo else "missed",
-            f"BaRA {100 * b:.2f}% vs LoRA {100 * lo:.2f}%: ratio {ratio:.2f} (target <= 0.40)")
-    b, lo, bl = _mean(nll, "bara"), _mean(nll, "lora"), _mean(nll, "blob")
+            f"{name} {100 * b:.2f}% vs LoRA {100 * lo:.2f}%: ratio {ratio:.2f} (target <= 0.40)")
+    b, lo, bl = _mean(nll, method), _mean(nll, "lora"), _mean(nll, "blob")
     if b is None or lo is None:
         add("nll", "not evaluated", "needs BaRA and LoRA (MLE) on every task")
     elif bl is None:  # not below LoRA already misses the target, whatever BLoB gives
         add("nll", "not evaluated" if b < lo else "missed",
-            f"BaRA {b:.4f} vs LoRA {lo:.4f} (diff {b - lo:+.4f}); BLoB was not run on every task")
+            f"{name} {b:.4f} vs LoRA {lo:.4f} (diff {b - lo:+.4f}); BLoB was not run on every task")
     else:
         add("nll", "met" if b < lo and b < bl else "missed",
-            f"BaRA {b:.4f} vs LoRA {lo:.4f} (diff {b - lo:+.4f}) and BLoB {bl:.4f} (diff {b - bl:+.4f})")
-    b, lo = _mean(acc, "bara"), _mean(acc, "lora")
+            f"{name} {b:.4f} vs LoRA {lo:.4f} (diff {b - lo:+.4f}) and BLoB {bl:.4f} (diff {b - bl:+.4f})")
+    b, lo = _mean(acc, method), _mean(acc, "lora")
     if b is None or lo is None:
         add("accuracy", "not evaluated", "needs BaRA and LoRA (MLE) on every task")
     else:
         diff = 100 * (b - lo)
         add("accuracy", "met" if diff >= -0.5 else "missed",
-            f"BaRA {100 * b:.2f}% vs LoRA {100 * lo:.2f}%: {diff:+.2f} points (target >= -0.50)")
-    b = _mean(rank, "bara")
+            f"{name} {100 * b:.2f}% vs LoRA {100 * lo:.2f}%: {diff:+.2f} points (target >= -0.50)")
+    b = _mean(rank, method)
     if b is None or rank_budget is None:
         add("effective_rank", "not evaluated", "needs BaRA on every task")
     else:
         add("effective_rank", "met" if b <= rank_budget / 2 else "missed",
-            f"BaRA {b:.2f} vs r / 2 = {rank_budget / 2:g}")
+            f"{name} {b:.2f} vs r / 2 = {rank_budget / 2:g}")
     return out
 
 
@@ -943,7 +951,7 @@ def anchor_check(records: list[dict], aggregates: dict, tasks: list[str]) -> lis
 
 
 def aggregate(records: list[dict], methods: list[str], tasks: list[str], ood_sets: list[str] | None = None,
-              rank_budget: float | None = None) -> dict:
+              rank_budget: float | None = None, target_method: str = "bara") -> dict:
     """Aggregates (mean +- std over seeds per method x task, plus the across-task mean), OOD, anchor, targets."""
     aggregates = {split: {m: _table(records, methods, tasks, _metric_value(split, m)) for m in METRICS}
                   for split in ("test", "validation")}
@@ -961,7 +969,8 @@ def aggregate(records: list[dict], methods: list[str], tasks: list[str], ood_set
                                                _ood_value("auroc_mutual_information")),
         }
     out["anchor"] = anchor_check(records, aggregates, tasks)
-    out["targets"] = check_targets(aggregates, rank_budget)
+    out["target_method"] = target_method
+    out["targets"] = check_targets(aggregates, rank_budget, target_method)
     return out
 
 
@@ -1088,7 +1097,8 @@ def format_markdown(results: dict) -> str:
                          f"{noise('accuracy')} / {noise('ece')} |")
         lines += [""]
 
-    lines += [f"## Targets: BaRA against LoRA (MLE), averaged over {len(tasks)} task(s) "
+    lines += [f"## Targets: {target_label(results.get('target_method', 'bara'))} against LoRA (MLE), averaged over "
+              f"{len(tasks)} task(s) "
               f"(protocol: {len(TASKS)})", ""]
     for t in results["targets"]:
         lines.append(f"- {t['description']}: **{t['status']}** ({t['detail']})")
@@ -1179,6 +1189,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "NLL (for --best-variant-for), its ranking on stderr, and exit")
     p.add_argument("--best-variant-for", default="bara", metavar="METHOD",
                    help="the method the chosen values are printed for (default bara)")
+    p.add_argument("--targets-for", default="bara", metavar="METHOD",
+                   help="the method (bara or a --variant of it) whose issue-6 targets are checked (default bara)")
     p.add_argument("--ood-run", help=argparse.SUPPRESS)  # internal: OOD-evaluate one run dir (worker subprocess)
     return p
 
@@ -1202,7 +1214,12 @@ def _options(args, argv: list[str]) -> Options:
         variants=_parse_variants(args.variant),
         method_overrides=_parse_method_sets(args.method_set),
         gpus=args.gpus,
+        targets_for=args.targets_for,
     )
+    if opts.preset(opts.targets_for) != "bara":
+        from ..models.config import ConfigError
+
+        raise ConfigError(f"--targets-for {opts.targets_for!r} must be bara or a --variant NAME=bara")
     if opts.gpus is None and opts.workers > 1 and opts.device not in ("cpu",) and not opts.device.startswith("cuda:"):
         opts.gpus = _visible_gpus()
     return opts
@@ -1394,7 +1411,7 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
             rec = next(r for r in records if f"ood:{r['method']}/{r['task']}/seed{r['seed']}" == name)
             rec["ood_error"] = res["error"]
 
-    rank_budget = next((s.config["adapter"]["r"] for s in specs if s.method == "bara"), None)
+    rank_budget = next((s.config["adapter"]["r"] for s in specs if s.method == opts.targets_for), None)
     results = {
         "benchmark": "quality",
         "command": "bara-pyro bench quality " + shlex.join(opts.argv),
@@ -1408,7 +1425,8 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
         "variants": opts.variants, "method_overrides": opts.method_overrides,
         "ood_sets": opts.ood_sets if opts.ood else None,
         "runs": records,
-        **aggregate(records, opts.methods, opts.tasks, opts.ood_sets if opts.ood else None, rank_budget),
+        **aggregate(records, opts.methods, opts.tasks, opts.ood_sets if opts.ood else None, rank_budget,
+                    opts.targets_for),
         "wall_time_s": time.perf_counter() - t0,
     }
     previous = opts.output / "results.json"

@@ -8,9 +8,10 @@ from typing import Any
 
 from ..models.errors import ConfigError, dataclass_from_dict
 
-__all__ = ["TrainConfig", "ESTIMATORS"]
+__all__ = ["TrainConfig", "ESTIMATORS", "LOCAL_KL"]
 
 ESTIMATORS = ("svi", "fused")
+LOCAL_KL = ("draw", "expected")
 
 
 @dataclass
@@ -30,6 +31,10 @@ class TrainConfig:
     estimator: str = field(default="svi", metadata={
         "help": "'svi': pyro.infer.SVI with TraceMeanField_ELBO (reference); 'fused': the same ELBO in plain torch"})
     num_particles: int = field(default=1, metadata={"help": "ELBO particles per step (svi estimator)"})
+    local_kl: str = field(default="draw", metadata={
+        "help": "'draw': each per-token gate KL at one draw of the layer's globals pi, lambda from q "
+                "(TraceMeanField_ELBO's estimate); 'expected': its expectation under q(pi) q(lambda) in closed "
+                "form (the same ELBO, without the globals' sampling noise; fused estimator, default BaRA gates)"})
     log_every: int = field(default=10, metadata={"help": "steps between training-log rows"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints (0: only at the end)"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast on GPU (gates and KLs stay fp32)"})
@@ -62,6 +67,10 @@ class TrainConfig:
         need(self.clip_norm is None or (isinstance(self.clip_norm, (int, float)) and self.clip_norm > 0),
              f"clip_norm must be a positive number or null, got {self.clip_norm!r}")
         need(self.estimator in ESTIMATORS, f"estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}")
+        need(self.local_kl in LOCAL_KL, f"local_kl must be one of {list(LOCAL_KL)}, got {self.local_kl!r}")
+        need(self.local_kl == "draw" or self.estimator == "fused",
+             "local_kl: expected needs estimator: fused (Pyro's TraceMeanField_ELBO evaluates the local KL at "
+             "its draw of the globals)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

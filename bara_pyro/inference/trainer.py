@@ -27,6 +27,7 @@ from pyro.infer import SVI, TraceMeanField_ELBO
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..models.errors import ConfigError
 from .interrupt import StopRequest, rng_state, set_rng_state, stop_on_signals
 from .optim import TorchOptimizer, warmup_linear_decay
 from .train_config import TrainConfig
@@ -91,6 +92,13 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     :param resume: continue from ``run_dir/checkpoint`` if it exists.
     :param elbo: the ELBO for the ``svi`` estimator (default ``TraceMeanField_ELBO``).
     """
+    expected_globals = config.local_kl == "expected"
+    if expected_globals and not getattr(model, "supports_expected_globals", False):
+        from ..models.bara_model import EXPECTED_GLOBALS_UNSUPPORTED
+
+        raise ConfigError(EXPECTED_GLOBALS_UNSUPPORTED)
+    if hasattr(model, "ctx"):
+        model.ctx.expected_globals = expected_globals
     device = resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:

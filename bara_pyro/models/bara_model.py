@@ -36,7 +36,8 @@ from ..tasks.base import Batch
 from .adapter import BaRAAdapter
 from .config import BaRAConfig
 from .context import GateContext
-from .fused_kernels import bara_globals_fused
+from .errors import ConfigError
+from .fused_kernels import bara_globals_expected, bara_globals_fused
 from .likelihoods import CategoricalLikelihood
 
 __all__ = ["BaRAModel", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME"]
@@ -45,6 +46,10 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 HEAD_NAMES = ("classifier", "score")
 FAST_GLOBAL_PARAMS = ("pi_alpha", "pi_beta", "lambda_shape", "lambda_rate")  # all positive-constrained
+EXPECTED_GLOBALS_UNSUPPORTED = (
+    "train.local_kl: expected needs the default BaRA gate in every adapter (adapter.prior: beta_process "
+    "sparsity and gamma magnitude; adapter.guide: amortized local and mean_field global) on point-estimate "
+    "weights; use train.local_kl: draw for other gates")
 
 ForwardFn = Callable[[nn.Module, Batch], torch.Tensor]
 
@@ -298,6 +303,8 @@ class BaRAModel(PyroModule):
             self._prepare(batch, "fused")
             if self._fast_globals:
                 self._fused_globals_at_once()
+            elif ctx.expected_globals and not self.supports_expected_globals:
+                raise ConfigError(EXPECTED_GLOBALS_UNSUPPORTED)
             else:
                 for _, adapter in self._adapter_items:
                     adapter.fused_globals()
@@ -314,6 +321,13 @@ class BaRAModel(PyroModule):
         return loss, parts
 
     @property
+    def supports_expected_globals(self) -> bool:
+        """Whether the fused estimator can take the local KL's expectation over the globals in closed form
+        (``train.local_kl: expected``): every gate is the default BaRA gate (beta-process and gamma priors,
+        mean-field global and amortized local guides) on point-estimate weights, or there are no gates."""
+        return self._fast_globals or all(a.gate is None for _, a in self._adapter_items)
+
+    @property
     def _fast_globals(self) -> bool:
         items = self._adapter_items
         return bool(items) and all(a.gate is not None and a.gate.fast_globals and not a.weights.latent
@@ -328,7 +342,14 @@ class BaRAModel(PyroModule):
         prior_a = torch.stack([g.sparsity_hp.a for g in gates])
         prior_b = torch.stack([g.sparsity_hp.b for g in gates])
         prior_shape = torch.stack([g.magnitude_hp.shape for g in gates])
-        pi, lam, kl = bara_globals_fused(*params.unbind(0), prior_a, prior_b, prior_shape, prior_shape)
+        if self.ctx.expected_globals:  # no draw: the local KL's expectation under q(pi) q(lambda)
+            local_shape = torch.stack([g.magnitude_hp.local_shape for g in gates]).unsqueeze(-1)
+            pi, lam, offset, kl = bara_globals_expected(*params.unbind(0), prior_a, prior_b, prior_shape,
+                                                        prior_shape, local_shape)
+            for (path, _), o in zip(self._adapter_items, offset.unbind(0)):
+                self.ctx.kl_local_offset[path] = o
+        else:
+            pi, lam, kl = bara_globals_fused(*params.unbind(0), prior_a, prior_b, prior_shape, prior_shape)
         for (path, _), p, m in zip(self._adapter_items, pi.unbind(0), lam.unbind(0)):
             self.ctx.globals[path] = {"pi": p, "lambda": m}
         self.ctx.kl_global["globals"] = kl

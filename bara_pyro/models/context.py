@@ -42,10 +42,13 @@ class GateContext:
     kl_beta: float = 1.0  # KL warm-up weight
     num_samples: int = 1  # posterior draws held by the batch in mode 'sample' (sample-major rows)
     gate_impl: str = "auto"  # fused_kernels implementation of the fast gate path: auto, torch, compile, triton
+    expected_globals: bool = False  # fused mode: local KL in expectation over q(globals) (train.local_kl=expected)
     globals: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {site: value}, e.g. pi, lambda
     weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {lora_A/lora_B: drawn value}
     kl_global: dict[str, torch.Tensor] = field(default_factory=dict)  # path (or 'globals') -> KL counted once (fused)
     kl_local: dict[str, torch.Tensor] = field(default_factory=dict)  # path -> unscaled masked local KL sum
+    kl_local_offset: dict[str, torch.Tensor] = field(default_factory=dict)  # path -> local KL per real token, added
+    #   to the KL at the globals' values (expected_globals: bara_globals_expected's offset)
     cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {z, theta} drawn
     collect_stats: bool = False  # record gate statistics (detached) into ``stats``
     stats: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -61,6 +64,7 @@ class GateContext:
         self.weights = {}
         self.kl_global = {}
         self.kl_local = {}
+        self.kl_local_offset = {}
         self.cache = {}
         self.stats = {}
         self.plates = {}

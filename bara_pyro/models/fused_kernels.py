@@ -57,6 +57,7 @@ __all__ = [
     "bara_gated_mean",
     "bara_gated_sample",
     "bara_globals_fused",
+    "bara_globals_expected",
     "triton_available",
     "resolve_impl",
 ]
@@ -261,6 +262,39 @@ def bara_globals_fused(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior
     p_lam = Gamma(prior_lam_shape, prior_lam_rate, validate_args=False)
     kl = kl_divergence(q_pi, p_pi).sum() + kl_divergence(q_lam, p_lam).sum()
     return pi, lam, kl
+
+
+def bara_globals_expected(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior_pi_b, prior_lam_shape,
+                          prior_lam_rate, local_shape):
+    r"""The local KL's expectation under ``q(pi) q(lambda)``, as effective globals plus a constant.
+
+    Every argument is ``(L, r)`` but ``local_shape`` (``a``, ``(L, 1)`` or a scalar).  Both local KLs are
+    linear in the globals' log-terms, so their expectations are closed form and equal the KL at an
+    effective value plus a per-token, per-component constant that does not depend on the local guide::
+
+        E_pi[KL(Bern(p) || Bern(pi))]                = KL(Bern(p) || Bern(pi_eff)) - log Z
+            E log pi = psi(alpha) - psi(alpha + beta),  E log(1 - pi) = psi(beta) - psi(alpha + beta)
+            Z = exp(E log pi) + exp(E log(1 - pi)) (< 1),  pi_eff = exp(E log pi) / Z
+        E_lambda[KL(Weibull || Gamma(a, a / lambda))] = KL(Weibull || Gamma(a, a / lam_eff)) + a (psi(s) - log(s - 1))
+            lam_eff = 1 / E[1 / lambda] = (s - 1) / rho      for q(lambda) = Gamma(s, rho), s > 1
+
+    (``E[1 / lambda]`` is infinite for ``s <= 1``; ``s`` is clamped just above 1, where the constant's
+    gradient pushes it up.)  Returns ``(pi_eff, lam_eff, offset, kl)``: ``pi_eff, lam_eff`` ``(L, r)``,
+    ``offset`` ``(L,)`` the constant summed over components (add it once per real token), and ``kl`` the
+    closed-form global KL of :func:`bara_globals_fused`.  Nothing is drawn.
+    """
+    e_log_pi = torch.digamma(pi_alpha) - torch.digamma(pi_alpha + pi_beta)
+    e_log_1m_pi = torch.digamma(pi_beta) - torch.digamma(pi_alpha + pi_beta)
+    log_z = torch.logaddexp(e_log_pi, e_log_1m_pi)
+    pi_eff = torch.sigmoid(e_log_pi - e_log_1m_pi)
+    shape_m1 = (lam_shape - 1.0).clamp(min=torch.finfo(lam_shape.dtype).eps)
+    lam_eff = shape_m1 / lam_rate
+    offset = (-log_z + local_shape * (torch.digamma(lam_shape) - torch.log(shape_m1))).sum(-1)
+    q_pi, p_pi = Beta(pi_alpha, pi_beta, validate_args=False), Beta(prior_pi_a, prior_pi_b, validate_args=False)
+    q_lam = Gamma(lam_shape, lam_rate, validate_args=False)
+    p_lam = Gamma(prior_lam_shape, prior_lam_rate, validate_args=False)
+    kl = kl_divergence(q_pi, p_pi).sum() + kl_divergence(q_lam, p_lam).sum()
+    return pi_eff, lam_eff, offset, kl
 
 
 # ===================================================================== Triton kernels (CUDA)
