@@ -37,11 +37,15 @@
 #
 #   bash benchmarks/quality_device.sh local_kl [SECONDS]   # instead of `run` (same set-up calls and carry_c,
 #                                                   #   and the datasets of the six tasks carried in set-up calls)
-# `local_kl`: BaRA trained with `train.local_kl=expected` (docs/model.md) as the variant bara_lkl, next to the
-# suite: its validation runs (OBQA and ARC-C, seed 1) in the sweep's folder, beside the variants chosen from
-# there (bench quality --best-variant ranks them again), and its six tasks x 3 seeds on the test split in
-# $KEEP/suite_lkl, with the suite's LoRA, BLoB and BaRA runs copied in for the tables and the targets
-# (--targets-for bara_lkl); packs suite_lkl.tar.gz and sweep.tar.gz (small files only) into $OUT.
+# `local_kl`: BaRA trained with `train.local_kl=expected` (docs/model.md) as the variant bara_lkl, against the
+# BaRA of the suite (`train.local_kl=draw`): on validation in $KEEP/sweep_lkl (OBQA and ARC-C, seed 1, with
+# the sweep's bara runs copied in; bench quality --best-variant ranks the two) and on the test split, six
+# tasks x 3 seeds, in $KEEP/suite_lkl (with the suite's LoRA, BLoB and BaRA runs copied in for the tables
+# and the targets: --targets-for bara_lkl); packs suite_lkl.tar.gz and sweep_lkl.tar.gz (small files only).
+#
+# Every stage sets train.local_kl=draw (the per-token gate KL at one draw of the globals, Pyro's
+# TraceMeanField_ELBO estimate): the suite and the sweep were trained with it, before the BaRA preset took
+# train.local_kl=expected; bara_lkl's --method-set (later on the command line) wins over it.
 #
 # A fresh machine starts from the runs already in the repository ($SEED_FROM): finished runs are copied
 # into $KEEP/suite and skipped, except OBQA runs without adapters or OOD predictions (the OOD stage needs
@@ -110,7 +114,8 @@ if [ ! -f "$KEEP/seeded" ] && [ -d "$SEED_FROM/suite/runs" ]; then
   echo "seeded $(ls -d "$KEEP"/suite/runs/*/*/seed* 2>/dev/null | wc -l) finished runs from $SEED_FROM"
 fi
 Q=(python3 -m bara_pyro.bench.quality --model "$KEEP/smol/hf" --device cuda
-   --set train.estimator=fused --set eval.batch_size=32 --set eval.importance_draws=0 --set eval.gate_examples=64)
+   --set train.estimator=fused --set train.local_kl=draw --set eval.batch_size=32 --set eval.importance_draws=0
+   --set eval.gate_examples=64)
 bench() {  # bench STAGE ARGS...: run until done (marker) or until the deadline, less the time a stop takes
   local stage=$1; shift
   [ -f "$KEEP/$stage.done" ] && return 0
@@ -143,19 +148,19 @@ SUITE=(--output "$KEEP/suite" --set "eval.splits=[test]" "${SEL[@]}")
 ALL=bara,lora,blob,lora_map,mc_dropout,ensemble
 if [ "$phase" = local_kl ]; then
   LKL=(--variant bara_lkl=bara --method-set bara_lkl:train.local_kl=expected)
-  mkdir -p "$KEEP/suite_lkl/runs"
+  mkdir -p "$KEEP/suite_lkl/runs" "$KEEP/sweep_lkl/runs"
   for m in lora blob bara; do [ -d "$KEEP/suite_lkl/runs/$m" ] || cp -r "$KEEP/suite/runs/$m" "$KEEP/suite_lkl/runs/"; done
-  ( W=2 bench lkl_validation --output "$KEEP/sweep" --tasks openbookqa,arc_challenge --seeds 1 \
-      --methods bara,bara_glr,bara_glr_at16,bara_glr_prior,bara_at64,bara_lkl "${VARIANTS[@]}" "${LKL[@]}" \
-      --set "eval.splits=[validation]" ) &
+  [ -d "$KEEP/sweep_lkl/runs/bara" ] || cp -r "$KEEP/sweep/runs/bara" "$KEEP/sweep_lkl/runs/"
+  ( W=2 bench lkl_validation --output "$KEEP/sweep_lkl" --tasks openbookqa,arc_challenge --seeds 1 \
+      --methods bara,bara_lkl "${LKL[@]}" --set "eval.splits=[validation]" ) &
   ( W=$(( WORKERS > 2 ? WORKERS - 2 : 1 )) bench lkl_test --methods bara_lkl,bara,lora,blob "${LKL[@]}" \
       --targets-for bara_lkl --output "$KEEP/suite_lkl" --set "eval.splits=[test]" "${SEL[@]}" ) &
   wait
   "${Q[@]}" --methods bara_lkl,bara,lora,blob "${LKL[@]}" --targets-for bara_lkl --output "$KEEP/suite_lkl" \
     --set "eval.splits=[test]" "${SEL[@]}" --aggregate-only > /dev/null 2>&1
-  python3 -m bara_pyro.bench.quality --best-variant "$KEEP/sweep/results.json" 2>&1
+  python3 -m bara_pyro.bench.quality --best-variant "$KEEP/sweep_lkl/results.json" 2>&1
   if [ -n "${OUT:-}" ]; then
-    for d in suite_lkl sweep; do
+    for d in suite_lkl sweep_lkl; do
       tar -C "$KEEP" -czf "$OUT/$d.tar.gz" --exclude='*.safetensors' --exclude='checkpoint*' --exclude='*.npz' \
         --exclude='*.pt' "$d"
     done

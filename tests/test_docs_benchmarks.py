@@ -3,9 +3,12 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 SUITE_MD = ROOT / "benchmarks" / "results" / "quality_h200x4_2026-11-22" / "suite" / "results.md"
+LOCAL_KL_MD = ROOT / "benchmarks" / "results" / "quality_h200x2_2026-11-22_local_kl" / "suite_lkl" / "results.md"
 
 
 def _table_rows(text: str, header_start: str) -> dict[str, list[str]]:
@@ -27,15 +30,17 @@ def _results_section(text: str, title: str) -> str:
     return match.group(1)
 
 
-def test_suite_tables_in_docs_match_results_md():
-    docs, results = DOCS.read_text(), SUITE_MD.read_text()
-    for docs_header, section in (("| ACC (%) |", "ACC (%), test"), ("| NLL |", "NLL, test"),
-                                 ("| ECE (%) |", "ECE (%), test")):
+@pytest.mark.parametrize("section, results_md", [("### 3. ", SUITE_MD), ("### 4. ", LOCAL_KL_MD)])
+def test_suite_tables_in_docs_match_results_md(section, results_md):
+    docs, results = DOCS.read_text(), results_md.read_text()
+    docs = docs[docs.index(section):]  # the section's own tables come first from here
+    for docs_header, title in (("| ACC (%) |", "ACC (%), test"), ("| NLL |", "NLL, test"),
+                               ("| ECE (%) |", "ECE (%), test")):
         documented = _table_rows(docs, docs_header)
-        produced = _table_rows(_results_section(results, section), "| Method |")
-        assert documented.keys() == produced.keys(), section
+        produced = _table_rows(_results_section(results, title), "| Method |")
+        assert documented.keys() == produced.keys(), title
         for method, cells in documented.items():
-            assert cells == produced[method], f"{section}, {method}: docs {cells} != results.md {produced[method]}"
+            assert cells == produced[method], f"{title}, {method}: docs {cells} != results.md {produced[method]}"
 
 
 def test_ood_auroc_rows_in_docs_match_results_md():
@@ -57,3 +62,10 @@ def test_documented_targets_are_results_md_targets():
     assert f"{ece[0]}% against {ece[1]}%, a ratio of {ece[2]}" in docs
     nll = re.search(r"BaRA ([\d.]+) vs LoRA ([\d.]+) \(diff [^)]*\) and BLoB ([\d.]+)", results).groups()
     assert f"{float(nll[0]):.3f} against LoRA's {float(nll[1]):.3f} and BLoB's {float(nll[2]):.3f}" in docs
+    local_kl = LOCAL_KL_MD.read_text()
+    ece = re.search(r"\(bara_lkl\) ([\d.]+)% vs LoRA ([\d.]+)%: ratio ([\d.]+)", local_kl).groups()
+    assert f"{ece[0]}% against {ece[1]}%, a ratio of {ece[2]}" in docs
+    nll = re.search(r"\(bara_lkl\) ([\d.]+) vs LoRA ([\d.]+) \(diff [^)]*\) and BLoB ([\d.]+)", local_kl).groups()
+    assert f"{nll[0]} against LoRA's {nll[1]}" in docs and f"BLoB's {nll[2]}" in docs
+    acc = re.search(r"\(bara_lkl\) [\d.]+% vs LoRA [\d.]+%: ([-+][\d.]+) points", local_kl).group(1)
+    assert f"missed.** {acc} points" in docs

@@ -70,7 +70,7 @@ class TrainConfig:
         need(self.local_kl in LOCAL_KL, f"local_kl must be one of {list(LOCAL_KL)}, got {self.local_kl!r}")
         need(self.local_kl == "draw" or self.estimator == "fused",
              "local_kl: expected needs estimator: fused (Pyro's TraceMeanField_ELBO evaluates the local KL at "
-             "its draw of the globals)")
+             "its draw of the globals); for estimator: svi set local_kl: draw too")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -114,10 +114,11 @@ def test_preset_trains_and_evaluates(method, task_name, tokenizer):
         backbone, task, rows = TASKS[task_name](tokenizer, seed=member)
         config = BaRAConfig.from_dict({**preset["adapter"], "r": 4, "name": f"{method}{member}"})
         model = get_bara_model(backbone, config, forward_fn=task.scores)
-        for estimator in ("svi", "fused"):
+        for estimator in ("svi", "fused"):  # Pyro's SVI takes the local KL at its draw of the globals
+            local_kl = preset.get("train", {}).get("local_kl", "draw") if estimator == "fused" else "draw"
             train = TrainConfig.from_dict({**preset.get("train", {}), "steps": 2, "batch_size": 3, "lr": 1e-2,
-                                           "estimator": estimator, "checkpoint_every": 0, "log_every": 1,
-                                           "seed": member})
+                                           "estimator": estimator, "local_kl": local_kl, "checkpoint_every": 0,
+                                           "log_every": 1, "seed": member})
             result = fit(model, task, rows, train, progress=False)
             assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result.history)
         prediction = predict(model, task, rows, num_samples=num_samples, batch_size=4, progress=False)
