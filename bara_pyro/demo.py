@@ -62,7 +62,7 @@ def run_demo(output_dir: str | Path = "runs/demo", extra_overrides: list[str] | 
         config = load_config(method=method, overrides=DEMO_OVERRIDES + list(extra_overrides or []))
         if progress:
             print(f"== {method}: {config['description'] or method}")
-        results[method] = run_experiment(config, output_dir / method, progress=progress)
+        results[method] = run_experiment(config, output_dir / method, progress=progress, replace=True)
     r = config["adapter"]["r"]
     print(f"\nMiniLM-L6, trained on Rotten Tomatoes, tested on SST-2 validation (rank budget r = {r}):\n")
     print(format_table(results))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from .inference.trainer import CHECKPOINT_DIR, fit, resolve_device
 from .metrics import classification_metrics
 from .models.bara_model import ADAPTER_WEIGHTS_NAME
 from .models.config import BaRAConfig
+from .models.errors import ConfigError
 
 __all__ = ["run_experiment", "evaluate_run", "build_backbone_and_task", "load_run_config", "member_seed",
            "member_dir"]
@@ -130,11 +132,55 @@ def _subset(rows, limit):
     return rows if limit is None or limit >= len(rows) else rows.select(range(limit))
 
 
-def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> dict:
-    """Train (all ensemble members), evaluate on ``eval.splits``, write the run directory; return metrics."""
+def comparable_config(config: dict) -> dict:
+    """What makes two runs the same run: the config less the device it ran on (and, for one model, the
+    ensemble's member seed stride, which plays no part)."""
+    out = copy.deepcopy(config)
+    out.get("train", {}).pop("device", None)
+    if out.get("ensemble", {}).get("members") == 1:
+        out["ensemble"].pop("seed_stride", None)
+    return out
+
+
+def holds_other_run(run_dir: str | os.PathLike, config: dict) -> bool:
+    """Whether ``run_dir`` holds a run (its ``config.yaml``) whose config is not ``config``'s run."""
+    if not (Path(run_dir) / "config.yaml").exists():
+        return False
+    try:
+        saved = load_run_config(run_dir)
+    except Exception:  # noqa: BLE001 - a config this version cannot read is another run's
+        return True
+    return comparable_config(saved) != comparable_config(config)
+
+
+def forget_trained_state(run_dir: str | os.PathLike) -> None:
+    """Make ``run_dir`` train from scratch: remove its DONE markers, checkpoints, resumable prediction passes
+    and member ``reused_from`` files (its own and its ensemble members'); the next run overwrites the rest."""
+    run_dir = Path(run_dir)
+    for d in [run_dir, *sorted(run_dir.glob("member_*"))]:
+        for name in (DONE_MARKER, "reused_from"):
+            (d / name).unlink(missing_ok=True)
+        shutil.rmtree(d / CHECKPOINT_DIR, ignore_errors=True)
+    remove_partial_predictions(run_dir)
+
+
+def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
+                   replace: bool = False) -> dict:
+    """Train (all ensemble members), evaluate on ``eval.splits``, write the run directory; return metrics.
+
+    A member trained before in ``run_dir`` with the same config is reused (an interrupted ensemble, or a
+    member copied by the quality benchmark).  A run of another config there is an error, or with
+    ``replace`` is trained again from scratch over it (never reused).
+    """
     from .models.injection import get_bara_model
 
     run_dir = Path(run_dir)
+    if holds_other_run(run_dir, config):
+        if not replace:
+            raise ConfigError(f"{run_dir} holds a run with another config; choose another directory or delete it")
+        forget_trained_state(run_dir)
+        if progress:
+            print(f"{run_dir} held a run with another config: training again from scratch")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     t_start = time.perf_counter()

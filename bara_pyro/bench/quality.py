@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import copy
 import datetime
 import gc
 import json
@@ -273,26 +272,18 @@ def plan_runs(opts: Options) -> list[RunSpec]:
 # ---------------------------------------------------------------------------------------- execution
 
 
-def _comparable(config: dict) -> dict:
-    out = copy.deepcopy(config)
-    out.get("train", {}).pop("device", None)  # the same run on another device is the same run
-    if out.get("ensemble", {}).get("members") == 1:  # one model: the member seed stride plays no part
-        out["ensemble"].pop("seed_stride", None)
-    return out
-
-
 def _saved_config_conflict(spec: RunSpec) -> str | None:
     """A message when the run directory holds a run with another config (never mix two protocols)."""
     path = spec.run_dir / "config.yaml"
     if not path.exists():
         return None
-    from ..experiment import load_run_config
+    from ..experiment import comparable_config, load_run_config
 
     try:
         saved = load_run_config(spec.run_dir)
     except Exception as exc:  # noqa: BLE001 - an unreadable config is a conflict too
         return f"{path} cannot be read ({exc}); delete the run directory to redo it"
-    if _comparable(saved) != _comparable(spec.config):
+    if comparable_config(saved) != comparable_config(spec.config):
         return (f"{spec.run_dir} holds a run with a different config; delete it or choose another --output "
                 f"(a benchmark never mixes two protocols)")
     return None

@@ -44,3 +44,11 @@ def test_target_modules_matching_nothing(tmp_path):
     proc = run_cli("train", *TINY, "--set", "adapter.target_modules=[q_proj]", "--output", str(tmp_path / "run"))
     assert proc.returncode == 2, proc.stderr
     assert "matched no nn.Linear" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_into_a_run_of_another_config(tmp_path):
+    out = str(tmp_path / "run")
+    assert run_cli("train", *TINY, "--output", out).returncode == 0
+    proc = run_cli("train", *TINY, "--set", "train.lr=0.01", "--output", out)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:") and "holds a run with another config" in proc.stderr

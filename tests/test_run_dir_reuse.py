@@ -1,0 +1,34 @@
+"""A run directory is reused only by a run of the same config: another config is an error, or is replaced."""
+
+import pytest
+from safetensors.torch import load_file
+
+from bara_pyro.experiment import run_experiment
+from bara_pyro.experiment_config import load_config
+from bara_pyro.models.errors import ConfigError
+
+TINY = ["model=tiny-bert", "dataset=rt_sst2", "data.max_train_examples=32", "eval.max_examples=16",
+        "eval.num_samples=2", "train.steps=3", "train.batch_size=4", "train.device=cpu", "train.log_every=1"]
+
+
+def _config(lr: float) -> dict:
+    return load_config(method="bara", overrides=TINY + [f"train.lr={lr}"])
+
+
+def test_a_run_of_another_config_is_never_reused(tmp_path):
+    run = tmp_path / "run"
+    run_experiment(_config(1e-3), run, progress=False)
+    first_weights = load_file(run / "adapter_model.safetensors")
+
+    with pytest.raises(ConfigError, match="holds a run with another config"):
+        run_experiment(_config(2e-2), run, progress=False)
+    assert "lr: 0.001" in (run / "config.yaml").read_text()  # the refused run changed nothing
+
+    replaced = run_experiment(_config(2e-2), run, progress=False, replace=True)
+    assert replaced["train_time_s"] > 0  # trained again, not loaded
+    assert "lr: 0.02" in (run / "config.yaml").read_text()
+    weights = load_file(run / "adapter_model.safetensors")
+    assert any(not (weights[k] == first_weights[k]).all() for k in weights)
+
+    again = run_experiment(_config(2e-2), run, progress=False)  # the same config: the trained adapter is reused
+    assert again["train_time_s"] == 0.0 and again["test"]["accuracy"] == replaced["test"]["accuracy"]
