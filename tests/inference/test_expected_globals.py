@@ -2,17 +2,17 @@
 
 Claims: the closed form equals the Monte Carlo mean over global draws (value and gradients); the
 fused loss then equals the mean of the ``draw`` loss's KL over global draws, with no noise from them;
-bad combinations are clear configuration errors; training with it still recovers active components.
+bad combinations are clear configuration errors.  (Training with it still recovers the active components:
+``test_training.py::test_posterior_recovery_of_active_components[expected]``.)
 """
 
 import pytest
 import torch
 from builders import TokenTask, make_batch, make_tiny_bert
-from test_training import OneLinear, RegressionTask, toy_rows
+from test_training import toy_rows
 
 from bara_pyro import BaRAConfig, get_bara_model
-from bara_pyro.inference import TrainConfig, fit, predict
-from bara_pyro.models import GaussianLikelihood
+from bara_pyro.inference import TrainConfig, fit
 from bara_pyro.models.errors import ConfigError
 from bara_pyro.models.fused_kernels import bara_globals_expected
 from bara_pyro.models.kl import kl_bernoulli_logits_probs, kl_weibull_gamma
@@ -108,33 +108,3 @@ def test_a_model_without_gates_trains_with_expected_globals():
         runs.append([row["loss"] for row in result.history])
     assert runs[0] == runs[1]
 
-
-def test_posterior_recovery_with_expected_globals():
-    """As ``test_posterior_recovery_of_active_components``, trained with ``local_kl: expected``."""
-    torch.manual_seed(0)
-    d, r, n, active = 16, 8, 512, [1, 4, 6]
-    task = RegressionTask()
-    model = get_bara_model(OneLinear(d), BaRAConfig(r=r, alpha=r, gamma0=2.0, a_theta=20.0, init_gate_logit=0.0,
-                                                    target_modules=["proj"]),
-                           forward_fn=task.scores, likelihood=GaussianLikelihood(0.1))
-    (_, adapter), = model.adapter_items
-    with torch.no_grad():
-        adapter.lora_A.weight.copy_(torch.linalg.qr(torch.randn(d, r))[0].T)
-        adapter.lora_B.weight.copy_(torch.linalg.qr(torch.randn(d, r))[0])
-    adapter.lora_A.weight.requires_grad_(False)
-    adapter.lora_B.weight.requires_grad_(False)
-    x = torch.randn(n, d)
-    gates = torch.zeros(n, r)
-    gates[:, active] = 1.0
-    with torch.no_grad(), model.disable_adapter():
-        y = model.backbone.proj(x) + adapter.scaling * (gates * (x @ adapter.lora_A.weight.T)) @ adapter.lora_B.weight.T
-    y = y + 0.1 * torch.randn(n, d)
-    rows = [{"x": x[i], "y": y[i]} for i in range(n)]
-    fit(model, task, rows, TrainConfig(steps=300, batch_size=64, lr=0.05, warmup_ratio=0.0, estimator="fused",
-                                       checkpoint_every=0, seed=0, local_kl="expected"), progress=False)
-    gate = adapter.gate
-    pi_mean = (gate.pi_alpha / (gate.pi_alpha + gate.pi_beta)).detach()
-    inactive = [k for k in range(r) if k not in active]
-    assert pi_mean[active].min() > pi_mean[inactive].max(), pi_mean
-    rank = predict(model, task, rows, num_samples=0, progress=False).effective_rank["joint"]
-    assert abs(rank - len(active)) <= 1.0, rank

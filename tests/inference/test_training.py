@@ -62,8 +62,10 @@ class RegressionTask:
         return backbone.proj(batch.inputs["x"])
 
 
-def test_posterior_recovery_of_active_components():
-    """Data from one BaRA layer with components {1, 4, 6} of r = 8 on: q(pi) ranks them first, rank ~ 3."""
+@pytest.mark.parametrize("local_kl", ["draw", "expected"])
+def test_posterior_recovery_of_active_components(local_kl):
+    """Data from one BaRA layer with components {1, 4, 6} of r = 8 on: q(pi) ranks them first, rank ~ 3,
+    with the local KL at a draw of the globals or in expectation over them."""
     torch.manual_seed(0)
     d, r, n, active = 16, 8, 512, [1, 4, 6]
     task = RegressionTask()
@@ -84,7 +86,7 @@ def test_posterior_recovery_of_active_components():
     y = y + 0.1 * torch.randn(n, d)
     rows = [{"x": x[i], "y": y[i]} for i in range(n)]
     fit(model, task, rows, TrainConfig(steps=300, batch_size=64, lr=0.05, warmup_ratio=0.0, estimator="fused",
-                                       checkpoint_every=0, seed=0), progress=False)
+                                       checkpoint_every=0, seed=0, local_kl=local_kl), progress=False)
     gate = adapter.gate
     pi_mean = (gate.pi_alpha / (gate.pi_alpha + gate.pi_beta)).detach()
     inactive = [k for k in range(r) if k not in active]
