@@ -7,8 +7,9 @@ with the gates and KLs in fp32, batch of ``4 examples x 2 choices = 8`` sequence
 * training steps (forward, loss, backward, global-norm clip, AdamW): the frozen backbone's
   forward + backward (the floor, no adapters, gradient to the input embeddings), LoRA
   (``gate="none"``), BaRA with the fused estimator (library path as is, and the fast path of
-  :mod:`~bara_pyro.bench.fast_path` with each gate implementation), BaRA with Pyro SVI
-  (reference, fewer steps) and BLoB when the library has it;
+  :mod:`~bara_pyro.bench.fast_path` with each gate implementation; ``bara_expected``: the same with
+  ``train.local_kl=expected``, the ``bara`` preset's setting), BaRA with Pyro SVI (reference, fewer
+  steps) and BLoB when the library has it;
 * peak memory of one training step (``torch.cuda.max_memory_allocated``, reset before);
 * prediction: posterior-mean gates (``S = 0``) against one LoRA forward, and ``S = 10`` samples
   batched as one 80-sequence pass against one LoRA forward of the 8 sequences.
@@ -56,7 +57,8 @@ SHAPES: dict[str, dict] = {
                  num_key_value_heads=2, vocab_size=512),
 }
 
-TRAIN_METHODS = ("frozen", "lora", "bara", "bara_svi", "blob")
+TRAIN_METHODS = ("frozen", "lora", "bara", "bara_expected", "bara_svi", "blob")
+GATE_IMPL_METHODS = ("bara", "bara_expected")  # one row per gate implementation
 GATE_IMPLS = ("reference", "torch", "compile", "triton", "auto")
 SETTINGS = ("eager", "graphs")
 
@@ -183,16 +185,29 @@ def _peak_gib(fn, device) -> tuple[float | None, float | None]:
     return peak / 2**30, (peak - before) / 2**30
 
 
+_WARMUP_STREAMS: dict[str, torch.cuda.Stream] = {}
+
+
+def _warmup_stream(device) -> torch.cuda.Stream:
+    """One side stream per device for the warm-up and the capture of every row (and for :func:`_warm_up`,
+    before the first row): a new stream per row gives each row its own cuBLAS workspace, which stays
+    allocated and counts in every later row's peak memory, so a row's peak would depend on its place."""
+    key = str(device)
+    if key not in _WARMUP_STREAMS:
+        _WARMUP_STREAMS[key] = torch.cuda.Stream(device)
+    return _WARMUP_STREAMS[key]
+
+
 def _capture(fn, warmup: int, device):
     """Warm ``fn`` up on a side stream, capture it as a CUDA graph, return the replay."""
-    s = torch.cuda.Stream(device)
+    s = _warmup_stream(device)
     s.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(s):
         for _ in range(max(warmup, 2)):
             fn()
     torch.cuda.current_stream(device).wait_stream(s)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=s):
         fn()
     _sync(device)
     return graph
@@ -283,8 +298,11 @@ def _use_gate_impl(model, impl: str) -> None:
 def _model_train_step(model, method: str, impl: str, batch: Batch, cfg: SpeedConfig, device, graphs: bool) -> _Step:
     model.dataset_size = cfg.dataset_size
     model.train()
-    if method == "bara":
+    if method == "bara_expected" and impl == "reference":
+        raise _Skip("the expected local KL runs on the fast path only (fused globals), not the reference")
+    if method in GATE_IMPL_METHODS:
         _use_gate_impl(model, impl)
+    model.ctx.expected_globals = method == "bara_expected"  # the local KL in expectation over the globals
     params = model.trainable_parameters()
     if method == "bara_svi":
         import pyro
@@ -473,7 +491,7 @@ def _warm_up(backbone, batch: Batch, cfg: SpeedConfig, device) -> None:
     step = _train_step("frozen", "torch", backbone, batch, cfg, device, graphs=False)
     step.run()
     if device.type == "cuda":
-        s = torch.cuda.Stream(device)
+        s = _warmup_stream(device)
         s.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(s):
             step.run()
@@ -565,8 +583,8 @@ def run_speed_benchmark(cfg: SpeedConfig, log=_log, partial_out: Path | None = N
         result["shapes"][shape] = res
         variants = []
         for method in cfg.methods:
-            if method in ("bara",):
-                variants += [(f"bara[{impl}]", method, impl) for impl in cfg.gate_impls]
+            if method in GATE_IMPL_METHODS:
+                variants += [(f"{method}[{impl}]", method, impl) for impl in cfg.gate_impls]
             else:
                 variants.append((method, method, "torch"))
         for setting in cfg.settings:

@@ -237,6 +237,10 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
         kl_local = {p: float(s["kl_local"]) for p, s in stats.items() if "kl_local" in s}
         if not kl_local:  # fused path: the per-layer local KLs are in the context
             kl_local = {p: float(v.detach()) for p, v in model.ctx.kl_local.items()}
+            offsets = model.ctx.kl_local_offset  # expected globals: each layer's per-token constant
+            if offsets:
+                tokens = float(model.local_token_count())
+                kl_local = {p: v + float(offsets[p]) * tokens for p, v in kl_local.items()}
         scale = model.ctx.local_scale
         row["kl_global"] = sum(kl_global.values())
         row["kl_local"] = scale * sum(kl_local.values())  # scaled to the dataset, as in the ELBO

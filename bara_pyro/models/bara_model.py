@@ -316,9 +316,17 @@ class BaRAModel(PyroModule):
             zero = loglik.new_zeros(())
             kl_global = torch.stack(list(ctx.kl_global.values())).sum() if ctx.kl_global else zero
             kl_local = torch.stack(list(ctx.kl_local.values())).sum() if ctx.kl_local else zero
+            if ctx.kl_local_offset_sum is not None:  # every per-token gate sees the same real tokens
+                kl_local = kl_local + ctx.kl_local_offset_sum * self.local_token_count()
             loss = loss + ctx.kl_beta * (kl_global + ctx.local_scale * kl_local)
             parts.update(kl_global=kl_global.detach(), kl_local=kl_local.detach())
         return loss, parts
+
+    def local_token_count(self):
+        """Real tokens of the last batch as the per-token gates saw them (the token mask's count, else every
+        position of a gate input): what the expected local KL's per-token offset is multiplied by."""
+        mask = self.ctx.token_mask
+        return mask.sum() if mask is not None else self.ctx.local_positions
 
     @property
     def supports_expected_globals(self) -> bool:
@@ -347,7 +355,8 @@ class BaRAModel(PyroModule):
             pi, lam, offset, kl = bara_globals_expected(*params.unbind(0), prior_a, prior_b, prior_shape,
                                                         prior_shape, local_shape)
             for (path, _), o in zip(self._adapter_items, offset.unbind(0)):
-                self.ctx.kl_local_offset[path] = o
+                self.ctx.kl_local_offset[path] = o  # per layer, for the training log
+            self.ctx.kl_local_offset_sum = offset.sum()  # times the real tokens: added once in fused_loss
         else:
             pi, lam, kl = bara_globals_fused(*params.unbind(0), prior_a, prior_b, prior_shape, prior_shape)
         for (path, _), p, m in zip(self._adapter_items, pi.unbind(0), lam.unbind(0)):

@@ -48,7 +48,9 @@ class GateContext:
     kl_global: dict[str, torch.Tensor] = field(default_factory=dict)  # path (or 'globals') -> KL counted once (fused)
     kl_local: dict[str, torch.Tensor] = field(default_factory=dict)  # path -> unscaled masked local KL sum
     kl_local_offset: dict[str, torch.Tensor] = field(default_factory=dict)  # path -> local KL per real token, added
-    #   to the KL at the globals' values (expected_globals: bara_globals_expected's offset)
+    #   to the KL at the globals' values (expected_globals: bara_globals_expected's offset), and their sum
+    kl_local_offset_sum: torch.Tensor | None = None
+    local_positions: int = 0  # positions of a local gate input (n_seq x T), for the offset when token_mask is None
     cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {z, theta} drawn
     collect_stats: bool = False  # record gate statistics (detached) into ``stats``
     stats: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -65,6 +67,8 @@ class GateContext:
         self.kl_global = {}
         self.kl_local = {}
         self.kl_local_offset = {}
+        self.kl_local_offset_sum = None
+        self.local_positions = 0
         self.cache = {}
         self.stats = {}
         self.plates = {}

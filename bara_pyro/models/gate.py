@@ -176,11 +176,10 @@ class GlobalLocalGate(PyroModule):
             return fused_kernels.bara_gated_sample(h, *weights, temperature, impl=ctx.gate_impl)
         values = ctx.globals[self.path]
         s_hp, m_hp = self.sparsity_hp, self.magnitude_hp
-        mask = self._mask(h.shape[:-1])
-        y, kl = fused_kernels.bara_gated_local(
+        ctx.local_positions = h.shape[:-1].numel()
+        y, ctx.kl_local[self.path] = fused_kernels.bara_gated_local(
             h, *weights, self.sparsity.inclusion_probs(s_hp, values), self.magnitude.component_scale(m_hp, values),
-            m_hp.local_shape, temperature, mask=mask, impl=ctx.gate_impl)
-        ctx.kl_local[self.path] = self._with_offset(kl, h.shape[:-1], mask)
+            m_hp.local_shape, temperature, mask=self._mask(h.shape[:-1]), impl=ctx.gate_impl)
         return y
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -214,8 +213,8 @@ class GlobalLocalGate(PyroModule):
                 if mode == "fused":
                     kl = self._local_kl(q_z, q_theta, values)
                     if self.per_token:
-                        ctx.kl_local[self.path] = self._with_offset(self._masked_sum(kl), h.shape[:-1],
-                                                                    ctx.token_mask)
+                        ctx.local_positions = h.shape[:-1].numel()
+                        ctx.kl_local[self.path] = self._masked_sum(kl)
                     else:
                         ctx.kl_global[self.path] = ctx.kl_global.get(self.path, 0.0) + kl
             else:
@@ -299,14 +298,6 @@ class GlobalLocalGate(PyroModule):
             raise ValueError(f"{self.path}: token mask of shape {tuple(mask.shape)} does not match the adapter "
                              f"input's leading shape {tuple(batch_shape)}")
         return mask
-
-    def _with_offset(self, kl_sum: torch.Tensor, batch_shape, mask: torch.Tensor | None) -> torch.Tensor:
-        """``kl_sum`` plus the context's per-token local KL offset (expected globals) times the real tokens."""
-        offset = self._ctx.kl_local_offset.get(self.path)
-        if offset is None:
-            return kl_sum
-        tokens = mask.sum() if mask is not None else batch_shape.numel()
-        return kl_sum + offset * tokens
 
     def _masked_sum(self, values: torch.Tensor) -> torch.Tensor:
         mask = self._ctx.token_mask
