@@ -296,6 +296,10 @@ class BaRAModel(PyroModule):
         the same seed, except factors sampled by flipout); a site without a closed-form KL uses
         ``log q(x) - log p(x)`` at its draw, as ``TraceMeanField_ELBO`` does.  ``KL^global`` holds
         everything counted once per step: global gate sites, latent weights and per-layer gates.
+        With ``ctx.expected_globals`` (``train.local_kl: expected``) nothing global is drawn: each local KL is
+        its closed-form expectation under q(pi) q(lambda)
+        (:func:`~bara_pyro.models.fused_kernels.bara_globals_expected`), the KL at the effective globals plus
+        a per-token constant, added here once for all layers.
         Returns ``(loss, parts)``; ``parts`` holds the unscaled, detached terms.
         """
         ctx = self.ctx
