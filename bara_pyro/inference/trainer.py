@@ -240,7 +240,7 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
             offsets = model.ctx.kl_local_offset  # expected globals: each layer's per-token constant
             if offsets:
                 tokens = float(model.local_token_count())
-                kl_local = {p: v + float(offsets[p]) * tokens for p, v in kl_local.items()}
+                kl_local = {p: v + float(offsets[p].detach()) * tokens for p, v in kl_local.items()}
         scale = model.ctx.local_scale
         row["kl_global"] = sum(kl_global.values())
         row["kl_local"] = scale * sum(kl_local.values())  # scaled to the dataset, as in the ELBO
