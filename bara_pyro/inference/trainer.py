@@ -237,10 +237,11 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
         kl_local = {p: float(s["kl_local"]) for p, s in stats.items() if "kl_local" in s}
         if not kl_local:  # fused path: the per-layer local KLs are in the context
             kl_local = {p: float(v.detach()) for p, v in model.ctx.kl_local.items()}
-            offsets = model.ctx.kl_local_offset  # expected globals: each layer's per-token constant
-            if offsets:
+            offset = model.ctx.kl_local_offset  # expected globals: each layer's per-token constant
+            if offset is not None:
                 tokens = float(model.local_token_count())
-                kl_local = {p: v + float(offsets[p].detach()) * tokens for p, v in kl_local.items()}
+                per_layer = dict(zip((p for p, _ in model.adapter_items), offset.detach().tolist()))
+                kl_local = {p: v + per_layer[p] * tokens for p, v in kl_local.items()}
         scale = model.ctx.local_scale
         row["kl_global"] = sum(kl_global.values())
         row["kl_local"] = scale * sum(kl_local.values())  # scaled to the dataset, as in the ELBO

@@ -320,8 +320,8 @@ class BaRAModel(PyroModule):
             zero = loglik.new_zeros(())
             kl_global = torch.stack(list(ctx.kl_global.values())).sum() if ctx.kl_global else zero
             kl_local = torch.stack(list(ctx.kl_local.values())).sum() if ctx.kl_local else zero
-            if ctx.kl_local_offset_sum is not None:  # every per-token gate sees the same real tokens
-                kl_local = kl_local + ctx.kl_local_offset_sum * self.local_token_count()
+            if ctx.kl_local_offset is not None:  # every per-token gate sees the same real tokens
+                kl_local = kl_local + ctx.kl_local_offset.sum() * self.local_token_count()
             loss = loss + ctx.kl_beta * (kl_global + ctx.local_scale * kl_local)
             parts.update(kl_global=kl_global.detach(), kl_local=kl_local.detach())
         return loss, parts
@@ -358,9 +358,7 @@ class BaRAModel(PyroModule):
             local_shape = torch.stack([g.magnitude_hp.local_shape for g in gates]).unsqueeze(-1)
             pi, lam, offset, kl = bara_globals_expected(*params.unbind(0), prior_a, prior_b, prior_shape,
                                                         prior_shape, local_shape)
-            for (path, _), o in zip(self._adapter_items, offset.unbind(0)):
-                self.ctx.kl_local_offset[path] = o  # per layer, for the training log
-            self.ctx.kl_local_offset_sum = offset.sum()  # times the real tokens: added once in fused_loss
+            self.ctx.kl_local_offset = offset  # times the real tokens: added once in fused_loss
         else:
             pi, lam, kl = bara_globals_fused(*params.unbind(0), prior_a, prior_b, prior_shape, prior_shape)
         for (path, _), p, m in zip(self._adapter_items, pi.unbind(0), lam.unbind(0)):

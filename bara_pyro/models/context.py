@@ -47,9 +47,8 @@ class GateContext:
     weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {lora_A/lora_B: drawn value}
     kl_global: dict[str, torch.Tensor] = field(default_factory=dict)  # path (or 'globals') -> KL counted once (fused)
     kl_local: dict[str, torch.Tensor] = field(default_factory=dict)  # path -> unscaled masked local KL sum
-    kl_local_offset: dict[str, torch.Tensor] = field(default_factory=dict)  # path -> local KL per real token, added
-    #   to the KL at the globals' values (expected_globals: bara_globals_expected's offset), and their sum
-    kl_local_offset_sum: torch.Tensor | None = None
+    kl_local_offset: torch.Tensor | None = None  # (adapters,) local KL per real token, added to the KL at the
+    #   globals' values (expected_globals: bara_globals_expected's offset), in the model's adapter order
     local_positions: int = 0  # positions of a local gate input (n_seq x T), for the offset when token_mask is None
     cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {z, theta} drawn
     collect_stats: bool = False  # record gate statistics (detached) into ``stats``
@@ -66,8 +65,7 @@ class GateContext:
         self.weights = {}
         self.kl_global = {}
         self.kl_local = {}
-        self.kl_local_offset = {}
-        self.kl_local_offset_sum = None
+        self.kl_local_offset = None
         self.local_positions = 0
         self.cache = {}
         self.stats = {}

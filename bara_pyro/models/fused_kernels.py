@@ -257,11 +257,18 @@ def bara_globals_fused(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior
     pi = _DirichletFromSample.apply(ab, x).select(-1, 0).contiguous()  # one copy here, not one per layer later
     lam = _StandardGammaFromSample.apply(lam_shape, g[:, 2 * r:]) / lam_rate
     lam.detach().clamp_(min=fi.tiny)
+    kl = _globals_kl(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior_pi_b, prior_lam_shape,
+                     prior_lam_rate)
+    return pi, lam, kl
+
+
+def _globals_kl(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior_pi_b, prior_lam_shape, prior_lam_rate):
+    """``sum KL(Beta(pi_alpha, pi_beta) || Beta(prior)) + KL(Gamma(lam_shape, lam_rate) || Gamma(prior))``."""
     q_pi, p_pi = Beta(pi_alpha, pi_beta, validate_args=False), Beta(prior_pi_a, prior_pi_b, validate_args=False)
     q_lam = Gamma(lam_shape, lam_rate, validate_args=False)
     p_lam = Gamma(prior_lam_shape, prior_lam_rate, validate_args=False)
     kl = kl_divergence(q_pi, p_pi).sum() + kl_divergence(q_lam, p_lam).sum()
-    return pi, lam, kl
+    return kl
 
 
 def bara_globals_expected(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior_pi_b, prior_lam_shape,
@@ -283,17 +290,16 @@ def bara_globals_expected(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, pr
     ``offset`` ``(L,)`` the constant summed over components (add it once per real token), and ``kl`` the
     closed-form global KL of :func:`bara_globals_fused`.  Nothing is drawn.
     """
-    e_log_pi = torch.digamma(pi_alpha) - torch.digamma(pi_alpha + pi_beta)
-    e_log_1m_pi = torch.digamma(pi_beta) - torch.digamma(pi_alpha + pi_beta)
+    psi_total = torch.digamma(pi_alpha + pi_beta)
+    e_log_pi = torch.digamma(pi_alpha) - psi_total
+    e_log_1m_pi = torch.digamma(pi_beta) - psi_total
     log_z = torch.logaddexp(e_log_pi, e_log_1m_pi)
     pi_eff = torch.sigmoid(e_log_pi - e_log_1m_pi)
     shape_m1 = (lam_shape - 1.0).clamp(min=torch.finfo(lam_shape.dtype).eps)
     lam_eff = shape_m1 / lam_rate
     offset = (-log_z + local_shape * (torch.digamma(lam_shape) - torch.log(shape_m1))).sum(-1)
-    q_pi, p_pi = Beta(pi_alpha, pi_beta, validate_args=False), Beta(prior_pi_a, prior_pi_b, validate_args=False)
-    q_lam = Gamma(lam_shape, lam_rate, validate_args=False)
-    p_lam = Gamma(prior_lam_shape, prior_lam_rate, validate_args=False)
-    kl = kl_divergence(q_pi, p_pi).sum() + kl_divergence(q_lam, p_lam).sum()
+    kl = _globals_kl(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior_pi_b, prior_lam_shape,
+                     prior_lam_rate)
     return pi_eff, lam_eff, offset, kl
 
 
