@@ -97,7 +97,7 @@ def test_quick_benchmark_with_ood_writes_results_and_resumes(tmp_path, capsys):
     assert md_table(md, "OOD ACC")[0] == ["Method", "OBQA (ID)", "MMLU HS psych."]
     assert md_table(md, "mutual information")[1][1] == "–"  # LoRA: deterministic
     assert md_table(md, "Anchor")[1][:2] == ["OBQA", "39.8"]
-    assert "deviates from issue 6's protocol" in md and results["git_commit"] in md
+    assert f"deviates from {quality.PROTOCOL_NAME}" in md and results["git_commit"] in md
     target_lines = [line for line in md.splitlines() if line.startswith("- BaRA's")]
     assert len(target_lines) == 4
     assert sum("**met**" in line or "**missed**" in line for line in target_lines) == 3

@@ -1,6 +1,7 @@
 r"""Quality and calibration of every method on every task: ``bara-pyro bench quality``.
 
-Protocol (issue 6, "Quality"; every default below is that protocol, every deviation is recorded)::
+The Bayesian-LoRA small-scale protocol (:data:`PROTOCOL_NAME`; every default below is that protocol, every
+deviation is recorded)::
 
     backbone      SmolLM2-135M-Instruct (``smollm2-135m``), frozen, fp32
     scoring       cloze: mean log-likelihood of each answer continuation, softmax over the choices
@@ -76,10 +77,12 @@ from pathlib import Path
 
 __all__ = [
     "METHODS", "TASKS", "SEEDS", "STEPS", "MODEL", "OOD_TRAIN_TASK", "MMLU_OOD_SETS", "OOD_SETS", "METRICS",
-    "PROTOCOL_OVERRIDES", "QUICK_OVERRIDES", "PEFT_LORA_ANCHOR", "TARGETS", "MODEL_SELECTION", "RunSpec",
-    "plan_runs", "evaluate_ood", "aggregate", "format_markdown", "main",
+    "PROTOCOL_NAME", "PROTOCOL_OVERRIDES", "QUICK_OVERRIDES", "PEFT_LORA_ANCHOR", "TARGETS", "MODEL_SELECTION",
+    "RunSpec", "plan_runs", "evaluate_ood", "aggregate", "format_markdown", "main",
 ]
 
+# What results, errors and help call the protocol above (the module docstring defines it).
+PROTOCOL_NAME = "the Bayesian-LoRA small-scale protocol"
 MODEL = "smollm2-135m"
 TASKS = ("winogrande_s", "arc_challenge", "arc_easy", "winogrande_m", "openbookqa", "boolq")
 METHODS = ("lora", "lora_map", "mc_dropout", "ensemble", "blob", "bara")
@@ -204,7 +207,7 @@ class Options:
     variants: dict[str, str] = field(default_factory=dict)  # method name -> the preset it starts from
     method_overrides: dict[str, list[str]] = field(default_factory=dict)  # method name -> its own --set values
     gpus: list[int] | None = None  # GPUs the workers are spread over (None: the default device)
-    targets_for: str = "bara"  # the method whose issue-6 targets are checked: bara or a --variant of it
+    targets_for: str = "bara"  # the method whose targets (TARGETS) are checked: bara or a --variant of it
 
     def preset(self, method: str) -> str:
         """The packaged preset a method (or a ``--variant``) starts from."""
@@ -219,7 +222,7 @@ class Options:
         return out + list(self.overrides)
 
     def deviations(self) -> list[str]:
-        """How this benchmark differs from issue 6's protocol (empty: it is the protocol)."""
+        """How this benchmark differs from :data:`PROTOCOL_NAME` (empty: it is the protocol)."""
         dev = []
         if self.quick:
             dev.append("--quick (smoke-run budget: " + ", ".join(QUICK_OVERRIDES)
@@ -872,8 +875,8 @@ def target_label(method: str) -> str:
 
 
 def check_targets(aggregates: dict, rank_budget: float | None, method: str = "bara") -> list[dict]:
-    """Issue 6's targets for BaRA (``method``: the preset or a variant of it) against LoRA (MLE) on the
-    across-task test means: met / missed / not evaluated."""
+    """The protocol's targets (:data:`TARGETS`) for BaRA (``method``: the preset or a variant of it) against
+    LoRA (MLE) on the across-task test means: met / missed / not evaluated."""
     name = target_label(method)
     test = aggregates["test"]
     acc, nll, ece = test["accuracy"], test["nll"], test["ece"]
@@ -1013,7 +1016,7 @@ def format_markdown(results: dict) -> str:
              "Mean: the average of the task means, ± over seeds with every task",
              ""]
     if results["protocol"]["deviations"]:
-        lines += ["**This benchmark deviates from issue 6's protocol**, so its numbers are not the protocol's "
+        lines += [f"**This benchmark deviates from {PROTOCOL_NAME}**, so its numbers are not the protocol's "
                   "(the anchor and targets below are shown for the pipeline only):", ""]
         lines += [f"- {d}" for d in results["protocol"]["deviations"]] + [""]
     failed = [r for r in results["runs"] if r["status"] != "ok"]
@@ -1148,7 +1151,7 @@ def _csv(kind, choices=None):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bara-pyro bench quality", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Defaults: issue 6's protocol (python -m pydoc bara_pyro.bench.quality).")
+                                epilog=f"Defaults: {PROTOCOL_NAME} (python -m pydoc bara_pyro.bench.quality).")
     p.add_argument("--methods", type=_csv(str), help=f"method presets (default {','.join(METHODS)})")
     p.add_argument("--tasks", type=_csv(str), help=f"datasets (default {','.join(TASKS)})")
     p.add_argument("--seeds", type=_csv(int), help=f"training seeds (default {','.join(map(str, SEEDS))})")
@@ -1181,7 +1184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-variant-for", default="bara", metavar="METHOD",
                    help="the method the chosen values are printed for (default bara)")
     p.add_argument("--targets-for", default="bara", metavar="METHOD",
-                   help="the method (bara or a --variant of it) whose issue-6 targets are checked (default bara)")
+                   help="the method (bara or a --variant of it) whose targets are checked (default bara)")
     p.add_argument("--ood-run", help=argparse.SUPPRESS)  # internal: OOD-evaluate one run dir (worker subprocess)
     return p
 
@@ -1444,7 +1447,7 @@ def best_variant(results: dict, split: str = "validation", metric: str = "nll") 
     """The method of a sweep's ``results.json`` with the lowest across-task mean ``metric`` on ``split``.
 
     Returns ``(name, its --method-set values, {method: mean})``; methods without a value on every task
-    are left out.  Selection uses the validation split only (issue 6: the test split chooses nothing).
+    are left out.  Selection uses the validation split only (the protocol: the test split chooses nothing).
     """
     table = results["aggregates"][split][metric]
     means = {m: cell["mean"]["mean"] for m, cell in table.items() if cell.get("mean") is not None}

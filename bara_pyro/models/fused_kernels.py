@@ -334,7 +334,7 @@ def _next_pow2(n: int, floor: int = 16) -> int:
 
 # Launch configuration of the Triton kernels (module-level so a benchmark can tune it): tokens per program
 # (>= 16, a power of 2: the gate network's matrix products need 16 rows) and warps per program.  16 x 4 was the
-# fastest of 32x4, 16x4, 16x2, 32x8 on an H100 (fwd+bwd 24.3 us vs 31.7 us for 32x4; docs/benchmarks_notes.md).
+# fastest of 32x4, 16x4, 16x2, 32x8 on an H100 (fwd+bwd 24.3 us vs 31.7 us for 32x4; docs/dev/speed_notes.md).
 BLOCK_TOKENS = 16
 NUM_WARPS = 4
 

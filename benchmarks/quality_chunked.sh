@@ -1,59 +1,58 @@
 #!/usr/bin/env bash
-# Issue 6's quality suite on a lent GPU machine whose calls last at most 10 minutes and carry at most
-# 64 MiB each (this workplace's `device` tool). Everything persists under $KEEP between calls on the
-# same machine; every stage resumes where the last call stopped (bara-pyro bench quality resumes runs).
+# The quality suite (`bara-pyro bench quality`, the Bayesian-LoRA small-scale protocol) in chunks, for a GPU
+# machine where each job has a wall-time limit and the files moved in and out of a job must be small.
+# State persists under $KEEP (default /root/keep) between jobs on the same machine; every stage resumes where
+# the last job stopped (bench quality resumes interrupted runs from their checkpoints and evaluations from
+# their finished batches), so the same command, repeated, finishes the suite. On a machine without such
+# limits, run the bench quality commands of the stages below directly.
 #
-#   bash benchmarks/quality_device.sh setup DIR...   # once per carried folder, one call each (64 MiB a call,
-#                                                   #   the repository included): carry_a + .device_wheels,
-#                                                   #   then carry_b, then carry_d
-#   bash benchmarks/quality_device.sh run [SECONDS]  # carry: carry_c (taken in like a set-up folder on the
-#                                                   #   first call); repeat until done
-#                                                   # SECONDS: how long the call may take (default 550);
-#                                                   # stages stop 75 s before it (to stop and pack), so
-#                                                   # `run 660` fills a 600 s call
-# The carried folders are git-ignored; together they hold the GGUF in parts (split -n 3: part_aa, part_ab,
-# part_ac, joined in order and checked against its sha256), the datasets of the runs left to train or
-# evaluate (datasets/<name>/: bench quality builds only those), the wheels the image lacks (*.whl) and
-# tarballs of earlier sessions' runs (*.tar.gz: OBQA adapters, runs trained but not yet evaluated), which
-# the first `run` extracts into $KEEP. Each folder with the repository must stay under 64 MiB.
+#   bash benchmarks/quality_chunked.sh setup DIR...   # copy input folders into $KEEP (one job per folder when
+#                                                     #   uploads are small): wheels (*.whl, installed into
+#                                                     #   $KEEP/site), the GGUF in parts (part_aa, part_ab, ...),
+#                                                     #   tarballs of earlier runs (*.tar.gz), datasets/<name>/
+#   bash benchmarks/quality_chunked.sh run [SECONDS]  # one chunk of the suite; repeat until every stage is done
+#                                                     # SECONDS: the job's wall-time limit (default 550); stages
+#                                                     # stop 75 s before it, to checkpoint and pack
+#   bash benchmarks/quality_chunked.sh local_kl [SECONDS]   # the train.local_kl=expected comparison (below)
 #
-# `run` stages, each skipped once finished (SKIP="stage ..." skips stages for one call):
+# The first `run` takes in $MODEL_DIR (default ./carry_c) like a set-up folder (when the model is not in $KEEP yet), joins the GGUF
+# parts in order, checks the file's sha256 against the packaged SmolLM2-135M-Instruct wheel's and converts it
+# to transformers format. Input folders are git-ignored (/carry*/).
+#
+# `run` stages, each skipped once finished (SKIP="stage ..." skips stages for one job):
 #   1. sweep        BaRA variants on the validation splits of OBQA and ARC-C (seed 1): the variant with the
 #                   lowest mean validation NLL is chosen (bench quality --best-variant); the test split chooses
 #                   nothing.
 #   2. others       bara (chosen values), blob, lora_map and mc_dropout; six tasks x 3 seeds
-#      members      at the same time: lora (the anchor, seeds 1-3) and the ensemble's members 1-4 as LoRA runs
+#      members      at the same time: lora (seeds 1-3) and the ensemble's members 1-4 as LoRA runs
 #                   (seeds s + 1000 m); then
 #      ensemble     each ensemble assembled from its 5 members' predictions, and
 #      ood_members  the OOD evaluation (ARC-C, ARC-E, two MMLU subjects) of the OBQA LoRA and member runs
 #      ood_others   at the same time if the OBQA runs of `others` have all finished, else after `others`:
 #                   the OOD evaluation of those runs
 #   3. ood_ensemble each OBQA ensemble's OOD evaluation, assembled from its members' OOD predictions
-# then aggregates all methods into $KEEP/suite/results.{json,md} and packs into $OUT the small files, every
-# run's predictions (predictions.tar.gz.part_*; commit the LoRA runs' ones: the ensembles are assembled from
-# them), the OBQA adapters trained on this machine (obqa_adapters_new.tar.gz.part_*: the OOD stage of a
-# later machine needs them) and the runs trained but not evaluated (unevaluated_runs.tar.gz.part_*). Join
-# parts with cat; put the tarballs in a carried folder for the next machine.
+# then aggregates all methods into $KEEP/suite/results.{json,md} and, when $OUT is set, packs into it the small
+# files, every run's predictions (predictions.tar.gz.part_*: the ensembles are assembled from the LoRA runs'
+# ones), the OBQA adapters trained in this job (obqa_adapters_new.tar.gz.part_*: the OOD stage on another
+# machine needs them) and the runs trained but not yet evaluated (unevaluated_runs.tar.gz.part_*), in parts of
+# 15 MB. Join parts with cat; put the tarballs in an input folder for the next machine.
 #
-#   bash benchmarks/quality_device.sh local_kl [SECONDS]   # instead of `run` (same set-up calls and carry_c,
-#                                                   #   and the datasets of the six tasks carried in set-up calls)
 # `local_kl`: BaRA trained with `train.local_kl=expected` (docs/model.md) as the variant bara_lkl, against the
-# BaRA of the suite (`train.local_kl=draw`): on validation in $KEEP/sweep_lkl (OBQA and ARC-C, seed 1, with
-# the sweep's bara runs copied in; bench quality --best-variant ranks the two) and on the test split, six
-# tasks x 3 seeds, in $KEEP/suite_lkl (with the suite's LoRA, BLoB and BaRA runs copied in for the tables
-# and the targets: --targets-for bara_lkl); packs suite_lkl.tar.gz and sweep_lkl.tar.gz (small files only).
+# suite's BaRA (`train.local_kl=draw`): on validation in $KEEP/sweep_lkl (OBQA and ARC-C, seed 1, with the
+# sweep's bara runs copied in; bench quality --best-variant ranks the two) and on the test split, six tasks x
+# 3 seeds, in $KEEP/suite_lkl (with the suite's LoRA, BLoB and BaRA runs copied in for the tables and the
+# targets: --targets-for bara_lkl); packs suite_lkl.tar.gz and sweep_lkl.tar.gz (small files only).
 #
 # Every stage sets train.local_kl=draw (the per-token gate KL at one draw of the globals, Pyro's
-# TraceMeanField_ELBO estimate): the suite and the sweep were trained with it, before the BaRA preset took
-# train.local_kl=expected; bara_lkl's --method-set (later on the command line) wins over it.
+# TraceMeanField_ELBO estimate), which the committed suite and sweep were trained with; bara_lkl's
+# --method-set (later on the command line) wins over it.
 #
-# A fresh machine starts from the runs already in the repository ($SEED_FROM): finished runs are copied
-# into $KEEP/suite and skipped, except OBQA runs without adapters or OOD predictions (the OOD stage needs
-# one of them; since the fifth session every OBQA run's OOD predictions are in the repository), and LoRA
-# runs without adapters or test predictions (an ensemble member needs one of them): those train again
-# (identical results: same seed, deterministic).
-# Six training processes per GPU (WORKERS), at most 2/5 of them for `others`: an eager training step is bound by
-# the host CPU, not by the GPU. On 4 H200s (2026-11-22): one process per GPU trained a 1000-step BaRA run
+# A fresh machine starts from the runs already in the repository ($SEED_FROM): finished runs are copied into
+# $KEEP/suite and skipped, except OBQA runs without adapters or OOD predictions (the OOD stage needs one of
+# them) and LoRA runs without adapters or test predictions (an ensemble member needs one of them): those
+# train again (identical results: same seed, deterministic).
+# Six training processes per GPU (WORKERS), at most 2/5 of them for `others`: an eager training step is bound
+# by the host CPU, not by the GPU. On 4 H200s (2026-11-22): one process per GPU trained a 1000-step BaRA run
 # in 221-227 s, as many as 3 per GPU did (210-236 s); 18 LoRA runs side by side (20 workers) took 161-219 s
 # each; 36 workers with BoolQ evaluations (S = 10, fp32) in the mix slowed every run down (254-378 s); 24
 # workers: LoRA runs 171-301 s, MAP runs 301-408 s.
@@ -83,7 +82,7 @@ run|local_kl) END=$(( $(date +%s) + ${2:-550} )) ;;
 esac
 
 if [ ! -f "$KEEP/smol/hf/model.safetensors" ]; then
-  take_in carry_c
+  take_in "${MODEL_DIR:-carry_c}"
   cat "$KEEP"/part_* > "$KEEP/smol/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"  # part_aa, part_ab, ... in order
   echo "$GGUF_SHA  $KEEP/smol/gguf/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || exit 1
   python3 -c "from pathlib import Path; from bara_pyro.assets import _convert_smollm2_gguf as c; c(Path('$KEEP/smol'))" \
@@ -121,7 +120,7 @@ bench() {  # bench STAGE ARGS...: run until done (marker) or until the deadline,
   [ -f "$KEEP/$stage.done" ] && return 0
   case " ${SKIP:-} " in *" $stage "*) echo "== $stage skipped (SKIP)"; return 1 ;; esac
   # SIGTERM: runs checkpoint at their next training step or prediction batch (an evaluation goes on from
-  # there in the next call); then aggregation and packing need ~30 s.
+  # there in the next job); then aggregation and packing need ~30 s.
   local left=$(( END - $(date +%s) - 75 ))
   [ "$left" -gt 60 ] || return 1
   echo "== $stage ($left s left)"
@@ -206,11 +205,11 @@ if [ -n "${OUT:-}" ]; then
   (cd "$KEEP" && find suite/runs \( -name predictions.npz -o -name ood_predictions.npz \) -not -path '*member_*' \
     | tar -czf - -T - | split -b 15M - "$OUT/predictions.tar.gz.part_")
   # the OBQA adapters trained on this machine (the OOD stage of a later machine needs them), in parts of
-  # 15 MB (a file that comes back holds at most 16 MiB); join them with cat into carry_a/obqa_adapters_*.tar.gz
+  # 15 MB; join them with cat into an input folder's obqa_adapters_*.tar.gz
   (cd "$KEEP" && find suite/runs/*/openbookqa -newer "$KEEP/seeded" -not -path '*checkpoint*' \
     \( -name '*.safetensors' -o -name 'adapter_config.json' -o -name DONE \) 2>/dev/null \
     | tar -czf - -T - | split -b 15M - "$OUT/obqa_adapters_new.tar.gz.part_")
-  # runs trained but not evaluated when the call ended: whole (their finished prediction batches too),
+  # runs trained but not evaluated when the job ended: whole (their finished prediction batches too),
   # less training checkpoints, so that a later machine only evaluates them, from where they stopped
   (cd "$KEEP" && for r in suite/runs/*/*/seed*; do [ -f "$r/DONE" ] && [ ! -f "$r/metrics.json" ] && echo "$r"; done \
     | tar -czf - --exclude='checkpoint*' -T - | split -b 15M - "$OUT/unevaluated_runs.tar.gz.part_")
