@@ -1,7 +1,7 @@
 """The shipped docs and code speak to users about the library, not about how it was made.
 
 Scanned: README.md, everything under docs/ (Markdown, tutorial sources), the scripts and modules in
-benchmarks/ (``*.sh``, ``*.py``), the package (``bara_pyro/**``: code, docstrings, error messages,
+benchmarks/ and tools/ (``*.sh``, ``*.py``), the package (``bara_pyro/**``: code, docstrings, error messages,
 presets), the tests and the entry-point scripts.  Not scanned: ``benchmarks/results/**``, which is data
 (each ``results.md`` keeps the text its command printed on the day it ran, e.g. the protocol's former
 name), and this file, which has to spell out the words it looks for.
@@ -37,7 +37,7 @@ def shipped_files() -> list[Path]:
     """README, docs, benchmark scripts, the package, the tests and the entry points (not results data)."""
     files = [ROOT / "README.md", ROOT / "run", ROOT / ".ci" / "run", ROOT / "pyproject.toml"]
     files += sorted(p for p in (ROOT / "docs").rglob("*") if p.suffix in {".md", ".py", ".yml", ".yaml"})
-    files += sorted(p for p in (ROOT / "benchmarks").glob("*") if p.suffix in {".sh", ".py"})
+    files += sorted(p for d in ("benchmarks", "tools") for p in (ROOT / d).glob("*") if p.suffix in {".sh", ".py"})
     files += sorted(p for p in (ROOT / "bara_pyro").rglob("*") if p.suffix in {".py", ".yaml", ".md", ".html"})
     files += sorted(p for p in (ROOT / "tests").rglob("*.py") if p.resolve() != Path(__file__).resolve())
     return [p for p in files if p.is_file() and "__pycache__" not in p.parts]
