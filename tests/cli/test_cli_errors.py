@@ -1,5 +1,6 @@
 """Bad input ends with one clear line on stderr and exit status 2, never a stack trace."""
 
+import os
 import subprocess
 import sys
 
@@ -52,3 +53,17 @@ def test_train_into_a_run_of_another_config(tmp_path):
     proc = run_cli("train", *TINY, "--set", "train.lr=0.01", "--output", out)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error:") and "holds a run with another config" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "model=/nonexistent/model"], "model folder /nonexistent/model does not exist"),
+    (["--set", "model=nonexistent-org/nonexistent-model", "--set", "train.device=cpu"], "cannot load model"),
+    (["--set", "model=tiny-bert", "--set", "train.device=cuda:7"], "cuda:7"),
+])
+def test_model_and_device_that_do_not_exist(tmp_path, args, message):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the hub id case must not wait for a network
+    proc = subprocess.run([sys.executable, "-m", "bara_pyro.cli", "train", "--method", "bara", *args, "--quiet",
+                           "--output", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
