@@ -12,6 +12,7 @@ from .injection import get_bara_model
 from .likelihoods import CategoricalLikelihood, GaussianLikelihood
 from .priors import PRIORS, GlobalSite, MagnitudePrior, SparsityPrior, register_prior
 from .targets import find_target_modules
+from .slab_weights import SlabGaussianWeights
 from .weights import WEIGHTS, WeightFamily, register_weights
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ReparameterizedKumaraswamy",
     "ReparameterizedWeibull",
     "ResolvedComponents",
+    "SlabGaussianWeights",
     "SparsityPrior",
     "WeightFamily",
     "available_components",

@@ -87,20 +87,22 @@ class BaRAAdapter(PyroModule):
         return self.weights.posterior(self, name) if side == "guide" else self.weights.prior(self, name)
 
     def sample_globals(self, side: str) -> None:
-        """Pyro ``model``/``guide`` side: the latent weights (then the gate's global sites), kept in the context."""
+        """Pyro ``model``/``guide`` side: the gate's global sites, then the latent weights (whose prior may depend
+        on them, see :class:`~bara_pyro.models.slab_weights.SlabGaussianWeights`), kept in the context."""
         ctx = self._ctx
+        if self.gate is not None:
+            self.gate.sample_globals(side)
         if self.weights.latent:
             with poutine.scale(scale=ctx.kl_beta):
                 ctx.weights[self.path] = {name: pyro.sample(f"{self.path}.{name}", self.weight_dist(name, side)
                                                             .to_event(2)) for name in self.weights.latent}
-        if self.gate is not None:
-            self.gate.sample_globals(side)
 
     def fused_globals(self) -> None:
-        """Fused path: draw the latent weights and the gate's globals from q (the guide's order) and put their
+        """Fused path: draw the gate's globals and the latent weights from q (the guide's order) and put their
         KL, counted once, in ``ctx.kl_global[path]``.  Flipout factors are drawn later, in the forward pass."""
         ctx = self._ctx
-        kl, values = None, {}
+        kl = self.gate.fused_globals() if self.gate is not None else None
+        values = {}
         for name in self.weights.latent:
             q, p = self.weights.posterior(self, name), self.weights.prior(self, name)
             if name in self._flipout:
@@ -110,9 +112,6 @@ class BaRAAdapter(PyroModule):
                 term = kl_or_mc(q, p, values[name])
             kl = term.sum() if kl is None else kl + term.sum()
         ctx.weights[self.path] = values
-        if self.gate is not None:
-            gate_kl = self.gate.fused_globals()
-            kl = gate_kl if kl is None else kl + gate_kl
         if kl is not None:
             ctx.kl_global[self.path] = kl
 

@@ -194,6 +194,10 @@ class BaRAConfig:
                     raise ConfigError(f"prior.{kind} {component.name!r} declares site {site!r}, already used by "
                                       f"{names.get(site, 'the adapter')}; site names must be unique per layer")
                 names[site] = f"prior.{kind} {component.name!r}"
+        if built["sparsity"].active and built["sparsity"].contextual and not built["local"].per_token:
+            raise ConfigError(f"prior.sparsity {built['sparsity'].name!r} gives every token its own inclusion "
+                              f"probability; guide.local {built['local'].name!r} has per-layer gates: use "
+                              "amortized or conditional_prior")
         return ResolvedComponents(built["sparsity"], built["magnitude"], built["local"], built["global"],
                                   built["weights"])
 

@@ -51,6 +51,8 @@ class GateContext:
     #   globals' values (expected_globals: bara_globals_expected's offset), in the model's adapter order
     local_positions: int = 0  # positions of a local gate input (n_seq x T), for the offset when token_mask is None
     cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {z, theta} drawn
+    local_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # path -> adapter projection h the guide
+    #   drew the local gates for (a contextual local prior in the replaying model is a function of it)
     collect_stats: bool = False  # record gate statistics (detached) into ``stats``
     stats: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     record_tokens: bool = False  # keep per-token q(z=1) and E[g] (for analysis)
@@ -68,6 +70,7 @@ class GateContext:
         self.kl_local_offset = None
         self.local_positions = 0
         self.cache = {}
+        self.local_inputs = {}
         self.stats = {}
         self.plates = {}
 

@@ -83,7 +83,8 @@ class GlobalLocalGate(PyroModule):
         self.fast_globals = (self.fast_local and type(self.sparsity) is BetaProcessPrior
                              and type(self.magnitude) is GammaMagnitudePrior
                              and type(self.global_guide) is MeanFieldGlobalGuide)
-        self._net = (self.local_net,) if self.fast_local else ()  # direct reference: no PyroModule lookup per call
+        self._net = (self.local_net,) if self.fast_local else ()
+        self.tied_local = bool(getattr(self.local_guide, "tied_to_prior", False))  # direct reference: no PyroModule lookup per call
 
     # ----------------------------------------------------------------- distributions
     def prior_global(self, name: str, values: dict[str, torch.Tensor]):
@@ -95,11 +96,32 @@ class GlobalLocalGate(PyroModule):
     def guide_global(self, name: str):
         return self.global_guide.posterior(self, name, self.sites[name])
 
-    def local_priors(self, values: dict[str, torch.Tensor]):
-        """``(p(z), p(theta))`` with batch shape ``(r,)`` given the layer's global values (None: fixed to 1)."""
-        p_z = self.sparsity.local_prior(self.sparsity_hp, values) if self.has_z else None
-        p_theta = self.magnitude.local_prior(self.magnitude_hp, values) if self.has_theta else None
+    def local_priors(self, values: dict[str, torch.Tensor], h: torch.Tensor | None = None):
+        """``(p(z), p(theta))`` given the layer's global values (None: fixed to 1): batch shape ``(r,)``, or
+        ``h.shape`` for a contextual prior, which needs the tokens' adapter projection ``h`` ``(..., r)``."""
+        p_z = self.sparsity.local_prior(self.sparsity_hp, values, h) if self.has_z else None
+        p_theta = self.magnitude.local_prior(self.magnitude_hp, values, h) if self.has_theta else None
         return p_z, p_theta
+
+    def globals_for(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The layer's global values that the local gates of ``h`` ``(n, [T,] r)`` are drawn given: the drawn
+        ones while training (modes guide, model, fused), else posterior means (mode ``mean``) or, in mode
+        ``sample``, one posterior draw per sample spread over its sample-major rows (``(n, [1,] *site shape)``)."""
+        ctx = self._ctx
+        values = ctx.globals.get(self.path)
+        if values is not None:
+            return values
+        values = {}
+        with torch.no_grad():
+            for name in self.sites:
+                q = self.guide_global(name)
+                if ctx.mode == "sample":
+                    draws = q.sample((ctx.num_samples,))
+                    values[name] = rows_of_sample(draws.reshape(ctx.num_samples, -1), h).reshape(
+                        (h.shape[0],) + (1,) * (h.dim() - 2) + draws.shape[1:])
+                else:
+                    values[name] = q.mean
+        return values
 
     # ----------------------------------------------------------------- global sites
     def sample_globals(self, side: str) -> None:
@@ -191,7 +213,7 @@ class GlobalLocalGate(PyroModule):
             if mode == "ones":
                 return torch.ones_like(h)
             if mode == "model":
-                return _combine(self.model_local_sites(h.shape[:-1] + (self.r,)))
+                return _combine(self.model_local_sites(h.shape[:-1] + (self.r,), h))
             if mode == "given":
                 return _combine(ctx.cache[self.path])
             q_z, q_theta = self.local_guide.posterior(self, h)
@@ -200,6 +222,7 @@ class GlobalLocalGate(PyroModule):
                 gate = _combine({"z": None if q_z is None else q_z.mean,
                                  "theta": None if q_theta is None else q_theta.mean})
             elif mode == "guide":
+                ctx.local_inputs[self.path] = h  # the model's contextual local prior is a function of it
                 values = self._guide_local(q_z, q_theta, h.shape[:-1])
                 gate = _combine(values)
             elif mode in ("fused", "sample"):
@@ -210,8 +233,12 @@ class GlobalLocalGate(PyroModule):
                 gate = _combine(values)
                 if per_draw:
                     gate = rows_of_sample(gate, h)
-                if mode == "fused":
-                    kl = self._local_kl(q_z, q_theta, values)
+                if mode == "fused" and self.tied_local:  # q(locals) = p(locals | globals): the local KL is 0
+                    if not self.per_token:
+                        raise ValueError("a local guide tied to the prior needs per-token gates")
+                    ctx.local_positions = h.shape[:-1].numel()
+                elif mode == "fused":
+                    kl = self._local_kl(q_z, q_theta, values, h)
                     if self.per_token:
                         ctx.local_positions = h.shape[:-1].numel()
                         ctx.kl_local[self.path] = self._masked_sum(kl)
@@ -223,9 +250,9 @@ class GlobalLocalGate(PyroModule):
                 self._record(q_z, q_theta, h, values if mode == "guide" and self.per_token else None)
         return gate
 
-    def _local_kl(self, q_z, q_theta, values: dict) -> torch.Tensor:
+    def _local_kl(self, q_z, q_theta, values: dict, h: torch.Tensor) -> torch.Tensor:
         """Local KL summed over components: ``(n, T)`` per token, or a scalar per layer."""
-        p_z, p_theta = self.local_priors(self._ctx.globals[self.path])
+        p_z, p_theta = self.local_priors(self._ctx.globals[self.path], h)
         kl = 0.0
         if q_z is not None:
             kl = kl + kl_or_mc(q_z, p_z, values["z"])
@@ -244,10 +271,13 @@ class GlobalLocalGate(PyroModule):
         ctx.cache[self.path] = values
         return values
 
-    def model_local_sites(self, shape: torch.Size) -> dict[str, torch.Tensor]:
+    def model_local_sites(self, shape: torch.Size, h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The model's local sites given the sampled globals; ``shape`` is the value shape ``(n, T, r)``
-        (ignored for per-layer gates, whose sites have shape ``(r,)``).  Returns ``{z, theta}`` values."""
-        p_z, p_theta = self.local_priors(self._ctx.globals[self.path])
+        (ignored for per-layer gates, whose sites have shape ``(r,)``); ``h`` the tokens' adapter projection
+        (for a contextual prior; default: the one the guide saw).  Returns ``{z, theta}`` values."""
+        if h is None:
+            h = self._ctx.local_inputs.get(self.path)
+        p_z, p_theta = self.local_priors(self._ctx.globals[self.path], h)
         values = {}
         with self._local_context(shape[:-1]) as mask:
             for name, p in (("z", p_z), ("theta", p_theta)):
@@ -282,8 +312,13 @@ class GlobalLocalGate(PyroModule):
                 q = self.guide_global(name)
                 report[name] = has_closed_form_kl(q, self.prior_global(name, values))
                 values[name] = q.sample()
-            q_z, q_theta = self.local_guide.posterior(self, self._dtype_probe.new_zeros(1, self.r))
-            p_z, p_theta = self.local_priors(values)
+            h = self._dtype_probe.new_zeros(1, self.r)
+            self._ctx.globals[self.path] = values
+            try:
+                q_z, q_theta = self.local_guide.posterior(self, h)
+            finally:
+                del self._ctx.globals[self.path]
+            p_z, p_theta = self.local_priors(values, h)
             for name, q, p in (("z", q_z, p_z), ("theta", q_theta, p_theta)):
                 if q is not None:
                     report[name] = has_closed_form_kl(q, p)
@@ -319,7 +354,7 @@ class GlobalLocalGate(PyroModule):
                 "num_tokens": weights.sum(),
             }
             if values is not None:
-                stats["kl_local"] = self._masked_sum(self._local_kl(q_z, q_theta, values))
+                stats["kl_local"] = self._masked_sum(self._local_kl(q_z, q_theta, values, h))
             if ctx.record_tokens:
                 keep = weights.reshape(-1) > 0
                 stats["token_prob"] = probs.reshape(-1, self.r)[keep]

@@ -73,7 +73,7 @@ def test_fixed_prior_is_plain_lora(kwargs):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"prior": {"sparsity": "spike_and_slab"}}, r"unknown sparsity prior 'spike_and_slab'; registered: "
-                                                r"\['beta_process', 'ibp', 'none'"),
+                                                r"\['beta_process', 'contextual_beta_process', 'ibp', 'none'"),
     ({"prior": {"magnitude": {"name": "gamma", "shap": 1}}}, r"unknown parameter\(s\) \['shap'\].*legal parameters: "
                                                              r"\['shape', 'local_shape'\]"),
     ({"prior": {"magnitude": {"name": "gamma", "shape": "big"}}}, "shape must be float or None, got 'big'"),
@@ -82,13 +82,13 @@ def test_fixed_prior_is_plain_lora(kwargs):
     ({"prior": {"magnitude": {"name": "horseshoe", "global_scale": 0}}}, "global_scale must be a positive number"),
     ({"prior": {"sparsty": "ibp"}}, r"unknown prior key\(s\) \['sparsty'\]; legal keys: \['sparsity', 'magnitude'\]"),
     ({"prior": "flat"}, "prior must be a mapping with keys"),
-    ({"guide": {"local": "variational"}}, r"unknown local guide 'variational'; registered: \['amortized', 'delta', "
-                                          r"'mean_field'"),
+    ({"guide": {"local": "variational"}}, r"unknown local guide 'variational'; registered: \['amortized', "
+                                          r"'conditional_prior', 'delta', 'mean_field'"),
     ({"guide": {"global": "amortized"}}, r"unknown global guide 'amortized'; registered: \['delta', 'mean_field'"),
     ({"guide": {"local": {"name": "amortized", "hidden": 0}}}, "hidden must be a positive integer"),
     ({"guide": {"local": {"name": "amortized", "hidden": 2.5}}}, "hidden must be int or None"),
     ({"weights": "laplace"}, r"unknown weights 'laplace'; registered: \['blob_gaussian', 'map_gaussian', "
-                             r"'mc_dropout', 'point'"),
+                             r"'mc_dropout', 'point', 'slab_gaussian'"),
     ({"weights": {"name": "blob_gaussian", "sampler": "lrt"}}, r"sampler must be one of \['flipout', 'shared'\]"),
     ({"weights": {"name": "map_gaussian", "prior_scale": 0}}, "prior_scale must be > 0"),
     ({"weights": "mc_dropout"}, "needs lora_dropout > 0"),
@@ -102,11 +102,11 @@ def test_bad_component_specs_fail_at_construction_with_the_legal_choices(kwargs,
 
 def test_available_components_lists_every_slot():
     slots = available_components()
-    assert slots == {"prior.sparsity": ["beta_process", "ibp", "none"],
+    assert slots == {"prior.sparsity": ["beta_process", "contextual_beta_process", "ibp", "none"],
                      "prior.magnitude": ["gamma", "horseshoe", "none"],
-                     "guide.local": ["amortized", "delta", "mean_field"],
+                     "guide.local": ["amortized", "conditional_prior", "delta", "mean_field"],
                      "guide.global": ["delta", "mean_field"],
-                     "weights": ["blob_gaussian", "map_gaussian", "mc_dropout", "point"]}
+                     "weights": ["blob_gaussian", "map_gaussian", "mc_dropout", "point", "slab_gaussian"]}
 
 
 def test_registry_refuses_a_second_class_under_a_taken_name():

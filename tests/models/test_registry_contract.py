@@ -19,6 +19,10 @@ MONTE_CARLO = {("horseshoe", "mean_field")}  # (magnitude, global guide) pairs w
 
 @pytest.mark.parametrize("sparsity,magnitude,local,glob", COMBOS, ids=["-".join(c) for c in COMBOS])
 def test_every_prior_and_guide_combination(sparsity, magnitude, local, glob):
+    if PRIORS.get("sparsity", sparsity).contextual and not GUIDES.get("local", local).per_token:
+        with pytest.raises(ConfigError, match="per-layer gates"):
+            BaRAConfig(r=4, prior={"sparsity": sparsity, "magnitude": magnitude}, guide={"local": local})
+        return
     config = BaRAConfig(r=4, prior={"sparsity": sparsity, "magnitude": magnitude},
                         guide={"local": local, "global": glob})
     report = run_contract(config)
@@ -36,11 +40,15 @@ def test_every_prior_and_guide_combination(sparsity, magnitude, local, glob):
 @pytest.mark.parametrize("prior", ["fixed", None])
 def test_every_weight_family(weights, prior):
     spec = {"name": "blob_gaussian", "sampler": "shared"} if weights == "blob_gaussian" else weights
+    if weights == "slab_gaussian" and prior == "fixed":  # its default scales are the gates' inclusion probabilities
+        with pytest.raises(ConfigError, match="ard: pi needs"):
+            BaRAConfig(r=4, prior=prior, weights=spec)
+        spec = {"name": "slab_gaussian", "ard": "learned"}
     config = BaRAConfig(r=4, prior=prior, weights=spec, lora_dropout=0.1 if weights == "mc_dropout" else 0.0)
     report = run_contract(config)
     latent = {s.rsplit(".", 1)[1] for s in report.sites} & {"lora_A", "lora_B"}
     assert latent == {"point": set(), "mc_dropout": set(), "map_gaussian": {"lora_A", "lora_B"},
-                      "blob_gaussian": {"lora_A"}}[weights]
+                      "blob_gaussian": {"lora_A"}, "slab_gaussian": {"lora_A", "lora_B"}}[weights]
     assert report.kl_is_analytic and report.fused_matches_svi
 
 
@@ -93,7 +101,7 @@ def test_user_defined_prior_end_to_end(user_prior):
     assert report.kl_is_analytic  # KL(logit-normal || logit-normal) reduces to the normals' closed form
     with pytest.raises(ConfigError, match="scale must be > 0"):
         BaRAConfig(prior={"sparsity": {"name": "logit_normal", "scale": -1.0}})
-    with pytest.raises(ConfigError, match=r"registered: \['beta_process', 'ibp', 'logit_normal', 'none'\]"):
+    with pytest.raises(ConfigError, match=r"registered: \['beta_process', 'contextual_beta_process', 'ibp', 'logit_normal', 'none'\]"):
         BaRAConfig(prior={"sparsity": "logit_norm"})
 
 

@@ -1,6 +1,7 @@
 """Gate guides, one registered class each: local (``q(z)``, ``q(theta)``) and global posteriors."""
 
 from .amortized import AmortizedLocalGuide
+from .conditional import ConditionalPriorLocalGuide
 from .base import GUIDES, GlobalGuide, LocalGuide, register_guide
 from .delta import DeltaGlobalGuide, DeltaLocalGuide
 from .families import FAMILIES, VariationalFamily
@@ -10,6 +11,7 @@ __all__ = [
     "FAMILIES",
     "GUIDES",
     "AmortizedLocalGuide",
+    "ConditionalPriorLocalGuide",
     "DeltaGlobalGuide",
     "DeltaLocalGuide",
     "GlobalGuide",

@@ -27,12 +27,12 @@ __all__ = ["FAMILIES", "GLOBAL_INIT_STRENGTH", "VariationalFamily", "family_for"
 # KL (docs/model.md, "Sharp global initialisation").  Strength 1000: Beta(1000 m, 1000 (1 - m)),
 # Gamma(1000, 1000 / m), log-normal/normal scale 0.03.
 GLOBAL_INIT_STRENGTH = 1000.0
-_INIT_SCALE = GLOBAL_INIT_STRENGTH ** -0.5
 
 
 @dataclass(frozen=True)
 class VariationalFamily:
-    """Parameters ``(name, constraint, init(m))`` and ``make(**params) -> Distribution``."""
+    """Parameters ``(name, constraint, init(m[, strength]))`` and ``make(**params) -> Distribution``; ``strength``
+    (default :data:`GLOBAL_INIT_STRENGTH`) is the initial posterior's sharpness, as pseudo-observations."""
 
     params: tuple[tuple[str, Constraint, Callable[[float], float]], ...]
     make: Callable[..., Distribution]
@@ -40,21 +40,23 @@ class VariationalFamily:
 
 FAMILIES: dict[str, VariationalFamily] = {
     "beta": VariationalFamily(
-        (("alpha", constraints.positive, lambda m: GLOBAL_INIT_STRENGTH * m),
-         ("beta", constraints.positive, lambda m: GLOBAL_INIT_STRENGTH * (1 - m))),
+        (("alpha", constraints.positive, lambda m, n=GLOBAL_INIT_STRENGTH: n * m),
+         ("beta", constraints.positive, lambda m, n=GLOBAL_INIT_STRENGTH: n * (1 - m))),
         dist.Beta),
     "gamma": VariationalFamily(
-        (("shape", constraints.positive, lambda m: GLOBAL_INIT_STRENGTH),
-         ("rate", constraints.positive, lambda m: GLOBAL_INIT_STRENGTH / m)),
+        (("shape", constraints.positive, lambda m, n=GLOBAL_INIT_STRENGTH: n),
+         ("rate", constraints.positive, lambda m, n=GLOBAL_INIT_STRENGTH: n / m)),
         dist.Gamma),
     "kumaraswamy": VariationalFamily(
-        (("a", constraints.positive, lambda m: m / (1 - m)), ("b", constraints.positive, lambda m: 1.0)),
+        (("a", constraints.positive, lambda m, n=None: m / (1 - m)), ("b", constraints.positive, lambda m, n=None: 1.0)),
         ReparameterizedKumaraswamy),
     "lognormal": VariationalFamily(
-        (("loc", constraints.real, math.log), ("scale", constraints.positive, lambda m: _INIT_SCALE)),
+        (("loc", constraints.real, lambda m, n=None: math.log(m)),
+         ("scale", constraints.positive, lambda m, n=GLOBAL_INIT_STRENGTH: n ** -0.5)),
         dist.LogNormal),
     "normal": VariationalFamily(
-        (("loc", constraints.real, lambda m: m), ("scale", constraints.positive, lambda m: _INIT_SCALE)),
+        (("loc", constraints.real, lambda m, n=None: m),
+         ("scale", constraints.positive, lambda m, n=GLOBAL_INIT_STRENGTH: n ** -0.5)),
         dist.Normal),
 }
 
@@ -70,8 +72,8 @@ def family_for(family: str | None, support: Constraint) -> VariationalFamily:
     def make(loc, scale):
         return dist.TransformedDistribution(dist.Normal(loc, scale), [transform])
 
-    def init_loc(m: float) -> float:
+    def init_loc(m: float, n=None) -> float:
         return float(transform.inv(torch.tensor(m, dtype=torch.float64)))
 
     return VariationalFamily((("loc", constraints.real, init_loc),
-                              ("scale", constraints.positive, lambda m: _INIT_SCALE)), make)
+                              ("scale", constraints.positive, lambda m, n=GLOBAL_INIT_STRENGTH: n ** -0.5)), make)

@@ -10,7 +10,7 @@ from ..amortized_net import MIN_CONCENTRATION, weibull_init
 from ..distributions import BinaryConcreteStraightThrough, ReparameterizedWeibull
 from .amortized import check_local_common
 from .base import GlobalGuide, LocalGuide, register_guide
-from .families import family_for
+from .families import GLOBAL_INIT_STRENGTH, family_for
 
 __all__ = ["MeanFieldGlobalGuide", "MeanFieldLocalGuide"]
 
@@ -60,14 +60,20 @@ class MeanFieldGlobalGuide(GlobalGuide):
         q(lambda_k) = Gamma(lambda_shape_k, lambda_rate_k)   # gamma
         q(tau), q(lambda_k) = LogNormal(loc, scale)          # horseshoe
 
-    Parameters ``{site}_{param}`` on the gate start at the site's initial mean.
+    Parameters ``{site}_{param}`` on the gate start at the site's initial mean, with the sharpness of
+    ``init_strength`` pseudo-observations (e.g. ``Beta(n m, n (1 - m))``; normal scales ``n ** -0.5``).
     """
+
+    init_strength: float = GLOBAL_INIT_STRENGTH
+
+    def resolve(self, config) -> None:
+        self.need(self.init_strength > 0, f"init_strength must be > 0, got {self.init_strength!r}")
 
     def install(self, gate, sites) -> None:
         for name, site in sites.items():
             for param, constraint, init in family_for(site.family, site.support).params:
-                setattr(gate, f"{name}_{param}",
-                        PyroParam(torch.full(site.shape, float(init(site.init))), constraint=constraint))
+                value = float(init(site.init, float(self.init_strength)))
+                setattr(gate, f"{name}_{param}", PyroParam(torch.full(site.shape, value), constraint=constraint))
 
     def posterior(self, gate, name, site):
         family = family_for(site.family, site.support)

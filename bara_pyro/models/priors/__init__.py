@@ -2,6 +2,7 @@
 
 from .base import PRIORS, GatePrior, GlobalSite, Hyperparameters, MagnitudePrior, SparsityPrior, register_prior
 from .beta_process import BetaProcessPrior
+from .contextual import ContextualBetaProcessPrior
 from .gamma import GammaMagnitudePrior
 from .horseshoe import HorseshoePrior
 from .ibp import StickBreakingIBPPrior
@@ -10,6 +11,7 @@ from .none import NoMagnitude, NoSparsity
 __all__ = [
     "PRIORS",
     "BetaProcessPrior",
+    "ContextualBetaProcessPrior",
     "GammaMagnitudePrior",
     "GatePrior",
     "GlobalSite",

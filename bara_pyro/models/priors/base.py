@@ -87,8 +87,13 @@ class GatePrior(Component):
         """Prior of global site ``name`` (batch shape = the site's shape) given the sites drawn before it."""
         raise NotImplementedError(f"{self.kind} prior {self.name!r} declares no global site {name!r}")
 
-    def local_prior(self, hp: Hyperparameters, values: dict[str, torch.Tensor]) -> Distribution:
-        """Prior of the local factor given the layer's global values; batch shape ``(r,)``."""
+    #: whether the local prior depends on the token's context ``h`` (then :meth:`local_prior` needs it)
+    contextual: ClassVar[bool] = False
+
+    def local_prior(self, hp: Hyperparameters, values: dict[str, torch.Tensor],
+                    h: torch.Tensor | None = None) -> Distribution:
+        """Prior of the local factor given the layer's global values; batch shape ``(r,)``, or ``h.shape``
+        for a contextual prior (``h``: the adapter projection ``(..., r)`` of the tokens)."""
         raise NotImplementedError
 
 
@@ -101,7 +106,7 @@ class SparsityPrior(GatePrior):
         """``pi`` of shape ``(r,)`` from the layer's global values."""
         raise NotImplementedError
 
-    def local_prior(self, hp, values):
+    def local_prior(self, hp, values, h=None):
         return dist.Bernoulli(probs=self.inclusion_probs(hp, values))
 
 
@@ -115,7 +120,7 @@ class MagnitudePrior(GatePrior):
         """``m`` of shape ``(r,)``: the prior mean of the per-token magnitudes."""
         raise NotImplementedError
 
-    def local_prior(self, hp, values):
+    def local_prior(self, hp, values, h=None):
         a = hp.local_shape
         return dist.Gamma(a, a / self.component_scale(hp, values))
 

@@ -1,0 +1,63 @@
+"""Contextual beta-process sparsity prior: each token's inclusion probability depends on its context."""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions import constraints
+
+from .base import GlobalSite, positive_number, register_prior
+from .beta_process import BetaProcessPrior
+
+__all__ = ["ContextualBetaProcessPrior", "context_features"]
+
+
+def context_features(h: torch.Tensor) -> torch.Tensor:
+    """``phi(h_t)``: the adapter projection ``h_t = A x_t`` ``(..., r)`` standardised over its ``r`` entries
+    (layer norm without affine parameters), so the gate sees the direction of ``h_t``, not its scale."""
+    return F.layer_norm(h, h.shape[-1:])
+
+
+@register_prior("sparsity", "contextual_beta_process")
+class ContextualBetaProcessPrior(BetaProcessPrior):
+    r"""Finite beta process whose per-token inclusion is shifted by the token's context::
+
+        pi_k  ~ Beta(c * gamma0 / r, c * (1 - gamma0 / r))       # site {path}.pi, shape (r,)
+        w_kj  ~ Normal(0, context_scale^2)                       # site {path}.w,  shape (r, r)
+        z_tk  ~ Bernoulli(sigmoid(logit(pi_k) + w_k . phi(h_t)))  # phi: context_features
+
+    ``pi_k`` says how often layer ``l`` uses component ``k``; ``w`` (one matrix per layer, learned from
+    the whole dataset and paid for in one global KL) says which tokens use it.  With ``w = 0`` this is
+    the beta process.  ``E[sum_k pi_k] = gamma0`` as there.  Mean-field posteriors: ``q(pi) = Beta``,
+    ``q(w) = Normal``, both KLs closed form.
+    """
+
+    context_scale: float = 1.0
+    contextual = True
+
+    def resolve(self, config) -> None:
+        super().resolve(config)
+        positive_number(self, "context_scale", self.context_scale)
+
+    def global_sites(self, r, init_prob):
+        return {**super().global_sites(r, init_prob), "w": GlobalSite((r, r), constraints.real, 0.0, "normal")}
+
+    def hyperparameters(self, r):
+        return {**super().hyperparameters(r), "w_scale": torch.full((r, r), float(self.context_scale))}
+
+    def global_prior(self, name, hp, values):
+        if name == "w":
+            return dist.Normal(torch.zeros_like(hp.w_scale), hp.w_scale)
+        return super().global_prior(name, hp, values)
+
+    def inclusion_logits(self, values: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """``logit(pi_k) + w_k . phi(h_t)``, shape ``h.shape``; ``pi`` ``([S rows,] r)``, ``w`` ``(r, r)``."""
+        pi, w, phi = values["pi"].clamp(1e-6, 1 - 1e-6), values["w"], context_features(h)
+        shift = phi @ w.transpose(-1, -2) if w.dim() == 2 else (phi.unsqueeze(-2) * w).sum(-1)
+        return torch.logit(pi) + shift
+
+    def local_prior(self, hp, values, h=None):
+        if h is None:
+            raise ValueError("the contextual beta process needs the tokens' context h for its local prior")
+        return dist.Bernoulli(logits=self.inclusion_logits(values, h))

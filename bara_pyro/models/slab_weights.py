@@ -1,0 +1,86 @@
+"""The slab weight family of BaRA: Gaussian LoRA factors with one prior scale per rank component."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import field
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.nn import PyroParam
+from torch import nn
+
+from .weights import WeightFamily, register_weights
+
+__all__ = ["SlabGaussianWeights"]
+
+PI_SPARSITY_PRIORS = ("beta_process", "contextual_beta_process")
+
+
+@register_weights("slab_gaussian")
+class SlabGaussianWeights(WeightFamily):
+    r"""Both LoRA factors are random, with one prior scale ``s_k`` per rank component (automatic relevance
+    determination)::
+
+        A_kj ~ N(0, (s_k / sqrt(d_in))^2)     # row k of A          site {path}.lora_A, (r, d_in)
+        B_ik ~ N(0, (s_k / sqrt(r))^2)        # column k of B       site {path}.lora_B, (d_out, r)
+        q(A_kj) = N(M_kj, sigma_kj^2),  q(B_ik) = N(N_ik, rho_ik^2)     # mean-field
+
+    ``ard`` sets the scales: ``pi`` (default) ``s_k = pi_k``, the layer's beta-process inclusion
+    probability of component ``k`` (drawn before the factors): the beta process is the relevance
+    prior, so a component it switches off has its factors shrunk with it; ``learned``: ``s_k =
+    exp(lora_log_scale_k)``, type-II maximum-likelihood estimates (empirical Bayes); ``off``: ``s_k = 1``.
+    Per-component scales make the prior not invariant to rotations of the ``r`` components, so an update
+    of rank ``k`` concentrates in ``k`` components instead of spreading over all ``r`` (docs/model.md).
+    ``M`` starts as LoRA's A (Kaiming-uniform), ``N`` at zero, ``sigma`` and ``rho`` at ``init_scale``.
+    Both KLs are closed form.  Sampler: ``shared`` draws one ``A`` and ``B`` per step (the Pyro guide's
+    draw, so the fused estimator equals ``TraceMeanField_ELBO``); ``flipout`` perturbs them per sequence
+    in the fused estimator.
+    """
+
+    init_scale: float = 1e-3
+    ard: str = field(default="pi", metadata={"choices": ("pi", "learned", "off")})
+    sampler: str = field(default="shared", metadata={"choices": ("shared", "flipout")})
+    latent = ("lora_A", "lora_B")
+
+    def resolve(self, config) -> None:
+        self.need(self.init_scale > 0, f"init_scale must be > 0, got {self.init_scale!r}")
+        if self.ard == "pi":
+            sparsity = None if config.prior == "fixed" else config.prior["sparsity"]["name"]
+            self.need(sparsity in PI_SPARSITY_PRIORS, f"ard: pi needs adapter.prior.sparsity in "
+                      f"{list(PI_SPARSITY_PRIORS)}, got {sparsity!r}; use ard: learned or off")
+
+    def install(self, adapter) -> None:
+        for name in self.latent:
+            weight = getattr(adapter, name).weight
+            setattr(adapter, f"{name}_scale", PyroParam(torch.full_like(weight, float(self.init_scale)),
+                                                        constraint=constraints.positive))
+        log_scale = torch.zeros(adapter.r, device=adapter.lora_A.weight.device)
+        if self.ard == "learned":
+            adapter.lora_log_scale = nn.Parameter(log_scale)
+        else:
+            adapter.register_buffer("lora_log_scale", log_scale)
+
+    def posterior(self, adapter, name):
+        return dist.Normal(getattr(adapter, name).weight, getattr(adapter, f"{name}_scale"))
+
+    def prior(self, adapter, name):
+        weight = getattr(adapter, name).weight
+        scale = self.component_scales(adapter, detach=False) / math.sqrt(weight.shape[1])
+        scale = scale.unsqueeze(1) if name == "lora_A" else scale.unsqueeze(0)
+        return dist.Normal(torch.zeros_like(weight), scale.expand(weight.shape))
+
+    def flipout_factors(self):
+        return self.latent if self.sampler == "flipout" else ()
+
+    def component_scales(self, adapter, detach: bool = True) -> torch.Tensor:
+        """``s_k``, shape ``(r,)``: the prior scale of each rank component (small: pruned).  With ``ard: pi``
+        it is the drawn ``pi`` while a model or guide runs, else the posterior mean ``E_q[pi]``."""
+        if self.ard == "pi":
+            gate = adapter.gate
+            values = adapter._ctx.globals.get(adapter.path)
+            scale = values["pi"] if values is not None else gate.guide_global("pi").mean
+        else:
+            scale = adapter.lora_log_scale.exp()
+        return scale.detach() if detach else scale

@@ -1,0 +1,85 @@
+"""The spike-and-slab BaRA components: contextual beta-process prior, the local guide tied to the prior,
+and Gaussian slab factors whose per-component scale is the inclusion probability (ARD)."""
+
+import pyro
+import pytest
+import torch
+from builders import make_batch, make_tiny_bert
+from pyro.infer import TraceMeanField_ELBO
+
+from bara_pyro import BaRAConfig, get_bara_model
+from bara_pyro.models import ConfigError
+
+
+def slab_config(magnitude="none", **weights):
+    return BaRAConfig(r=4, gamma0=1.0, prior={"sparsity": "contextual_beta_process", "magnitude": magnitude},
+                      guide={"local": "conditional_prior", "global": {"name": "mean_field", "init_strength": 10.0}},
+                      weights={"name": "slab_gaussian", **weights})
+
+
+@pytest.mark.parametrize("magnitude", ["none", "gamma"])
+def test_fused_loss_equals_trace_mean_field_elbo(magnitude):
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = get_bara_model(make_tiny_bert(), slab_config(magnitude))
+        with torch.no_grad():
+            for _, a in model.adapter_items:
+                a.lora_B.weight.normal_(0, 0.1)
+        model.dataset_size, model.kl_beta = 37, 0.5
+        batch = make_batch()
+        params = model.trainable_parameters()
+        pyro.set_rng_seed(5)
+        ref = TraceMeanField_ELBO(max_plate_nesting=2).differentiable_loss(model.model, model.guide, batch)
+        ref_grads = torch.autograd.grad(ref, params, allow_unused=True)
+        pyro.set_rng_seed(5)
+        fused, parts = model.fused_loss(batch)
+        fused_grads = torch.autograd.grad(fused, params, allow_unused=True)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-9)
+    assert "kl_local" not in parts or float(parts["kl_local"]) == 0.0  # the tied local guide charges nothing
+    for a, b in zip(ref_grads, fused_grads):
+        if a is None:
+            assert b is None or torch.count_nonzero(b) == 0
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    # the context matrix w and the inclusion probabilities get gradients through the gates
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    grads = dict(zip(names, fused_grads[:len(names)]))
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.endswith("gate.w_loc_unconstrained"))
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.endswith("gate.pi_alpha_unconstrained"))
+
+
+def test_every_kl_is_closed_form():
+    model = get_bara_model(make_tiny_bert(), slab_config("gamma"))
+    report = model.kl_report()
+    assert all(report.values()), report
+    assert {s.rsplit(".", 1)[1] for s in report} == {"pi", "w", "lambda", "z", "theta", "lora_A", "lora_B"}
+
+
+def test_prediction_modes_and_round_trip(tmp_path):
+    model = get_bara_model(make_tiny_bert(), slab_config())
+    batch = make_batch()
+    with torch.no_grad():
+        for _, a in model.adapter_items:
+            a.lora_B.weight.normal_(0, 0.1)
+        mean = model.scores(batch, "mean")
+        model.ctx.collect_stats = True
+        model.scores(batch, "mean")
+        rank = model.effective_rank()["joint"]
+        model.ctx.collect_stats = False
+        s = 3
+        rows = make_batch(num_examples=4 * s)
+        sampled = model.scores(rows, "sample", num_samples=s)
+    assert mean.shape == (4, 3) and sampled.shape == (4 * s, 3)
+    assert 0.0 < rank < 4.0
+    model.save_pretrained(tmp_path)
+    again = type(model).from_pretrained(make_tiny_bert(), tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(again.scores(batch, "mean"), mean)
+
+
+def test_ard_pi_needs_a_beta_process():
+    with pytest.raises(ConfigError, match="ard: pi needs"):
+        BaRAConfig(r=4, prior={"sparsity": "ibp"}, weights={"name": "slab_gaussian"})
+    BaRAConfig(r=4, prior={"sparsity": "ibp"}, weights={"name": "slab_gaussian", "ard": "learned"})
