@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 6])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = parser.parse_args()
-    print(f"| config | true rank | effective rank | E[pi] | A row norms |\n|---|---|---|---|---|")
+    print("| config | true rank | effective rank | E[pi] | A row norms |\n|---|---|---|---|---|")
     for name in args.configs:
         for k in args.ranks:
             out = run(name, k, args.steps)

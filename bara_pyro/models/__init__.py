@@ -11,8 +11,8 @@ from .guides import GUIDES, GlobalGuide, LocalGuide, register_guide
 from .injection import get_bara_model
 from .likelihoods import CategoricalLikelihood, GaussianLikelihood
 from .priors import PRIORS, GlobalSite, MagnitudePrior, SparsityPrior, register_prior
-from .targets import find_target_modules
 from .slab_weights import SlabGaussianWeights
+from .targets import find_target_modules
 from .weights import WEIGHTS, WeightFamily, register_weights
 
 __all__ = [

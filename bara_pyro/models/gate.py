@@ -83,8 +83,8 @@ class GlobalLocalGate(PyroModule):
         self.fast_globals = (self.fast_local and type(self.sparsity) is BetaProcessPrior
                              and type(self.magnitude) is GammaMagnitudePrior
                              and type(self.global_guide) is MeanFieldGlobalGuide)
-        self._net = (self.local_net,) if self.fast_local else ()
-        self.tied_local = bool(getattr(self.local_guide, "tied_to_prior", False))  # direct reference: no PyroModule lookup per call
+        self._net = (self.local_net,) if self.fast_local else ()  # direct reference: no PyroModule lookup per call
+        self.tied_local = bool(getattr(self.local_guide, "tied_to_prior", False))  # q(locals) = p(locals | globals)
 
     # ----------------------------------------------------------------- distributions
     def prior_global(self, name: str, values: dict[str, torch.Tensor]):

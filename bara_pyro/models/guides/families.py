@@ -48,7 +48,8 @@ FAMILIES: dict[str, VariationalFamily] = {
          ("rate", constraints.positive, lambda m, n=GLOBAL_INIT_STRENGTH: n / m)),
         dist.Gamma),
     "kumaraswamy": VariationalFamily(
-        (("a", constraints.positive, lambda m, n=None: m / (1 - m)), ("b", constraints.positive, lambda m, n=None: 1.0)),
+        (("a", constraints.positive, lambda m, n=None: m / (1 - m)),
+         ("b", constraints.positive, lambda m, n=None: 1.0)),
         ReparameterizedKumaraswamy),
     "lognormal": VariationalFamily(
         (("loc", constraints.real, lambda m, n=None: math.log(m)),
