@@ -53,6 +53,11 @@ def _print_metrics(metrics: dict) -> None:
     for split in ("validation", "test"):
         if split in metrics:
             m = metrics[split]
+            if "perplexity" in m:  # next-token metrics, per response token
+                print(f"{split}: token acc {m['accuracy']:.4f}  nll/token {m['nll']:.4f}  perplexity "
+                      f"{m['perplexity']:.2f}  token ece {m['ece']:.4f}  entropy/token {m['mean_entropy']:.4f}  "
+                      f"(n={m.get('num_examples', '?')} sequences, {m['num_tokens']} tokens)")
+                continue
             print(f"{split}: acc {m['accuracy']:.4f}  nll {m['nll']:.4f}  ece {m['ece']:.4f}  brier {m['brier']:.4f}"
                   f"  (n={m.get('num_examples', '?')})")
     if metrics.get("effective_rank") is not None:

@@ -85,13 +85,16 @@ def assembled_from(run_dir: str | os.PathLike) -> list[str] | None:
         return None
 
 
-def build_backbone_and_task(config: dict):
-    """``(backbone, tokenizer, task, dataset_dict)`` for a resolved config."""
+def build_backbone_and_task(config: dict, progress: bool = False):
+    """``(backbone, tokenizer, task, dataset_dict)`` for a resolved config (``progress``: print the summary of a
+    user's dataset: sources, class order, carved validation split, skipped rows)."""
     from .backbones import load_backbone, tiny_backbone
-    from .data import dataset_info, load_task_dataset
+    from .data import resolve_dataset
     from .tasks import get_task
 
-    info = dataset_info(config["dataset"])
+    info, data, summary = resolve_dataset(config["dataset"], config["data"], seed=config["data"]["seed"])
+    if summary and progress:
+        print(summary)
     kind = "sequence_classification" if info.kind == "classification" else "causal_lm"
     num_labels = info.num_classes if kind == "sequence_classification" else None
     name = config["model"]
@@ -107,9 +110,7 @@ def build_backbone_and_task(config: dict):
         backbone = tiny_backbone(kind, TINY_MODELS[name], tokenizer=tokenizer, num_labels=num_labels or 2)
     else:
         backbone, tokenizer = load_backbone(name, kind, num_labels=num_labels)
-    task = get_task(config["dataset"], tokenizer, scoring=config["task"]["scoring"],
-                    max_length=config["task"]["max_length"])
-    data = load_task_dataset(config["dataset"], seed=config["data"]["seed"])
+    task = get_task(info, tokenizer, scoring=config["task"]["scoring"], max_length=config["task"]["max_length"])
     return backbone, tokenizer, task, data
 
 
@@ -186,7 +187,7 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
     t_start = time.perf_counter()
     train_cfg = TrainConfig.from_dict(config["train"])
     device = resolve_device(train_cfg.device)  # before the backbone is loaded: a missing device fails at once
-    backbone, tokenizer, task, data = build_backbone_and_task(config)
+    backbone, tokenizer, task, data = build_backbone_and_task(config, progress=progress)
     train_rows = _subset(data["train"], config["data"]["max_train_examples"])
     members = config["ensemble"]["members"]
     models, train_time = [], 0.0
@@ -197,7 +198,8 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
         # on train.device before the adapters are built (they follow it), as in evaluate_run: a member loaded
         # below is evaluated there too, not only one that `fit` trains
         member_backbone = (copy.deepcopy(backbone) if members > 1 else backbone).to(device)
-        model = get_bara_model(member_backbone, _adapter_config(config, m), forward_fn=task.scores)
+        model = get_bara_model(member_backbone, _adapter_config(config, m), forward_fn=task.scores,
+                               likelihood=task_likelihood(task))
         cfg_m = TrainConfig.from_dict({**train_cfg.to_dict(), "seed": seed})
         if (out_dir / DONE_MARKER).exists() and (out_dir / ADAPTER_WEIGHTS_NAME).exists():
             # trained before (an interrupted ensemble, or a member copied from an identical run by the quality
@@ -259,25 +261,70 @@ def mixture_of_members(preds: list[Prediction]) -> Prediction:
     return Prediction(probs=sample_probs.mean(0), labels=labels, sample_probs=sample_probs)
 
 
+def is_token_task(task) -> bool:
+    """Whether ``task`` predicts tokens (instruction tuning: scores ``(B, L, V)``) rather than ``(B, C)`` classes."""
+    return getattr(task, "kind", None) == "instruction"
+
+
+def task_likelihood(task):
+    """The observation model of ``task``'s scores: one token sequence per example, or a categorical."""
+    from .models.likelihoods import CategoricalLikelihood, TokenSequenceLikelihood
+
+    return TokenSequenceLikelihood() if is_token_task(task) else CategoricalLikelihood()
+
+
+def _evaluated_splits(data, ev: dict, progress: bool) -> list[str]:
+    """``eval.splits`` that have rows; when none has (a user's dataset without a test split), validation."""
+    splits = [s for s in ev["splits"] if len(data[s])]
+    if not splits and len(data["validation"]):
+        if progress:
+            print(f"no rows in {', '.join(ev['splits'])}: evaluating on the validation split")
+        splits = ["validation"]
+    return splits
+
+
+def _evaluate_tokens(models, task, data, config, run_dir: Path, progress: bool, metrics: dict) -> None:
+    """Token-level metrics (:func:`~bara_pyro.metrics.token_metrics`) of every evaluated split; ``predictions.npz``
+    gets the per-token arrays and, for one sampled model, ``sample_loglik`` (S, N) per example."""
+    from .inference.token_predictive import predict_tokens
+    from .metrics import token_metrics
+
+    ev = config["eval"]
+    splits = _evaluated_splits(data, ev, progress)
+    for split in splits:
+        rows = _subset(data[split], ev["max_examples"])
+        draws = [ev["num_samples"] if _is_stochastic(m) else 0 for m in models]
+        pred = predict_tokens(models, task, rows, num_samples=draws, batch_size=ev["batch_size"], progress=progress)
+        metrics[split] = token_metrics(pred, n_bins=ev["ece_bins"])
+        metrics[split]["num_examples"] = len(rows)
+        if split == "test" or split == splits[-1]:
+            arrays = {f"token_{k}": getattr(pred, k).numpy() for k in
+                      ("nll", "confidence", "correct", "entropy", "mutual_information", "sequence")}
+            if pred.sample_loglik is not None:
+                arrays["sample_loglik"] = pred.sample_loglik.numpy()
+            np.savez(run_dir / PREDICTIONS_NAME, **arrays)
+
+
 def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, progress: bool) -> dict:
     ev = config["eval"]
     metrics: dict = {"num_samples": ev["num_samples"], "ensemble_members": len(models)}
     t0 = time.perf_counter()
-    for split in ev["splits"]:
+    for split in ([] if is_token_task(task) else _evaluated_splits(data, ev, progress)):
         rows = _subset(data[split], ev["max_examples"])
-        if len(rows) == 0:
-            continue
         pred = _ensemble_predict(models, task, rows, config, progress,
                                  checkpoint=run_dir / f"{PARTIAL_PREDICTION_PREFIX}{split}")
         metrics[split] = classification_metrics(pred.probs, pred.labels, n_bins=ev["ece_bins"])
         metrics[split]["num_examples"] = len(rows)
         if split == "test" or split == ev["splits"][-1]:
             _write_predictions(run_dir / PREDICTIONS_NAME, pred)
+    if is_token_task(task):
+        _evaluate_tokens(models, task, data, config, run_dir, progress, metrics)
     metrics["eval_time_s"] = time.perf_counter() - t0
     gated = [m for m in models if any(a.gate is not None for _, a in m.adapter_items)]
     metrics["effective_rank"], metrics["effective_rank_per_layer"] = None, {}
     if gated:
-        split = "test" if "test" in ev["splits"] else ev["splits"][0]
+        split = "test" if "test" in ev["splits"] and len(data["test"]) else ev["splits"][0]
+        split = split if len(data[split]) else "validation"
         rows = _subset(data[split], ev["gate_examples"])
         gates = export_gates(gated[0], task, tokenizer, rows, train_rows, config, progress)
         rank = gates.pop("_effective_rank")
@@ -319,8 +366,14 @@ def export_gates(model, task, tokenizer, rows, train_rows, config, progress: boo
     for key in ("pi_alpha", "pi_beta", "lambda_shape", "lambda_rate"):
         if all(hasattr(g, key) for _, g in gates):
             out[key] = np.stack([getattr(g, key).detach().cpu().numpy() for _, g in gates])
-    pred = predict(model, task, rows, num_samples=0, batch_size=config["eval"]["batch_size"], record_tokens=True,
-                   progress=False)
+    if is_token_task(task):
+        from .inference.token_predictive import predict_tokens
+
+        pred = predict_tokens(model, task, rows, num_samples=0, batch_size=config["eval"]["batch_size"],
+                              record_tokens=True, progress=False)
+    else:
+        pred = predict(model, task, rows, num_samples=0, batch_size=config["eval"]["batch_size"],
+                       record_tokens=True, progress=False)
     if pred.token_stats:
         out["token_gate_prob"] = np.stack([pred.token_stats[p]["token_prob"].numpy() for p, _ in gates])
         out["token_expected_gate"] = np.stack([pred.token_stats[p]["token_expected_gate"].numpy() for p, _ in gates])

@@ -39,7 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"num_samples": 10, "batch_size": 32, "ece_bins": 15, "splits": ["test"], "max_examples": None,
              "gate_examples": 256, "importance_draws": 32},
     "ensemble": {"members": 1, "seed_stride": 1000},  # member m: train.seed + m * seed_stride
-    "data": {"seed": 0, "max_train_examples": None},
+    "data": {"seed": 0, "max_train_examples": None,  # a user's file or hf: dataset: how to read it (data/user_data.py)
+             "kind": None, "columns": {}, "classes": None, "num_choices": None, "validation_fraction": 0.1},
 }
 SECTIONS = {"task", "adapter", "train", "eval", "ensemble", "data"}
 TOP_LEVEL = set(DEFAULTS) | {"preset"}
@@ -135,7 +136,7 @@ def validate_config(config: dict) -> dict:
         if extra:
             raise ConfigError(f"unknown {section} key(s) {extra}; legal keys: {sorted(DEFAULTS[section])}")
     _check_model(config)
-    _check_dataset(config["dataset"])
+    _check_dataset(config["dataset"], config["data"])
     if config["task"]["scoring"] not in ("cloze", "lettered"):
         raise ConfigError(f"task.scoring must be 'cloze' or 'lettered', got {config['task']['scoring']!r}")
     ml = config["task"]["max_length"]
@@ -186,11 +187,18 @@ def _check_model(config: dict) -> None:
                       f"{sorted(TINY_MODELS)}; or give a local folder or a hub id (org/name)")
 
 
-def _check_dataset(name: str) -> None:
+def _check_dataset(name: str, options: dict) -> None:
     from .data import DATASETS
+    from .data.user_data import check_user_dataset, is_user_dataset
 
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"dataset must be a registry name, a data file or hf:NAME, got {name!r}")
+    if name not in DATASETS and is_user_dataset(name):
+        check_user_dataset(name, options)
+        return
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}, or a data file "
+                          "(.csv, .jsonl, .json, .parquet), a folder of split files or hf:NAME")
 
 
 def save_config(config: dict, path: str | os.PathLike) -> None:

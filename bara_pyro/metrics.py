@@ -14,12 +14,14 @@ import torch
 __all__ = [
     "accuracy",
     "brier_score",
+    "calibration_error",
     "classification_metrics",
     "expected_calibration_error",
     "mutual_information",
     "nll",
     "ood_auroc",
     "predictive_entropy",
+    "token_metrics",
 ]
 
 
@@ -82,7 +84,14 @@ def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
     probs = _probs(probs)
     labels = _labels(labels, probs.shape[0])
     confidence, prediction = probs.max(dim=-1)
-    correct = (prediction == labels).double()
+    return calibration_error(confidence, prediction == labels, n_bins=n_bins)
+
+
+def calibration_error(confidence, correct, n_bins: int = 15) -> float:
+    """ECE from ``(N,)`` top-label confidences and ``(N,)`` correctness (bool or 0/1), binned as in
+    :func:`expected_calibration_error`; used directly for token-level ECE."""
+    confidence = torch.as_tensor(confidence).detach().to(dtype=torch.float64, device="cpu").reshape(-1)
+    correct = torch.as_tensor(correct).detach().to(dtype=torch.float64, device="cpu").reshape(-1)
     inner_edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)[1:-1]
     bins = torch.bucketize(confidence, inner_edges, right=False)  # bin b holds (edge_{b-1}, edge_b]
     count = torch.zeros(n_bins, dtype=torch.float64).index_add(0, bins, torch.ones_like(confidence))
@@ -147,4 +156,22 @@ def classification_metrics(probs, labels, n_bins: int = 15) -> dict[str, float]:
         "brier": brier_score(probs, labels),
         "ece": expected_calibration_error(probs, labels, n_bins=n_bins),
         "mean_entropy": predictive_entropy(probs).mean().item(),
+    }
+
+
+def token_metrics(pred, n_bins: int = 15) -> dict[str, float]:
+    """Next-token metrics of a :class:`~bara_pyro.inference.token_predictive.TokenPrediction`, averaged over response
+    tokens: ``nll`` (nats per token), ``perplexity`` = exp(nll), ``accuracy`` (top-1 token), token-level ``ece``
+    (top-label, ``n_bins`` bins), ``brier``, ``mean_entropy`` (predictive entropy per token),
+    ``mean_mutual_information`` (its epistemic part), and ``num_tokens``."""
+    nll_per_token = pred.nll.double().mean().item()
+    return {
+        "accuracy": pred.correct.double().mean().item(),
+        "nll": nll_per_token,
+        "perplexity": float(torch.tensor(nll_per_token, dtype=torch.float64).exp()),
+        "brier": pred.brier.double().mean().item(),
+        "ece": calibration_error(pred.confidence, pred.correct, n_bins=n_bins),
+        "mean_entropy": pred.entropy.double().mean().item(),
+        "mean_mutual_information": pred.mutual_information.double().mean().item(),
+        "num_tokens": int(pred.nll.numel()),
     }

@@ -16,6 +16,7 @@ winogrande_s       640      1,000       1,267   seeded subsample of XL train; te
 winogrande_m       2,558    1,000       1,267   superset of winogrande_s' train, same validation
 piqa               0        0           1,838   official validation as test (OOD use)
 hellaswag          0        0           10,042  official validation as test (OOD use)
+arc_easy_qa        2,251    570         2,376   ARC-Easy question -> correct answer, prompt/response (instruction)
 mmlu_<subject>     0        0           varies  official test of one of 57 subjects (mmlu_anatomy: 135)
 =================  =======  ==========  ======  ==========================================================
 
@@ -38,6 +39,7 @@ import datasets
 from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
 
 from ..assets import cache_dir
+from .instruction import build_qa_instructions
 from .mmlu import MMLU_SUBJECTS, build_mmlu
 from .multiple_choice import build_olmes_task, build_winogrande
 from .schema import SPLITS
@@ -56,8 +58,9 @@ class DatasetInfo:
     """What a task needs to know about a dataset.
 
     :param name: registry key.
-    :param kind: ``"classification"`` (rows ``{"text", "label"}``) or ``"multiple_choice"``.
-    :param num_classes: number of labels, or the largest number of choices of a row.
+    :param kind: ``"classification"`` (rows ``{"text", "label"}``), ``"multiple_choice"`` or ``"instruction"``
+        (rows ``{"prompt", "response"}``).
+    :param num_classes: number of labels, or the largest number of choices of a row (0 for instruction data).
     :param build: ``build(seed) -> DatasetDict`` from the raw assets (uncached).
     :param seeded: whether ``seed`` changes the splits (it is part of the cache key only then).
     :param description: one line.
@@ -95,6 +98,8 @@ def _registry() -> dict[str, DatasetInfo]:
                     "PIQA official validation as test (OOD)"),
         DatasetInfo("hellaswag", "multiple_choice", 4, partial(build_olmes_task, "hellaswag"), False,
                     "HellaSwag official validation as test (OOD)"),
+        DatasetInfo("arc_easy_qa", "instruction", 0, partial(build_qa_instructions, "arc_easy"), False,
+                    "ARC-Easy questions -> correct answers as prompt/response pairs (instruction tuning)"),
     ]  # fmt: skip
     infos += [
         DatasetInfo(f"mmlu_{subject}", "multiple_choice", 4, partial(build_mmlu, subject), False,

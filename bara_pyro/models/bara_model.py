@@ -427,7 +427,7 @@ class BaRAModel(PyroModule):
     def from_pretrained(cls, backbone: nn.Module, directory: str | os.PathLike,
                         forward_fn: ForwardFn | None = None) -> "BaRAModel":
         """Rebuild the adapters saved by :meth:`save_pretrained` on ``backbone`` and load their weights."""
-        from .likelihoods import GaussianLikelihood
+        from .likelihoods import likelihood_from_dict
 
         directory = Path(directory)
         try:
@@ -436,8 +436,7 @@ class BaRAModel(PyroModule):
             raise FileNotFoundError(f"no {ADAPTER_CONFIG_NAME} in {directory}") from None
         config = BaRAConfig.from_dict(saved["bara_config"])
         config.modules_to_save = saved.get("modules_to_save", config.modules_to_save)
-        lik = saved.get("likelihood", {"name": "categorical"})
-        likelihood = GaussianLikelihood(lik["scale"]) if lik["name"] == "gaussian" else CategoricalLikelihood()
+        likelihood = likelihood_from_dict(saved.get("likelihood", {"name": "categorical"}))
         model = cls(backbone, config, saved["target_paths"], forward_fn=forward_fn, likelihood=likelihood)
         device = next(backbone.parameters()).device
         model.load_adapter_state_dict({k: v.to(device) for k, v in load_file(str(directory / ADAPTER_WEIGHTS_NAME))

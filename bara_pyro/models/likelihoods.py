@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 
-__all__ = ["CategoricalLikelihood", "GaussianLikelihood"]
+__all__ = ["CategoricalLikelihood", "GaussianLikelihood", "TokenSequenceLikelihood", "likelihood_from_dict"]
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -35,3 +35,25 @@ class GaussianLikelihood:
 
     def to_dict(self) -> dict:
         return {"name": "gaussian", "scale": self.scale}
+
+
+class TokenSequenceLikelihood:
+    """``y_b = (y_b1, ..., y_bL)``, ``y_bl ~ Categorical(softmax(scores_bl))`` independently, the ``L`` positions one
+    event: scores ``(B, L, V)``, labels ``(B, L)``; one example (sequence) per element of the data plate.  A padded
+    position carries logits that give its label log-probability 0 (see :mod:`bara_pyro.tasks.instruction`)."""
+
+    def dist(self, scores: torch.Tensor) -> dist.Independent:
+        return dist.Categorical(logits=_at_least_fp32(scores)).to_event(1)
+
+    def to_dict(self) -> dict:
+        return {"name": "token_sequence"}
+
+
+def likelihood_from_dict(data: dict):
+    """The likelihood that ``to_dict`` described (a missing entry: categorical)."""
+    name = data.get("name", "categorical")
+    if name == "gaussian":
+        return GaussianLikelihood(data["scale"])
+    if name == "token_sequence":
+        return TokenSequenceLikelihood()
+    return CategoricalLikelihood()

@@ -11,7 +11,8 @@ __all__ = ["SequenceClassificationTask"]
 
 
 class SequenceClassificationTask:
-    """Rows ``{"text": str, "label": int}`` -> ``(B, num_labels)`` logits of ``backbone(**inputs).logits``.
+    """Rows ``{"text": str, "label": int}`` (and an optional ``"text_pair"``, encoded as the second segment)
+    -> ``(B, num_labels)`` logits of ``backbone(**inputs).logits``.
 
     :param tokenizer: tokenizer with a pad token (see :func:`bara_pyro.backbones.load_backbone`).
     :param num_labels: number of classes ``C``.
@@ -35,8 +36,10 @@ class SequenceClassificationTask:
 
     def collate(self, rows: list[dict]) -> Batch:
         """Tokenise and right-pad to the longest text of the batch: inputs ``(B, T)``, labels ``(B,)``."""
+        pairs = [row.get("text_pair") for row in rows]
         encoding = self.tokenizer(
             [row["text"] for row in rows],
+            text_pair=pairs if any(p is not None for p in pairs) else None,
             padding=True,
             truncation=True,
             max_length=self.max_length,
