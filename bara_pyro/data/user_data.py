@@ -275,8 +275,12 @@ def _build(name: str, options: dict, seed: int, tables: dict | None, files: dict
         splits["validation"] = [train[i] for i in sorted(order[:carved])]
         splits["train"] = [train[i] for i in sorted(order[carved:])]
     data = make_dataset_dict(splits, FEATURES[kind])
-    num_classes = {"classification": len(classes or []), "instruction": 0}.get(
-        kind, max((len(row["choices"]) for rows in splits.values() for row in rows), default=0))
+    if kind == "classification":
+        num_classes = len(classes)
+    elif kind == "multiple_choice":
+        num_classes = max(len(row["choices"]) for rows in splits.values() for row in rows)
+    else:
+        num_classes = 0
     summary = {"source": name, "kind": kind, "classes": classes, "seed": seed, "carved_validation": carved,
                "sizes": {split: len(data[split]) for split in SPLITS},
                "skipped": {split: part.skipped for split, part in mapped.items()},
