@@ -85,15 +85,15 @@ def assembled_from(run_dir: str | os.PathLike) -> list[str] | None:
         return None
 
 
-def build_backbone_and_task(config: dict, progress: bool = False):
-    """``(backbone, tokenizer, task, dataset_dict)`` for a resolved config (``progress``: print the summary of a
-    user's dataset: sources, class order, carved validation split, skipped rows)."""
+def build_backbone_and_task(config: dict, report_data: bool = False):
+    """``(backbone, tokenizer, task, dataset_dict)`` for a resolved config (``report_data``: print the summary of a
+    user's dataset: source, class order, carved validation split, skipped rows)."""
     from .backbones import load_backbone, tiny_backbone
     from .data import resolve_dataset
     from .tasks import get_task
 
     info, data, summary = resolve_dataset(config["dataset"], config["data"], seed=config["data"]["seed"])
-    if summary and progress:
+    if summary and report_data:
         print(summary)
     kind = "sequence_classification" if info.kind == "classification" else "causal_lm"
     num_labels = info.num_classes if kind == "sequence_classification" else None
@@ -187,7 +187,7 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
     t_start = time.perf_counter()
     train_cfg = TrainConfig.from_dict(config["train"])
     device = resolve_device(train_cfg.device)  # before the backbone is loaded: a missing device fails at once
-    backbone, tokenizer, task, data = build_backbone_and_task(config, progress=progress)
+    backbone, tokenizer, task, data = build_backbone_and_task(config, report_data=True)
     train_rows = _subset(data["train"], config["data"]["max_train_examples"])
     members = config["ensemble"]["members"]
     models, train_time = [], 0.0

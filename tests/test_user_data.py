@@ -1,13 +1,11 @@
 """A user's own data: files, folders and hf: datasets, column mapping, splits, cache, and every bad input."""
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-from bara_pyro.data import DataError, load_user_dataset
+from bara_pyro.data import load_user_dataset
 from bara_pyro.data.user_data import resolve_dataset
 
 

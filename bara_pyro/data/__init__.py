@@ -5,8 +5,8 @@ See :mod:`bara_pyro.data.registry` for the names, sources and split sizes,
 files (CSV, JSON Lines, Parquet) and Hugging Face datasets.
 """
 
-from .registry import DATASETS, DatasetInfo, dataset_info, load_task_dataset
 from .columns import DataError
+from .registry import DATASETS, DatasetInfo, dataset_info, load_task_dataset
 from .schema import CLASSIFICATION_FEATURES, MULTIPLE_CHOICE_FEATURES, SPLITS
 from .user_data import UserDataset, is_user_dataset, load_user_dataset, resolve_dataset
 

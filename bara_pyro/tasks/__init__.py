@@ -7,4 +7,5 @@ from .instruction import InstructionTask
 from .multiple_choice import SCORING_MODES, MultipleChoiceTask
 from .registry import get_task
 
-__all__ = ["Batch", "InstructionTask", "MultipleChoiceTask", "SCORING_MODES", "SequenceClassificationTask", "Task", "get_task"]
+__all__ = ["Batch", "InstructionTask", "MultipleChoiceTask", "SCORING_MODES", "SequenceClassificationTask", "Task",
+           "get_task"]
