@@ -11,6 +11,7 @@ EXPECTED_SIZES = {
     "rt_sst2": {"train": 9562, "validation": 1195, "test": 872},
     "rotten_tomatoes": {"train": 9562, "validation": 1195, "test": 1195},
     "arc_easy": {"train": 2251, "validation": 570, "test": 2376},
+    "arc_easy_qa": {"train": 2251, "validation": 570, "test": 2376},
     "boolq": {"train": 8484, "validation": 943, "test": 3270},
     "winogrande_s": {"train": 640, "validation": 1000, "test": 1267},
     "winogrande_m": {"train": 2558, "validation": 1000, "test": 1267},
