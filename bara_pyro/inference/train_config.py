@@ -16,6 +16,9 @@ LOCAL_KL = ("draw", "expected")
 
 @dataclass
 class TrainConfig:
+    """How :func:`~bara_pyro.inference.fit` trains: steps, batch, optimiser, estimator and local KL; each
+    field's ``help`` metadata says what it means."""
+
     steps: int = field(default=1000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=8, metadata={"help": "examples per step"})
     lr: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})

@@ -78,6 +78,8 @@ class DataOrder:
 
 @dataclass
 class TrainResult:
+    """What :func:`fit` returns: the steps taken, the wall time and the training log's rows (``history``)."""
+
     steps: int
     wall_time_s: float
     history: list[dict] = field(default_factory=list)
