@@ -26,6 +26,7 @@ def _default_run_dir(config: dict) -> Path:
 def cmd_train(args) -> int:
     from .experiment import load_run_config, run_experiment
     from .experiment_config import load_config
+    from .inference.distributed import is_main_process
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -35,9 +36,12 @@ def cmd_train(args) -> int:
     else:
         config = load_config(args.config, method=args.method, overrides=args.set)
         run_dir = Path(args.output) if args.output else _default_run_dir(config)
-    print(f"run directory: {run_dir}")
+    main = is_main_process()  # launched on several processes (torchrun, accelerate launch): rank 0 reports
+    if main:
+        print(f"run directory: {run_dir}")
     metrics = run_experiment(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
-    _print_metrics(metrics)
+    if main:
+        _print_metrics(metrics)
     return 0
 
 

@@ -134,10 +134,11 @@ def _subset(rows, limit):
 
 
 def comparable_config(config: dict) -> dict:
-    """What makes two runs the same run: the config less the device it ran on (and, for one model, the
-    ensemble's member seed stride, which plays no part)."""
+    """What makes two runs the same run: the config less the device and the number of processes it ran on (and,
+    for one model, the ensemble's member seed stride, which plays no part)."""
     out = copy.deepcopy(config)
     out.get("train", {}).pop("device", None)
+    out.get("train", {}).pop("world_size", None)
     if out.get("ensemble", {}).get("members") == 1:
         out["ensemble"].pop("seed_stride", None)
     return out
@@ -172,18 +173,31 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
     A member trained before in ``run_dir`` with the same config is reused (an interrupted ensemble, or a
     member copied by the quality benchmark).  A run of another config there is an error, or with
     ``replace`` is trained again from scratch over it (never reused).
+
+    Launched on several processes (``torchrun`` / ``accelerate launch``), they train every member together
+    (:mod:`~bara_pyro.inference.distributed`); rank 0 alone writes the run directory and evaluates, and
+    ``train.world_size`` records the number of processes.  The other ranks return ``{"world_size", "rank"}``.
     """
+    from .inference.distributed import data_parallel
     from .models.injection import get_bara_model
 
     run_dir = Path(run_dir)
+    dp = data_parallel()
+    main = dp is None or dp.is_main
+    config = copy.deepcopy(config)
+    config["train"]["world_size"] = 1 if dp is None else dp.world_size
     if holds_other_run(run_dir, config):
         if not replace:
             raise ConfigError(f"{run_dir} holds a run with another config; choose another directory or delete it")
-        forget_trained_state(run_dir)
-        if progress:
+        if dp is not None:
+            dp.barrier()  # every process has read the old config before rank 0 forgets it
+        if main:
+            forget_trained_state(run_dir)
+        if progress and main:
             print(f"{run_dir} held a run with another config: training again from scratch")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
     t_start = time.perf_counter()
     train_cfg = TrainConfig.from_dict(config["train"])
     device = resolve_device(train_cfg.device)  # before the backbone is loaded: a missing device fails at once
@@ -209,18 +223,23 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
             model.remove_hooks()
             model = BaRAModel.from_pretrained(model.backbone, out_dir, forward_fn=task.scores)
         else:
-            if progress and members > 1:
+            if progress and members > 1 and main:
                 print(f"ensemble member {m + 1}/{members}")
             result = fit(model, task, train_rows, cfg_m, run_dir=out_dir,
-                         resume=resume and (out_dir / CHECKPOINT_DIR).exists(), progress=progress)
+                         resume=resume and (out_dir / CHECKPOINT_DIR).exists(), progress=progress and main)
             train_time += result.wall_time_s
-            model.save_pretrained(out_dir)
-            (out_dir / DONE_MARKER).write_text("trained\n")
+            if main:
+                model.save_pretrained(out_dir)
+                (out_dir / DONE_MARKER).write_text("trained\n")
+            if dp is not None:
+                dp.barrier()  # member m is on disk before any process looks at member m + 1
         models.append(model)
+    if not main:
+        return {"world_size": dp.world_size, "rank": dp.rank}
     metrics = _evaluate(models, task, tokenizer, data, train_rows, config, run_dir, progress)
     trainable = sum(m.num_parameters()[0] for m in models)
     metrics.update(method=config["method"], model=config["model"], dataset=config["dataset"],
-                   trainable_parameters=trainable, train_time_s=train_time,
+                   trainable_parameters=trainable, world_size=config["train"]["world_size"], train_time_s=train_time,
                    wall_time_s=time.perf_counter() - t_start)
     _write_json(run_dir / "metrics.json", metrics)
     remove_partial_predictions(run_dir)

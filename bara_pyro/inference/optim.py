@@ -46,6 +46,7 @@ class TorchOptimizer(PyroOptim):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda or (lambda step: 1.0))
         self.clip_norm = clip_norm
         self._grad_norm: torch.Tensor | None = None  # kept on the device: reading it every step would sync
+        self.gradient_sync = None  # data-parallel runs: called on the parameters before clipping (averages gradients)
 
     def __call__(self, params=None, *args, **kwargs) -> None:
         if params is not None:
@@ -56,7 +57,10 @@ class TorchOptimizer(PyroOptim):
         self.step()
 
     def step(self) -> None:
-        """Clip the global gradient norm, step the optimizer and the schedule, clear the gradients."""
+        """Average the gradients over data-parallel processes (if any), clip the global gradient norm, step the
+        optimizer and the schedule, clear the gradients."""
+        if self.gradient_sync is not None:
+            self.gradient_sync(self.params)
         if self.clip_norm is not None:
             self._grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         self.optimizer.step()

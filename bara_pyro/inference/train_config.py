@@ -42,13 +42,16 @@ class TrainConfig:
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints (0: only at the end)"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast on GPU (gates and KLs stay fp32)"})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', ..."})
+    world_size: int = field(default=1, metadata={
+        "help": "processes the run trained on, data-parallel (recorded from the launcher, torchrun or accelerate "
+                "launch; batch_size is the global batch, split across them)"})
 
     def __post_init__(self):
         def need(cond: bool, msg: str):
             if not cond:
                 raise ConfigError(msg)
 
-        for name in ("steps", "batch_size", "num_particles", "log_every"):
+        for name in ("steps", "batch_size", "num_particles", "log_every", "world_size"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                  f"{name} must be a positive integer, got {v!r}")

@@ -28,6 +28,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..models.errors import ConfigError
+from ..models.row_shard import RowShard
+from .distributed import DataParallel, data_parallel
 from .interrupt import StopRequest, rng_state, set_rng_state, stop_on_signals
 from .optim import TorchOptimizer, warmup_linear_decay
 from .train_config import TrainConfig
@@ -39,8 +41,17 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 def resolve_device(name: str) -> torch.device:
-    """``train.device`` as a ``torch.device`` ('auto': CUDA if available, else CPU); a clear error for a
-    device this machine does not have."""
+    """``train.device`` as a ``torch.device`` ('auto': CUDA if available, else CPU; in a data-parallel run,
+    'auto' and 'cuda' mean this process's GPU, ``cuda:LOCAL_RANK``); a clear error for a device this machine
+    does not have."""
+    device = _resolve_device_name(name)
+    dp = data_parallel()
+    if device.type == "cuda" and device.index is None and dp is not None:
+        device = torch.device("cuda", dp.local_rank)
+    return device
+
+
+def _resolve_device_name(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -96,6 +107,10 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     :param run_dir: where ``train_log.jsonl`` and ``checkpoint/`` go (None: no files).
     :param resume: continue from ``run_dir/checkpoint`` if it exists.
     :param elbo: the ELBO for the ``svi`` estimator (default ``TraceMeanField_ELBO``).
+
+    Launched on several processes (:mod:`~bara_pyro.inference.distributed`), each trains on its rows of every
+    global batch of ``config.batch_size``, the gradients are averaged, and only rank 0 writes to ``run_dir``
+    (log and checkpoints); every process reads the checkpoint to resume, on any number of processes.
     """
     expected_globals = config.local_kl == "expected"
     if expected_globals and not getattr(model, "supports_expected_globals", False):
@@ -104,10 +119,15 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
         raise ConfigError(EXPECTED_GLOBALS_UNSUPPORTED)
     if hasattr(model, "ctx"):
         model.ctx.expected_globals = expected_globals
+    dp = data_parallel()
+    if dp is not None and config.batch_size % dp.world_size:
+        raise ConfigError(f"train.batch_size {config.batch_size} is the global batch; it must be a multiple of the "
+                          f"{dp.world_size} processes")
     device = resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    write_dir = run_dir if dp is None or dp.is_main else None  # only rank 0 writes
+    if write_dir is not None:
+        write_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
     model.backbone.to(device)
     model.dataset_size = len(train_rows)
@@ -120,7 +140,10 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     start_step = 0
     if resume and run_dir is not None:
         start_step = _load_checkpoint(run_dir, model, optim, device)
-    log_path = run_dir / TRAIN_LOG_NAME if run_dir is not None else None
+    if dp is not None:
+        dp.broadcast_parameters(model.trainable_parameters())
+        optim.gradient_sync = dp.average_gradients
+    log_path = write_dir / TRAIN_LOG_NAME if write_dir is not None else None
     history = _read_log(log_path, upto=start_step) if log_path is not None else []
     if log_path is not None:
         _write_log(log_path, history)
@@ -139,15 +162,21 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     seen = 0
     step = start_step
     t0 = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=start_step, disable=not progress, desc="train", dynamic_ncols=True)
-    interrupted = False
+    bar = tqdm(total=config.steps, initial=start_step, disable=not progress or write_dir is None and dp is not None,
+               desc="train", dynamic_ncols=True)
+    interrupted = aborted = False
     stop = StopRequest()
     model.train()
     model.backbone.train()  # the backbone's own dropout acts as in any fine-tuning run; its weights stay frozen
     try:
         with stop_on_signals(stop):
-            while step < config.steps and not stop.requested:
-                batch = task.collate([train_rows[i] for i in order.indices(step)]).to(device)
+            while step < config.steps and (dp is not None or not stop.requested):  # processes stop together
+                indices = order.indices(step)
+                if dp is not None:
+                    indices = indices[dp.local_rows(config.batch_size)]
+                batch = task.collate([train_rows[i] for i in indices]).to(device)
+                if dp is not None and _shard_rows(model, batch, dp, stop):
+                    break
                 model.kl_beta = min(1.0, (step + 1) / config.kl_warmup_steps) if config.kl_warmup_steps else 1.0
                 log_now = (step + 1) % config.log_every == 0 or step + 1 == config.steps
                 model.ctx.collect_stats = log_now
@@ -174,13 +203,17 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                 checkpoint_now = (run_dir is not None and config.checkpoint_every
                                   and step % config.checkpoint_every == 0)
                 if log_now or checkpoint_now or use_svi:
-                    loss = float(loss)
+                    loss = float(loss) if dp is None else dp.mean([float(loss)])[0]  # the global batch's loss
                     if not math.isfinite(loss):  # checked before any checkpoint can store a broken state
                         raise FloatingPointError(f"the loss became {loss} at step {step - 1} (or up to "
                                                  f"{config.log_every - 1} steps before it); lower the learning "
                                                  "rate or raise kl_warmup_steps")
                 if log_now:
-                    row = _log_row(model, step, loss, optim, int(correct) / max(seen, 1))
+                    counts = [int(correct), seen] if dp is None else [c * dp.world_size for c in
+                                                                       dp.mean([int(correct), seen])]
+                    row = _log_row(model, step, loss, optim, counts[0] / max(counts[1], 1))
+                    if dp is not None:
+                        row = _mean_over_processes(row, dp)
                     correct.zero_()
                     seen = 0
                     history.append(row)
@@ -194,29 +227,59 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                         postfix["kl"] = f"{row['kl']:.3g}"
                     bar.set_postfix(postfix)
                 bar.update(1)
-                if checkpoint_now:
-                    _save_checkpoint(run_dir, model, optim, step)
+                if checkpoint_now and write_dir is not None:
+                    _save_checkpoint(write_dir, model, optim, step)
     except KeyboardInterrupt:  # a second Ctrl-C: the step in flight is lost, the last checkpoint stays
-        interrupted = True
+        interrupted = aborted = True
         if run_dir is not None:
             bar.write(f"aborted at step {step}; resume from the last checkpoint with --resume {run_dir}")
     finally:
         bar.close()
         model.ctx.collect_stats = False
+        model.ctx.row_shard = None
         model.eval()
         model.backbone.eval()
     if stop.requested and not interrupted:
         interrupted = True
-        if run_dir is not None:
-            _save_checkpoint(run_dir, model, optim, step)
-            print(f"interrupted at step {step}; checkpoint saved in {run_dir / CHECKPOINT_DIR}; "
-                  f"resume with --resume {run_dir}", file=sys.stderr)
-    elif run_dir is not None and not interrupted:
-        _save_checkpoint(run_dir, model, optim, step)
+        if write_dir is not None:
+            _save_checkpoint(write_dir, model, optim, step)
+            print(f"interrupted at step {step}; checkpoint saved in {write_dir / CHECKPOINT_DIR}; "
+                  f"resume with --resume {write_dir}", file=sys.stderr)
+    elif write_dir is not None and not interrupted:
+        _save_checkpoint(write_dir, model, optim, step)
+    if dp is not None and not aborted:  # the others wait for rank 0's files
+        dp.barrier()
     result = TrainResult(steps=step, wall_time_s=time.perf_counter() - t0, history=history, interrupted=interrupted)
     if interrupted:
         raise KeyboardInterrupt(f"training interrupted at step {step}")
     return result
+
+
+def _shard_rows(model, batch, dp: DataParallel, stop: StopRequest) -> bool:
+    """Tell every process the others' batch shapes and stop requests; set this process's row shard of the global
+    batch (``model.ctx.row_shard``).  Returns True when any process was asked to stop (all then stop here)."""
+    mask = batch.token_mask
+    length = mask.shape[1] if mask is not None and mask.dim() > 1 else 0
+    rows = mask.shape[0] if mask is not None else batch.num_examples
+    shapes = dp.gather_ints([rows, length, int(stop.requested)])
+    if bool(shapes[:, 2].any()):
+        stop.requested = True
+        return True
+    model.ctx.row_shard = RowShard(start=int(shapes[:dp.rank, 0].sum()), total_rows=int(shapes[:, 0].sum()),
+                                   total_length=int(shapes[:, 1].max()))
+    return False
+
+
+def _mean_over_processes(row: dict, dp: DataParallel) -> dict:
+    """A log row of the global batch: each process's per-batch estimates (loss already reduced, local KL, effective
+    rank) averaged over the processes; the global KL, lr and gradient norm are the same everywhere."""
+    keys = [k for k in ("kl_local", "kl", "effective_rank") if k in row]
+    layers = list(row.get("kl_per_layer", {}))
+    values = dp.mean([row[k] for k in keys] + [row["kl_per_layer"][p] for p in layers])
+    out = {**row, **dict(zip(keys, values))}
+    if layers:
+        out["kl_per_layer"] = dict(zip(layers, values[len(keys):]))
+    return out
 
 
 def _param_groups(model, config: TrainConfig) -> list[dict]:

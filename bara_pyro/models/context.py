@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 
+from .row_shard import RowShard
+
 __all__ = ["GateContext", "MODES", "per_sample_linear", "rows_of_sample"]
 
 MODES = ("guide", "model", "fused", "sample", "mean", "given", "ones", "off")
@@ -57,6 +59,8 @@ class GateContext:
     stats: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     record_tokens: bool = False  # keep per-token q(z=1) and E[g] (for analysis)
     plates: dict[str, pyro.plate] = field(default_factory=dict)  # local plates, built once per model/guide run
+    row_shard: RowShard | None = None  # data-parallel training: this process's rows of the global batch, through
+    #   which per-token gate noise is drawn (see row_shard); kept across reset()
 
     def reset(self, mode: str) -> None:
         if mode not in MODES:

@@ -18,6 +18,8 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
 
+from . import row_shard
+
 __all__ = [
     "BinaryConcreteStraightThrough",
     "ReparameterizedKumaraswamy",
@@ -34,7 +36,7 @@ EULER_GAMMA = 0.5772156649015329
 
 def _uniform_open(shape, like: torch.Tensor) -> torch.Tensor:
     """U(0, 1) strictly inside the interval, in ``like``'s dtype and device."""
-    u = torch.rand(shape, dtype=like.dtype, device=like.device)
+    u = row_shard.uniform(shape, like.dtype, like.device)  # torch.rand unless a data-parallel row shard is active
     tiny = torch.finfo(like.dtype).tiny
     return u.clamp(tiny, 1.0 - torch.finfo(like.dtype).eps)
 

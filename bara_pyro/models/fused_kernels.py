@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.distributions import Beta, Gamma, kl_divergence
 from torch.distributions.dirichlet import _Dirichlet_backward
 
+from . import row_shard
 from .amortized_net import MIN_CONCENTRATION
 from .distributions import binary_concrete_straight_through, weibull_mean, weibull_rsample
 from .kl import kl_bernoulli_logits_probs, kl_weibull_gamma
@@ -77,7 +78,7 @@ def gate_net(h, w1, b1, w2, b2):
 
 def uniform_pair(shape, like: torch.Tensor) -> torch.Tensor:
     """``(2, *shape)`` uniforms from one ``torch.rand`` call, clamped to the open interval like ``_uniform_open``."""
-    u = torch.rand((2, *shape), dtype=like.dtype, device=like.device)
+    u = row_shard.uniform((2, *shape), like.dtype, like.device, row_dim=1)
     return _clamp_open(u)
 
 
@@ -175,7 +176,7 @@ def bara_gated_local(h, w1, b1, w2, b2, pi, lam, a_theta, temperature: float, ma
     """
     impl = resolve_impl(impl, h, w1.shape[0])
     if u is None:
-        u = torch.rand((2, *h.shape), dtype=w1.dtype, device=h.device)
+        u = row_shard.uniform((2, *h.shape), w1.dtype, h.device, row_dim=1)
     if impl == "triton":
         return _TritonGatedLocal.apply(h, u, mask, w1, b1, w2, b2, pi, lam, a_theta, float(temperature))
     fn = _compiled("local", _gated_local_torch) if impl == "compile" else _gated_local_torch
@@ -195,7 +196,7 @@ def bara_gated_sample(h, w1, b1, w2, b2, temperature: float, u=None, impl="auto"
     """``h * gate`` with gates drawn from q, no KL (posterior-predictive samples)."""
     impl = resolve_impl(impl, h, w1.shape[0])
     if u is None:
-        u = torch.rand((2, *h.shape), dtype=w1.dtype, device=h.device)
+        u = row_shard.uniform((2, *h.shape), w1.dtype, h.device, row_dim=1)
     if impl == "triton" and not _needs_grad(h, w1, b1, w2, b2):
         return _triton_forward(1, h, u, None, w1, b1, w2, b2, None, None, None, float(temperature))[0]
     fn = _compiled("sample", _gated_sample_torch) if impl == "compile" else _gated_sample_torch

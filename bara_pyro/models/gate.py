@@ -44,6 +44,7 @@ from .context import GateContext, rows_of_sample
 from .guides import AmortizedLocalGuide, MeanFieldGlobalGuide
 from .kl import has_closed_form_kl, kl_or_mc
 from .priors import BetaProcessPrior, GammaMagnitudePrior, Hyperparameters, MagnitudePrior, SparsityPrior
+from .row_shard import drawing_rows
 
 __all__ = ["GlobalLocalGate"]
 
@@ -184,7 +185,13 @@ class GlobalLocalGate(PyroModule):
 
     # ----------------------------------------------------------------- local gates
     def gated(self, h: torch.Tensor) -> torch.Tensor:
-        """``h * gates`` in ``h``'s dtype: the fast path (module docstring) where it applies, else :meth:`forward`."""
+        """``h * gates`` in ``h``'s dtype: the fast path (module docstring) where it applies, else :meth:`forward`.
+        Per-token noise is drawn through the context's data-parallel row shard, if any
+        (:mod:`~bara_pyro.models.row_shard`)."""
+        with drawing_rows(self._ctx.row_shard if self.per_token else None):
+            return self._gated(h)
+
+    def _gated(self, h: torch.Tensor) -> torch.Tensor:
         ctx = self._ctx
         mode = ctx.mode
         if not self._net or ctx.collect_stats or mode not in ("fused", "sample", "mean"):
