@@ -6,6 +6,7 @@ the adapters, the per-step ELBO (the mean over processes of each one's estimate)
 batch to its own length and the per-token gate noise must be cut from the global batch's draw.
 """
 
+import json
 import os
 import socket
 
@@ -16,6 +17,7 @@ import torch.multiprocessing as mp
 from transformers import BertConfig, BertForSequenceClassification
 
 from bara_pyro import BaRAConfig, get_bara_model
+from bara_pyro.experiment import load_run_config, run_experiment
 from bara_pyro.experiment_config import load_config
 from bara_pyro.inference import TrainConfig, fit
 from bara_pyro.tasks.base import Batch
@@ -93,6 +95,12 @@ def _train_all(run_root):
     return out
 
 
+def _experiment_config() -> dict:
+    return load_config(method="lora", overrides=["model=tiny-bert", "train.steps=2", "train.batch_size=4",
+                                                 "train.device=cpu", "data.max_train_examples=8",
+                                                 "eval.max_examples=4"])
+
+
 def _worker(rank: int, world: int, port: int, root: str):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
@@ -100,6 +108,7 @@ def _worker(rank: int, world: int, port: int, root: str):
     from pathlib import Path
 
     out = _train_all(Path(root))
+    out["run_experiment"] = run_experiment(_experiment_config(), Path(root) / "run", progress=False)
     torch.save(out, Path(root) / f"rank{rank}.pt")
 
 
@@ -142,3 +151,13 @@ def test_checkpoint_of_two_processes_resumes_on_one(two_process_run, tmp_path):
     fit(straight, task, rows, _train_config({}, RESUME_STEPS + 2, checkpoint_every=2, log_every=2), progress=False)
     for key, value in straight.adapter_state_dict().items():
         torch.testing.assert_close(resumed.adapter_state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_run_directory_records_the_processes_and_rank_0_reports(two_process_run):
+    rank0, rank1 = (torch.load(two_process_run / f"rank{k}.pt", weights_only=False)["run_experiment"] for k in (0, 1))
+    assert rank1 == {"world_size": 2, "rank": 1}  # the other ranks train, then leave the evaluation to rank 0
+    assert rank0["world_size"] == 2 and "test" in rank0
+    run_dir = two_process_run / "run"
+    assert load_run_config(run_dir)["train"]["world_size"] == 2
+    assert json.loads((run_dir / "metrics.json").read_text())["world_size"] == 2
+    assert (run_dir / "adapter_model.safetensors").exists() and (run_dir / "checkpoint").exists()
