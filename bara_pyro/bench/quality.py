@@ -24,9 +24,10 @@ deviation is recorded)::
                   mutual information (in-distribution = OBQA test, OOD = the other set's test)
 
 Every run is one :func:`~bara_pyro.experiment.run_experiment` call in its own run directory
-``<output>/runs/<method>/<task>/seed<k>``; with ``--workers K > 1`` K runs execute at once as
-``python -m bara_pyro.cli train --config <output>/configs/<...>.yaml`` subprocesses, spread round-robin over
-the visible GPUs (``--gpus`` to choose them; each subprocess sees one).  ``--variant NAME=PRESET`` adds a
+``<output>/runs/<method>/<task>/seed<k>``; with ``--workers K > 1`` K runs execute at once as Ray tasks
+(:mod:`~bara_pyro.bench.scheduler`: a local Ray instance, or the cluster at ``--address``), each running
+``python -m bara_pyro.cli train --config <output>/configs/<...>.yaml`` with ``--gpu-share`` of a GPU (default:
+the GPUs divided evenly among the K runs; ``--gpus`` chooses a local instance's GPUs).  ``--variant NAME=PRESET`` adds a
 method that starts from a packaged preset and ``--method-set METHOD:KEY=VALUE`` gives one method its own
 values (a validation sweep of BaRA's hyperparameters, or the chosen values in the full run); both are
 recorded as deviations.
@@ -56,7 +57,6 @@ below LoRA's; joint effective rank <= r / 2.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import datetime
 import gc
@@ -71,9 +71,11 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+
+from .scheduler import execute
 
 __all__ = [
     "METHODS", "TASKS", "SEEDS", "STEPS", "MODEL", "OOD_TRAIN_TASK", "MMLU_OOD_SETS", "OOD_SETS", "METRICS",
@@ -206,7 +208,9 @@ class Options:
     argv: list[str] = field(default_factory=list)
     variants: dict[str, str] = field(default_factory=dict)  # method name -> the preset it starts from
     method_overrides: dict[str, list[str]] = field(default_factory=dict)  # method name -> its own --set values
-    gpus: list[int] | None = None  # GPUs the workers are spread over (None: the default device)
+    gpus: list[int] | None = None  # GPUs a local Ray instance spreads the runs over (None: every visible one)
+    address: str | None = None  # a running Ray cluster to schedule the runs on (None: this machine)
+    gpu_share: float | None = None  # GPUs per run (None: the GPUs shared evenly by --workers runs)
     targets_for: str = "bara"  # the method whose targets (TARGETS) are checked: bara or a --variant of it
 
     def preset(self, method: str) -> str:
@@ -549,52 +553,6 @@ def _train_in_process(spec: RunSpec) -> None:
         _release_memory()
 
 
-def _subprocess_env(workers: int) -> dict:
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
-
-
-_RUNNING: set[subprocess.Popen] = set()
-_RUNNING_LOCK = threading.Lock()
-
-
-def _run_subprocess(cmd: list[str], log_path: Path, env: dict) -> None:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {shlex.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        with _RUNNING_LOCK:
-            _RUNNING.add(proc)
-        try:
-            rc = proc.wait()
-        finally:
-            with _RUNNING_LOCK:
-                _RUNNING.discard(proc)
-    if rc != 0:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-6:]
-        raise RuntimeError(f"exit status {rc}; last lines of {log_path}:\n" + "\n".join(tail))
-
-
-def _stop_subprocesses() -> None:
-    """SIGTERM every running run: each stops at its next training step or prediction batch with a consistent
-    checkpoint (a run still loading is killed after 120 s)."""
-    with _RUNNING_LOCK:
-        procs = list(_RUNNING)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """SIGTERM (e.g. from ``timeout``) ends the benchmark like Ctrl-C: its runs checkpoint, a re-run resumes."""
@@ -624,74 +582,12 @@ def _ood_command(run_dir: Path, ood_sets: list[str]) -> list[str]:
             "--ood-sets", ",".join(ood_sets)]
 
 
-def _execute(jobs: list[tuple[str, callable, list[str] | None, Path]], workers: int, log=_log,
-             gpus: list[int] | None = None, before_job: dict[str, callable] | None = None) -> dict[str, dict]:
-    """Run ``(name, in_process_fn, subprocess_cmd, log_path)`` jobs; returns ``{name: {status, error, time_s}}``.
-
-    ``workers == 1``: in this process, one after another; otherwise ``workers`` subprocesses at once,
-    spread round-robin over ``gpus`` (each subprocess sees one GPU through ``CUDA_VISIBLE_DEVICES``).
-    ``before_job[name]``, if given, runs in this process just before that job starts.
-    A job that raises (or exits non-zero) is recorded as failed; the others go on.
-    """
-    import queue
-
-    outcome: dict[str, dict] = {}
-    lock = threading.Lock()
-    env = _subprocess_env(workers) if workers > 1 else None
-    total = len(jobs)
-    slots: queue.Queue = queue.Queue()
-    for i in range(workers):
-        slots.put(None if not gpus else gpus[i % len(gpus)])
-
-    stop = threading.Event()
-
-    def one(job):
-        name, fn, cmd, log_path = job
-        if stop.is_set():  # interrupted: start nothing new
-            return None
-        t0 = time.perf_counter()
-        gpu = slots.get()
-        try:
-            if before_job and name in before_job:
-                before_job[name]()
-            if workers > 1:
-                _run_subprocess(cmd, log_path, env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": str(gpu)})
-            else:
-                fn()
-            result = {"status": "ok", "error": None}
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
-            err = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            if workers == 1:
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                log_path.write_text(traceback.format_exc())
-            result = {"status": "failed", "error": err}
-        finally:
-            slots.put(gpu)
-        result["time_s"] = time.perf_counter() - t0
-        with lock:
-            outcome[name] = result
-            tail = "" if result["status"] == "ok" else f": {result['error'].splitlines()[0]}"
-            log(f"[{len(outcome)}/{total}] {name} {result['status']} ({result['time_s']:.0f} s){tail}")
-        return result
-
-    if workers == 1:
-        for job in jobs:
-            one(job)
-    else:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
-        try:
-            futures = [pool.submit(one, job) for job in jobs]
-            for future in concurrent.futures.as_completed(futures):
-                future.result()
-        except KeyboardInterrupt:
-            stop.set()
-            _stop_subprocesses()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown()
-    return outcome
+def _execute(jobs: list, opts: Options, log, before_job: dict | None = None) -> dict[str, dict]:
+    """Run the jobs (:func:`~bara_pyro.bench.scheduler.execute`): in this process, or as Ray tasks that each ask
+    for ``--gpu-share`` of a GPU (none with ``--device cpu`` or ``cuda:N``)."""
+    share = opts.gpu_share if opts.device == "auto" or opts.device == "cuda" else 0.0
+    return execute(jobs, opts.workers, log, gpus=opts.gpus, before_job=before_job, address=opts.address,
+                   gpu_share=share)
 
 
 def _write_json(path: Path, data) -> None:
@@ -1159,10 +1055,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help=f"backbone (default {MODEL})")
     p.add_argument("--device", help="'auto' (default; cuda when available), 'cuda', 'cpu', ...")
     p.add_argument("--workers", type=int, default=1,
-                   help="runs at once: 1 runs in this process; K > 1 launches K training subprocesses")
+                   help="runs at once: 1 runs them in this process in turn; K > 1 (or --address) runs them as Ray "
+                        "tasks, at most K at once")
     p.add_argument("--gpus", type=_csv(int),
-                   help="GPU indices to spread the --workers over (default: every visible GPU when there are "
-                        "several and --workers > 1)")
+                   help="GPU indices a local Ray instance spreads the runs over (default: every visible GPU)")
+    p.add_argument("--gpu-share", type=float, metavar="F",
+                   help="GPUs each run asks Ray for, e.g. 0.5: two runs per GPU (default: the GPUs divided evenly "
+                        "among --workers runs, at most 1)")
+    p.add_argument("--address", metavar="RAY_ADDRESS",
+                   help="schedule the runs on a running Ray cluster (e.g. 'auto' or host:6379); every node needs "
+                        "bara_pyro installed and --output on a shared filesystem")
     p.add_argument("--output", help="benchmark folder (default benchmarks/quality/<date>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run, e.g. --set train.estimator=fused (repeatable)")
@@ -1208,14 +1110,14 @@ def _options(args, argv: list[str]) -> Options:
         variants=_parse_variants(args.variant),
         method_overrides=_parse_method_sets(args.method_set),
         gpus=args.gpus,
+        address=args.address,
+        gpu_share=args.gpu_share,
         targets_for=args.targets_for,
     )
     if opts.preset(opts.targets_for) != "bara":
         from ..models.config import ConfigError
 
         raise ConfigError(f"--targets-for {opts.targets_for!r} must be bara or a --variant NAME=bara")
-    if opts.gpus is None and opts.workers > 1 and opts.device not in ("cpu",) and not opts.device.startswith("cuda:"):
-        opts.gpus = _visible_gpus()
     return opts
 
 
@@ -1243,17 +1145,6 @@ def _parse_method_sets(items: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def _visible_gpus() -> list[int] | None:
-    """``[0, ..., n-1]`` when this process sees n >= 2 CUDA devices, else None (one device: nothing to spread)."""
-    try:
-        import torch
-
-        n = torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no usable CUDA: the default device
-        return None
-    return list(range(n)) if n >= 2 else None
-
-
 def _check_options(opts: Options) -> None:
     from ..data import DATASETS
     from ..methods import preset_names
@@ -1279,6 +1170,8 @@ def _check_options(opts: Options) -> None:
                               "and mmlu_<subject>")
     if opts.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {opts.workers}")
+    if opts.gpu_share is not None and not 0 <= opts.gpu_share:
+        raise ConfigError(f"--gpu-share must be >= 0, got {opts.gpu_share}")
     if opts.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {opts.steps}")
     if opts.ood and OOD_TRAIN_TASK not in opts.tasks:
@@ -1358,7 +1251,7 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
         for spec in sorted(pending, key=lambda s: (s.name in waits, _progress_rank(s), -s.cost)):
             spec.config_path.parent.mkdir(parents=True, exist_ok=True)
             save_config(spec.config, spec.config_path)
-            jobs.append((spec.name, (lambda s=spec: _train_in_process(s)), _train_command(spec), spec.log_path))
+            jobs.append((spec.name, partial(_train_in_process, spec), partial(_train_command, spec), spec.log_path))
         need_ood = opts.ood and any(s.task == OOD_TRAIN_TASK and not _ood_done(s.run_dir, opts.ood_sets)
                                     for s in specs)
         if opts.workers > 1 and (jobs or need_ood):
@@ -1368,7 +1261,7 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
             f"resume from a checkpoint; {opts.workers} at a time) -> {opts.output}"
             + (f"; {reused} ensemble member(s) reused from identical one-model runs" if reused else ""))
         ran_here = bool(jobs)
-        outcome.update(_execute(jobs, opts.workers, log, opts.gpus, before_job=before_job))
+        outcome.update(_execute(jobs, opts, log, before_job=before_job))
         if opts.ood:
             ood_jobs, ood_outcome_failed = [], {}
             for spec in specs:
@@ -1389,7 +1282,7 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
             if ood_jobs:
                 log(f"OOD evaluation of {len(ood_jobs)} {OOD_TRAIN_TASK} run(s) on {', '.join(opts.ood_sets)}")
             ran_here = ran_here or bool(ood_jobs)
-            ood_outcome = {**ood_outcome_failed, **_execute(ood_jobs, opts.workers, log, opts.gpus)}
+            ood_outcome = {**ood_outcome_failed, **_execute(ood_jobs, opts, log)}
         else:
             ood_outcome = {}
     else:

@@ -1,0 +1,213 @@
+"""Running a benchmark's jobs: one after another in this process, or as Ray tasks on this machine or a cluster.
+
+A job is ``(name, in_process_fn, command, log_path)``: ``in_process_fn()`` runs it here; ``command`` (a list, or
+a picklable zero-argument callable returning one, evaluated when the job starts) runs it as a subprocess
+whose output goes to ``log_path``.
+
+``workers == 1`` and no cluster address: the plain local path, each job in this process in turn (no Ray, no
+subprocess: the quickest start and a traceback in the log on failure).
+
+Otherwise every job is a Ray task (``ray.init()`` starts a local Ray instance, or ``address`` joins a running
+cluster) that asks for ``gpu_share`` of a GPU (``num_gpus``; Ray gives it ``CUDA_VISIBLE_DEVICES``) and one CPU,
+and runs the job's command as a subprocess.  At most ``workers`` jobs are in flight; they are submitted in the
+given order, each after its ``before_job`` hook ran here.  A job that exits non-zero is reported as failed and
+the others go on; a task whose worker or machine dies is retried (``max_retries``), and a training job's
+command resumes from its checkpoint then.  Ctrl-C or SIGTERM cancels the tasks: each sends SIGTERM to its
+subprocess, which checkpoints at its next step and exits, and the driver waits for them.
+
+On a cluster, every node needs this package installed and the benchmark's output folder on a shared
+filesystem (the tasks read and write the run directories).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["execute", "visible_gpus", "default_gpu_share", "run_logged"]
+
+Job = tuple[str, Callable[[], None], "list[str] | Callable[[], list[str]] | None", Path]
+
+MAX_RETRIES = 2  # re-runs of a task whose worker process or node died (not of a job that failed)
+STOP_TIMEOUT_S = 120  # how long a cancelled job's subprocess may take to checkpoint before it is killed
+OBJECT_STORE_BYTES = 80 * 1024**2  # the jobs pass nothing through Ray's object store (Ray's minimum is 75 MiB)
+
+
+def visible_gpus() -> list[int] | None:
+    """``[0, ..., n-1]`` when this process sees n >= 1 CUDA devices, else None."""
+    try:
+        import torch
+
+        n = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no usable CUDA
+        return None
+    return list(range(n)) if n >= 1 else None
+
+
+def default_gpu_share(workers: int, num_gpus: float) -> float:
+    """The GPU share of one job when ``workers`` jobs run at once on ``num_gpus`` GPUs (0 without GPUs; at most 1):
+    ``num_gpus / workers``, so that they spread evenly."""
+    if num_gpus <= 0:
+        return 0.0
+    return min(1.0, num_gpus / workers)
+
+
+def run_logged(cmd: list[str], log_path: Path, env: dict | None = None) -> None:
+    """Run ``cmd`` with its output appended to ``log_path``; a non-zero exit raises ``RuntimeError`` with the log's
+    tail.  Interrupted (``KeyboardInterrupt``, e.g. a cancelled Ray task), it sends SIGTERM to the subprocess,
+    waits for it to checkpoint and exit (killed after ``STOP_TIMEOUT_S``), and re-raises."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    if rc != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-6:]
+        raise RuntimeError(f"exit status {rc}; last lines of {log_path}:\n" + "\n".join(tail))
+
+
+def _job_env(workers: int) -> dict[str, str]:
+    """Environment additions of a job's subprocess: this package importable, a fair share of CPU threads."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    return {"PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers))),
+            "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false")}
+
+
+def _run_task(command, log_path: Path, env_updates: dict[str, str]) -> None:
+    """The body of one Ray task (in a Ray worker process)."""
+    cmd = command() if callable(command) else list(command)
+    run_logged(cmd, log_path, {**os.environ, **env_updates})
+
+
+def execute(jobs: list[Job], workers: int, log: Callable[[str], None] = print, gpus: list[int] | None = None,
+            before_job: dict[str, Callable[[], None]] | None = None, address: str | None = None,
+            gpu_share: float | None = None) -> dict[str, dict]:
+    """Run the jobs; returns ``{name: {status: 'ok' | 'failed', error, time_s}}`` (see the module docstring).
+
+    :param gpus: GPU indices a local Ray instance may use (default: every visible one); ignored on a cluster.
+    :param gpu_share: GPUs per job (default :func:`default_gpu_share` over the GPUs Ray has).
+    """
+    if workers == 1 and address is None:
+        return _execute_here(jobs, log, before_job or {})
+    return _execute_ray(jobs, workers, log, gpus, before_job or {}, address, gpu_share)
+
+
+def _report(outcome: dict, name: str, result: dict, total: int, log) -> None:
+    outcome[name] = result
+    tail = "" if result["status"] == "ok" else f": {result['error'].splitlines()[0]}"
+    log(f"[{len(outcome)}/{total}] {name} {result['status']} ({result['time_s']:.0f} s){tail}")
+
+
+def _error_line(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def _execute_here(jobs: list[Job], log, before_job: dict) -> dict[str, dict]:
+    outcome: dict[str, dict] = {}
+    for name, fn, _, log_path in jobs:
+        t0 = time.perf_counter()
+        try:
+            if name in before_job:
+                before_job[name]()
+            fn()
+            result = {"status": "ok", "error": None}
+        except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text(traceback.format_exc())
+            result = {"status": "failed", "error": _error_line(exc)}
+        result["time_s"] = time.perf_counter() - t0
+        _report(outcome, name, result, len(jobs), log)
+    return outcome
+
+
+def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, address, gpu_share) -> dict[str, dict]:
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        _init_ray(workers, gpus, address)
+    try:
+        if gpu_share is None:
+            gpu_share = default_gpu_share(workers, ray.cluster_resources().get("GPU", 0.0))
+        # max_calls=0: reuse worker processes for GPU tasks too (Ray's default starts one per GPU task to free its
+        # memory, but the job runs in a subprocess: the worker itself never touches the GPU)
+        task = ray.remote(num_cpus=1, num_gpus=gpu_share, max_retries=MAX_RETRIES, max_calls=0)(_run_task)
+        env = _job_env(workers)
+        outcome: dict[str, dict] = {}
+        pending = list(jobs)
+        running: dict = {}  # object ref -> (name, start time)
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    name, _, command, log_path = pending.pop(0)
+                    t0 = time.perf_counter()
+                    try:
+                        if name in before_job:
+                            before_job[name]()
+                    except Exception as exc:  # noqa: BLE001 - reported like a failed run
+                        _report(outcome, name, {"status": "failed", "error": _error_line(exc), "time_s": 0.0},
+                                len(jobs), log)
+                        continue
+                    running[task.remote(command, log_path, env)] = (name, t0)
+                if not running:
+                    continue
+                done, _ = ray.wait(list(running), num_returns=1)
+                for ref in done:
+                    name, t0 = running.pop(ref)
+                    try:
+                        ray.get(ref)
+                        result = {"status": "ok", "error": None}
+                    except ray.exceptions.RayTaskError as exc:
+                        cause = exc.cause if exc.cause is not None else exc
+                        result = {"status": "failed", "error": _error_line(cause)}
+                    except ray.exceptions.RayError as exc:  # the worker died more often than it may be retried
+                        result = {"status": "failed", "error": _error_line(exc)}
+                    result["time_s"] = time.perf_counter() - t0
+                    _report(outcome, name, result, len(jobs), log)
+        except KeyboardInterrupt:
+            for ref in running:
+                ray.cancel(ref)  # KeyboardInterrupt in the task: its subprocess checkpoints and exits
+            ray.wait(list(running), num_returns=len(running), timeout=STOP_TIMEOUT_S + 10)
+            raise
+        return outcome
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _init_ray(workers: int, gpus: list[int] | None, address: str | None) -> None:
+    """Join the cluster at ``address``, or start a local Ray instance for ``workers`` jobs on ``gpus``."""
+    import ray
+
+    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address is not None:
+        ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+        return
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus:  # Ray hands out the devices CUDA_VISIBLE_DEVICES lists (by default every visible one)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    try:
+        ray.init(num_cpus=max(workers, os.cpu_count() or 1),
+                 num_gpus=len(gpus) if gpus is not None else len(visible_gpus() or []),
+                 object_store_memory=OBJECT_STORE_BYTES, **quiet)
+    finally:
+        if previous is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous

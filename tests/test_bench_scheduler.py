@@ -1,0 +1,66 @@
+"""The benchmark's job scheduler: Ray tasks on a local Ray instance (2 fake GPUs), and the in-process path."""
+
+import sys
+import time
+
+import pytest
+
+from bara_pyro.bench import scheduler
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One small local Ray instance for the module (started once: Ray's start-up takes seconds)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=scheduler.OBJECT_STORE_BYTES)
+    yield ray
+    ray.shutdown()
+
+
+def test_a_failed_job_is_reported_and_the_others_finish(local_ray, tmp_path):
+    jobs = [(name, None, [sys.executable, "-c", code], tmp_path / f"{name}.log")
+            for name, code in (("good", "print('fine')"), ("bad", "import sys; print('broken'); sys.exit(3)"))]
+    outcome = scheduler.execute(jobs, workers=2, log=lambda msg: None, gpu_share=0.0)
+    assert outcome["good"]["status"] == "ok"
+    assert outcome["bad"]["status"] == "failed" and "exit status 3" in outcome["bad"]["error"]
+    assert "broken" in outcome["bad"]["error"]
+    assert local_ray.is_initialized()  # an instance it did not start is left running
+
+
+def test_runs_share_the_gpus_as_asked(local_ray, tmp_path):
+    """4 runs at once on 2 GPUs: a share of 0.5 each, so Ray gives every run one GPU and never more than 2 runs
+    the same GPU at a time; the command is built when the job starts (a callable)."""
+    code = ("import os, time; print('gpu=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'none'), time.time()); "
+            "time.sleep(0.5); print('end', time.time())")
+    jobs = [(f"job{i}", None, lambda code=code: [sys.executable, "-c", code], tmp_path / f"job{i}.log")
+            for i in range(8)]
+    assert scheduler.default_gpu_share(workers=4, num_gpus=2) == 0.5
+    outcome = scheduler.execute(jobs, workers=4, log=lambda msg: None)
+    assert all(o["status"] == "ok" for o in outcome.values()), outcome
+    spans = {"0": [], "1": []}
+    for i in range(8):
+        lines = (tmp_path / f"job{i}.log").read_text().split("\n")
+        start = next(line for line in lines if line.startswith("gpu="))
+        end = next(line for line in lines if line.startswith("end"))
+        spans[start.split()[0][4:]].append((float(start.split()[1]), float(end.split()[1])))
+    assert sorted(len(v) for v in spans.values()) == [4, 4]
+    for intervals in spans.values():  # never three jobs at once on one GPU
+        for t, _ in intervals:
+            assert sum(a <= t < b for a, b in intervals) <= 2
+
+
+def test_one_worker_runs_the_jobs_here_in_order(tmp_path):
+    order = []
+    jobs = [(f"job{i}", (lambda i=i: order.append(i)), None, tmp_path / f"job{i}.log") for i in range(3)]
+    jobs.append(("broken", lambda: 1 / 0, None, tmp_path / "broken.log"))
+    t0 = time.perf_counter()
+    outcome = scheduler.execute(jobs, workers=1, log=lambda msg: None, before_job={"job1": lambda: order.append("b")})
+    assert order == [0, "b", 1, 2] and time.perf_counter() - t0 < 1.0
+    assert outcome["broken"]["status"] == "failed" and "ZeroDivisionError" in outcome["broken"]["error"]
+    assert "Traceback" in (tmp_path / "broken.log").read_text()
+
+
+@pytest.mark.parametrize("workers, gpus, share", [(1, 0, 0.0), (2, 1, 0.5), (4, 8, 1.0), (3, 2, 2 / 3)])
+def test_default_gpu_share(workers, gpus, share):
+    assert scheduler.default_gpu_share(workers, gpus) == pytest.approx(share)
