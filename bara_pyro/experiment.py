@@ -236,6 +236,12 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
         models.append(model)
     if not main:
         return {"world_size": dp.world_size, "rank": dp.rank}
+    if train_cfg.shard_backbone and dp is not None:  # rank 0 alone cannot run blocks sharded across the processes:
+        # it evaluates the saved adapters on a whole copy of the backbone (inference needs no gradients or optimizer)
+        backbone = build_backbone_and_task(config)[0].to(device)
+        models = load_members(run_dir, config, backbone, task)
+        for model in models:
+            model.dataset_size = len(train_rows)
     metrics = _evaluate(models, task, tokenizer, data, train_rows, config, run_dir, progress)
     trainable = sum(m.num_parameters()[0] for m in models)
     metrics.update(method=config["method"], model=config["model"], dataset=config["dataset"],

@@ -98,6 +98,28 @@ class DataParallel:
     def barrier(self) -> None:
         dist.barrier(group=self.control)
 
+    def shard_blocks(self, backbone: torch.nn.Module, device: torch.device) -> int:
+        """Shard every transformer block of a frozen backbone across the processes with FSDP2 (``fully_shard``):
+        each process keeps ``1 / world_size`` of the blocks' weights and gathers a block's weights for its forward
+        and backward pass.  The blocks are the modules whose class a transformers model lists in
+        ``_no_split_modules``; the adapters (forward hooks on the blocks' linear layers) and the trainable head stay
+        whole on every process.  Returns the number of blocks sharded (blocks sharded before are left alone)."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        from ..models.errors import ConfigError
+
+        names = set(getattr(backbone, "_no_split_modules", None) or [])
+        blocks = [m for m in backbone.modules() if type(m).__name__ in names or isinstance(m, FSDPModule)]
+        if not blocks:
+            raise ConfigError("train.shard_backbone needs a transformers backbone that names its blocks "
+                              f"(_no_split_modules); {type(backbone).__name__} names none")
+        mesh = init_device_mesh(device.type, (self.world_size,))
+        for block in blocks:
+            if not isinstance(block, FSDPModule):
+                fully_shard(block, mesh=mesh)
+        return len(blocks)
+
 
 _STATE: list[DataParallel | None] = []
 

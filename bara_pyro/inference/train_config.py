@@ -42,6 +42,9 @@ class TrainConfig:
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints (0: only at the end)"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast on GPU (gates and KLs stay fp32)"})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', ..."})
+    shard_backbone: bool = field(default=False, metadata={
+        "help": "data-parallel runs: shard the frozen backbone's transformer blocks across the processes (FSDP2 "
+                "fully_shard), so that each holds 1/world_size of their weights; the adapters stay whole"})
     world_size: int = field(default=1, metadata={
         "help": "processes the run trained on, data-parallel (recorded from the launcher, torchrun or accelerate "
                 "launch; batch_size is the global batch, split across them)"})
@@ -72,6 +75,8 @@ class TrainConfig:
              f"lr_schedule must be 'linear' or 'constant', got {self.lr_schedule!r}")
         need(self.clip_norm is None or (isinstance(self.clip_norm, (int, float)) and self.clip_norm > 0),
              f"clip_norm must be a positive number or null, got {self.clip_norm!r}")
+        need(isinstance(self.shard_backbone, bool),
+             f"shard_backbone must be true or false, got {self.shard_backbone!r}")
         need(self.estimator in ESTIMATORS, f"estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}")
         need(self.local_kl in LOCAL_KL, f"local_kl must be one of {list(LOCAL_KL)}, got {self.local_kl!r}")
         need(self.local_kl == "draw" or self.estimator == "fused",

@@ -130,6 +130,11 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
         write_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
     model.backbone.to(device)
+    if config.shard_backbone:
+        if dp is None:
+            raise ConfigError("train.shard_backbone shards the backbone across the processes of a data-parallel run; "
+                              "launch it with torchrun or accelerate launch on several processes")
+        dp.shard_blocks(model.backbone, device)
     model.dataset_size = len(train_rows)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)

@@ -84,6 +84,12 @@ def _train_all(run_root):
         result = fit(model, task, rows, _train_config(overrides, STEPS), progress=False)
         out[name] = {"state": model.adapter_state_dict(), "loss": [r["loss"] for r in result.history]}
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the backbone's blocks sharded across the processes (FSDP2)
+        model = _model("bara", task)
+        result = fit(model, task, rows, _train_config({"local_kl": "draw", "shard_backbone": True}, STEPS),
+                     progress=False)
+        out["bara_draw_sharded"] = {"state": model.adapter_state_dict(), "loss": [r["loss"] for r in result.history]}
+
     def stop(row):
         if row["step"] == STOP_AT:
             raise KeyboardInterrupt
@@ -136,6 +142,10 @@ def test_two_processes_train_the_same_adapter_as_one(two_process_run, tmp_path):
                                        msg=f"{name}: {key} differs from the one-process run")
         # -ELBO / N of each step: the mean of the two processes' estimates is the global batch's
         assert ranks[0][name]["loss"] == pytest.approx(one[name]["loss"], rel=1e-5), name
+    sharded = ranks[0]["bara_draw_sharded"]  # FSDP2 on the frozen blocks changes nothing but where weights live
+    assert sharded["loss"] == pytest.approx(one["bara_draw"]["loss"], rel=1e-5)
+    for key, value in one["bara_draw"]["state"].items():
+        torch.testing.assert_close(sharded["state"][key], value, rtol=1e-4, atol=1e-5, msg=f"sharded: {key}")
     assert any(not torch.equal(v, _model("bara", PaddedTokenTask()).adapter_state_dict()[k])
                for k, v in one["bara_draw"]["state"].items()), "training changed nothing"
 
