@@ -20,3 +20,16 @@ def tiny_bert():
 @pytest.fixture
 def tiny_llama():
     return make_tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One small local Ray instance for every test that schedules jobs through Ray (starting one takes seconds).
+    It declares 2 GPUs whether or not the machine has them: Ray only hands out their indices."""
+    ray = pytest.importorskip("ray")
+    from bara_pyro.bench.scheduler import OBJECT_STORE_BYTES
+
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=OBJECT_STORE_BYTES)
+    yield ray
+    ray.shutdown()

@@ -2,7 +2,6 @@
 
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -118,7 +117,7 @@ def test_quick_benchmark_with_ood_writes_results_and_resumes(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*metrics.json")} == stamps
 
 
-def test_parallel_workers_run_the_cli_in_subprocesses(tmp_path):
+def test_parallel_workers_run_the_cli_as_ray_tasks(local_ray, tmp_path):
     out = tmp_path / "bench"
     argv = ["--quick", "--methods", "lora", "--tasks", "openbookqa,winogrande_s", "--workers", "2",
             "--ood", "--ood-sets", "arc_easy", "--output", str(out), *SMALL]
@@ -135,7 +134,7 @@ def test_parallel_workers_run_the_cli_in_subprocesses(tmp_path):
     assert md_table((out / "results.md").read_text(), "ACC (%), test")[0] == ["Method", "OBQA", "WG-S", "Mean"]
 
 
-def test_parallel_workers_build_only_the_datasets_of_runs_left(tmp_path, monkeypatch):
+def test_parallel_workers_build_only_the_datasets_of_runs_left(local_ray, tmp_path, monkeypatch):
     """Before the workers start, the parent builds the dataset caches they will race for: those of the runs
     left to train and, while an OBQA run lacks its OOD evaluation, the OOD sets; not a finished run's."""
     import bara_pyro.data

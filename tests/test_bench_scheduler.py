@@ -1,4 +1,5 @@
-"""The benchmark's job scheduler: Ray tasks on a local Ray instance (2 fake GPUs), and the in-process path."""
+"""The benchmark's job scheduler: Ray tasks on a local Ray instance (conftest's, 2 declared GPUs), and the
+in-process path."""
 
 import sys
 import time
@@ -6,16 +7,6 @@ import time
 import pytest
 
 from bara_pyro.bench import scheduler
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One small local Ray instance for the module (started once: Ray's start-up takes seconds)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             object_store_memory=scheduler.OBJECT_STORE_BYTES)
-    yield ray
-    ray.shutdown()
 
 
 def test_a_failed_job_is_reported_and_the_others_finish(local_ray, tmp_path):
