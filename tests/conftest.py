@@ -22,9 +22,9 @@ def tiny_llama():
     return make_tiny_llama()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """One small local Ray instance for every test that schedules jobs through Ray (starting one takes seconds).
+    """One small local Ray instance per test module that schedules jobs through Ray (starting one takes seconds).
     It declares 2 GPUs whether or not the machine has them: Ray only hands out their indices."""
     ray = pytest.importorskip("ray")
     from bara_pyro.bench.scheduler import OBJECT_STORE_BYTES
