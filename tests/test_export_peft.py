@@ -67,6 +67,12 @@ def test_method_trains_on_instructions_and_round_trips_through_peft(runs, method
         gates = np.load(run_dir / "gates.npz")
         tokens, example = gates["example_tokens"], gates["example_gate_prob"]
         assert example.shape[:2] == (len(result.fixed), len(tokens)) and len(tokens) > 3  # per-token gates
+        prompt = data["validation"][0]["prompt"]  # the report's token gate map: a real example, prompt + response
+        assert "".join(str(t) for t in tokens).replace("\u0120", " ").startswith(prompt.split()[0])
+        from bara_pyro.analysis.plots import plot_token_gate_map
+
+        figure = plot_token_gate_map(gates)
+        assert [t.get_text() for t in figure.axes[0].get_yticklabels()][: len(tokens)] == [str(t) for t in tokens]
 
 
 def test_bara_export_prunes_with_rank_pattern_and_merges(runs):
