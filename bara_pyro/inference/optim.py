@@ -35,18 +35,44 @@ class TorchOptimizer(PyroOptim):
     """A ``PyroOptim`` that owns one ``torch.optim`` optimizer, an LR scheduler and global-norm clipping."""
 
     def __init__(self, params: list[torch.nn.Parameter] | list[dict], lr: float, weight_decay: float = 0.0,
-                 clip_norm: float | None = 1.0, lr_lambda=None):
+                 clip_norm: float | None = 1.0, lr_lambda=None, tensor_lr: bool = False):
+        """``tensor_lr``: every group's learning rate is a 0-dim tensor on the parameters' device, which the
+        schedule fills in place, and AdamW is ``capturable`` on CUDA: the optimizer step can be captured in a
+        CUDA graph (:mod:`~bara_pyro.inference.graphed_step`) and the schedule still moves the replayed step."""
         # Deliberately not calling PyroOptim.__init__: it sets up per-parameter optimizers.
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
+        groups = [dict(g) for g in groups]
         self.params = [p for g in groups for p in g["params"]]
         self._param_ids = {id(p) for p in self.params}
-        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        self.tensor_lr = tensor_lr
+        device = self.params[0].device if self.params else torch.device("cpu")
+        capturable = tensor_lr and device.type == "cuda"
+        if tensor_lr:
+            for g in groups:
+                g["lr"] = torch.tensor(float(g.get("lr", lr)), device=device)
+            lr = torch.tensor(float(lr), device=device)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, capturable=capturable)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda or (lambda step: 1.0))
+        self._float_base_lrs()
         self.clip_norm = clip_norm
         self._grad_norm: torch.Tensor | None = None  # kept on the device: reading it every step would sync
         self.gradient_sync = None  # data-parallel runs: called on the parameters before clipping (averages gradients)
+
+    def _float_base_lrs(self) -> None:
+        """The schedule's base rates as Python floats, so that it fills tensor rates with a number (no sync)."""
+        self.scheduler.base_lrs = [float(b) for b in self.scheduler.base_lrs]
+
+    def _coerce_lrs(self) -> None:
+        """Group rates (and ``initial_lr``) as this optimizer keeps them (tensors on the device, or floats) after a
+        state saved by the other kind was loaded."""
+        for g in self.optimizer.param_groups:
+            for key in ("lr", "initial_lr"):
+                if key not in g:
+                    continue
+                value = float(g[key])
+                g[key] = torch.tensor(value, device=g["params"][0].device) if self.tensor_lr else value
 
     def __call__(self, params=None, *args, **kwargs) -> None:
         if params is not None:
@@ -59,13 +85,26 @@ class TorchOptimizer(PyroOptim):
     def step(self) -> None:
         """Average the gradients over data-parallel processes (if any), clip the global gradient norm, step the
         optimizer and the schedule, clear the gradients."""
+        self.step_params()
+        self.step_schedule()
+
+    def step_params(self) -> None:
+        """Clip the global gradient norm, step the optimizer, clear the gradients: device work only, no host sync
+        (what a CUDA graph of the training step captures)."""
         if self.gradient_sync is not None:
             self.gradient_sync(self.params)
         if self.clip_norm is not None:
-            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+            if self._grad_norm is not None and self.tensor_lr:
+                self._grad_norm.copy_(norm)  # one buffer: a graph's replays write where the trainer reads
+            else:
+                self._grad_norm = norm
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def step_schedule(self) -> None:
+        """Advance the learning-rate schedule by one step (host side; fills tensor rates in place)."""
+        self.scheduler.step()
 
     @property
     def last_grad_norm(self) -> float:
@@ -74,7 +113,8 @@ class TorchOptimizer(PyroOptim):
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """Learning rate of the first group (reading a tensor rate syncs)."""
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def get_state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
@@ -82,6 +122,8 @@ class TorchOptimizer(PyroOptim):
     def set_state(self, state_dict: dict) -> None:
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.scheduler.load_state_dict(state_dict["scheduler"])
+        self._coerce_lrs()
+        self._float_base_lrs()
 
     def save(self, filename: str) -> None:
         torch.save(self.get_state(), filename)

@@ -34,6 +34,15 @@ class TrainConfig:
     estimator: str = field(default="svi", metadata={
         "help": "'svi': pyro.infer.SVI with TraceMeanField_ELBO (reference); 'fused': the same ELBO in plain torch"})
     num_particles: int = field(default=1, metadata={"help": "ELBO particles per step (svi estimator)"})
+    jit: bool = field(default=False, metadata={
+        "help": "svi estimator: JitTraceMeanField_ELBO (Pyro compiles the model and guide with torch.jit) instead "
+                "of TraceMeanField_ELBO"})
+    graphs: bool = field(default=True, metadata={
+        "help": "fused estimator on a CUDA device: capture the training step once per batch shape as a CUDA graph "
+                "and replay it (false: launch every kernel from Python)"})
+    pad_multiple: int = field(default=64, metadata={
+        "help": "with graphs: sequence lengths and scored-token counts are padded up to a multiple of this "
+                "(fewer shapes, fewer graphs; padding costs its share of compute)"})
     local_kl: str = field(default="draw", metadata={
         "help": "'draw': each per-token gate KL at one draw of the layer's globals pi, lambda from q "
                 "(TraceMeanField_ELBO's estimate); 'expected': its expectation under q(pi) q(lambda) in closed "
@@ -54,7 +63,7 @@ class TrainConfig:
             if not cond:
                 raise ConfigError(msg)
 
-        for name in ("steps", "batch_size", "num_particles", "log_every", "world_size"):
+        for name in ("steps", "batch_size", "num_particles", "log_every", "world_size", "pad_multiple"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                  f"{name} must be a positive integer, got {v!r}")
@@ -77,6 +86,8 @@ class TrainConfig:
              f"clip_norm must be a positive number or null, got {self.clip_norm!r}")
         need(isinstance(self.shard_backbone, bool),
              f"shard_backbone must be true or false, got {self.shard_backbone!r}")
+        for name in ("jit", "graphs"):
+            need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
         need(self.estimator in ESTIMATORS, f"estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}")
         need(self.local_kl in LOCAL_KL, f"local_kl must be one of {list(LOCAL_KL)}, got {self.local_kl!r}")
         need(self.local_kl == "draw" or self.estimator == "fused",

@@ -23,14 +23,16 @@ from typing import Callable, Sequence
 
 import pyro
 import torch
-from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.infer import SVI, JitTraceMeanField_ELBO, TraceMeanField_ELBO
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..models.errors import ConfigError
 from ..models.row_shard import RowShard
 from .distributed import DataParallel, data_parallel
+from .graphed_step import TrainStep
 from .interrupt import StopRequest, rng_state, set_rng_state, stop_on_signals
+from .jit_svi import FlatBatchModel
 from .optim import TorchOptimizer, warmup_linear_decay
 from .train_config import TrainConfig
 
@@ -139,9 +141,13 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
 
+    use_svi = config.estimator == "svi"
+    # CUDA graphs for the fused estimator on one GPU (the SVI path stays eager: Pyro's traces run in Python)
+    graphs = config.graphs and device.type == "cuda" and not use_svi and dp is None
     optim = TorchOptimizer(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay,
                            clip_norm=config.clip_norm,
-                           lr_lambda=warmup_linear_decay(config.steps, config.warmup_ratio, config.lr_schedule))
+                           lr_lambda=warmup_linear_decay(config.steps, config.warmup_ratio, config.lr_schedule),
+                           tensor_lr=graphs)
     start_step = 0
     if resume and run_dir is not None:
         start_step = _load_checkpoint(run_dir, model, optim, device)
@@ -153,17 +159,25 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     if log_path is not None:
         _write_log(log_path, history)
 
-    use_svi = config.estimator == "svi"
-    svi = None
+    svi = flat = None
     if use_svi:
-        elbo = elbo or TraceMeanField_ELBO(num_particles=config.num_particles, max_plate_nesting=2)
-        svi = SVI(model.model, model.guide, optim, loss=elbo)
+        elbo_class = JitTraceMeanField_ELBO if config.jit else TraceMeanField_ELBO
+        elbo = elbo or elbo_class(num_particles=config.num_particles, max_plate_nesting=2)
+        if isinstance(elbo, JitTraceMeanField_ELBO):  # compiled: the batch travels as tensors (jit_svi)
+            flat = FlatBatchModel(model)
+            svi = SVI(flat.model, flat.guide, optim, loss=elbo)
+        else:
+            svi = SVI(model.model, model.guide, optim, loss=elbo)
     order = DataOrder(len(train_rows), config.batch_size, config.seed)
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    # no autocast weight cache under graphs: a cast cached during capture would outlive its graph
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=not graphs)
                 if config.bf16 and device.type == "cuda" else contextlib.nullcontext())
     # Per-step quantities stay on the device and are read on log steps only: a read each step would make
     # the CPU wait for the GPU and lose the overlap of kernel launches with execution.
     correct = torch.zeros((), dtype=torch.long, device=device)
+    pad = getattr(task, "pad_batch", None) if graphs else None
+    train_step = None if use_svi else TrainStep(model, optim, device, autocast, static=graphs, capture=graphs,
+                                                correct=correct, log=lambda msg: tqdm.write(msg, file=sys.stderr))
     seen = 0
     step = start_step
     t0 = time.perf_counter()
@@ -179,31 +193,39 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                 indices = order.indices(step)
                 if dp is not None:
                     indices = indices[dp.local_rows(config.batch_size)]
-                batch = task.collate([train_rows[i] for i in indices]).to(device)
+                batch = task.collate([train_rows[i] for i in indices])
+                if pad is not None:
+                    batch = pad(batch, config.pad_multiple)
+                batch = batch.to(device)
                 if dp is not None and _shard_rows(model, batch, dp, stop):
                     break
-                model.kl_beta = min(1.0, (step + 1) / config.kl_warmup_steps) if config.kl_warmup_steps else 1.0
+                beta = min(1.0, (step + 1) / config.kl_warmup_steps) if config.kl_warmup_steps else 1.0
+                model.kl_beta = beta
                 log_now = (step + 1) % config.log_every == 0 or step + 1 == config.steps
-                model.ctx.collect_stats = log_now
-                with autocast:
-                    if use_svi:
+                if train_step is not None:
+                    loss = train_step(batch, beta, collect_stats=log_now)
+                    if batch.labels.dim() == 1 and batch.labels.dtype == torch.long:
+                        seen += batch.num_examples
+                else:
+                    model.ctx.collect_stats = log_now
+                    with autocast:
                         try:
-                            loss = svi.step(batch)
+                            if flat is not None:
+                                args, kwargs = flat.flatten(batch, beta)
+                                loss = svi.step(*args, **kwargs)
+                                model.kl_beta = beta
+                            else:
+                                loss = svi.step(batch)
                         except ValueError as exc:  # Pyro's argument validation sees the NaN first
                             if "invalid values" not in str(exc):
                                 raise
                             raise FloatingPointError(f"a distribution received NaN or infinite parameters at step "
                                                      f"{step}; lower the learning rate or raise kl_warmup_steps"
                                                      ) from exc
-                        scores = model.last_scores
-                    else:
-                        loss_t, parts = model.fused_loss(batch)
-                        loss_t.backward()
-                        optim.step()
-                        loss, scores = loss_t.detach(), parts["scores"]
-                if scores is not None and scores.dim() == 2 and batch.labels.dtype == torch.long:
-                    correct += (scores.detach().argmax(-1) == batch.labels).sum()
-                    seen += batch.num_examples
+                    scores = model.last_scores if flat is None else None  # a compiled step runs no Python
+                    if scores is not None and scores.dim() == 2 and batch.labels.dtype == torch.long:
+                        correct += (scores.detach().argmax(-1) == batch.labels).sum()
+                        seen += batch.num_examples
                 step += 1
                 checkpoint_now = (run_dir is not None and config.checkpoint_every
                                   and step % config.checkpoint_every == 0)
@@ -216,7 +238,8 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                 if log_now:
                     counts = [int(correct), seen] if dp is None else [c * dp.world_size for c in
                                                                        dp.mean([int(correct), seen])]
-                    row = _log_row(model, step, loss, optim, counts[0] / max(counts[1], 1))
+                    accuracy = float("nan") if flat is not None else counts[0] / max(counts[1], 1)  # nan: not counted
+                    row = _log_row(model, step, loss, optim, accuracy)
                     if dp is not None:
                         row = _mean_over_processes(row, dp)
                     correct.zero_()

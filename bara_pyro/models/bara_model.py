@@ -194,7 +194,8 @@ class BaRAModel(PyroModule):
         ctx.token_mask = batch.token_mask
         n = batch.num_examples
         ctx.local_scale = (self.dataset_size or n) / n
-        ctx.kl_beta = float(self.kl_beta)
+        # a 0-dim device tensor stays one (a captured training step reads the warm-up weight from it)
+        ctx.kl_beta = self.kl_beta if torch.is_tensor(self.kl_beta) else float(self.kl_beta)
 
     def _data_plate(self, batch: Batch):
         n = batch.num_examples

@@ -85,7 +85,8 @@ def register_weights(name: str):
 
 def _gaussian_prior(adapter, name: str, scale: float) -> Distribution:
     weight = getattr(adapter, name).weight
-    return dist.Normal(weight.new_zeros(()), scale).expand(weight.shape)
+    # both parameters made on the device (a Python float would be copied from the host, which a CUDA graph refuses)
+    return dist.Normal(weight.new_zeros(()), weight.new_full((), float(scale))).expand(weight.shape)
 
 
 @register_weights("point")

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Batch", "Task"]
+__all__ = ["Batch", "Task", "pad_dim", "padded_size"]
 
 
 @dataclass
@@ -50,6 +50,21 @@ class Batch:
         )
 
 
+def padded_size(n: int, multiple: int, minimum: int = 1) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (at least ``minimum``)."""
+    return max(minimum, -(-n // multiple) * multiple)
+
+
+def pad_dim(t: torch.Tensor, dim: int, size: int, value=0) -> torch.Tensor:
+    """``t`` extended along ``dim`` to ``size`` entries filled with ``value`` (unchanged if already that long)."""
+    extra = size - t.shape[dim]
+    if extra <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = extra
+    return torch.cat([t, t.new_full(shape, value)], dim=dim)
+
+
 @runtime_checkable
 class Task(Protocol):
     """What the trainer and the Bayesian model need from a task."""
@@ -66,3 +81,7 @@ class Task(Protocol):
         Missing choices (examples with fewer than ``C`` options) get ``-inf``.
         """
         ...
+
+    # Optional: ``pad_batch(batch, multiple) -> Batch``, the same batch with lengths padded up to multiples of
+    # ``multiple`` (padding masked out, the same scores), so that a captured training step (CUDA graphs) meets
+    # few distinct shapes; see :mod:`bara_pyro.inference.graphed_step`.

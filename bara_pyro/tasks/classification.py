@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .base import Batch
+from .base import Batch, pad_dim, padded_size
 
 __all__ = ["SequenceClassificationTask"]
 
@@ -52,6 +52,14 @@ class SequenceClassificationTask:
             labels=torch.tensor([row["label"] for row in rows], dtype=torch.long),
             token_mask=inputs["attention_mask"].bool(),
         )
+
+    def pad_batch(self, batch: Batch, multiple: int) -> Batch:
+        """``batch`` right-padded to a length that is a multiple of ``multiple`` (masked: the same logits)."""
+        length = padded_size(batch.token_mask.shape[1], multiple)
+        pad_ids = {"input_ids": self.tokenizer.pad_token_id}
+        return Batch(inputs={k: pad_dim(v, 1, length, pad_ids.get(k, 0)) for k, v in batch.inputs.items()},
+                     labels=batch.labels, token_mask=pad_dim(batch.token_mask, 1, length, False),
+                     extras=batch.extras)
 
     def scores(self, backbone: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """``(B, num_labels)`` class logits from one forward pass."""

@@ -27,7 +27,7 @@ import string
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .base import Batch
+from .base import Batch, pad_dim, padded_size
 
 __all__ = ["MultipleChoiceTask", "SCORING_MODES"]
 
@@ -149,6 +149,44 @@ class MultipleChoiceTask:
             },
         )
 
+    def pad_batch(self, batch: Batch, multiple: int) -> Batch:
+        """The same batch, its lengths rounded up to multiples of ``multiple``, for a captured training step.
+
+        Sequences are right-padded (masked).  Cloze: the scored-token lists are padded with entries of
+        ``target_weight`` 0, and a missing choice gets a one-token dummy sequence (no gate tokens) whose
+        score ``choice_mask`` sets to ``-inf``, so ``n_seq = B * width`` is fixed.  The scores are the same."""
+        ids, attention = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+        length = padded_size(ids.shape[1], multiple, minimum=2)
+        ids, attention = pad_dim(ids, 1, length, self.pad_token_id), pad_dim(attention, 1, length, 0)
+        token_mask = pad_dim(batch.token_mask, 1, length, False)
+        extras = dict(batch.extras)
+        if self.scoring == "cloze":
+            width = extras["width"]
+            present = torch.arange(width) < extras["num_choices"][:, None]  # (B, width)
+            missing_example, missing_choice = (~present).nonzero(as_tuple=True)
+            n_seq = ids.shape[0] + len(missing_example)
+            dummy_attention = torch.zeros(len(missing_example), length, dtype=attention.dtype)
+            dummy_attention[:, 0] = 1  # one attended token: no fully masked attention row
+            dummy_continuation = torch.zeros(len(missing_example), length, dtype=torch.bool)
+            dummy_continuation[:, 1] = True  # a non-zero denominator for the dummy's (unused) mean
+            ids = pad_dim(ids, 0, n_seq, self.pad_token_id)
+            attention = torch.cat([attention, dummy_attention])
+            token_mask = pad_dim(token_mask, 0, n_seq, False)
+            n_tokens = extras["target_sequence"].shape[0]
+            n_padded = padded_size(n_tokens, multiple)
+            extras.update(
+                continuation_mask=torch.cat([pad_dim(extras["continuation_mask"], 1, length, False),
+                                             dummy_continuation]),
+                target_sequence=pad_dim(extras["target_sequence"], 0, n_padded, 0),
+                target_position=pad_dim(extras["target_position"], 0, n_padded, 1),
+                target_weight=(torch.arange(n_padded) < n_tokens).float(),
+                example_index=torch.cat([extras["example_index"], missing_example]),
+                choice_index=torch.cat([extras["choice_index"], missing_choice]),
+                choice_mask=present,
+            )
+        return Batch(inputs={"input_ids": ids, "attention_mask": attention}, labels=batch.labels,
+                     token_mask=token_mask, extras=extras)
+
     def lettered_prompt(self, row: dict) -> str:
         """``question + "\\n A. ...\\n B. ..." + "\\nAnswer:"`` (OLMES multiple-choice format)."""
         options = "".join(f"\n {letter}. {choice}" for letter, choice in zip(LETTERS, row["choices"]))
@@ -215,6 +253,8 @@ class MultipleChoiceTask:
         predicting = predicting.float()
         targets = input_ids[sequence, position]  # (n_tokens,)
         token_log_lik = predicting.gather(-1, targets[:, None]).squeeze(-1) - predicting.logsumexp(-1)
+        if "target_weight" in extras:  # a padded batch (pad_batch): padding entries weigh 0
+            token_log_lik = token_log_lik * extras["target_weight"]
         n_seq = input_ids.shape[0]
         total = torch.zeros(n_seq, dtype=token_log_lik.dtype, device=logits.device).index_add(
             0, sequence, token_log_lik
@@ -225,7 +265,10 @@ class MultipleChoiceTask:
         scores = torch.full(
             (num_examples, extras["width"]), float("-inf"), dtype=mean_log_lik.dtype, device=logits.device
         )
-        return scores.index_put((extras["example_index"], extras["choice_index"]), mean_log_lik)
+        scores = scores.index_put((extras["example_index"], extras["choice_index"]), mean_log_lik)
+        if "choice_mask" in extras:  # a padded batch: the dummy sequences of missing choices
+            scores = scores.masked_fill(~extras["choice_mask"], float("-inf"))
+        return scores
 
 
 def _logits_at(backbone: torch.nn.Module, inputs: dict, sequence: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
