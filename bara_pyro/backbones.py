@@ -27,7 +27,12 @@ from .models.errors import ConfigError
 __all__ = ["BACKBONE_KINDS", "load_backbone", "tiny_backbone"]
 
 BACKBONE_KINDS = ("sequence_classification", "causal_lm")
-TINY_ARCHS = ("bert", "llama")
+TINY_ARCHS = ("bert", "llama", "smollm2-135m")
+# random weights at a real model's shapes (speed measurements without a download); the vocabulary is the tokenizer's
+FULL_SIZE_SHAPES = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0),
+}
 TINY_DEFAULT_VOCAB = 128
 
 
@@ -104,7 +109,9 @@ def tiny_backbone(
     """A randomly initialised miniature backbone for fast tests (hidden 32, 2 layers).
 
     ``arch="bert"``: 2 heads, intermediate 64; ``arch="llama"``: 4 query heads, 2 KV heads,
-    intermediate 64.  The vocabulary matches ``tokenizer`` (``len(tokenizer)``) or has
+    intermediate 64; ``arch="smollm2-135m"``: not miniature, a Llama of SmolLM2-135M's shapes
+    (30 layers, hidden 576) with random weights, for speed measurements.  The vocabulary matches
+    ``tokenizer`` (``len(tokenizer)``) or has
     128 entries.  Initialisation uses ``seed`` without touching the global RNG state.
     """
     _check_kind(kind)
@@ -121,7 +128,9 @@ def tiny_backbone(
         pad_token_id=pad_token_id,
         num_labels=num_labels,
     )
-    if arch == "bert":
+    if arch in FULL_SIZE_SHAPES:
+        config = LlamaConfig(**{**common, **FULL_SIZE_SHAPES[arch]}, tie_word_embeddings=True)
+    elif arch == "bert":
         config = BertConfig(num_attention_heads=2, is_decoder=kind == "causal_lm", **common)
     else:
         config = LlamaConfig(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, **common)

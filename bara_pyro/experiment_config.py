@@ -25,7 +25,8 @@ from .models.config import BaRAConfig, ConfigError
 
 __all__ = ["DEFAULTS", "load_config", "validate_config", "parse_override", "save_config", "TINY_MODELS"]
 
-TINY_MODELS = {"tiny-bert": "bert", "tiny-llama": "llama"}  # random miniature backbones, for tests and smoke runs
+TINY_MODELS = {"tiny-bert": "bert", "tiny-llama": "llama",  # random miniature backbones, for tests and smoke runs
+               "random-smollm2-135m": "smollm2-135m"}  # random weights at SmolLM2-135M's shapes, for speed runs
 
 DEFAULTS: dict[str, Any] = {
     "method": "bara",

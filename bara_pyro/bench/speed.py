@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from ..inference.graphed_step import capture, on_side_stream
 from ..models import BaRAConfig, get_bara_model
 from ..tasks.base import Batch
 
@@ -57,7 +58,8 @@ SHAPES: dict[str, dict] = {
                  num_key_value_heads=2, vocab_size=512),
 }
 
-TRAIN_METHODS = ("frozen", "lora", "bara", "bara_expected", "bara_svi", "blob")
+TRAIN_METHODS = ("frozen", "lora", "bara", "bara_expected", "bara_svi", "bara_svi_jit", "blob")
+SVI_METHODS = ("bara_svi", "bara_svi_jit")  # eager only, fewer steps
 GATE_IMPL_METHODS = ("bara", "bara_expected")  # one row per gate implementation
 GATE_IMPLS = ("reference", "torch", "compile", "triton", "auto")
 SETTINGS = ("eager", "graphs")
@@ -185,30 +187,10 @@ def _peak_gib(fn, device) -> tuple[float | None, float | None]:
     return peak / 2**30, (peak - before) / 2**30
 
 
-_WARMUP_STREAMS: dict[str, torch.cuda.Stream] = {}
-
-
-def _warmup_stream(device) -> torch.cuda.Stream:
-    """One side stream per device for the warm-up and the capture of every row (and for :func:`_warm_up`,
-    before the first row): a new stream per row gives each row its own cuBLAS workspace, which stays
-    allocated and counts in every later row's peak memory, so a row's peak would depend on its place."""
-    key = str(device)
-    if key not in _WARMUP_STREAMS:
-        _WARMUP_STREAMS[key] = torch.cuda.Stream(device)
-    return _WARMUP_STREAMS[key]
-
-
 def _capture(fn, warmup: int, device):
-    """Warm ``fn`` up on a side stream, capture it as a CUDA graph, return the replay."""
-    s = _warmup_stream(device)
-    s.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(s):
-        for _ in range(max(warmup, 2)):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=s):
-        fn()
+    """Warm ``fn`` up on the shared side stream (one for every row and for :func:`_warm_up`: a new stream per
+    row would keep its own cuBLAS workspace, counted in every later row's peak), capture it as a CUDA graph."""
+    graph = capture(fn, device, warmup=max(warmup, 2))
     _sync(device)
     return graph
 
@@ -304,19 +286,26 @@ def _model_train_step(model, method: str, impl: str, batch: Batch, cfg: SpeedCon
         _use_gate_impl(model, impl)
     model.ctx.expected_globals = method == "bara_expected"  # the local KL in expectation over the globals
     params = model.trainable_parameters()
-    if method == "bara_svi":
+    if method in SVI_METHODS:
         import pyro
-        from pyro.infer import SVI, TraceMeanField_ELBO
+        from pyro.infer import SVI, JitTraceMeanField_ELBO, TraceMeanField_ELBO
 
+        from ..inference.jit_svi import FlatBatchModel
         from ..inference.optim import TorchOptimizer
 
         pyro.clear_param_store()
-        svi = SVI(model.model, model.guide, TorchOptimizer(params, lr=1e-4, clip_norm=1.0),
-                  loss=TraceMeanField_ELBO(max_plate_nesting=2))
+        optim = TorchOptimizer(params, lr=1e-4, clip_norm=1.0)
+        if method == "bara_svi_jit":  # Pyro's compiled ELBO: the batch as tensors (train.jit)
+            flat = FlatBatchModel(model)
+            svi = SVI(flat.model, flat.guide, optim, loss=JitTraceMeanField_ELBO(max_plate_nesting=2))
+            args, kwargs = flat.flatten(batch, 1.0)
+        else:
+            svi = SVI(model.model, model.guide, optim, loss=TraceMeanField_ELBO(max_plate_nesting=2))
+            args, kwargs = (batch,), {}
 
         def run():
             with _autocast(cfg, device):
-                svi.step(batch)
+                svi.step(*args, **kwargs)
 
         return _Step(run, model.remove_hooks, params, model)
 
@@ -491,11 +480,8 @@ def _warm_up(backbone, batch: Batch, cfg: SpeedConfig, device) -> None:
     step = _train_step("frozen", "torch", backbone, batch, cfg, device, graphs=False)
     step.run()
     if device.type == "cuda":
-        s = _warmup_stream(device)
-        s.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(s):
+        with on_side_stream(device):
             step.run()
-        torch.cuda.current_stream(device).wait_stream(s)
     _sync(device)
 
 
@@ -592,9 +578,9 @@ def run_speed_benchmark(cfg: SpeedConfig, log=_log, partial_out: Path | None = N
             if graphs and device.type != "cuda":
                 continue
             for name, method, impl in variants:
-                if graphs and method == "bara_svi":
+                if graphs and method in SVI_METHODS:
                     continue  # Pyro's per-site Python machinery is the point of that row: eager only
-                steps = cfg.svi_steps if method == "bara_svi" else cfg.steps
+                steps = cfg.svi_steps if method in SVI_METHODS else cfg.steps
                 key = f"{name}/{setting}"
                 try:
                     out = _measure(lambda: _train_step(method, impl, backbone, batch, cfg, device, graphs), cfg,
@@ -725,6 +711,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast (CPU smoke runs)")
     p.add_argument("--out", help="JSON path (default benchmarks/results/speed_<device>_<date>.json)")
+    f = p.add_argument_group("fit, end to end (bench.fit_speed): real training runs, eager and graphs")
+    f.add_argument("--fit", action="store_true", help="add the fit rows and the graphs-against-eager check")
+    f.add_argument("--fit-only", action="store_true", help="only the fit rows and the check (no step rows)")
+    f.add_argument("--fit-model", default="random-smollm2-135m",
+                   help="random-smollm2-135m (SmolLM2-135M's shapes, random weights) or smollm2-135m (packaged)")
+    f.add_argument("--fit-tokenizer", help="tokenizer of the random model: a folder or a packaged model name")
+    f.add_argument("--fit-dataset", default="arc_easy")
+    f.add_argument("--fit-methods", nargs="+", default=["lora", "bara"], choices=["lora", "bara"])
+    f.add_argument("--fit-steps", type=int, default=1000)
+    f.add_argument("--fit-eval-examples", type=int, default=200, help="validation examples evaluated per run")
+    f.add_argument("--fit-set", nargs="*", default=[], metavar="KEY=VALUE", help="further config overrides")
     return p
 
 
@@ -735,8 +732,25 @@ def main(argv: list[str] | None = None) -> int:
                       examples=args.examples, seq_len=args.seq_len, cont_len=args.cont_len, r=args.r,
                       predict=not args.no_predict, check=not args.no_check, tune=not args.no_tune, profile=args.profile,
                       device=args.device, bf16=not args.fp32)
+    if args.fit_only:
+        cfg.shapes, cfg.check, cfg.tune = [], False, False
     out = Path(args.out) if args.out else None
     result = run_speed_benchmark(cfg, partial_out=out.with_name(out.stem + ".partial.json") if out else None)
+    if args.fit or args.fit_only:
+        from .fit_speed import FitSpeedConfig, check_graphs_match_eager, format_fit_table, run_fit_rows
+
+        device = torch.device(cfg.device)
+        if device.type == "cuda":
+            _log("graphs against eager: the same training steps, replayed and launched ...")
+            result["graph_check"] = check_graphs_match_eager(device)
+            _log(json.dumps({k: {n: v for n, v in r.items() if not n.startswith("losses")}
+                             for k, r in result["graph_check"].items()}, indent=1))
+        fit_cfg = FitSpeedConfig(methods=args.fit_methods, model=args.fit_model, tokenizer=args.fit_tokenizer,
+                                 dataset=args.fit_dataset, steps=args.fit_steps, eval_examples=args.fit_eval_examples,
+                                 overrides=args.fit_set,
+                                 settings=[s for s in cfg.settings if s == "eager" or device.type == "cuda"])
+        result["fit"] = {"config": dataclasses.asdict(fit_cfg), "rows": run_fit_rows(fit_cfg, log=_log)}
+        result["fit"]["table"] = format_fit_table(result["fit"]["rows"], fit_cfg.steps)
     profiles = {}
     for shape, res in result["shapes"].items():
         for name, by_setting in res["train"].items():
@@ -753,6 +767,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(format_table(result))
+    if "fit" in result:
+        print("\n" + result["fit"]["table"])
     print(f"\nwrote {out}")
     return 0
 

@@ -58,6 +58,17 @@ def _load_pass(path: Path | None, signature: dict) -> dict | None:
     return state if state.get("signature") == signature else None
 
 
+def _move(tree, device):
+    """The tensors of a nest of dicts and lists, on ``device``."""
+    if torch.is_tensor(tree):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _move(v, device) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_move(v, device) for v in tree]
+    return tree
+
+
 def _save_pass(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -97,6 +108,7 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     first = saved["next_start"] if saved else 0
     if saved:
         set_rng_state(saved["rng"])
+        acc = _move(acc, device)
     probs, sample_probs, labels = acc["probs"], acc["sample_probs"], acc["labels"]
     prob_sum, num_tokens, token_stats = acc["prob_sum"], acc["num_tokens"], acc["token_stats"]
     s = max(num_samples, 1)
@@ -113,25 +125,30 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
                     scores = model.scores(batch, mode="sample", num_samples=s)
                 else:
                     scores = model.scores(batch, mode="mean")
+                # kept on the device until the pass ends: a copy to the host per batch would wait for the GPU
                 p = torch.softmax(scores.float(), dim=-1).reshape(s, len(chunk), -1)
-                sample_probs.append(p.cpu())
-                probs.append(p.mean(0).cpu())
-                labels.append(batch.labels[: len(chunk)].cpu())
+                sample_probs.append(p)
+                probs.append(p.mean(0))
+                labels.append(batch.labels[: len(chunk)])
                 for lpath, st in ctx.stats.items():
-                    prob_sum[lpath] = prob_sum.get(lpath, 0) + st["prob_sum"].cpu()
-                    num_tokens[lpath] = num_tokens.get(lpath, 0) + st["num_tokens"].cpu()
+                    prob_sum[lpath] = prob_sum.get(lpath, 0) + st["prob_sum"]
+                    num_tokens[lpath] = num_tokens.get(lpath, 0) + st["num_tokens"]
                     if record_tokens:
                         rec = token_stats.setdefault(lpath, {"token_prob": [], "token_expected_gate": []})
-                        rec["token_prob"].append(st["token_prob"].cpu())
-                        rec["token_expected_gate"].append(st["token_expected_gate"].cpu())
+                        rec["token_prob"].append(st["token_prob"])
+                        rec["token_expected_gate"].append(st["token_expected_gate"])
                 done = min(start + batch_size, len(rows))
                 if stop.requested or (path is not None and done == len(rows)):
-                    _save_pass(path, {"signature": signature, "next_start": done, "acc": acc, "rng": rng_state()})
+                    _save_pass(path, {"signature": signature, "next_start": done, "acc": _move(acc, "cpu"),
+                                      "rng": rng_state()})
                 if stop.requested:
                     raise KeyboardInterrupt(f"prediction interrupted after {done} of {len(rows)} examples; "
                                             f"run again to continue from {path}")
     finally:
         ctx.collect_stats = ctx.record_tokens = False
+    acc = _move(acc, "cpu")
+    probs, sample_probs, labels = acc["probs"], acc["sample_probs"], acc["labels"]
+    prob_sum, num_tokens, token_stats = acc["prob_sum"], acc["num_tokens"], acc["token_stats"]
     num_classes = max(p.shape[-1] for p in probs)
     rank = {lpath: float(prob_sum[lpath].sum() / num_tokens[lpath].clamp_min(1)) for lpath in prob_sum}
     if rank:

@@ -152,9 +152,11 @@ class MultipleChoiceTask:
     def pad_batch(self, batch: Batch, multiple: int) -> Batch:
         """The same batch, its lengths rounded up to multiples of ``multiple``, for a captured training step.
 
-        Sequences are right-padded (masked).  Cloze: the scored-token lists are padded with entries of
-        ``target_weight`` 0, and a missing choice gets a one-token dummy sequence (no gate tokens) whose
-        score ``choice_mask`` sets to ``-inf``, so ``n_seq = B * width`` is fixed.  The scores are the same."""
+        Sequences are right-padded (masked).  Cloze: the number of sequences is rounded up to a multiple of
+        8 (at most ``B * width``) with one-token dummy sequences (no gate tokens) in the slots of missing
+        choices, whose scores ``choice_mask`` sets to ``-inf``; the scored-token list is padded to the next
+        power of two (at least ``multiple``; its entries cost one LM-head row each) with entries of
+        ``target_weight`` 0.  The scores are the same."""
         ids, attention = batch.inputs["input_ids"], batch.inputs["attention_mask"]
         length = padded_size(ids.shape[1], multiple, minimum=2)
         ids, attention = pad_dim(ids, 1, length, self.pad_token_id), pad_dim(attention, 1, length, 0)
@@ -164,7 +166,9 @@ class MultipleChoiceTask:
             width = extras["width"]
             present = torch.arange(width) < extras["num_choices"][:, None]  # (B, width)
             missing_example, missing_choice = (~present).nonzero(as_tuple=True)
-            n_seq = ids.shape[0] + len(missing_example)
+            n_seq = min(padded_size(ids.shape[0], 8), len(present) * width)
+            dummies = n_seq - ids.shape[0]
+            missing_example, missing_choice = missing_example[:dummies], missing_choice[:dummies]
             dummy_attention = torch.zeros(len(missing_example), length, dtype=attention.dtype)
             dummy_attention[:, 0] = 1  # one attended token: no fully masked attention row
             dummy_continuation = torch.zeros(len(missing_example), length, dtype=torch.bool)
@@ -173,7 +177,7 @@ class MultipleChoiceTask:
             attention = torch.cat([attention, dummy_attention])
             token_mask = pad_dim(token_mask, 0, n_seq, False)
             n_tokens = extras["target_sequence"].shape[0]
-            n_padded = padded_size(n_tokens, multiple)
+            n_padded = max(multiple, 1 << max(0, n_tokens - 1).bit_length())
             extras.update(
                 continuation_mask=torch.cat([pad_dim(extras["continuation_mask"], 1, length, False),
                                              dummy_continuation]),
