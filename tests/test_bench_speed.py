@@ -31,11 +31,14 @@ def test_speed_benchmark_rows_and_keys():
 def test_speed_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "speed.json"
     argv = ["--shapes", "tiny", "--device", "cpu", "--fp32", "--settings", "eager", "--methods", "lora", "bara",
-            "bara_expected", "bara_svi", "--gate-impls", "torch", "--steps", "1", "--warmup", "1", "--svi-steps", "1",
+            "bara_expected", "bara_svi", "bara_svi_jit", "--gate-impls", "torch", "--steps", "1", "--warmup", "1",
+            "--svi-steps", "1",
             "--examples", "2", "--seq-len", "8", "--cont-len", "3", "--samples", "2", "--no-predict", "--out", str(out)]
     assert speed.main(argv) == 0
     data = json.loads(out.read_text())
-    assert set(data["shapes"]["tiny"]["train"]) == {"lora", "bara[torch]", "bara_expected[torch]", "bara_svi"}
+    assert set(data["shapes"]["tiny"]["train"]) == {"lora", "bara[torch]", "bara_expected[torch]", "bara_svi",
+                                                    "bara_svi_jit"}
     assert "ms" in data["shapes"]["tiny"]["train"]["bara_expected[torch]"]["eager"]
     assert "ms" in data["shapes"]["tiny"]["train"]["bara_svi"]["eager"]
+    assert "ms" in data["shapes"]["tiny"]["train"]["bara_svi_jit"]["eager"]
     assert "lora" in capsys.readouterr().out

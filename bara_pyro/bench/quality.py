@@ -208,6 +208,7 @@ class Options:
     argv: list[str] = field(default_factory=list)
     variants: dict[str, str] = field(default_factory=dict)  # method name -> the preset it starts from
     method_overrides: dict[str, list[str]] = field(default_factory=dict)  # method name -> its own --set values
+    task_overrides: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (method, task) -> --set (tuning)
     gpus: list[int] | None = None  # GPUs a local Ray instance spreads the runs over (None: every visible one)
     address: str | None = None  # a running Ray cluster to schedule the runs on (None: this machine)
     gpu_share: float | None = None  # GPUs per run (None: the GPUs shared evenly by --workers runs)
@@ -247,6 +248,8 @@ class Options:
             dev.append(f"method {name} is a variant of the {base} preset")
         for method, values in self.method_overrides.items():
             dev.append(f"{method} only: " + " ".join(f"--set {o}" for o in values))
+        for (method, task), values in self.task_overrides.items():
+            dev.append(f"{method} on {task}, chosen on validation: " + " ".join(values))
         return dev
 
 
@@ -254,7 +257,8 @@ def _run_config(opts: Options, method: str, task: str, seed: int) -> dict:
     from ..experiment_config import load_config
 
     shared = [f"dataset={task}", *opts.run_overrides()[:-len(opts.overrides) or None]]
-    user = [*opts.overrides, *opts.method_overrides.get(method, []), f"train.seed={seed}"]
+    user = [*opts.overrides, *opts.method_overrides.get(method, []), *opts.task_overrides.get((method, task), []),
+            f"train.seed={seed}"]
     preset = opts.preset(method)
     config = load_config(None, method=preset, overrides=shared + user)
     caps = [f"{a}.{b}={cap}" for (a, b), cap in QUICK_CAPS.items() if opts.quick and config[a][b] > cap]

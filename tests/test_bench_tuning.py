@@ -1,0 +1,64 @@
+"""The tuned quality protocol: a grid per method on validation, the choice per task, the final runs' configs."""
+
+import json
+
+from bara_pyro.bench import quality, tuning
+
+
+def _base(tmp_path, *extra):
+    argv = ["--quick", "--methods", "lora,blob,ensemble", "--tasks", "winogrande_s,arc_easy",
+            "--output", str(tmp_path), *extra]
+    args = tuning.build_parser().parse_args(argv)
+    return quality._options(args, argv), args
+
+
+def test_grid_selection_and_final_configs(tmp_path):
+    base, args = _base(tmp_path, "--lrs", "0.0001,0.001", "--grid", "blob:adapter.weights.prior_scale=0.1,0.2")
+    grids = tuning._parse_grids(args.grid)
+    grid, points = tuning.grid_options(base, args.lrs, grids, [1])
+    quality._check_options(grid)
+    # lora: 2 points; blob: 2 x 2; the ensemble takes LoRA's choice and has no grid of its own
+    assert sorted(points) == sorted(["lora@lr=0.0001", "lora@lr=0.001", "blob@lr=0.0001,prior_scale=0.1",
+                                     "blob@lr=0.0001,prior_scale=0.2", "blob@lr=0.001,prior_scale=0.1",
+                                     "blob@lr=0.001,prior_scale=0.2"])
+    specs = quality.plan_runs(grid)
+    assert {s.config["eval"]["splits"] == ["validation"] for s in specs} == {True}  # the test split is not run
+    assert {s.config["train"]["lr"] for s in specs if s.method.startswith("lora")} == {1e-4, 1e-3}
+
+    def nll(spec):  # a made-up validation NLL: lr 1e-3 best on arc_easy, 1e-4 on winogrande_s; blob prior 0.2
+        lr = spec.config["train"]["lr"]
+        good = (lr == 1e-3) == (spec.task == "arc_easy")
+        return 0.5 - 0.1 * good - 0.01 * (spec.config["adapter"].get("weights", {}).get("prior_scale") == 0.2)
+
+    for spec in specs:
+        spec.run_dir.mkdir(parents=True)
+        (spec.run_dir / "metrics.json").write_text(json.dumps({"validation": {"nll": nll(spec)}}))
+    choices, table = tuning.select(grid, points, "nll")
+    assert choices[("lora", "arc_easy")] == {"train.lr": 1e-3}
+    assert choices[("lora", "winogrande_s")] == {"train.lr": 1e-4}
+    assert choices[("blob", "arc_easy")] == {"train.lr": 1e-3, "adapter.weights.prior_scale": 0.2}
+    assert table["lora"]["arc_easy"]["lora@lr=0.001"] == 0.4
+
+    final = tuning.final_options(base, choices)
+    lrs = {(s.method, s.task): s.config["train"]["lr"] for s in quality.plan_runs(final)}
+    assert lrs[("lora", "arc_easy")] == lrs[("ensemble", "arc_easy")] == 1e-3
+    assert lrs[("lora", "winogrande_s")] == lrs[("ensemble", "winogrande_s")] == 1e-4
+    md = tuning.tuning_markdown(choices, table, "nll", base.tasks, args.lrs, grids, [1])
+    assert "| lora | lr=0.001 |" in md and "**0.400**" in md and "ensemble takes lora's choice" in md
+
+
+def test_a_missing_grid_run_is_not_chosen(tmp_path):
+    base, args = _base(tmp_path, "--lrs", "0.0001,0.001")
+    grid, points = tuning.grid_options(base, args.lrs, {}, [1])
+    for spec in quality.plan_runs(grid):
+        if spec.config["train"]["lr"] == 1e-4:  # only the lr 1e-4 runs finished
+            spec.run_dir.mkdir(parents=True)
+            (spec.run_dir / "metrics.json").write_text(json.dumps({"validation": {"nll": 1.0}}))
+    choices, table = tuning.select(grid, points, "nll")
+    assert choices[("lora", "arc_easy")] == {"train.lr": 1e-4}
+    assert table["lora"]["arc_easy"]["lora@lr=0.001"] is None
+
+
+def test_grid_for_an_unknown_method_is_a_usage_error(tmp_path, capsys):
+    assert tuning.main(["--quick", "--methods", "lora", "--grid", "bara:train.lr=1", "--output", str(tmp_path)]) == 2
+    assert "error: --grid names method(s) ['bara']" in capsys.readouterr().err
