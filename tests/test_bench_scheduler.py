@@ -55,3 +55,28 @@ def test_one_worker_runs_the_jobs_here_in_order(tmp_path):
 @pytest.mark.parametrize("workers, gpus, share", [(1, 0, 0.0), (2, 1, 0.5), (4, 8, 1.0), (3, 2, 2 / 3)])
 def test_default_gpu_share(workers, gpus, share):
     assert scheduler.default_gpu_share(workers, gpus) == pytest.approx(share)
+
+
+def test_an_interrupted_driver_stops_its_running_jobs_with_sigterm(local_ray, tmp_path):
+    """Ctrl-C in the driver (here raised by the second job's hook once the first job runs): the running job's
+    subprocess gets SIGTERM (a training checkpoints then) and the driver waits for it before re-raising."""
+    code = ("import pathlib, signal, sys, time\n"
+            f"out = pathlib.Path({str(tmp_path / 'out')!r})\n"
+            "def stop(signum, frame):\n    out.write_text('stopped'); sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, stop)\nprint('started', flush=True)\ntime.sleep(60)\n"
+            "out.write_text('ran to the end')\n")
+    log0 = tmp_path / "job0.log"
+
+    def interrupt_once_job0_runs():
+        deadline = time.time() + 60
+        while "started" not in (log0.read_text() if log0.exists() else "") and time.time() < deadline:
+            time.sleep(0.2)
+        raise KeyboardInterrupt
+
+    jobs = [("job0", None, [sys.executable, "-c", code], log0),
+            ("job1", None, [sys.executable, "-c", "pass"], tmp_path / "job1.log")]
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        scheduler.execute(jobs, workers=2, log=lambda msg: None, gpu_share=0.0,
+                          before_job={"job1": interrupt_once_job0_runs})
+    assert (tmp_path / "out").read_text() == "stopped" and time.perf_counter() - t0 < 55

@@ -12,8 +12,9 @@ cluster) that asks for ``gpu_share`` of a GPU (``num_gpus``; Ray gives it ``CUDA
 and runs the job's command as a subprocess.  At most ``workers`` jobs are in flight; they are submitted in the
 given order, each after its ``before_job`` hook ran here.  A job that exits non-zero is reported as failed and
 the others go on; a task whose worker or machine dies is retried (``max_retries``), and a training job's
-command resumes from its checkpoint then.  Ctrl-C or SIGTERM cancels the tasks: each sends SIGTERM to its
-subprocess, which checkpoints at its next step and exits, and the driver waits for them.
+command resumes from its checkpoint then.  Ctrl-C or SIGTERM stops the tasks (through a flag actor that each
+polls): each sends SIGTERM to its subprocess, which checkpoints at its next step and exits, and the driver waits
+for them.
 
 On a cluster, every node needs this package installed and the benchmark's output folder on a shared
 filesystem (the tasks read and write the run directories).
@@ -25,6 +26,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -58,17 +60,25 @@ def default_gpu_share(workers: int, num_gpus: float) -> float:
     return min(1.0, num_gpus / workers)
 
 
-def run_logged(cmd: list[str], log_path: Path, env: dict | None = None) -> None:
+def run_logged(cmd: list[str], log_path: Path, env: dict | None = None,
+               stop_requested: Callable[[], bool] | None = None) -> None:
     """Run ``cmd`` with its output appended to ``log_path``; a non-zero exit raises ``RuntimeError`` with the log's
-    tail.  Interrupted (``KeyboardInterrupt``, e.g. a cancelled Ray task), it sends SIGTERM to the subprocess,
-    waits for it to checkpoint and exit (killed after ``STOP_TIMEOUT_S``), and re-raises."""
+    tail.  When ``stop_requested()`` turns true (polled every second) or on ``KeyboardInterrupt``, it sends SIGTERM
+    to the subprocess, waits for it to checkpoint and exit (killed after ``STOP_TIMEOUT_S``) and raises
+    ``KeyboardInterrupt``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"\n$ {shlex.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            rc = proc.wait()
+            while True:
+                try:
+                    rc = proc.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    if stop_requested is not None and stop_requested():
+                        raise KeyboardInterrupt("stop requested") from None
         except BaseException:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -89,10 +99,26 @@ def _job_env(workers: int) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false")}
 
 
-def _run_task(command, log_path: Path, env_updates: dict[str, str]) -> None:
-    """The body of one Ray task (in a Ray worker process)."""
+def _run_task(command, log_path: Path, env_updates: dict[str, str], stop_flag) -> None:
+    """The body of one Ray task (in a Ray worker process); ``stop_flag``: the driver's :class:`_StopFlag` actor."""
+    import ray
+
     cmd = command() if callable(command) else list(command)
-    run_logged(cmd, log_path, {**os.environ, **env_updates})
+    run_logged(cmd, log_path, {**os.environ, **env_updates}, stop_requested=lambda: ray.get(stop_flag.get.remote()))
+
+
+class _StopFlag:
+    """Set by the driver when it is interrupted; every running task polls it and stops its subprocess (a Ray actor,
+    so that tasks on other machines see it too)."""
+
+    def __init__(self):
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def get(self) -> bool:
+        return self.value
 
 
 def execute(jobs: list[Job], workers: int, log: Callable[[str], None] = print, gpus: list[int] | None = None,
@@ -141,7 +167,9 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
 
     started_here = not ray.is_initialized()
     if started_here:
+        handlers = _signal_handlers()
         _init_ray(workers, gpus, address)
+        _restore_signal_handlers(handlers)  # Ray's own SIGTERM handler would abort the driver without cancelling
     try:
         if gpu_share is None:
             gpu_share = default_gpu_share(workers, ray.cluster_resources().get("GPU", 0.0))
@@ -149,6 +177,7 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
         # memory, but the job runs in a subprocess: the worker itself never touches the GPU)
         task = ray.remote(num_cpus=1, num_gpus=gpu_share, max_retries=MAX_RETRIES, max_calls=0)(_run_task)
         env = _job_env(workers)
+        stop_flag = ray.remote(num_cpus=0)(_StopFlag).remote()
         outcome: dict[str, dict] = {}
         pending = list(jobs)
         running: dict = {}  # object ref -> (name, start time)
@@ -164,7 +193,7 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
                         _report(outcome, name, {"status": "failed", "error": _error_line(exc), "time_s": 0.0},
                                 len(jobs), log)
                         continue
-                    running[task.remote(command, log_path, env)] = (name, t0)
+                    running[task.remote(command, log_path, env, stop_flag)] = (name, t0)
                 if not running:
                     continue
                 done, _ = ray.wait(list(running), num_returns=1)
@@ -181,14 +210,25 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
                     result["time_s"] = time.perf_counter() - t0
                     _report(outcome, name, result, len(jobs), log)
         except KeyboardInterrupt:
-            for ref in running:
-                ray.cancel(ref)  # KeyboardInterrupt in the task: its subprocess checkpoints and exits
+            ray.get(stop_flag.set.remote())  # each running task sends SIGTERM to its run, which checkpoints and exits
             ray.wait(list(running), num_returns=len(running), timeout=STOP_TIMEOUT_S + 10)
             raise
         return outcome
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _signal_handlers() -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _init_ray(workers: int, gpus: list[int] | None, address: str | None) -> None:
