@@ -13,6 +13,7 @@ and evaluation sample count::
     bara                BaRA                                 the default prior and guide, S = 10
     bara_sparsity_only  BaRA without the gamma magnitude     prior.magnitude: none
     bara_global_only    BaRA without amortization            guide.local: mean_field
+    bara_slab           BaRA, spike-and-slab                 slab_gaussian weights, conditional_prior gates
 """
 
 from __future__ import annotations

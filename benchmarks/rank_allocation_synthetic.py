@@ -1,87 +1,55 @@
 """Does a BaRA configuration's rank follow the data?  Synthetic regression through one linear layer,
-``y = W0 x + dW x + noise`` with ``dW`` of true rank ``k``; A, B and the gates are learned from LoRA's
-initialisation.  Prints, per configuration and ``k``, the joint effective rank ``sum_k E[z]``, the
-posterior-mean inclusion probabilities and the row norms of the fitted A.
+``y = W0 x + dW x + noise`` with ``dW`` of true rank ``k`` (:func:`bara_pyro.synthetic.low_rank_update`); A, B
+and the gates are learned from LoRA's initialisation.  Prints, per method and ``k``, the joint effective rank
+``sum_k E[z]``, the posterior-mean inclusion probabilities and the row norms of the fitted A.
 
-    python benchmarks/rank_allocation_synthetic.py [--steps 3000] [--ranks 2 6] [--configs amortized slab]
+    python benchmarks/rank_allocation_synthetic.py [--steps 4000] [--ranks 2 6] [--methods bara bara_slab]
 """
 
 from __future__ import annotations
 
 import argparse
 
-import pyro
-import torch
-from torch import nn
-
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.inference import TrainConfig, fit, predict
+from bara_pyro.methods import load_preset
 from bara_pyro.models import GaussianLikelihood
-from bara_pyro.tasks.base import Batch
+from bara_pyro.synthetic import RegressionTask, low_rank_update
 
-CONFIGS = {
-    # the bara preset's gate: beta process x gamma, amortized per-token guide, point-estimate factors
-    "amortized": ({}, "expected"),
-    # spike-and-slab: contextual beta process, guide tied to the prior, Gaussian factors scaled by pi (ARD)
-    "slab": ({"gamma0": 1.0, "init_gate_logit": 0.0,
-              "prior": {"sparsity": "contextual_beta_process", "magnitude": "none"},
-              "guide": {"local": "conditional_prior", "global": {"name": "mean_field", "init_strength": 10.0}},
-              "weights": {"name": "slab_gaussian", "ard": "pi"}}, "draw"),
-}
+NOISE, LR, R = 0.3, 0.05, 8
 
 
-class OneLinear(nn.Module):
-    def __init__(self, d: int):
-        super().__init__()
-        self.proj = nn.Linear(d, d)
-
-
-class RegressionTask:
-    name = "synthetic"
-
-    def collate(self, rows):
-        return Batch(inputs={"x": torch.stack([r["x"] for r in rows])}, labels=torch.stack([r["y"] for r in rows]),
-                     token_mask=torch.ones(len(rows), dtype=torch.bool))
-
-    def scores(self, backbone, batch):
-        return backbone.proj(batch.inputs["x"])
-
-
-def run(name: str, k: int, steps: int, seed: int = 0, d: int = 16, r: int = 8, n: int = 512) -> dict:
-    torch.manual_seed(seed)
-    pyro.set_rng_seed(seed)
-    extra, local_kl = CONFIGS[name]
+def run(method: str, k: int, steps: int, seed: int = 0) -> dict:
+    """Train ``method``'s adapter (its preset's adapter and estimator settings) on a rank-``k`` update."""
+    preset = load_preset(method)
+    data = low_rank_update(k, noise=NOISE, seed=seed)
     task = RegressionTask()
-    config = BaRAConfig(r=r, alpha=r, target_modules=["proj"], **extra)
-    model = get_bara_model(OneLinear(d), config, forward_fn=task.scores, likelihood=GaussianLikelihood(0.1))
-    x = torch.randn(n, d)
-    delta = torch.randn(d, k) @ torch.randn(k, d) / d ** 0.5
-    with torch.no_grad(), model.disable_adapter():
-        y = model.backbone.proj(x) + x @ delta.T + 0.1 * torch.randn(n, d)
-    rows = [{"x": x[i], "y": y[i]} for i in range(n)]
-    fit(model, task, rows, TrainConfig(steps=steps, batch_size=64, lr=0.03, warmup_ratio=0.0, estimator="fused",
-                                       checkpoint_every=0, seed=seed, local_kl=local_kl), progress=False)
-    rank = predict(model, task, rows, num_samples=0, progress=False).effective_rank["joint"]
+    config = BaRAConfig.from_dict({**preset["adapter"], "r": R, "alpha": R, "target_modules": ["proj"]})
+    model = get_bara_model(data.backbone, config, forward_fn=task.scores, likelihood=GaussianLikelihood(NOISE))
+    train = TrainConfig.from_dict({**preset.get("train", {}), "steps": steps, "batch_size": 64, "lr": LR,
+                                   "warmup_ratio": 0.0, "checkpoint_every": 0, "seed": seed})
+    fit(model, task, data.rows, train, progress=False)
+    rank = predict(model, task, data.rows, num_samples=0, progress=False).effective_rank["joint"]
     (_, adapter), = model.adapter_items
     gate = adapter.gate
-    pi = gate.guide_global("pi").mean.detach()
-    return {"config": name, "k": k, "rank": rank, "pi": pi.tolist(),
-            "A row norms": adapter.lora_A.weight.detach().norm(dim=1).tolist()}
+    pi = gate.sparsity.inclusion_probs(gate.sparsity_hp, {n: gate.guide_global(n).mean for n in gate.sites})
+    return {"rank": rank, "pi": pi.detach().tolist(), "A row norms": adapter.lora_A.weight.detach().norm(dim=1).tolist()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 6])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--methods", nargs="+", default=["bara", "bara_slab"])
     args = parser.parse_args()
-    print("| config | true rank | effective rank | E[pi] | A row norms |\n|---|---|---|---|---|")
-    for name in args.configs:
+    print(f"noise {NOISE}, lr {LR}, {args.steps} steps, r = {R}\n")
+    print("| method | true rank | effective rank | E[pi] | A row norms |\n|---|---|---|---|---|")
+    for method in args.methods:
         for k in args.ranks:
-            out = run(name, k, args.steps)
-            fmt = " ".join(f"{v:.2f}" for v in out["pi"])
+            out = run(method, k, args.steps)
+            pi = " ".join(f"{v:.2f}" for v in out["pi"])
             norms = " ".join(f"{v:.2f}" for v in out["A row norms"])
-            print(f"| {name} | {k} | {out['rank']:.2f} | {fmt} | {norms} |", flush=True)
+            print(f"| {method} | {k} | {out['rank']:.2f} | {pi} | {norms} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ MODEL_SELECTION = ("No early stopping or checkpoint selection: every method is e
 
 METHOD_LABELS = {"lora": "LoRA (MLE)", "lora_map": "MAP", "mc_dropout": "MC-dropout", "ensemble": "Ensemble",
                  "blob": "BLoB", "bara": "BaRA", "bara_sparsity_only": "BaRA (sparsity only)",
-                 "bara_global_only": "BaRA (global only)"}
+                 "bara_global_only": "BaRA (global only)", "bara_slab": "BaRA (spike-and-slab)"}
 TASK_LABELS = {"winogrande_s": "WG-S", "winogrande_m": "WG-M", "arc_challenge": "ARC-C", "arc_easy": "ARC-E",
                "openbookqa": "OBQA", "boolq": "BoolQ", "mmlu_high_school_psychology": "MMLU HS psych.",
                "mmlu_miscellaneous": "MMLU misc."}

@@ -15,7 +15,6 @@ from .weights import WeightFamily, register_weights
 
 __all__ = ["SlabGaussianWeights"]
 
-PI_SPARSITY_PRIORS = ("beta_process", "contextual_beta_process")
 
 
 @register_weights("slab_gaussian")
@@ -27,10 +26,11 @@ class SlabGaussianWeights(WeightFamily):
         B_ik ~ N(0, (s_k / sqrt(r))^2)        # column k of B       site {path}.lora_B, (d_out, r)
         q(A_kj) = N(M_kj, sigma_kj^2),  q(B_ik) = N(N_ik, rho_ik^2)     # mean-field
 
-    ``ard`` sets the scales: ``pi`` (default) ``s_k = pi_k``, the layer's beta-process inclusion
-    probability of component ``k`` (drawn before the factors): the beta process is the relevance
-    prior, so a component it switches off has its factors shrunk with it; ``learned``: ``s_k =
-    exp(lora_log_scale_k)``, type-II maximum-likelihood estimates (empirical Bayes); ``off``: ``s_k = 1``.
+    ``ard`` sets the scales: ``inclusion`` (default) ``s_k = pi_k``, the layer's inclusion probability of
+    component ``k`` under its sparsity prior (beta process, IBP, ...; drawn before the factors): the
+    sparsity prior is the relevance prior, so a component it switches off has its factors shrunk with it;
+    ``learned``: ``s_k = exp(lora_log_scale_k)``, type-II maximum-likelihood estimates (empirical Bayes);
+    ``off``: ``s_k = 1``.
     Per-component scales make the prior not invariant to rotations of the ``r`` components, so an update
     of rank ``k`` concentrates in ``k`` components instead of spreading over all ``r`` (docs/model.md).
     ``M`` starts as LoRA's A (Kaiming-uniform), ``N`` at zero, ``sigma`` and ``rho`` at ``init_scale``.
@@ -40,16 +40,16 @@ class SlabGaussianWeights(WeightFamily):
     """
 
     init_scale: float = 1e-3
-    ard: str = field(default="pi", metadata={"choices": ("pi", "learned", "off")})
+    ard: str = field(default="inclusion", metadata={"choices": ("inclusion", "learned", "off")})
     sampler: str = field(default="shared", metadata={"choices": ("shared", "flipout")})
     latent = ("lora_A", "lora_B")
 
     def resolve(self, config) -> None:
         self.need(self.init_scale > 0, f"init_scale must be > 0, got {self.init_scale!r}")
-        if self.ard == "pi":
-            sparsity = None if config.prior == "fixed" else config.prior["sparsity"]["name"]
-            self.need(sparsity in PI_SPARSITY_PRIORS, f"ard: pi needs adapter.prior.sparsity in "
-                      f"{list(PI_SPARSITY_PRIORS)}, got {sparsity!r}; use ard: learned or off")
+        if self.ard == "inclusion":
+            sparsity = "none" if config.prior == "fixed" else config.prior["sparsity"]["name"]
+            self.need(sparsity != "none", "ard: inclusion scales each component by its inclusion probability and "
+                      "needs a sparsity prior (adapter.prior.sparsity); use ard: learned or off")
 
     def install(self, adapter) -> None:
         for name in self.latent:
@@ -75,12 +75,14 @@ class SlabGaussianWeights(WeightFamily):
         return self.latent if self.sampler == "flipout" else ()
 
     def component_scales(self, adapter, detach: bool = True) -> torch.Tensor:
-        """``s_k``, shape ``(r,)``: the prior scale of each rank component (small: pruned).  With ``ard: pi``
-        it is the drawn ``pi`` while a model or guide runs, else the posterior mean ``E_q[pi]``."""
-        if self.ard == "pi":
+        """``s_k``, shape ``(r,)``: the prior scale of each rank component (small: pruned).  With ``ard: inclusion``
+        it is ``pi`` of the drawn globals while a model or guide runs, else ``pi`` at their posterior means."""
+        if self.ard == "inclusion":
             gate = adapter.gate
             values = adapter._ctx.globals.get(adapter.path)
-            scale = values["pi"] if values is not None else gate.guide_global("pi").mean
+            if values is None:
+                values = {name: gate.guide_global(name).mean for name in gate.sites}
+            scale = gate.sparsity.inclusion_probs(gate.sparsity_hp, values)
         else:
             scale = adapter.lora_log_scale.exp()
         return scale.detach() if detach else scale

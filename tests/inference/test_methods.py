@@ -20,7 +20,8 @@ from bara_pyro.metrics import classification_metrics
 from bara_pyro.models import ConfigError
 from bara_pyro.tasks import MultipleChoiceTask, SequenceClassificationTask
 
-METHODS = ["bara", "bara_global_only", "bara_sparsity_only", "blob", "ensemble", "lora", "lora_map", "mc_dropout"]
+METHODS = ["bara", "bara_global_only", "bara_slab", "bara_sparsity_only", "blob", "ensemble", "lora", "lora_map",
+           "mc_dropout"]
 WORDS = ("the a film movie was is great awful good bad fun dull plot acting which planet mars moon comet sun "
          "question answer water wet yes no cat dog sits runs . ? :").split()
 TEXTS = [("the film was great fun", 1), ("a dull plot and bad acting", 0), ("the movie is good", 1),
@@ -95,7 +96,7 @@ def test_preset_uses_the_run_config_schema(method):
     TrainConfig.from_dict(preset.get("train", {}))
     expected = {"lora": (False, 0), "lora_map": (False, 0), "mc_dropout": (False, 10), "ensemble": (False, 0),
                 "blob": (False, 10), "bara": (True, 10), "bara_sparsity_only": (True, 10),
-                "bara_global_only": (True, 10)}[method]
+                "bara_global_only": (True, 10), "bara_slab": (True, 10)}[method]
     assert (config.has_gate, preset["eval"]["num_samples"]) == expected
     if method == "ensemble":
         assert preset["ensemble"]["members"] == 5

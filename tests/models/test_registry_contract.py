@@ -41,7 +41,7 @@ def test_every_prior_and_guide_combination(sparsity, magnitude, local, glob):
 def test_every_weight_family(weights, prior):
     spec = {"name": "blob_gaussian", "sampler": "shared"} if weights == "blob_gaussian" else weights
     if weights == "slab_gaussian" and prior == "fixed":  # its default scales are the gates' inclusion probabilities
-        with pytest.raises(ConfigError, match="ard: pi needs"):
+        with pytest.raises(ConfigError, match="ard: inclusion scales"):
             BaRAConfig(r=4, prior=prior, weights=spec)
         spec = {"name": "slab_gaussian", "ard": "learned"}
     config = BaRAConfig(r=4, prior=prior, weights=spec, lora_dropout=0.1 if weights == "mc_dropout" else 0.0)

@@ -80,7 +80,8 @@ def test_prediction_modes_and_round_trip(tmp_path):
         torch.testing.assert_close(again.scores(batch, "mean"), mean)
 
 
-def test_ard_pi_needs_a_beta_process():
-    with pytest.raises(ConfigError, match="ard: pi needs"):
-        BaRAConfig(r=4, prior={"sparsity": "ibp"}, weights={"name": "slab_gaussian"})
-    BaRAConfig(r=4, prior={"sparsity": "ibp"}, weights={"name": "slab_gaussian", "ard": "learned"})
+def test_ard_by_inclusion_needs_a_sparsity_prior():
+    with pytest.raises(ConfigError, match="ard: inclusion scales"):
+        BaRAConfig(r=4, prior={"sparsity": "none"}, weights={"name": "slab_gaussian"})
+    BaRAConfig(r=4, prior={"sparsity": "none"}, weights={"name": "slab_gaussian", "ard": "learned"})
+    BaRAConfig(r=4, prior={"sparsity": "ibp"}, weights={"name": "slab_gaussian"})

@@ -54,7 +54,7 @@ class DeltaGlobalGuide(GlobalGuide):
 
     def install(self, gate, sites) -> None:
         for name, site in sites.items():
-            setattr(gate, f"{name}_value", PyroParam(torch.full(site.shape, float(site.init)), constraint=site.support))
+            setattr(gate, f"{name}_value", PyroParam(site.initial_mean(), constraint=site.support))
 
     def posterior(self, gate, name, site):
         return dist.Delta(getattr(gate, f"{name}_value"))

@@ -8,7 +8,6 @@ normal in the unconstrained space of its support, pushed through ``biject_to(sup
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -52,7 +51,7 @@ FAMILIES: dict[str, VariationalFamily] = {
          ("b", constraints.positive, lambda m, n=None: 1.0)),
         ReparameterizedKumaraswamy),
     "lognormal": VariationalFamily(
-        (("loc", constraints.real, lambda m, n=None: math.log(m)),
+        (("loc", constraints.real, lambda m, n=None: torch.log(m)),
          ("scale", constraints.positive, lambda m, n=GLOBAL_INIT_STRENGTH: n ** -0.5)),
         dist.LogNormal),
     "normal": VariationalFamily(
@@ -73,8 +72,8 @@ def family_for(family: str | None, support: Constraint) -> VariationalFamily:
     def make(loc, scale):
         return dist.TransformedDistribution(dist.Normal(loc, scale), [transform])
 
-    def init_loc(m: float, n=None) -> float:
-        return float(transform.inv(torch.tensor(m, dtype=torch.float64)))
+    def init_loc(m: torch.Tensor, n=None) -> torch.Tensor:
+        return transform.inv(m)
 
     return VariationalFamily((("loc", constraints.real, init_loc),
                               ("scale", constraints.positive, lambda m, n=GLOBAL_INIT_STRENGTH: n ** -0.5)), make)

@@ -72,8 +72,9 @@ class MeanFieldGlobalGuide(GlobalGuide):
     def install(self, gate, sites) -> None:
         for name, site in sites.items():
             for param, constraint, init in family_for(site.family, site.support).params:
-                value = float(init(site.init, float(self.init_strength)))
-                setattr(gate, f"{name}_{param}", PyroParam(torch.full(site.shape, value), constraint=constraint))
+                value = init(site.initial_mean(torch.float64), float(self.init_strength))
+                value = torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(site.shape).clone()
+                setattr(gate, f"{name}_{param}", PyroParam(value, constraint=constraint))
 
     def posterior(self, gate, name, site):
         family = family_for(site.family, site.support)

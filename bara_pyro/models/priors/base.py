@@ -47,15 +47,19 @@ class GlobalSite:
 
     :param shape: its shape, e.g. ``(r,)``; the whole shape is the site's event shape.
     :param support: its support (``constraints.unit_interval``, ``constraints.positive``, ...).
-    :param init: initial mean of its variational posterior.
+    :param init: initial mean of its variational posterior (a number, or one per element as a tuple).
     :param family: preferred mean-field family (``beta``, ``gamma``, ``kumaraswamy``, ``lognormal``,
         ``normal``); ``None`` uses a normal in the unconstrained space of ``support``.
     """
 
     shape: tuple[int, ...]
     support: Constraint
-    init: float
+    init: float | tuple[float, ...]
     family: str | None = None
+
+    def initial_mean(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``init`` as a tensor of the site's shape."""
+        return torch.as_tensor(self.init, dtype=dtype or torch.get_default_dtype()).expand(self.shape).clone()
 
 
 class Hyperparameters(nn.Module):

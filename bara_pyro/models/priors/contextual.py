@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro.distributions import constraints
 
 from .base import GlobalSite, positive_number, register_prior
@@ -13,10 +12,11 @@ from .beta_process import BetaProcessPrior
 __all__ = ["ContextualBetaProcessPrior", "context_features"]
 
 
-def context_features(h: torch.Tensor) -> torch.Tensor:
-    """``phi(h_t)``: the adapter projection ``h_t = A x_t`` ``(..., r)`` standardised over its ``r`` entries
-    (layer norm without affine parameters), so the gate sees the direction of ``h_t``, not its scale."""
-    return F.layer_norm(h, h.shape[-1:])
+def context_features(h: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``phi(h_t) = h_t / rms(h_t)``: the adapter projection ``h_t = A x_t`` ``(..., r)`` divided by its root mean
+    square over the ``r`` entries (RMS norm without affine parameters): the gate sees the direction of
+    ``h_t``, signs included, not its scale."""
+    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
 
 
 @register_prior("sparsity", "contextual_beta_process")
@@ -31,17 +31,26 @@ class ContextualBetaProcessPrior(BetaProcessPrior):
     the whole dataset and paid for in one global KL) says which tokens use it.  With ``w = 0`` this is
     the beta process.  ``E[sum_k pi_k] = gamma0`` as there.  Mean-field posteriors: ``q(pi) = Beta``,
     ``q(w) = Normal``, both KLs closed form.
+
+    ``ordered_init`` (default on) starts ``q(pi_k)`` at mean ``p0^k`` (``p0`` the initial inclusion
+    probability), the stick-breaking construction's ordering, instead of ``p0`` for every ``k``: the
+    prior stays exchangeable, but components start unequal, so an update concentrates in the first ones
+    rather than spreading evenly over all ``r`` (docs/model.md).
     """
 
     context_scale: float = 1.0
+    ordered_init: bool = True
     contextual = True
 
     def resolve(self, config) -> None:
         super().resolve(config)
         positive_number(self, "context_scale", self.context_scale)
+        self.need(isinstance(self.ordered_init, bool), f"ordered_init must be true or false, got {self.ordered_init!r}")
 
     def global_sites(self, r, init_prob):
-        return {**super().global_sites(r, init_prob), "w": GlobalSite((r, r), constraints.real, 0.0, "normal")}
+        init = tuple(init_prob ** (k + 1) for k in range(r)) if self.ordered_init else init_prob
+        return {"pi": GlobalSite((r,), constraints.unit_interval, init, "beta"),
+                "w": GlobalSite((r, r), constraints.real, 0.0, "normal")}
 
     def hyperparameters(self, r):
         return {**super().hyperparameters(r), "w_scale": torch.full((r, r), float(self.context_scale))}
