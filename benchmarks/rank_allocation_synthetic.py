@@ -33,7 +33,8 @@ def run(method: str, k: int, steps: int, seed: int = 0) -> dict:
     (_, adapter), = model.adapter_items
     gate = adapter.gate
     pi = gate.sparsity.inclusion_probs(gate.sparsity_hp, {n: gate.guide_global(n).mean for n in gate.sites})
-    return {"rank": rank, "pi": pi.detach().tolist(), "A row norms": adapter.lora_A.weight.detach().norm(dim=1).tolist()}
+    norms = adapter.lora_A.weight.detach().norm(dim=1)
+    return {"rank": rank, "pi": pi.detach().tolist(), "A row norms": norms.tolist()}
 
 
 def main() -> None:
