@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .config_yaml import load_yaml
 from .inference.train_config import TrainConfig
 from .models.config import BaRAConfig, ConfigError
 
@@ -78,7 +79,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        parsed = yaml.safe_load(value)
+        parsed = load_yaml(value)
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
     return path, parsed
@@ -89,7 +90,7 @@ def _read_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

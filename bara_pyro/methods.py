@@ -22,8 +22,7 @@ import copy
 from functools import lru_cache
 from importlib import resources
 
-import yaml
-
+from .config_yaml import load_yaml
 from .models.config import ConfigError
 
 __all__ = ["list_methods", "load_preset", "preset_names"]
@@ -36,7 +35,7 @@ def _read_all() -> dict[str, dict]:
     presets = {}
     for entry in resources.files(PRESET_PACKAGE).iterdir():
         if entry.name.endswith(".yaml"):
-            data = yaml.safe_load(entry.read_text())
+            data = load_yaml(entry.read_text())
             if not isinstance(data, dict):
                 raise ConfigError(f"preset {entry.name} must hold a mapping")
             presets[entry.name[: -len(".yaml")]] = data

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-import yaml
+
+from ..config_yaml import load_yaml
 
 __all__ = ["GatesLike", "RunData", "as_arrays", "load_npz", "load_run", "read_train_log"]
 
@@ -129,7 +130,7 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None) -> RunData:
     for required in ("config.yaml", "metrics.json"):
         if not (run_dir / required).is_file():
             raise FileNotFoundError(f"{run_dir} is not a run directory: {required} is missing")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    config = load_yaml((run_dir / "config.yaml").read_text()) or {}
     if not isinstance(config, dict):
         raise ValueError(f"{run_dir / 'config.yaml'} must hold a YAML mapping, got {type(config).__name__}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
