@@ -8,6 +8,9 @@ Run directory (what ``bara-pyro train`` writes and ``bara-pyro report`` reads)::
     train_log.jsonl              one row per logged step (loss = -ELBO / N, KL terms, beta, lr, ...)
     checkpoint/                  latest checkpoint (resume with --resume)
     metrics.json                 per split: accuracy, nll, ece, brier; effective rank; parameters; times
+                                 (train_time_s, eval_time_s, wall_time_s: totals over the run's segments, i.e.
+                                 its first start and every resume; segments: how many)
+    timing.json                  those totals, updated whenever a segment ends (also when it is stopped)
     predictions.npz              probs (N, C), labels (N,), sample_probs (S, N, C), sample_loglik (S, N)
     gates.npz                    gate posterior (Bayesian gated methods only; see :func:`export_gates`)
 """
@@ -18,7 +21,6 @@ import copy
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ from .metrics import classification_metrics
 from .models.bara_model import ADAPTER_WEIGHTS_NAME
 from .models.config import BaRAConfig
 from .models.errors import ConfigError
+from .timing import TIMING_NAME, SegmentClock
 
 __all__ = ["run_experiment", "evaluate_run", "build_backbone_and_task", "load_run_config", "member_seed",
            "member_dir"]
@@ -160,7 +163,7 @@ def forget_trained_state(run_dir: str | os.PathLike) -> None:
     and member ``reused_from`` files (its own and its ensemble members'); the next run overwrites the rest."""
     run_dir = Path(run_dir)
     for d in [run_dir, *sorted(run_dir.glob("member_*"))]:
-        for name in (DONE_MARKER, "reused_from"):
+        for name in (DONE_MARKER, "reused_from", TIMING_NAME):
             (d / name).unlink(missing_ok=True)
         shutil.rmtree(d / CHECKPOINT_DIR, ignore_errors=True)
     remove_partial_predictions(run_dir)
@@ -179,7 +182,6 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
     ``train.world_size`` records the number of processes.  The other ranks return ``{"world_size", "rank"}``.
     """
     from .inference.distributed import data_parallel
-    from .models.injection import get_bara_model
 
     run_dir = Path(run_dir)
     dp = data_parallel()
@@ -198,13 +200,32 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
-    t_start = time.perf_counter()
+    clock = SegmentClock(run_dir / TIMING_NAME, resume=resume)
+    try:
+        metrics = _train_and_evaluate(config, run_dir, resume, progress, clock, dp)
+    finally:
+        totals = clock.close() if main else None  # rank 0 alone writes the run directory
+    if not main:
+        return metrics
+    metrics.update(train_time_s=totals.get("train_time_s", 0.0), eval_time_s=totals.get("eval_time_s", 0.0),
+                   wall_time_s=totals["wall_time_s"], segments=totals["segments"])
+    _write_json(run_dir / "metrics.json", metrics)
+    remove_partial_predictions(run_dir)
+    return metrics
+
+
+def _train_and_evaluate(config: dict, run_dir: Path, resume: bool, progress: bool, clock: SegmentClock,
+                        dp) -> dict:
+    """The body of :func:`run_experiment`; times go to ``clock`` (totals over the run's segments)."""
+    from .models.injection import get_bara_model
+
+    main = dp is None or dp.is_main
     train_cfg = TrainConfig.from_dict(config["train"])
     device = resolve_device(train_cfg.device)  # before the backbone is loaded: a missing device fails at once
     backbone, tokenizer, task, data = build_backbone_and_task(config, report_data=True)
     train_rows = _subset(data["train"], config["data"]["max_train_examples"])
     members = config["ensemble"]["members"]
-    models, train_time = [], 0.0
+    models = []
     for m in range(members):
         out_dir = member_dir(run_dir, config, m)
         seed = member_seed(config, m)
@@ -225,9 +246,9 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
         else:
             if progress and members > 1 and main:
                 print(f"ensemble member {m + 1}/{members}")
-            result = fit(model, task, train_rows, cfg_m, run_dir=out_dir,
-                         resume=resume and (out_dir / CHECKPOINT_DIR).exists(), progress=progress and main)
-            train_time += result.wall_time_s
+            with clock.measure("train_time_s"):
+                fit(model, task, train_rows, cfg_m, run_dir=out_dir,
+                    resume=resume and (out_dir / CHECKPOINT_DIR).exists(), progress=progress and main)
             if main:
                 model.save_pretrained(out_dir)
                 (out_dir / DONE_MARKER).write_text("trained\n")
@@ -242,13 +263,10 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
         models = load_members(run_dir, config, backbone, task)
         for model in models:
             model.dataset_size = len(train_rows)
-    metrics = _evaluate(models, task, tokenizer, data, train_rows, config, run_dir, progress)
+    metrics = _evaluate(models, task, tokenizer, data, train_rows, config, run_dir, progress, clock)
     trainable = sum(m.num_parameters()[0] for m in models)
     metrics.update(method=config["method"], model=config["model"], dataset=config["dataset"],
-                   trainable_parameters=trainable, world_size=config["train"]["world_size"], train_time_s=train_time,
-                   wall_time_s=time.perf_counter() - t_start)
-    _write_json(run_dir / "metrics.json", metrics)
-    remove_partial_predictions(run_dir)
+                   trainable_parameters=trainable, world_size=config["train"]["world_size"])
     return metrics
 
 
@@ -330,21 +348,14 @@ def _evaluate_tokens(models, task, data, config, run_dir: Path, progress: bool, 
             np.savez(run_dir / PREDICTIONS_NAME, **arrays)
 
 
-def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, progress: bool) -> dict:
+def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, progress: bool,
+              clock: SegmentClock | None = None) -> dict:
     ev = config["eval"]
     metrics: dict = {"num_samples": ev["num_samples"], "ensemble_members": len(models)}
-    t0 = time.perf_counter()
-    for split in ([] if is_token_task(task) else _evaluated_splits(data, ev, progress)):
-        rows = _subset(data[split], ev["max_examples"])
-        pred = _ensemble_predict(models, task, rows, config, progress,
-                                 checkpoint=run_dir / f"{PARTIAL_PREDICTION_PREFIX}{split}")
-        metrics[split] = classification_metrics(pred.probs, pred.labels, n_bins=ev["ece_bins"])
-        metrics[split]["num_examples"] = len(rows)
-        if split == "test" or split == ev["splits"][-1]:
-            _write_predictions(run_dir / PREDICTIONS_NAME, pred)
-    if is_token_task(task):
-        _evaluate_tokens(models, task, data, config, run_dir, progress, metrics)
-    metrics["eval_time_s"] = time.perf_counter() - t0
+    clock = clock or SegmentClock(run_dir / TIMING_NAME, resume=False)
+    with clock.measure("eval_time_s"):
+        _predict_splits(models, task, data, config, run_dir, progress, metrics)
+    metrics["eval_time_s"] = clock.total("eval_time_s")
     gated = [m for m in models if any(a.gate is not None for _, a in m.adapter_items)]
     metrics["effective_rank"], metrics["effective_rank_per_layer"] = None, {}
     if gated:
@@ -357,6 +368,22 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
         metrics["effective_rank"] = rank.pop("joint", None)
         metrics["effective_rank_per_layer"] = rank
     return metrics
+
+
+def _predict_splits(models, task, data, config, run_dir: Path, progress: bool, metrics: dict) -> None:
+    """Predict each evaluated split (resumably, or token-level for instruction data); its metrics go into
+    ``metrics[split]``."""
+    ev = config["eval"]
+    for split in ([] if is_token_task(task) else _evaluated_splits(data, ev, progress)):
+        rows = _subset(data[split], ev["max_examples"])
+        pred = _ensemble_predict(models, task, rows, config, progress,
+                                 checkpoint=run_dir / f"{PARTIAL_PREDICTION_PREFIX}{split}")
+        metrics[split] = classification_metrics(pred.probs, pred.labels, n_bins=ev["ece_bins"])
+        metrics[split]["num_examples"] = len(rows)
+        if split == "test" or split == ev["splits"][-1]:
+            _write_predictions(run_dir / PREDICTIONS_NAME, pred)
+    if is_token_task(task):
+        _evaluate_tokens(models, task, data, config, run_dir, progress, metrics)
 
 
 def _write_predictions(path: Path, pred: Prediction) -> None:

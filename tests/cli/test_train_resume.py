@@ -44,6 +44,9 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, sig):
     step = checkpoint_step(killed)
     assert 40 <= step < 160
     assert not (killed / "adapter_model.safetensors").exists()
+    stopped = json.loads((killed / "timing.json").read_text()) if sig == signal.SIGTERM else None
+    if stopped is not None:  # a stopped segment leaves its times; a killed one cannot
+        assert stopped["segments"] == 1 and stopped["train_time_s"] > 0
 
     done = subprocess.run([sys.executable, "-m", "bara_pyro.cli", "train", "--resume", str(killed), "--quiet"],
                           capture_output=True, text=True, timeout=600)
@@ -58,3 +61,12 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, sig):
     ref_metrics = json.loads((reference / "metrics.json").read_text())["test"]
     metrics = json.loads((killed / "metrics.json").read_text())["test"]
     assert metrics["nll"] == pytest.approx(ref_metrics["nll"], rel=1e-6)
+    # the times add up over the segments: the stopped one and the resume
+    resumed = json.loads((killed / "metrics.json").read_text())
+    if stopped is not None:
+        assert resumed["segments"] == 2
+        assert resumed["train_time_s"] > stopped["train_time_s"]
+        assert resumed["wall_time_s"] > stopped["wall_time_s"]
+    else:
+        assert resumed["segments"] == 1
+    assert json.loads((reference / "metrics.json").read_text())["segments"] == 1
