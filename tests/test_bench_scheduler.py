@@ -76,7 +76,24 @@ def test_an_interrupted_driver_stops_its_running_jobs_with_sigterm(local_ray, tm
     jobs = [("job0", None, [sys.executable, "-c", code], log0),
             ("job1", None, [sys.executable, "-c", "pass"], tmp_path / "job1.log")]
     t0 = time.perf_counter()
+    lines = []
     with pytest.raises(KeyboardInterrupt):
-        scheduler.execute(jobs, workers=2, log=lambda msg: None, gpu_share=0.0,
+        scheduler.execute(jobs, workers=2, log=lines.append, gpu_share=0.0,
                           before_job={"job1": interrupt_once_job0_runs})
     assert (tmp_path / "out").read_text() == "stopped" and time.perf_counter() - t0 < 55
+    assert any(line.startswith("job0 stopped before it saved any progress; run the same command to resume")
+               for line in lines), lines
+
+
+def test_a_stopped_job_is_reported_as_stopped(local_ray, tmp_path):
+    """A run that a signal stopped after its checkpoint (exit status 130 and the trainer's message) is not failed."""
+    from bara_pyro.inference.trainer import STOP_MESSAGE
+
+    line = STOP_MESSAGE.format(step=474, checkpoint="c", run_dir="r")
+    jobs = [("stopped", None, [sys.executable, "-c", f"import sys; print({line!r}, file=sys.stderr); sys.exit(130)"],
+             tmp_path / "stopped.log")]
+    lines = []
+    outcome = scheduler.execute(jobs, workers=2, log=lines.append, gpu_share=0.0)
+    assert outcome["stopped"]["status"] == "stopped"
+    assert outcome["stopped"]["error"] == "stopped at step 474 (checkpoint kept); run the same command to resume"
+    assert "stopped at step 474 (checkpoint kept)" in lines[0]

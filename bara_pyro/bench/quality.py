@@ -1188,6 +1188,7 @@ def _record(spec: RunSpec, outcome: dict | None, output: Path, ood: bool) -> dic
            else str(spec.run_dir), "status": "failed", "error": None, "metrics": None}
     metrics_path = spec.run_dir / "metrics.json"
     if outcome is not None and outcome["status"] != "ok":
+        rec["status"] = "stopped" if outcome["status"] == "stopped" else "failed"
         rec["error"] = outcome["error"]
     elif metrics_path.exists():
         rec["status"] = "ok"

@@ -32,6 +32,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from .run_outcome import RunStopped, outcome_line, raise_for_exit, stop_message
+
 __all__ = ["execute", "visible_gpus", "default_gpu_share", "run_logged"]
 
 Job = tuple[str, Callable[[], None], "list[str] | Callable[[], list[str]] | None", Path]
@@ -63,13 +65,15 @@ def default_gpu_share(workers: int, num_gpus: float) -> float:
 def run_logged(cmd: list[str], log_path: Path, env: dict | None = None,
                stop_requested: Callable[[], bool] | None = None) -> None:
     """Run ``cmd`` with its output appended to ``log_path``; a non-zero exit raises ``RuntimeError`` with the log's
-    tail.  When ``stop_requested()`` turns true (polled every second) or on ``KeyboardInterrupt``, it sends SIGTERM
-    to the subprocess, waits for it to checkpoint and exit (killed after ``STOP_TIMEOUT_S``) and raises
+    tail, or :class:`~bara_pyro.bench.run_outcome.RunStopped` when a signal stopped the run and it kept its
+    progress.  When ``stop_requested()`` turns true (polled every second) or on ``KeyboardInterrupt``, it sends
+    SIGTERM to the subprocess, waits for it to checkpoint and exit (killed after ``STOP_TIMEOUT_S``) and raises
     ``KeyboardInterrupt``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"\n$ {shlex.join(cmd)}\n")
         log.flush()
+        offset = log.tell()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             while True:
@@ -86,9 +90,7 @@ def run_logged(cmd: list[str], log_path: Path, env: dict | None = None,
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
-    if rc != 0:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-6:]
-        raise RuntimeError(f"exit status {rc}; last lines of {log_path}:\n" + "\n".join(tail))
+    raise_for_exit(rc, log_path, offset)
 
 
 def _job_env(workers: int) -> dict[str, str]:
@@ -124,7 +126,8 @@ class _StopFlag:
 def execute(jobs: list[Job], workers: int, log: Callable[[str], None] = print, gpus: list[int] | None = None,
             before_job: dict[str, Callable[[], None]] | None = None, address: str | None = None,
             gpu_share: float | None = None) -> dict[str, dict]:
-    """Run the jobs; returns ``{name: {status: 'ok' | 'failed', error, time_s}}`` (see the module docstring).
+    """Run the jobs; returns ``{name: {status: 'ok' | 'failed' | 'stopped', error, time_s}}`` (see the module
+    docstring; 'stopped': a signal stopped the run, which kept its progress).
 
     :param gpus: GPU indices a local Ray instance may use (default: every visible one); ignored on a cluster.
     :param gpu_share: GPUs per job (default :func:`default_gpu_share` over the GPUs Ray has).
@@ -136,8 +139,7 @@ def execute(jobs: list[Job], workers: int, log: Callable[[str], None] = print, g
 
 def _report(outcome: dict, name: str, result: dict, total: int, log) -> None:
     outcome[name] = result
-    tail = "" if result["status"] == "ok" else f": {result['error'].splitlines()[0]}"
-    log(f"[{len(outcome)}/{total}] {name} {result['status']} ({result['time_s']:.0f} s){tail}")
+    log(outcome_line(len(outcome), total, name, result))
 
 
 def _error_line(exc: BaseException) -> str:
@@ -153,6 +155,8 @@ def _execute_here(jobs: list[Job], log, before_job: dict) -> dict[str, dict]:
                 before_job[name]()
             fn()
             result = {"status": "ok", "error": None}
+        except RunStopped as exc:
+            result = {"status": "stopped", "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.write_text(traceback.format_exc())
@@ -204,7 +208,8 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
                         result = {"status": "ok", "error": None}
                     except ray.exceptions.RayTaskError as exc:
                         cause = exc.cause if exc.cause is not None else exc
-                        result = {"status": "failed", "error": _error_line(cause)}
+                        result = ({"status": "stopped", "error": str(cause)} if isinstance(cause, RunStopped)
+                                  else {"status": "failed", "error": _error_line(cause)})
                     except ray.exceptions.RayError as exc:  # the worker died more often than it may be retried
                         result = {"status": "failed", "error": _error_line(exc)}
                     result["time_s"] = time.perf_counter() - t0
@@ -212,6 +217,10 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
         except KeyboardInterrupt:
             ray.get(stop_flag.set.remote())  # each running task sends SIGTERM to its run, which checkpoints and exits
             ray.wait(list(running), num_returns=len(running), timeout=STOP_TIMEOUT_S + 10)
+            log_paths = {job[0]: job[3] for job in jobs}
+            for name, t0 in running.values():  # what each stopped run kept, from its log
+                text = log_paths[name].read_text(errors="replace") if log_paths[name].exists() else ""
+                log(f"{name} {stop_message(text)} ({time.perf_counter() - t0:.0f} s)")
             raise
         return outcome
     finally:

@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 
 from .interrupt import StopRequest, rng_state, set_rng_state, stop_on_signals
 
-__all__ = ["Prediction", "predict"]
+__all__ = ["Prediction", "predict", "STOP_MESSAGE"]
+
+STOP_MESSAGE = "prediction interrupted after {done} of {total} examples; run again to continue from {path}"
 
 
 @dataclass
@@ -142,8 +144,7 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
                     _save_pass(path, {"signature": signature, "next_start": done, "acc": _move(acc, "cpu"),
                                       "rng": rng_state()})
                 if stop.requested:
-                    raise KeyboardInterrupt(f"prediction interrupted after {done} of {len(rows)} examples; "
-                                            f"run again to continue from {path}")
+                    raise KeyboardInterrupt(STOP_MESSAGE.format(done=done, total=len(rows), path=path))
     finally:
         ctx.collect_stats = ctx.record_tokens = False
     acc = _move(acc, "cpu")

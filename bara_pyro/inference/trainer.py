@@ -40,6 +40,7 @@ __all__ = ["fit", "TrainResult", "resolve_device", "DataOrder", "TRAIN_LOG_NAME"
 
 TRAIN_LOG_NAME = "train_log.jsonl"
 CHECKPOINT_DIR = "checkpoint"
+STOP_MESSAGE = "interrupted at step {step}; checkpoint saved in {checkpoint}; resume with --resume {run_dir}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -271,8 +272,8 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
         interrupted = True
         if write_dir is not None:
             _save_checkpoint(write_dir, model, optim, step)
-            print(f"interrupted at step {step}; checkpoint saved in {write_dir / CHECKPOINT_DIR}; "
-                  f"resume with --resume {write_dir}", file=sys.stderr)
+            print(STOP_MESSAGE.format(step=step, checkpoint=write_dir / CHECKPOINT_DIR, run_dir=write_dir),
+                  file=sys.stderr)
     elif write_dir is not None and not interrupted:
         _save_checkpoint(write_dir, model, optim, step)
     if dp is not None and not aborted:  # the others wait for rank 0's files
