@@ -27,7 +27,7 @@ import numpy as np
 import pyro
 import torch
 
-from .experiment_config import TINY_MODELS, save_config
+from .experiment_config import DEFAULTS, TINY_MODELS, save_config
 from .inference.predictive import Prediction, predict
 from .inference.train_config import TrainConfig
 from .inference.trainer import CHECKPOINT_DIR, fit, resolve_device
@@ -283,7 +283,7 @@ def _ensemble_predict(models, task, rows, config, progress, checkpoint: Path | N
         s = ev["num_samples"] if _is_stochastic(model) else 0
         path = Path(f"{checkpoint}.m{i}.pt") if checkpoint is not None else None
         preds.append(predict(model, task, rows, num_samples=s, batch_size=ev["batch_size"], progress=progress,
-                             checkpoint=path))
+                             checkpoint=path, max_rows_per_pass=ev["max_rows_per_pass"]))
     return preds[0] if len(preds) == 1 else mixture_of_members(preds)
 
 
@@ -425,7 +425,7 @@ def export_gates(model, task, tokenizer, rows, train_rows, config, progress: boo
                               record_tokens=True, progress=False)
     else:
         pred = predict(model, task, rows, num_samples=0, batch_size=config["eval"]["batch_size"],
-                       record_tokens=True, progress=False)
+                       record_tokens=True, progress=False, max_rows_per_pass=config["eval"]["max_rows_per_pass"])
     if pred.token_stats:
         out["token_gate_prob"] = np.stack([pred.token_stats[p]["token_prob"].numpy() for p, _ in gates])
         out["token_expected_gate"] = np.stack([pred.token_stats[p]["token_expected_gate"].numpy() for p, _ in gates])
@@ -507,6 +507,8 @@ def load_run_config(run_dir: str | os.PathLike) -> dict:
     ensemble = config.get("ensemble")
     if isinstance(ensemble, dict):
         ensemble.setdefault("seed_stride", LEGACY_SEED_STRIDE)
+    if isinstance(config.get("eval"), dict):  # saved before the key existed: the bound of today's runs
+        config["eval"].setdefault("max_rows_per_pass", DEFAULTS["eval"]["max_rows_per_pass"])
     return validate_config(config)
 
 

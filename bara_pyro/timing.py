@@ -17,9 +17,18 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["SegmentClock", "TIMING_NAME"]
+__all__ = ["SegmentClock", "TIMING_NAME", "read_totals"]
 
 TIMING_NAME = "timing.json"
+
+
+def read_totals(path: str | os.PathLike) -> dict:
+    """The totals saved in ``path`` ({} if there are none)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class SegmentClock:
@@ -39,11 +48,7 @@ class SegmentClock:
         self._closed = False
 
     def _read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_totals(self.path)
 
     @contextlib.contextmanager
     def measure(self, key: str):

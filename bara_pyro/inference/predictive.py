@@ -80,12 +80,18 @@ def _save_pass(path: Path, state: dict) -> None:
 @torch.no_grad()
 def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size: int = 32,
             record_tokens: bool = False, progress: bool = True, device: torch.device | str | None = None,
-            checkpoint: str | os.PathLike | None = None) -> Prediction:
+            checkpoint: str | os.PathLike | None = None, max_rows_per_pass: int | None = None) -> Prediction:
     r"""Posterior predictive :math:`p(y \mid x) \approx \frac{1}{S}\sum_s \mathrm{softmax}(f(x; g_s))`.
 
     ``num_samples = S > 0`` draws the gates from q: the batch's rows are repeated S times and run
     as one batch of ``S * B`` examples (sample-major), so there is no Python loop over samples.
     ``S = 0`` runs once with posterior-mean gates E[z] E[theta].  Missing choices get probability 0.
+
+    ``max_rows_per_pass`` bounds the memory of one forward pass: a batch whose ``S * B`` expanded rows
+    exceed it runs as consecutive groups of ``b = max(1, max_rows_per_pass // S)`` of its rows, each
+    repeated S times.  A group is exactly what a batch of b rows would be (same collation, same draws
+    in the same order), so with B a multiple of b the result is bit for bit ``batch_size = b``'s, and
+    in any case the same estimator: every example averages S draws of its gates.  None: no bound.
 
     ``checkpoint``: a file that makes the pass resumable.  SIGINT/SIGTERM then stop it at the next batch
     boundary: the finished batches and the random-number state are written there, and ``KeyboardInterrupt``
@@ -97,13 +103,19 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    if max_rows_per_pass is not None and max_rows_per_pass < 1:
+        raise ValueError(f"max_rows_per_pass must be >= 1 or None, got {max_rows_per_pass}")
     device = torch.device(device) if device is not None else next(model.backbone.parameters()).device
     model.eval()
     model.backbone.eval()
     ctx = model.ctx
     path = Path(checkpoint) if checkpoint is not None else None
+    s = max(num_samples, 1)
+    group = batch_size if max_rows_per_pass is None else max(1, min(batch_size, max_rows_per_pass // s))
     signature = ({"rows": _rows_digest(rows), "num_samples": num_samples, "batch_size": batch_size,
                   "record_tokens": record_tokens} if path is not None else None)
+    if signature is not None and group < batch_size:
+        signature["rows_per_group"] = group
     saved = _load_pass(path, signature)
     acc = saved["acc"] if saved else {"probs": [], "sample_probs": [], "labels": [], "prob_sum": {},
                                       "num_tokens": {}, "token_stats": {}}
@@ -113,7 +125,6 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
         acc = _move(acc, device)
     probs, sample_probs, labels = acc["probs"], acc["sample_probs"], acc["labels"]
     prob_sum, num_tokens, token_stats = acc["prob_sum"], acc["num_tokens"], acc["token_stats"]
-    s = max(num_samples, 1)
     stop = StopRequest()
     starts = range(first, len(rows), batch_size)
     ctx.collect_stats, ctx.record_tokens = True, record_tokens
@@ -121,25 +132,26 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
         with stop_on_signals(stop) if path is not None else contextlib.nullcontext():
             for start in tqdm(starts, disable=not progress, desc="predict", dynamic_ncols=True,
                               initial=first // batch_size, total=-(-len(rows) // batch_size)):
-                chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-                batch = task.collate(chunk * s).to(device)
-                if num_samples > 0:  # S sample-major copies: shared draws (weights, per-layer gates) are per copy
-                    scores = model.scores(batch, mode="sample", num_samples=s)
-                else:
-                    scores = model.scores(batch, mode="mean")
-                # kept on the device until the pass ends: a copy to the host per batch would wait for the GPU
-                p = torch.softmax(scores.float(), dim=-1).reshape(s, len(chunk), -1)
-                sample_probs.append(p)
-                probs.append(p.mean(0))
-                labels.append(batch.labels[: len(chunk)])
-                for lpath, st in ctx.stats.items():
-                    prob_sum[lpath] = prob_sum.get(lpath, 0) + st["prob_sum"]
-                    num_tokens[lpath] = num_tokens.get(lpath, 0) + st["num_tokens"]
-                    if record_tokens:
-                        rec = token_stats.setdefault(lpath, {"token_prob": [], "token_expected_gate": []})
-                        rec["token_prob"].append(st["token_prob"])
-                        rec["token_expected_gate"].append(st["token_expected_gate"])
                 done = min(start + batch_size, len(rows))
+                for first_row in range(start, done, group):
+                    chunk = [rows[i] for i in range(first_row, min(first_row + group, done))]
+                    batch = task.collate(chunk * s).to(device)
+                    if num_samples > 0:  # S sample-major copies: shared draws (weights, layer gates) are per copy
+                        scores = model.scores(batch, mode="sample", num_samples=s)
+                    else:
+                        scores = model.scores(batch, mode="mean")
+                    # kept on the device until the pass ends: a copy to the host per batch would wait for the GPU
+                    p = torch.softmax(scores.float(), dim=-1).reshape(s, len(chunk), -1)
+                    sample_probs.append(p)
+                    probs.append(p.mean(0))
+                    labels.append(batch.labels[: len(chunk)])
+                    for lpath, st in ctx.stats.items():
+                        prob_sum[lpath] = prob_sum.get(lpath, 0) + st["prob_sum"]
+                        num_tokens[lpath] = num_tokens.get(lpath, 0) + st["num_tokens"]
+                        if record_tokens:
+                            rec = token_stats.setdefault(lpath, {"token_prob": [], "token_expected_gate": []})
+                            rec["token_prob"].append(st["token_prob"])
+                            rec["token_expected_gate"].append(st["token_expected_gate"])
                 if stop.requested or (path is not None and done == len(rows)):
                     _save_pass(path, {"signature": signature, "next_start": done, "acc": _move(acc, "cpu"),
                                       "rng": rng_state()})
