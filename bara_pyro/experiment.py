@@ -28,6 +28,7 @@ import pyro
 import torch
 
 from .experiment_config import DEFAULTS, TINY_MODELS, save_config
+from .inference.determinism import deterministic_algorithms
 from .inference.predictive import Prediction, predict
 from .inference.train_config import TrainConfig
 from .inference.trainer import CHECKPOINT_DIR, fit, resolve_device
@@ -202,7 +203,8 @@ def run_experiment(config: dict, run_dir: str | os.PathLike, resume: bool = Fals
         save_config(config, run_dir / "config.yaml")
     clock = SegmentClock(run_dir / TIMING_NAME, resume=resume)
     try:
-        metrics = _train_and_evaluate(config, run_dir, resume, progress, clock, dp)
+        with deterministic_algorithms(config["train"]["deterministic"]):  # before anything starts CUDA
+            metrics = _train_and_evaluate(config, run_dir, resume, progress, clock, dp)
     finally:
         totals = clock.close() if main else None  # rank 0 alone writes the run directory
     if not main:

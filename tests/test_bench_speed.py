@@ -6,7 +6,7 @@ from bara_pyro.bench import speed
 
 
 def small_config(**kw):
-    base = dict(shapes=["tiny"], settings=["eager"], methods=["frozen", "lora", "bara"],
+    base = dict(shapes=["tiny"], settings=["eager"], methods=["frozen", "lora", speed.DRAW],
                 gate_impls=["reference", "torch"], examples=2, seq_len=12, cont_len=4, samples=2, steps=2, warmup=1,
                 svi_steps=1, check=False, device="cpu", bf16=False)
     base.update(kw)
@@ -17,28 +17,65 @@ def test_speed_benchmark_rows_and_keys():
     result = speed.run_speed_benchmark(small_config(), log=lambda msg: None)
     assert {"device", "date", "versions", "config", "shapes", "table", "notes"} <= set(result)
     res = result["shapes"]["tiny"]
-    assert set(res["train"]) == {"frozen", "lora", "bara[reference]", "bara[torch]"}
-    assert set(res["predict"]) == {"lora_fwd", "lora_fwd_x2", "bara_s0[torch]", "bara_s2[torch]"}
+    assert set(res["train"]) == {"frozen", "lora", f"{speed.DRAW}@reference", f"{speed.DRAW}@torch"}
+    assert set(res["predict"]) == {"lora", "lora[eval.num_samples=2]", "bara[eval.num_samples=0]@torch",
+                                   "bara[eval.num_samples=2]@torch"}
+    assert result["row_names"] == "presets"
     rows = result["table"]
     assert {"shape", "setting", "kind", "method", "ms", "ratio", "peak_gib", "peak_ratio", "status"} <= set(rows[0])
     assert all(row["status"] == "ok" for row in rows), [r for r in rows if r["status"] != "ok"]
     lora = next(r for r in rows if r["kind"] == "train" and r["method"] == "lora")
     assert lora["ratio"] == 1.0
     table = speed.format_table(result)
-    assert "bara[torch]" in table and "xLoRA" in table
+    assert "bara[train.local_kl=draw]@torch" in table and "xLoRA" in table
 
 
 def test_speed_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "speed.json"
     argv = ["--shapes", "tiny", "--device", "cpu", "--fp32", "--settings", "eager", "--methods", "lora", "bara",
-            "bara_expected", "bara_svi", "bara_svi_jit", "--gate-impls", "torch", "--steps", "1", "--warmup", "1",
+            speed.DRAW, speed.SVI, speed.SVI_JIT, "--gate-impls", "torch", "--steps", "1", "--warmup", "1",
             "--svi-steps", "1",
             "--examples", "2", "--seq-len", "8", "--cont-len", "3", "--samples", "2", "--no-predict", "--out", str(out)]
     assert speed.main(argv) == 0
     data = json.loads(out.read_text())
-    assert set(data["shapes"]["tiny"]["train"]) == {"lora", "bara[torch]", "bara_expected[torch]", "bara_svi",
-                                                    "bara_svi_jit"}
-    assert "ms" in data["shapes"]["tiny"]["train"]["bara_expected[torch]"]["eager"]
-    assert "ms" in data["shapes"]["tiny"]["train"]["bara_svi"]["eager"]
-    assert "ms" in data["shapes"]["tiny"]["train"]["bara_svi_jit"]["eager"]
+    train = data["shapes"]["tiny"]["train"]
+    assert set(train) == {"lora", "bara@torch", "bara[train.local_kl=draw]@torch",
+                          "bara[train.estimator=svi,train.local_kl=draw]",
+                          "bara[train.estimator=svi,train.jit=true,train.local_kl=draw]"}
+    assert all("ms" in rows["eager"] for rows in train.values())
     assert "lora" in capsys.readouterr().out
+
+
+def test_rows_follow_the_presets():
+    """A row means what --method means: its adapter is the preset's, and the bara row trains as the preset."""
+    from bara_pyro.methods import load_preset
+    from bara_pyro.models import BaRAConfig
+
+    cfg = small_config()
+    for preset in ("lora", "bara", "blob"):
+        expected = BaRAConfig.from_dict({**load_preset(preset)["adapter"], "r": cfg.r, "alpha": cfg.alpha,
+                                         "target_modules": cfg.targets})
+        assert speed._bara_config(cfg, speed.TRAIN_ROWS[preset]).to_dict() == expected.to_dict()
+    assert load_preset("bara")["train"]["local_kl"] == "expected" and speed.TRAIN_ROWS["bara"] == "bara_expected"
+    for name in speed.TRAIN_ROWS:
+        assert name == "frozen" or name.split("[")[0] in ("lora", "bara", "blob")
+
+
+def test_old_result_files_read_with_todays_names(tmp_path):
+    old = {"config": {"methods": ["frozen", "lora", "bara", "bara_expected", "bara_svi"]},
+           "shapes": {"s": {"train": {"lora": {}, "bara[triton]": {}, "bara_expected[triton]": {}, "bara_svi": {}},
+                            "predict": {"lora_fwd": {}, "lora_fwd_x10": {}, "bara_s0[triton]": {},
+                                        "bara_s10[triton]": {}, "bara_s4[torch]": {}}}},
+           "table": [{"kind": "train", "method": "bara[triton]"}, {"kind": "predict", "method": "lora_fwd_x10"}]}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    new = speed.load_result(path)
+    assert list(new["shapes"]["s"]["train"]) == ["lora", "bara[train.local_kl=draw]@triton", "bara@triton",
+                                                 "bara[train.estimator=svi,train.local_kl=draw]"]
+    assert list(new["shapes"]["s"]["predict"]) == ["lora", "lora[eval.num_samples=10]",
+                                                   "bara[eval.num_samples=0]@triton", "bara@triton",
+                                                   "bara[eval.num_samples=4]@torch"]
+    assert [r["method"] for r in new["table"]] == ["bara[train.local_kl=draw]@triton", "lora[eval.num_samples=10]"]
+    assert new["config"]["methods"] == ["frozen", "lora", "bara[train.local_kl=draw]", "bara", speed.SVI]
+    assert speed.relabel(json.loads(json.dumps(new))) == new  # a current file is left as it is
+    assert speed.main(["--relabel", str(path)]) == 0 and json.loads(path.read_text()) == new

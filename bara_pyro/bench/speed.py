@@ -5,14 +5,22 @@ with the gates and KLs in fp32, batch of ``4 examples x 2 choices = 8`` sequence
 ``r = 16`` adapters on ``q_proj`` and ``v_proj``, this measures
 
 * training steps (forward, loss, backward, global-norm clip, AdamW): the frozen backbone's
-  forward + backward (the floor, no adapters, gradient to the input embeddings), LoRA
-  (``gate="none"``), BaRA with the fused estimator (library path as is, and the fast path of
-  :mod:`~bara_pyro.bench.fast_path` with each gate implementation; ``bara_expected``: the same with
-  ``train.local_kl=expected``, the ``bara`` preset's setting), BaRA with Pyro SVI (reference, fewer
-  steps) and BLoB when the library has it;
+  forward + backward (``frozen``: the floor, no adapters, gradient to the input embeddings), and the
+  method presets by their ``--method`` names, adapters as in the preset: ``lora``, ``bara`` (fused
+  estimator, ``train.local_kl=expected``), ``blob``; a variant is named as the preset plus its
+  overrides: ``bara[train.local_kl=draw]``, and Pyro SVI, the reference estimator (fewer steps),
+  ``bara[train.estimator=svi,train.local_kl=draw]``.  BaRA rows end in ``@IMPL``, the gate path
+  measured (``reference``: per-op gate math; else a :mod:`~bara_pyro.models.fused_kernels`
+  implementation of the library's fast path);
 * peak memory of one training step (``torch.cuda.max_memory_allocated``, reset before);
-* prediction: posterior-mean gates (``S = 0``) against one LoRA forward, and ``S = 10`` samples
-  batched as one 80-sequence pass against one LoRA forward of the 8 sequences.
+* prediction: ``bara[eval.num_samples=0]`` (posterior-mean gates) against one LoRA forward (``lora``), and
+  ``bara`` (``S = 10`` samples batched as one 80-sequence pass) against one LoRA forward of the 8
+  sequences; ``lora[eval.num_samples=10]`` is LoRA's forward of the same 80 sequences.
+
+Result files written before the rows were named after the presets are read back relabelled
+(:func:`load_result`; ``--relabel FILE ...`` rewrites them): ``bara`` was
+``bara[train.local_kl=draw]``, ``bara_expected`` was ``bara``, ``bara_svi`` was the SVI variant,
+``X[impl]`` was ``X@impl``, ``lora_fwd``/``lora_fwd_xS`` and ``bara_s0``/``bara_sS`` were the prediction rows.
 
 The loss is cloze scoring: the full-vocabulary log-likelihood of the last 128 tokens of each
 sequence, averaged per sequence; a categorical over the 2 choices (so the LM head is included).
@@ -47,7 +55,8 @@ from ..inference.graphed_step import capture, on_side_stream
 from ..models import BaRAConfig, get_bara_model
 from ..tasks.base import Batch
 
-__all__ = ["SpeedConfig", "SHAPES", "run_speed_benchmark", "format_table", "main"]
+__all__ = ["SpeedConfig", "SHAPES", "TRAIN_ROWS", "run_speed_benchmark", "format_table", "load_result", "relabel",
+           "main"]
 
 SHAPES: dict[str, dict] = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -58,9 +67,15 @@ SHAPES: dict[str, dict] = {
                  num_key_value_heads=2, vocab_size=512),
 }
 
-TRAIN_METHODS = ("frozen", "lora", "bara", "bara_expected", "bara_svi", "bara_svi_jit", "blob")
+# row name (a preset, or a preset plus its overrides) -> the step it times
+DRAW, SVI = "bara[train.local_kl=draw]", "bara[train.estimator=svi,train.local_kl=draw]"
+SVI_JIT = "bara[train.estimator=svi,train.jit=true,train.local_kl=draw]"
+TRAIN_ROWS = {"frozen": "frozen", "lora": "lora", "bara": "bara_expected", DRAW: "bara_draw", SVI: "bara_svi",
+              SVI_JIT: "bara_svi_jit", "blob": "blob"}
+TRAIN_METHODS = tuple(TRAIN_ROWS)
 SVI_METHODS = ("bara_svi", "bara_svi_jit")  # eager only, fewer steps
-GATE_IMPL_METHODS = ("bara", "bara_expected")  # one row per gate implementation
+GATE_IMPL_METHODS = ("bara_draw", "bara_expected")  # steps with one row per gate implementation
+ROW_NAMES = "presets"  # results' "row_names": rows named after the presets (older files: see load_result)
 GATE_IMPLS = ("reference", "torch", "compile", "triton", "auto")
 SETTINGS = ("eager", "graphs")
 
@@ -92,6 +107,7 @@ class SpeedConfig:
     bf16: bool = True
     dataset_size: int = 1000
     seed: int = 0
+    deterministic: bool = False  # train.deterministic's settings (inference/determinism.py) for every row
 
 
 # ===================================================================== model and batch
@@ -134,15 +150,15 @@ def _blob_config_kwargs() -> dict | None:
 
 
 def _bara_config(cfg: SpeedConfig, method: str) -> BaRAConfig:
-    kw = dict(r=cfg.r, alpha=cfg.alpha, target_modules=list(cfg.targets))
-    if method == "lora":
-        return BaRAConfig(gate="none", **kw)
-    if method == "blob":
-        extra = _blob_config_kwargs()
-        if extra is None:
-            raise _Skip("BaRAConfig has no 'weights' option (BLoB) in this version of bara_pyro")
-        return BaRAConfig(gate="none", **kw, **extra)
-    return BaRAConfig(**kw)
+    """The adapter section of the step's preset (``lora``, ``blob``, else ``bara``) at the benchmark's r, alpha
+    and target modules."""
+    from ..methods import load_preset
+
+    preset = method if method in ("lora", "blob") else "bara"
+    if preset == "blob" and _blob_config_kwargs() is None:
+        raise _Skip("BaRAConfig has no 'weights' option (BLoB) in this version of bara_pyro")
+    adapter = load_preset(preset).get("adapter", {})
+    return BaRAConfig.from_dict({**adapter, "r": cfg.r, "alpha": cfg.alpha, "target_modules": list(cfg.targets)})
 
 
 class _Skip(Exception):
@@ -527,7 +543,15 @@ def _log(msg: str) -> None:
 def run_speed_benchmark(cfg: SpeedConfig, log=_log, partial_out: Path | None = None) -> dict:
     """Run every measurement of ``cfg``; returns the results dict (also the JSON written by :func:`main`).
 
-    ``partial_out``: rewrite the results so far to this JSON file after every row (a run cut short keeps them)."""
+    ``partial_out``: rewrite the results so far to this JSON file after every row (a run cut short keeps them).
+    ``cfg.deterministic``: every row with deterministic kernels, as ``train.deterministic: true`` trains."""
+    from ..inference.determinism import deterministic_algorithms
+
+    with deterministic_algorithms(cfg.deterministic):
+        return _run_speed_benchmark(cfg, log, partial_out)
+
+
+def _run_speed_benchmark(cfg: SpeedConfig, log, partial_out: Path | None) -> dict:
     import pyro
 
     device = torch.device(cfg.device)
@@ -544,6 +568,7 @@ def run_speed_benchmark(cfg: SpeedConfig, log=_log, partial_out: Path | None = N
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "pyro": pyro.__version__, "python": platform.python_version()},
         "config": dataclasses.asdict(cfg),
+        "row_names": ROW_NAMES,
         "shapes": {},
         "notes": [],
     }
@@ -568,11 +593,12 @@ def run_speed_benchmark(cfg: SpeedConfig, log=_log, partial_out: Path | None = N
         res = {"layers": layers, "adapters": layers * len(cfg.targets), "train": {}, "predict": {}}
         result["shapes"][shape] = res
         variants = []
-        for method in cfg.methods:
+        for row in cfg.methods:
+            method = TRAIN_ROWS[row]
             if method in GATE_IMPL_METHODS:
-                variants += [(f"{method}[{impl}]", method, impl) for impl in cfg.gate_impls]
+                variants += [(f"{row}@{impl}", method, impl) for impl in cfg.gate_impls]
             else:
-                variants.append((method, method, "torch"))
+                variants.append((row, method, "torch"))
         for setting in cfg.settings:
             graphs = setting == "graphs"
             if graphs and device.type != "cuda":
@@ -598,10 +624,12 @@ def run_speed_benchmark(cfg: SpeedConfig, log=_log, partial_out: Path | None = N
             if not cfg.predict:
                 continue
             batch_s = make_batch(cfg, vocab, device, repeat=cfg.samples)
-            pvariants = [("lora_fwd", "lora", "torch", batch), (f"lora_fwd_x{cfg.samples}", "lora", "torch", batch_s)]
+            sampled = "" if cfg.samples == 10 else f"[eval.num_samples={cfg.samples}]"  # the bara preset: S = 10
+            pvariants = [("lora", "lora", "torch", batch), (f"lora[eval.num_samples={cfg.samples}]", "lora", "torch",
+                                                              batch_s)]
             for impl in [i for i in cfg.gate_impls if i != "reference"] or ["reference"]:
-                pvariants += [(f"bara_s0[{impl}]", "bara_s0", impl, batch),
-                              (f"bara_s{cfg.samples}[{impl}]", "bara_s10", impl, batch_s)]
+                pvariants += [(f"bara[eval.num_samples=0]@{impl}", "bara_s0", impl, batch),
+                              (f"bara{sampled}@{impl}", "bara_s10", impl, batch_s)]
             for name, method, impl, b in pvariants:
                 try:
                     out = _measure(lambda: _predict_step(method, impl, backbone, b, cfg, device), cfg, device,
@@ -640,7 +668,7 @@ def table_rows(result: dict) -> list[dict]:
         for kind in ("train", "predict"):
             settings = sorted({s for v in res[kind].values() for s in v}, key=SETTINGS.index)
             for setting in settings:
-                ref_name = "lora" if kind == "train" else "lora_fwd"
+                ref_name = "lora"
                 ref = res[kind].get(ref_name, {}).get(setting, {})
                 for name, by_setting in res[kind].items():
                     out = by_setting.get(setting)
@@ -660,24 +688,66 @@ def table_rows(result: dict) -> list[dict]:
     return rows
 
 
+_LEGACY_TRAIN_ROWS = {"bara": DRAW, "bara_expected": "bara", "bara_svi": SVI, "bara_svi_jit": SVI_JIT}
+
+
+def legacy_row_name(name: str, kind: str) -> str:
+    """A row name of a result file written before the rows were named after the presets, in today's names."""
+    m = re.fullmatch(r"(.+?)\[(\w+)\]", name)  # X[impl]
+    base, impl = (m.group(1), m.group(2)) if m else (name, None)
+    if kind == "train":
+        base = _LEGACY_TRAIN_ROWS.get(base, base)
+    elif base == "lora_fwd":
+        base = "lora"
+    elif m_lora := re.fullmatch(r"lora_fwd_x(\d+)", base):
+        base = f"lora[eval.num_samples={m_lora.group(1)}]"
+    elif m_bara := re.fullmatch(r"bara_s(\d+)", base):
+        n = int(m_bara.group(1))
+        base = "bara" if n == 10 else f"bara[eval.num_samples={n}]"
+    return base + (f"@{impl}" if impl else "")
+
+
+def relabel(result: dict) -> dict:
+    """``result`` (modified in place and returned) with today's row names; a no-op on a current file."""
+    if result.get("row_names") == ROW_NAMES:
+        return result
+    for res in result.get("shapes", {}).values():
+        for kind in ("train", "predict"):
+            if kind in res:
+                res[kind] = {legacy_row_name(name, kind): rows for name, rows in res[kind].items()}
+    for row in result.get("table", []):
+        row["method"] = legacy_row_name(row["method"], row["kind"])
+    config = result.get("config", {})
+    if "methods" in config:
+        config["methods"] = [_LEGACY_TRAIN_ROWS.get(m, m) for m in config["methods"]]
+    result["row_names"] = ROW_NAMES
+    return result
+
+
+def load_result(path: str | Path) -> dict:
+    """A speed result JSON, with today's row names whatever version wrote it."""
+    return relabel(json.loads(Path(path).read_text()))
+
+
 def format_table(result: dict) -> str:
     lines = []
     key = None
+    width = max([22, *(len(row["method"]) for row in result["table"])])
     for row in result["table"]:
         k = (row["shape"], row["setting"], row["kind"])
         if k != key:
             key = k
             ref = "LoRA step" if row["kind"] == "train" else "one LoRA forward (8 seq)"
             lines += ["", f"{row['shape']} | {row['setting']} | {row['kind']} (ratios to {ref})",
-                      f"{'method':<22} {'ms/step':>9} {'xLoRA':>7} {'peak GiB':>9} {'xLoRA':>7} {'step GiB':>9}"]
+                      f"{'method':<{width}} {'ms/step':>9} {'xLoRA':>7} {'peak GiB':>9} {'xLoRA':>7} {'step GiB':>9}"]
         if row["status"] != "ok":
-            lines.append(f"{row['method']:<22} {row['status']}")
+            lines.append(f"{row['method']:<{width}} {row['status']}")
             continue
 
         def f(v, fmt):
             return format(v, fmt) if v is not None else "-"
 
-        lines.append(f"{row['method']:<22} {f(row['ms'], '9.2f')} {f(row['ratio'], '7.3f')} "
+        lines.append(f"{row['method']:<{width}} {f(row['ms'], '9.2f')} {f(row['ratio'], '7.3f')} "
                      f"{f(row['peak_gib'], '9.3f')} {f(row['peak_ratio'], '7.3f')} {f(row.get('step_gib'), '9.3f')}")
     return "\n".join(lines)
 
@@ -711,6 +781,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast (CPU smoke runs)")
     p.add_argument("--out", help="JSON path (default benchmarks/results/speed_<device>_<date>.json)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels, as train.deterministic: true (torch.use_deterministic_algorithms, "
+                        "CUBLAS_WORKSPACE_CONFIG); compare with a run without it for the cost")
+    p.add_argument("--relabel", nargs="+", metavar="JSON",
+                   help="rewrite result files of older versions with today's row names (preset names), then exit")
     f = p.add_argument_group("fit, end to end (bench.fit_speed): real training runs, eager and graphs")
     f.add_argument("--fit", action="store_true", help="add the fit rows and the graphs-against-eager check")
     f.add_argument("--fit-only", action="store_true", help="only the fit rows and the check (no step rows)")
@@ -727,11 +802,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.relabel:
+        for path in args.relabel:
+            Path(path).write_text(json.dumps(load_result(path), indent=1))
+            print(f"relabelled {path}")
+        return 0
     cfg = SpeedConfig(shapes=args.shapes, settings=args.settings, methods=args.methods, gate_impls=args.gate_impls,
                       steps=args.steps, warmup=args.warmup, svi_steps=args.svi_steps, samples=args.samples,
                       examples=args.examples, seq_len=args.seq_len, cont_len=args.cont_len, r=args.r,
                       predict=not args.no_predict, check=not args.no_check, tune=not args.no_tune, profile=args.profile,
-                      device=args.device, bf16=not args.fp32)
+                      device=args.device, bf16=not args.fp32, deterministic=args.deterministic)
     if args.fit_only:
         cfg.shapes, cfg.check, cfg.tune = [], False, False
     out = Path(args.out) if args.out else None

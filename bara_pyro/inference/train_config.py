@@ -57,6 +57,9 @@ class TrainConfig:
     world_size: int = field(default=1, metadata={
         "help": "processes the run trained on, data-parallel (recorded from the launcher, torchrun or accelerate "
                 "launch; batch_size is the global batch, split across them)"})
+    deterministic: bool = field(default=False, metadata={
+        "help": "deterministic kernels (torch.use_deterministic_algorithms, cuBLAS's fixed workspace): the same seed "
+                "gives the same bits on the same GPU type and software; CPU runs are reproducible without it"})
 
     def __post_init__(self):
         def need(cond: bool, msg: str):
@@ -88,6 +91,7 @@ class TrainConfig:
              f"shard_backbone must be true or false, got {self.shard_backbone!r}")
         for name in ("jit", "graphs"):
             need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
+        need(isinstance(self.deterministic, bool), f"deterministic must be true or false, got {self.deterministic!r}")
         need(self.estimator in ESTIMATORS, f"estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}")
         need(self.local_kl in LOCAL_KL, f"local_kl must be one of {list(LOCAL_KL)}, got {self.local_kl!r}")
         need(self.local_kl == "draw" or self.estimator == "fused",

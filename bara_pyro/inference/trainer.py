@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..models.errors import ConfigError
 from ..models.row_shard import RowShard
+from .determinism import deterministic_algorithms
 from .distributed import DataParallel, data_parallel
 from .graphed_step import TrainStep
 from .interrupt import StopRequest, rng_state, set_rng_state, stop_on_signals
@@ -189,7 +190,7 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     model.train()
     model.backbone.train()  # the backbone's own dropout acts as in any fine-tuning run; its weights stay frozen
     try:
-        with stop_on_signals(stop):
+        with stop_on_signals(stop), deterministic_algorithms(config.deterministic):
             while step < config.steps and (dp is not None or not stop.requested):  # processes stop together
                 indices = order.indices(step)
                 if dp is not None:
