@@ -79,3 +79,28 @@ def test_old_result_files_read_with_todays_names(tmp_path):
     assert new["config"]["methods"] == ["frozen", "lora", "bara[train.local_kl=draw]", "bara", speed.SVI]
     assert speed.relabel(json.loads(json.dumps(new))) == new  # a current file is left as it is
     assert speed.main(["--relabel", str(path)]) == 0 and json.loads(path.read_text()) == new
+
+
+def test_deterministic_rows_and_the_cost_comparison(tmp_path):
+    import importlib.util
+
+    import torch
+
+    out = tmp_path / "det.json"
+    argv = ["--shapes", "tiny", "--device", "cpu", "--fp32", "--settings", "eager", "--methods", "lora", "bara",
+            "--gate-impls", "auto", "--steps", "1", "--warmup", "1", "--examples", "2", "--seq-len", "8",
+            "--cont-len", "3", "--no-predict", "--deterministic", "--out", str(out)]
+    assert speed.main(argv) == 0 and not torch.are_deterministic_algorithms_enabled()
+    on = json.loads(out.read_text())
+    assert on["config"]["deterministic"] is True
+    assert all("ms" in rows["eager"] for rows in on["shapes"]["tiny"]["train"].values())
+
+    spec = importlib.util.spec_from_file_location("deterministic_cost", speed.Path(__file__).resolve().parents[1]
+                                                  / "benchmarks" / "deterministic_cost.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    off = json.loads(json.dumps(on))
+    for rows in off["shapes"]["tiny"]["train"].values():
+        rows["eager"]["ms"] = rows["eager"]["ms"] / 2
+    table = script.compare(off, on)
+    assert table[2].startswith("| tiny | lora |") and table[2].endswith("| 2.000 |")

@@ -44,7 +44,7 @@ model (``metrics.json``'s ``assembled_from`` names them): the mixture of the mem
 same numbers that evaluating the members would give; likewise its OOD evaluation, from the members'
 ``ood_predictions.npz``.  So an ensemble's members may train in other calls or on other machines.
 
-Outputs: ``results.json`` (protocol, command line, machine, date, git commit, every run's metrics,
+Outputs: ``results.json`` (protocol, command line, machine, date, code version, every run's metrics,
 aggregates mean +- std over seeds, OOD, the peft anchor and the targets) and ``results.md`` (one table
 per metric, rows = methods, columns = tasks + mean; OOD tables; anchor; targets met / missed).
 

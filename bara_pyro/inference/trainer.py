@@ -4,8 +4,9 @@ Every step draws the next minibatch from a seeded per-epoch permutation, sets th
 weight ``beta``, and takes one optimizer step.  A checkpoint (trainable weights, optimizer and
 schedule state, RNG state, step) is written atomically every ``checkpoint_every`` steps and when
 the run is interrupted (Ctrl-C or SIGTERM); ``fit(..., resume=True)`` continues from it and
-reproduces the uninterrupted run exactly on the same device.  A signal is honoured at the next
-step boundary; a SIGKILL loses the steps since the last checkpoint.
+reproduces the uninterrupted run exactly on the CPU, or on a GPU with ``deterministic`` (same GPU
+type).  A signal is honoured at the next step boundary; a SIGKILL loses the steps since the last
+checkpoint.
 """
 
 from __future__ import annotations
