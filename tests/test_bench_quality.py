@@ -111,6 +111,9 @@ def test_quick_benchmark_with_ood_writes_results_and_resumes(tmp_path, capsys):
     assert "2 already finished, 0 to run" in capsys.readouterr().out
     again = json.loads((out / "results.json").read_text())
     assert again["aggregates"] == results["aggregates"] and again["ood"] == results["ood"]
+    assert again["segments"] == 2 and again["wall_time_s"] > results["wall_time_s"]  # the calls add up
+    assert "(over 2 invocations of the command)" in (out / "results.md").read_text()
+    assert all(r["metrics"]["segments"] == 1 for r in again["runs"])
 
     # another budget into the same folder: refused per run, never mixed with the finished ones
     assert quality.main(quick_argv(out, "--steps", "4")) == 1
