@@ -252,6 +252,8 @@ def _train_and_evaluate(config: dict, run_dir: Path, resume: bool, progress: boo
                 fit(model, task, train_rows, cfg_m, run_dir=out_dir,
                     resume=resume and (out_dir / CHECKPOINT_DIR).exists(), progress=progress and main)
             if main:
+                with clock.measure("train_time_s"):  # a post-hoc posterior (Laplace) counts as training time
+                    model.fit_posterior(task, train_rows, batch_size=cfg_m.batch_size, progress=progress)
                 model.save_pretrained(out_dir)
                 (out_dir / DONE_MARKER).write_text("trained\n")
             if dp is not None:
@@ -356,10 +358,13 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
     metrics: dict = {"num_samples": ev["num_samples"], "ensemble_members": len(models)}
     clock = clock or SegmentClock(run_dir / TIMING_NAME, resume=False)
     with clock.measure("eval_time_s"):
-        _predict_splits(models, task, data, config, run_dir, progress, metrics)
+        pred = _predict_splits(models, task, data, config, run_dir, progress, metrics)
     metrics["eval_time_s"] = clock.total("eval_time_s")
     gated = [m for m in models if any(a.gate is not None for _, a in m.adapter_items)]
     metrics["effective_rank"], metrics["effective_rank_per_layer"] = None, {}
+    if not gated and len(models) == 1 and pred is not None and pred.effective_rank:  # e.g. rank-wise dropout's pruning
+        rank = dict(pred.effective_rank)
+        metrics["effective_rank"], metrics["effective_rank_per_layer"] = rank.pop("joint", None), rank
     if gated:
         split = "test" if "test" in ev["splits"] and len(data["test"]) else ev["splits"][0]
         split = split if len(data[split]) else "validation"
@@ -372,10 +377,11 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
     return metrics
 
 
-def _predict_splits(models, task, data, config, run_dir: Path, progress: bool, metrics: dict) -> None:
+def _predict_splits(models, task, data, config, run_dir: Path, progress: bool, metrics: dict) -> Prediction | None:
     """Predict each evaluated split (resumably, or token-level for instruction data); its metrics go into
-    ``metrics[split]``."""
+    ``metrics[split]``.  Returns the last split's prediction (None: no classification split)."""
     ev = config["eval"]
+    pred = None
     for split in ([] if is_token_task(task) else _evaluated_splits(data, ev, progress)):
         rows = _subset(data[split], ev["max_examples"])
         pred = _ensemble_predict(models, task, rows, config, progress,
@@ -386,6 +392,7 @@ def _predict_splits(models, task, data, config, run_dir: Path, progress: bool, m
             _write_predictions(run_dir / PREDICTIONS_NAME, pred)
     if is_token_task(task):
         _evaluate_tokens(models, task, data, config, run_dir, progress, metrics)
+    return pred
 
 
 def _write_predictions(path: Path, pred: Prediction) -> None:

@@ -14,6 +14,14 @@ and evaluation sample count::
     bara_sparsity_only  BaRA without the gamma magnitude     prior.magnitude: none
     bara_global_only    BaRA without amortization            guide.local: mean_field
     bara_slab           BaRA, spike-and-slab                 slab_gaussian weights, conditional_prior gates
+    bayesian_lora       Bayesian-LoRA                        weights: inducing_gaussian, S = 10
+    balora              BaLoRA (designed from its abstract)  weights: adaptive_noise, S = 10
+    bayeslora           BayesLoRA                            weights: rank_dropout, S = 10
+    projected_subspace  LoRA-XS core with SWAG               weights: projected_subspace, S = 10
+    projected_subspace_laplace  the same core, Laplace        posterior_kind: laplace, S = 10
+    laplace_lora        Laplace-LoRA (post-hoc)              weights: laplace, S = 10
+
+docs/methods.md describes the last six: each one's model, what comes from its paper and what is chosen here.
 """
 
 from __future__ import annotations

@@ -70,8 +70,10 @@ SHAPES: dict[str, dict] = {
 # row name (a preset, or a preset plus its overrides) -> the step it times
 DRAW, SVI = "bara[train.local_kl=draw]", "bara[train.estimator=svi,train.local_kl=draw]"
 SVI_JIT = "bara[train.estimator=svi,train.jit=true,train.local_kl=draw]"
+# the other Bayesian LoRA methods: adapters from their presets; not in the default row set (--methods NAME)
+PRESET_METHODS = ("bayesian_lora", "balora", "bayeslora", "projected_subspace", "laplace_lora")
 TRAIN_ROWS = {"frozen": "frozen", "lora": "lora", "bara": "bara_expected", DRAW: "bara_draw", SVI: "bara_svi",
-              SVI_JIT: "bara_svi_jit", "blob": "blob"}
+              SVI_JIT: "bara_svi_jit", "blob": "blob", **{m: m for m in PRESET_METHODS}}
 TRAIN_METHODS = tuple(TRAIN_ROWS)
 SVI_METHODS = ("bara_svi", "bara_svi_jit")  # eager only, fewer steps
 GATE_IMPL_METHODS = ("bara_draw", "bara_expected")  # steps with one row per gate implementation
@@ -84,7 +86,7 @@ SETTINGS = ("eager", "graphs")
 class SpeedConfig:
     shapes: list[str] = field(default_factory=lambda: ["smollm2-135m", "llama-1b"])
     settings: list[str] = field(default_factory=lambda: list(SETTINGS))
-    methods: list[str] = field(default_factory=lambda: list(TRAIN_METHODS))
+    methods: list[str] = field(default_factory=lambda: [m for m in TRAIN_METHODS if m not in PRESET_METHODS])
     # BaRA gate paths measured: 'reference' (per-op gate math, per-gate globals: the path before fusion) and the
     # fused_kernels implementations ('torch', 'compile', 'triton', 'auto') of the library's fast path
     gate_impls: list[str] = field(default_factory=lambda: ["triton"])
@@ -154,7 +156,7 @@ def _bara_config(cfg: SpeedConfig, method: str) -> BaRAConfig:
     and target modules."""
     from ..methods import load_preset
 
-    preset = method if method in ("lora", "blob") else "bara"
+    preset = method if method in ("lora", "blob", *PRESET_METHODS) else "bara"
     if preset == "blob" and _blob_config_kwargs() is None:
         raise _Skip("BaRAConfig has no 'weights' option (BLoB) in this version of bara_pyro")
     adapter = load_preset(preset).get("adapter", {})
@@ -338,7 +340,50 @@ def _model_train_step(model, method: str, impl: str, batch: Batch, cfg: SpeedCon
     return _Step(run, model.remove_hooks, params, model)
 
 
+def _preset_predict_step(method: str, backbone, batch: Batch, cfg: SpeedConfig) -> _Step:
+    """Sampled prediction (S copies of the batch) of a preset method.  A post-hoc posterior is fitted on the batch
+    itself first (Laplace) and SWAG gets ``swag_rank`` stand-in iterates: the timing is what counts here."""
+    model = get_bara_model(backbone, _bara_config(cfg, method), forward_fn=cloze_forward)
+    model.eval()
+    num_samples = batch.num_examples // cfg.examples
+    try:
+        family = model.config.components.weights
+        one = _first_copy_rows(batch, num_samples)
+
+        class _FixedTask:  # the rows are positions; collate returns the batch itself
+            @staticmethod
+            def collate(rows):
+                return one
+
+        family.fit_posterior(model, _FixedTask(), list(range(one.num_examples)), one.num_examples)
+        if getattr(family, "posterior_kind", None) == "swag":
+            with torch.no_grad():
+                for _, adapter in model.adapter_items:
+                    adapter.swag_deviations.normal_(0, 1e-3)
+                    adapter.swag_count.fill_(family.swag_rank)
+    except BaseException:
+        model.remove_hooks()
+        raise
+
+    @torch.no_grad()
+    def run():
+        with _autocast(cfg, device=next(backbone.parameters()).device):
+            model.scores(batch, mode="sample", num_samples=num_samples)
+
+    return _Step(run, model.remove_hooks, model=model)
+
+
+def _first_copy_rows(batch: Batch, num_samples: int) -> Batch:
+    """The first of the sample-major copies of :func:`make_batch` (``repeat`` copies of every tensor row)."""
+    cut = lambda t: t[: t.shape[0] // num_samples]  # noqa: E731
+    return Batch(inputs={k: cut(v) for k, v in batch.inputs.items()}, labels=cut(batch.labels),
+                 token_mask=cut(batch.token_mask),
+                 extras={k: cut(v) if torch.is_tensor(v) else v for k, v in batch.extras.items()})
+
+
 def _predict_step(method: str, impl: str, backbone, batch: Batch, cfg: SpeedConfig, device) -> _Step:
+    if method in PRESET_METHODS:
+        return _preset_predict_step(method, backbone, batch, cfg)
     lora = method.startswith("lora")
     model = get_bara_model(backbone, _bara_config(cfg, "lora" if lora else "bara"), forward_fn=cloze_forward)
     model.eval()
@@ -630,6 +675,7 @@ def _run_speed_benchmark(cfg: SpeedConfig, log, partial_out: Path | None) -> dic
             for impl in [i for i in cfg.gate_impls if i != "reference"] or ["reference"]:
                 pvariants += [(f"bara[eval.num_samples=0]@{impl}", "bara_s0", impl, batch),
                               (f"bara{sampled}@{impl}", "bara_s10", impl, batch_s)]
+            pvariants += [(f"{m}{sampled}", m, "torch", batch_s) for m in cfg.methods if m in PRESET_METHODS]
             for name, method, impl, b in pvariants:
                 try:
                     out = _measure(lambda: _predict_step(method, impl, backbone, b, cfg, device), cfg, device,

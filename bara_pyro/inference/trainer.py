@@ -229,6 +229,8 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                     if scores is not None and scores.dim() == 2 and batch.labels.dtype == torch.long:
                         correct += (scores.detach().argmax(-1) == batch.labels).sum()
                         seen += batch.num_examples
+                if hasattr(model, "after_optimizer_step"):
+                    model.after_optimizer_step(step + 1, config.steps)
                 step += 1
                 checkpoint_now = (run_dir is not None and config.checkpoint_every
                                   and step % config.checkpoint_every == 0)
@@ -346,9 +348,9 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
         row["kl_local"] = scale * sum(kl_local.values())  # scaled to the dataset, as in the ELBO
         row["kl"] = (row["kl_global"] + row["kl_local"]) / n
         row["kl_per_layer"] = {p: kl_global[p] + scale * kl_local.get(p, 0.0) for p in kl_global}
-        rank = model.effective_rank()
-        if rank:
-            row["effective_rank"] = rank["joint"]
+    rank = model.effective_rank() if hasattr(model, "effective_rank") else {}
+    if rank:  # gates, or a weight family that records its kept components (rank-wise dropout)
+        row["effective_rank"] = rank["joint"]
     return row
 
 

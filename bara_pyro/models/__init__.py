@@ -14,6 +14,11 @@ from .priors import PRIORS, GlobalSite, MagnitudePrior, SparsityPrior, register_
 from .slab_weights import SlabGaussianWeights
 from .targets import find_target_modules
 from .weights import WEIGHTS, WeightFamily, register_weights
+from .weights_adaptive_noise import AdaptiveNoiseWeights  # noqa: F401  (registers weights: adaptive_noise)
+from .weights_inducing import InducingWeights  # noqa: F401  (registers weights: inducing_gaussian)
+from .weights_laplace import LaplaceWeights  # noqa: F401  (registers weights: laplace)
+from .weights_projected import ProjectedSubspaceWeights  # noqa: F401  (registers weights: projected_subspace)
+from .weights_rank_dropout import RankDropoutWeights  # noqa: F401  (registers weights: rank_dropout)
 
 __all__ = [
     "GUIDES",

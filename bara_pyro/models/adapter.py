@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
@@ -42,6 +41,7 @@ class BaRAAdapter(PyroModule):
         self.scaling = config.alpha / config.r
         self.lora_dropout_p = float(config.lora_dropout)
         self.lora_dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self._base_layer = (base_layer,)  # a weight family may read the frozen weight (outside the module tree)
         self.lora_A = nn.Linear(self.in_features, config.r, bias=False)
         self.lora_B = nn.Linear(config.r, self.out_features, bias=False)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
@@ -49,6 +49,7 @@ class BaRAAdapter(PyroModule):
         self.weights = config.components.weights
         self.weights.install(self)
         self._flipout = self.weights.flipout_factors()
+        self._rank_transform = self.weights.rank_transform
         self.gate = GlobalLocalGate(path, config) if config.has_gate else None
         self._ctx = GateContext()
         # direct references for the non-Pyro modes (no PyroModule attribute lookup per call)
@@ -59,6 +60,8 @@ class BaRAAdapter(PyroModule):
         if self.lora_dropout_p > 0 and (self.training or (self.weights.dropout_when_sampling and ctx.mode == "sample")):
             x = F.dropout(x, self.lora_dropout_p, training=True)
         h = self._factor("lora_A", x)
+        if self._rank_transform is not None:
+            h = self._rank_transform(self, h)
         gate = self._direct["gate"]
         if gate is not None:
             # .gated (not __call__): PyroModule.__call__ would activate the Pyro context (and param-store
@@ -70,17 +73,19 @@ class BaRAAdapter(PyroModule):
         """``x`` times factor ``name`` (transposed), with the factor drawn as the context's mode says."""
         ctx = self._ctx
         if name not in self.weights.latent:
+            if ctx.mode == "sample" and self.weights.samples_factor(self, name):  # a post-hoc posterior's draws
+                return per_sample_linear(x, self.weights.draws(self, name, ctx.num_samples))
             # inside the Pyro model/guide the PyroModule lookup registers the weights in the param store
             return (getattr(self, name) if ctx.mode in ("guide", "model") else self._direct[name])(x)
         mode = ctx.mode
         if mode in ("guide", "model", "given") or (mode == "fused" and name not in self._flipout):
             return F.linear(x, ctx.weights[self.path][name])
-        q = self.weights.posterior(self, name)
         if mode == "fused":
+            q = self.weights.posterior(self, name)
             return flipout_linear(x, q.loc, q.scale)
-        if mode == "sample" and not isinstance(q, dist.Delta):
-            return per_sample_linear(x, q.rsample((ctx.num_samples,)))
-        return F.linear(x, q.mean)
+        if mode == "sample" and self.weights.samples_factor(self, name):
+            return per_sample_linear(x, self.weights.draws(self, name, ctx.num_samples))
+        return F.linear(x, self.weights.mean(self, name))
 
     # ----------------------------------------------------------------- global sites (weights, then the gate's)
     def weight_dist(self, name: str, side: str):
@@ -93,9 +98,11 @@ class BaRAAdapter(PyroModule):
         if self.gate is not None:
             self.gate.sample_globals(side)
         if self.weights.latent:
+            values = ctx.weights[self.path] = {}  # filled in order: a factor's law may depend on earlier ones
             with poutine.scale(scale=ctx.kl_beta):
-                ctx.weights[self.path] = {name: pyro.sample(f"{self.path}.{name}", self.weight_dist(name, side)
-                                                            .to_event(2)) for name in self.weights.latent}
+                for name in self.weights.latent:
+                    d = self.weight_dist(name, side)
+                    values[name] = pyro.sample(f"{self.path}.{name}", d.to_event(len(d.batch_shape)))
 
     def fused_globals(self) -> None:
         """Fused path: draw the gate's globals and the latent weights from q (the guide's order) and put their
@@ -103,6 +110,7 @@ class BaRAAdapter(PyroModule):
         ctx = self._ctx
         kl = self.gate.fused_globals() if self.gate is not None else None
         values = {}
+        ctx.weights[self.path] = values  # filled in order: a factor's law may depend on earlier ones
         for name in self.weights.latent:
             q, p = self.weights.posterior(self, name), self.weights.prior(self, name)
             if name in self._flipout:
@@ -111,18 +119,18 @@ class BaRAAdapter(PyroModule):
                 values[name] = q.rsample()
                 term = kl_or_mc(q, p, values[name])
             kl = term.sum() if kl is None else kl + term.sum()
-        ctx.weights[self.path] = values
         if kl is not None:
             ctx.kl_global[self.path] = kl
 
     @property
     def has_latent_sites(self) -> bool:
-        return bool(self.weights.latent) or self.gate is not None
+        return bool(self.weights.latent) or bool(self.weights.local_kl_report(self)) or self.gate is not None
 
     def kl_report(self) -> dict[str, bool]:
         """``{site: True if its KL is closed-form}`` for the latent weights and the gate's sites."""
         report = {name: has_closed_form_kl(self.weights.posterior(self, name), self.weights.prior(self, name))
                   for name in self.weights.latent}
+        report.update(self.weights.local_kl_report(self))
         if self.gate is not None:
             report.update(self.gate.kl_report())
         return report

@@ -219,7 +219,7 @@ class BaRAModel(PyroModule):
                                for path, values in guide_weights.items() for name, value in values.items())
                 given = {}
                 for path, entry in guide_cache.items():
-                    values = self._gate(path).model_local_sites(next(iter(entry.values())).shape)
+                    values = self._model_local_sites(path, next(iter(entry.values())).shape)
                     replayed = replayed and all(values[name] is entry[name] for name in entry)
                     given[path] = values
                 if replayed:
@@ -244,6 +244,16 @@ class BaRAModel(PyroModule):
             scores = self.forward_fn(self.backbone, batch)
         self._guide_run = (batch, scores, dict(ctx.cache), dict(ctx.weights))
         return scores
+
+    def _model_local_sites(self, path: str, shape: torch.Size) -> dict[str, torch.Tensor]:
+        """The model side of the per-token sites the guide sampled at ``path`` (the gate's, else the weight
+        family's)."""
+        for p, adapter in self._adapter_items:
+            if p == path:
+                if adapter.gate is not None:
+                    return adapter.gate.model_local_sites(shape)
+                return adapter.weights.model_local_sites(adapter, shape)
+        raise KeyError(path)
 
     def _gate(self, path: str):
         for p, adapter in self._adapter_items:
@@ -273,7 +283,19 @@ class BaRAModel(PyroModule):
                 return True
             if weights.dropout_when_sampling and adapter.lora_dropout_p > 0:
                 return True
+            if weights.samples_without_latent_sites(adapter):
+                return True
         return False
+
+    def fit_posterior(self, task, rows, batch_size: int = 8, progress: bool = False) -> None:
+        """After training: let the weight family fit a post-hoc posterior on the training ``rows`` (Laplace); a
+        no-op for the others."""
+        self.config.components.weights.fit_posterior(self, task, rows, batch_size, progress)
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """The trainer calls this after optimizer step ``step`` (1-based); each weight family may act on it."""
+        for _, adapter in self._adapter_items:
+            adapter.weights.after_step(adapter, step, total_steps)
 
     @property
     def kl_is_analytic(self) -> bool:
@@ -375,6 +397,10 @@ class BaRAModel(PyroModule):
         if mode not in ("mean", "sample", "ones", "off"):
             raise ValueError(f"prediction mode must be 'mean', 'sample', 'ones' or 'off', got {mode!r}")
         with pyro.validation_enabled(False):
+            family = self.config.components.weights
+            if (mode == "sample" and family.sampled_scores is not None and self._adapter_items
+                    and family.samples_without_latent_sites(self._adapter_items[0][1])):
+                return family.sampled_scores(self, batch, int(num_samples))
             self._prepare(batch, mode)
             self.ctx.num_samples = int(num_samples)
             return self.forward_fn(self.backbone, batch)

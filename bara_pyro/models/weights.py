@@ -74,6 +74,44 @@ class WeightFamily(Component):
         """Latent factors the fused estimator samples by flipout instead of one shared draw."""
         return ()
 
+    def samples_factor(self, adapter: "BaRAAdapter", name: str) -> bool:
+        """Whether prediction in mode 'sample' draws factor ``name`` per sample-major copy (see :meth:`draws`)."""
+        return name in self.latent and not isinstance(self.posterior(adapter, name), dist.Delta)
+
+    def draws(self, adapter: "BaRAAdapter", name: str, num_samples: int) -> torch.Tensor:
+        """``num_samples`` posterior draws of factor ``name`` for prediction, ``(S, *shape)``."""
+        return self.posterior(adapter, name).rsample((num_samples,))
+
+    def mean(self, adapter: "BaRAAdapter", name: str) -> torch.Tensor:
+        """The value of factor ``name`` used by posterior-mean prediction."""
+        return self.posterior(adapter, name).mean
+
+    #: ``rank_transform(adapter, h) -> h``: a map of the rank activations ``h = A x`` ``(..., r)`` applied
+    #: before the gate (None: identity).  Families that put noise or a core matrix between A and B set it.
+    rank_transform = None
+
+    def samples_without_latent_sites(self, adapter: "BaRAAdapter") -> bool:
+        """Whether prediction in mode 'sample' draws from a posterior that is not a Pyro site (e.g. SWAG)."""
+        return False
+
+    #: ``sampled_scores(model, batch, num_samples) -> scores``: a predictive that replaces the forward pass in mode
+    #: 'sample' once :meth:`samples_without_latent_sites` holds (e.g. Laplace's linearised predictive); None: none.
+    sampled_scores = None
+
+    def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False) -> None:
+        """Called once after training, with the training rows: fit a post-hoc posterior (e.g. Laplace)."""
+
+    def local_kl_report(self, adapter: "BaRAAdapter") -> dict[str, bool]:
+        """``{local site: closed-form KL}`` for per-token sites the family samples itself (none by default)."""
+        return {}
+
+    def model_local_sites(self, adapter: "BaRAAdapter", shape: torch.Size) -> dict[str, torch.Tensor]:
+        """The model side of the family's per-token sites for an input of value shape ``shape``."""
+        raise NotImplementedError(f"weights {self.name!r} has no per-token sites")
+
+    def after_step(self, adapter: "BaRAAdapter", step: int, total_steps: int) -> None:
+        """Called after optimizer step ``step`` (1-based) of ``total_steps`` (e.g. to collect SWAG moments)."""
+
 
 WEIGHTS = Registry("weights", {"weights": WeightFamily})
 

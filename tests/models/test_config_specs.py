@@ -87,8 +87,8 @@ def test_fixed_prior_is_plain_lora(kwargs):
     ({"guide": {"global": "amortized"}}, r"unknown global guide 'amortized'; registered: \['delta', 'mean_field'"),
     ({"guide": {"local": {"name": "amortized", "hidden": 0}}}, "hidden must be a positive integer"),
     ({"guide": {"local": {"name": "amortized", "hidden": 2.5}}}, "hidden must be int or None"),
-    ({"weights": "laplace"}, r"unknown weights 'laplace'; registered: \['blob_gaussian', 'map_gaussian', "
-                             r"'mc_dropout', 'point', 'slab_gaussian'"),
+    ({"weights": "gp"}, r"unknown weights 'gp'; registered: \['adaptive_noise', 'blob_gaussian', "
+                        r"'inducing_gaussian', 'laplace', 'map_gaussian', 'mc_dropout', 'point'"),
     ({"weights": {"name": "blob_gaussian", "sampler": "lrt"}}, r"sampler must be one of \['flipout', 'shared'\]"),
     ({"weights": {"name": "map_gaussian", "prior_scale": 0}}, "prior_scale must be > 0"),
     ({"weights": "mc_dropout"}, "needs lora_dropout > 0"),
@@ -106,7 +106,8 @@ def test_available_components_lists_every_slot():
                      "prior.magnitude": ["gamma", "horseshoe", "none"],
                      "guide.local": ["amortized", "conditional_prior", "delta", "mean_field"],
                      "guide.global": ["delta", "mean_field"],
-                     "weights": ["blob_gaussian", "map_gaussian", "mc_dropout", "point", "slab_gaussian"]}
+                     "weights": ["adaptive_noise", "blob_gaussian", "inducing_gaussian", "laplace", "map_gaussian",
+                                 "mc_dropout", "point", "projected_subspace", "rank_dropout", "slab_gaussian"]}
 
 
 def test_registry_refuses_a_second_class_under_a_taken_name():

@@ -15,6 +15,8 @@ from bara_pyro.testing import GateContract, run_contract
 COMBOS = list(itertools.product(PRIORS.names("sparsity"), PRIORS.names("magnitude"), GUIDES.names("local"),
                                 GUIDES.names("global")))
 MONTE_CARLO = {("horseshoe", "mean_field")}  # (magnitude, global guide) pairs whose KL has no closed form
+# weight families used with prior: fixed only
+WITHOUT_GATES = ("adaptive_noise", "inducing_gaussian", "laplace", "projected_subspace", "rank_dropout")
 
 
 @pytest.mark.parametrize("sparsity,magnitude,local,glob", COMBOS, ids=["-".join(c) for c in COMBOS])
@@ -40,15 +42,21 @@ def test_every_prior_and_guide_combination(sparsity, magnitude, local, glob):
 @pytest.mark.parametrize("prior", ["fixed", None])
 def test_every_weight_family(weights, prior):
     spec = {"name": "blob_gaussian", "sampler": "shared"} if weights == "blob_gaussian" else weights
+    if prior is None and weights in WITHOUT_GATES:
+        with pytest.raises(ConfigError, match="prior: fixed"):
+            BaRAConfig(r=4, prior=prior, weights=spec)
+        return
     if weights == "slab_gaussian" and prior == "fixed":  # its default scales are the gates' inclusion probabilities
         with pytest.raises(ConfigError, match="ard: inclusion scales"):
             BaRAConfig(r=4, prior=prior, weights=spec)
         spec = {"name": "slab_gaussian", "ard": "learned"}
     config = BaRAConfig(r=4, prior=prior, weights=spec, lora_dropout=0.1 if weights == "mc_dropout" else 0.0)
     report = run_contract(config)
-    latent = {s.rsplit(".", 1)[1] for s in report.sites} & {"lora_A", "lora_B"}
+    latent = {s.rsplit(".", 1)[1] for s in report.sites} & {"lora_A", "lora_B", "lora_U", "lora_E", "xi"}
     assert latent == {"point": set(), "mc_dropout": set(), "map_gaussian": {"lora_A", "lora_B"},
-                      "blob_gaussian": {"lora_A"}, "slab_gaussian": {"lora_A", "lora_B"}}[weights]
+                      "blob_gaussian": {"lora_A"}, "slab_gaussian": {"lora_A", "lora_B"},
+                      "inducing_gaussian": {"lora_U", "lora_A"}, "rank_dropout": {"lora_E"},
+                      "projected_subspace": set(), "laplace": set(), "adaptive_noise": {"xi"}}[weights]
     assert report.kl_is_analytic and report.fused_matches_svi
 
 

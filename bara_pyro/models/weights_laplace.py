@@ -1,0 +1,295 @@
+r"""Laplace-LoRA: a post-hoc Laplace approximation over the LoRA weights of a trained adapter (``laplace-torch``).
+
+Training is plain LoRA (point estimates of ``A`` and ``B``; ``train.weight_decay`` makes it a MAP).  After
+training, :meth:`LaplaceWeights.fit_posterior` fits, with ``laplace-torch`` [2], a Gaussian posterior around the
+trained weights ``theta*`` of every adapter (``lora_A``, ``lora_B``; a task head stays a point estimate)::
+
+    q(theta) = N(theta*, (H + delta I)^{-1})       # H: generalised Gauss-Newton of the training NLL
+
+with ``H`` Kronecker-factored per weight matrix (``hessian_structure: kron``, K-FAC) or diagonal (``diag``),
+and the prior precision ``delta`` set by maximising the Laplace marginal likelihood
+(``optimize_prior_precision: true``) or kept at ``prior_precision``.  Prediction with ``S`` samples uses
+
+* ``predictive: glm`` (the linearised predictive of the paper): ``f ~ N(f(x; theta*), J Sigma J^T)`` in
+  function space, ``J`` the Jacobian of the scores in ``theta``; each sample-major copy of an example gets
+  its own draw of ``f`` (laplace-torch's ``_glm_predictive_distribution`` gives the mean and covariance);
+* ``predictive: nn``: ``S`` weight draws ``theta_s ~ q`` (``laplace-torch``'s ``sample``), one per copy.
+
+Posterior-mean prediction (``S = 0``) is the MAP model.  The curvature is stored in buffers of the adapters
+(``laplace_A_kfac0`` ... or ``laplace_A_diag`` ...), so it is checkpointed and saved with the adapter; a loaded
+model rebuilds its ``laplace-torch`` object from them on first use.
+
+References:
+    [1] A. X. Yang, M. Robeyns, X. Wang, L. Aitchison. Bayesian Low-rank Adaptation for Large Language Models.
+        ICLR 2024.
+    [2] E. Daxberger, A. Kristiadi, A. Immer, R. Eschenhagen, M. Bauer, P. Hennig. Laplace Redux -- Effortless
+        Bayesian Deep Learning. NeurIPS 2021.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import UserDict
+
+import torch
+from torch import nn
+
+from .weights import WeightFamily, register_weights
+
+__all__ = ["LaplaceWeights", "fit_laplace", "laplace_of", "laplace_sampled_scores"]
+
+HESSIAN_STRUCTURES = ("kron", "diag")
+PREDICTIVES = ("glm", "nn")
+FACTORS = ("lora_A", "lora_B")
+CHOLESKY_JITTER = 1e-9
+
+
+class _ScoresModule(nn.Module):
+    """``laplace-torch``'s view of a :class:`BaRAModel`: ``forward(data) -> scores (B, C)`` at the current weights;
+    its parameters are the adapters' (the backbone stays outside the module tree)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, data):
+        return self.model.scores(data["batch"], mode="mean")
+
+
+class _Batches:
+    """An iterable of ``{"batch": Batch, "labels": (B,)}`` over ``rows``; ``dataset`` gives laplace-torch ``N``."""
+
+    def __init__(self, task, rows, batch_size: int, device):
+        self.task, self.dataset, self.batch_size, self.device = task, rows, batch_size, device
+
+    def __iter__(self):
+        for start in range(0, len(self.dataset), self.batch_size):
+            chunk = [self.dataset[i] for i in range(start, min(start + self.batch_size, len(self.dataset)))]
+            yield _as_input(self.task.collate(chunk).to(self.device))
+
+    def __len__(self):
+        return -(-len(self.dataset) // self.batch_size)
+
+
+def _as_input(batch) -> UserDict:
+    # dict_key_x names a tensor whose first dim is the batch size (curvlinops' K-FAC reads it)
+    return UserDict(batch=batch, labels=batch.labels)
+
+
+@register_weights("laplace")
+class LaplaceWeights(WeightFamily):
+    """Laplace-LoRA: LoRA training, then a post-hoc Laplace posterior over ``A`` and ``B`` (module docstring)."""
+
+    hessian_structure: str = "kron"
+    predictive: str = "glm"
+    prior_precision: float = 1.0
+    optimize_prior_precision: bool = True
+
+    def resolve(self, config) -> None:
+        self.need(config.prior == "fixed", "use it with prior: fixed (no gates)")
+        check_laplace_options(self)
+
+    def laplace_tensors(self, adapter) -> dict[str, torch.Tensor]:
+        """The adapter's tensors the posterior covers, in the order of ``adapter.parameters()``."""
+        return {name: getattr(adapter, name).weight for name in FACTORS}
+
+    def install(self, adapter) -> None:
+        install_laplace_buffers(self, adapter)
+
+    def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False) -> None:
+        fit_laplace(self, model, task, rows, batch_size, progress)
+
+    def samples_without_latent_sites(self, adapter) -> bool:
+        return laplace_fitted(adapter)
+
+    def sampled_scores(self, model, batch, num_samples: int) -> torch.Tensor:
+        return laplace_sampled_scores(self, model, batch, num_samples)
+
+    def samples_factor(self, adapter, name: str) -> bool:
+        return self.predictive == "nn" and bool(adapter._ctx.weights.get(adapter.path))
+
+    def draws(self, adapter, name, num_samples):
+        return adapter._ctx.weights[adapter.path][name]
+
+
+# ===================================================================== shared by the families with a Laplace posterior
+# A family using these has fields hessian_structure, predictive, prior_precision, optimize_prior_precision and a
+# method laplace_tensors(adapter) -> {name: tensor}, in the order of the adapter's trainable parameters.
+
+def check_laplace_options(family, structures=HESSIAN_STRUCTURES) -> None:
+    family.need(family.hessian_structure in structures,
+                f"hessian_structure must be one of {list(structures)}, got {family.hessian_structure!r}")
+    family.need(family.predictive in PREDICTIVES,
+                f"predictive must be one of {list(PREDICTIVES)}, got {family.predictive!r}")
+    family.need(family.prior_precision > 0 and math.isfinite(family.prior_precision),
+                f"prior_precision must be a positive number, got {family.prior_precision!r}")
+
+
+def install_laplace_buffers(family, adapter) -> None:
+    """Zero buffers for the curvature of every covered tensor (K-FAC factors ``(out, out)``, ``(in, in)``, or the
+    diagonal) and ``laplace_state`` = (prior precision, N, outputs), the same on every adapter; N = 0: not fitted."""
+    for name, t in family.laplace_tensors(adapter).items():
+        if family.hessian_structure == "kron":
+            out, inp = t.shape
+            adapter.register_buffer(f"laplace_{name}_kfac0", torch.zeros(out, out))
+            adapter.register_buffer(f"laplace_{name}_kfac1", torch.zeros(inp, inp))
+        else:
+            adapter.register_buffer(f"laplace_{name}_diag", torch.zeros(t.shape))
+    adapter.register_buffer("laplace_state", torch.zeros(3))
+
+
+def laplace_fitted(adapter) -> bool:
+    return float(adapter.laplace_state[1]) > 0
+
+
+def _new_laplace(family, model, prior_precision: float):
+    from laplace import Laplace
+    from laplace.curvature import CurvlinopsGGN
+
+    la = Laplace(_ScoresModule(model), "classification", subset_of_weights="all",
+                 hessian_structure=family.hessian_structure, backend=CurvlinopsGGN,
+                 prior_precision=prior_precision, dict_key_x="labels", dict_key_y="labels")
+    expected = [t for _, a in model.adapter_items for t in family.laplace_tensors(a).values()]
+    params = [p for p in la.model.parameters() if p.requires_grad]
+    if [id(p) for p in params] != [id(t) for t in expected]:
+        raise RuntimeError(f"weights {family.name!r}: the trainable adapter parameters are not the tensors its "
+                           "Laplace posterior covers")
+    return la
+
+
+def fit_laplace(family, model, task, rows, batch_size: int, progress: bool = False) -> None:
+    """Fit the posterior on ``rows`` (the task head, if any, is held fixed), optionally tune the prior precision
+    by the marginal likelihood, and keep the curvature in the adapters' buffers."""
+    device = next(model.backbone.parameters()).device
+    head = [p for m in model.modules_to_save.values() for p in m.parameters() if p.requires_grad]
+    for p in head:  # the Laplace posterior covers the adapters' weights only
+        p.requires_grad_(False)
+    try:
+        la = _new_laplace(family, model, family.prior_precision)
+        la.fit(_Batches(task, rows, batch_size, device), progress_bar=progress)
+        if family.optimize_prior_precision:
+            with warnings.catch_warnings():  # the marginal likelihood uses no link approximation
+                warnings.filterwarnings("ignore", message="By default `link_approx` is `probit`")
+                la.optimize_prior_precision(method="marglik", pred_type="glm", link_approx="probit",
+                                            init_prior_prec=family.prior_precision)
+    finally:
+        for p in head:
+            p.requires_grad_(True)
+    state = la.state_dict()
+    tensors = [(a, name, t) for _, a in model.adapter_items for name, t in family.laplace_tensors(a).items()]
+    curvature = state["H"] if family.hessian_structure == "kron" else _split(state["H"], [t for *_, t in tensors])
+    numbers = torch.tensor([float(la.prior_precision.reshape(-1)[0]), float(state["n_data"]),
+                            float(state["n_outputs"])])
+    with torch.no_grad():
+        for (adapter, name, _), h in zip(tensors, curvature):
+            if family.hessian_structure == "kron":
+                getattr(adapter, f"laplace_{name}_kfac0").copy_(h[0])
+                getattr(adapter, f"laplace_{name}_kfac1").copy_(h[1])
+            else:
+                getattr(adapter, f"laplace_{name}_diag").copy_(h)
+        for _, adapter in model.adapter_items:
+            adapter.laplace_state.copy_(numbers)
+    model._laplace = (la,)
+
+
+def laplace_of(family, model):
+    """The ``laplace-torch`` object of ``model``'s posterior (rebuilt from the buffers after loading)."""
+    cached = getattr(model, "_laplace", None)
+    if cached is not None:
+        return cached[0]
+    items = model.adapter_items
+    if not items or not laplace_fitted(items[0][1]):
+        raise RuntimeError("the Laplace posterior has not been fitted: call model.fit_posterior(...) after "
+                           "training (bara-pyro train does)")
+    from torch.nn.utils import parameters_to_vector
+
+    prior_precision, n_data, n_outputs = items[0][1].laplace_state.tolist()
+    la = _new_laplace(family, model, prior_precision)
+    names = [(a, name) for _, a in items for name in family.laplace_tensors(a)]
+    if family.hessian_structure == "kron":
+        h = [[getattr(a, f"laplace_{n}_kfac0").clone(), getattr(a, f"laplace_{n}_kfac1").clone()] for a, n in names]
+    else:
+        h = torch.cat([getattr(a, f"laplace_{n}_diag").reshape(-1) for a, n in names])
+    mean = parameters_to_vector([p for p in la.model.parameters() if p.requires_grad]).detach()
+    la.load_state_dict({"mean": mean, "H": h, "loss": mean.new_zeros(()), "prior_mean": mean.new_zeros(()),
+                        "prior_precision": mean.new_tensor([prior_precision]), "sigma_noise": mean.new_ones(()),
+                        "n_data": int(n_data), "n_outputs": int(n_outputs), "likelihood": "classification",
+                        "temperature": 1.0, "enable_backprop": False, "cls_name": type(la).__name__})
+    model._laplace = (la,)
+    return la
+
+
+def laplace_sampled_scores(family, model, batch, num_samples: int) -> torch.Tensor:
+    """Scores ``(S * n, C)`` of a batch holding ``S`` sample-major copies of ``n`` examples, one posterior draw per
+    copy: in function space (``glm``) or as weight draws put in ``ctx.weights`` for the forward pass (``nn``)."""
+    la = laplace_of(family, model)
+    if family.predictive == "glm":  # every copy gets its own draw of f
+        f_mu, f_var = _glm_of_copies(la, model, batch, num_samples)
+        finite = torch.isfinite(f_mu)  # missing choices score -inf and stay there
+        eye = torch.eye(f_var.shape[-1], dtype=f_var.dtype, device=f_var.device)
+        chol = torch.linalg.cholesky_ex(f_var + CHOLESKY_JITTER * eye)[0]
+        noise = (chol @ torch.randn_like(f_mu).unsqueeze(-1)).squeeze(-1)
+        return torch.where(finite, f_mu + noise, f_mu)
+    draws = la.sample(num_samples)  # (S, P) in the order of the adapters' parameters
+    model._prepare(batch, "sample")
+    ctx = model.ctx
+    ctx.num_samples = num_samples
+    tensors = [(path, name, t) for path, a in model.adapter_items for name, t in family.laplace_tensors(a).items()]
+    for (path, name, t), draw in zip(tensors, _split(draws, [t for *_, t in tensors], leading=num_samples)):
+        ctx.weights.setdefault(path, {})[name] = draw.to(t.dtype)
+    return model.forward_fn(model.backbone, batch)
+
+
+def _glm(la, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.enable_grad(), warnings.catch_warnings():  # CPU attention's Jacobian: slow, not wrong
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        f_mu, f_var = la._glm_predictive_distribution(_as_input(batch))
+    return f_mu.detach(), f_var.detach()
+
+
+def _glm_of_copies(la, model, batch, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(S * n, C)`` and covariance ``(S * n, C, C)`` of the linearised scores of a batch of ``S``
+    sample-major copies.  The Jacobian is taken on the first copy alone (every tensor's leading dim cut to
+    ``1/S``) when its MAP scores are exactly the batch's first ``n`` rows; otherwise (a task whose batch does not
+    cut that way) on the whole batch."""
+    if num_samples > 1:
+        first = _first_copy(batch, num_samples)
+        try:
+            f_mu, f_var = _glm(la, first) if first is not None else (None, None)
+        except (IndexError, RuntimeError, ValueError):  # a task-specific tensor that must not be cut
+            first = None
+        if first is not None:
+            full = model.scores(batch, mode="mean").detach()
+            if f_mu.shape[0] * num_samples == full.shape[0] and torch.equal(
+                    f_mu.repeat(num_samples, 1).isfinite(), full.isfinite()) and torch.allclose(
+                    f_mu.repeat(num_samples, 1).nan_to_num(neginf=0.0), full.nan_to_num(neginf=0.0), atol=1e-5):
+                return f_mu.repeat(num_samples, 1), f_var.repeat(num_samples, 1, 1)
+    return _glm(la, batch)
+
+
+def _first_copy(batch, num_samples: int):
+    """``batch`` with every tensor's leading dim cut to its first ``1/S`` (None if one does not divide)."""
+    def cut(value):
+        if not torch.is_tensor(value) or value.dim() == 0:
+            return value
+        if value.shape[0] % num_samples:
+            raise ValueError
+        return value[: value.shape[0] // num_samples]
+
+    try:
+        return type(batch)(inputs={k: cut(v) for k, v in batch.inputs.items()}, labels=cut(batch.labels),
+                           token_mask=cut(batch.token_mask), extras={k: cut(v) for k, v in batch.extras.items()})
+    except ValueError:
+        return None
+
+
+def _split(vector: torch.Tensor, like: list[torch.Tensor], leading: int | None = None) -> list[torch.Tensor]:
+    """Cut a flat ``(P,)`` (or ``(S, P)``) vector into tensors shaped like ``like`` (with the leading ``S``)."""
+    out, start = [], 0
+    for t in like:
+        n = t.numel()
+        piece = vector[..., start:start + n]
+        out.append(piece.reshape(((leading,) if leading is not None else ()) + tuple(t.shape)))
+        start += n
+    return out

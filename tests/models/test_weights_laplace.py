@@ -1,0 +1,87 @@
+"""Laplace-LoRA (post-hoc, laplace-torch): predictive variance, its prior-precision limit, save and load."""
+
+import pyro
+import pytest
+import torch
+
+from bara_pyro import BaRAConfig, BaRAModel, get_bara_model
+from bara_pyro.inference import TrainConfig, fit, predict
+from bara_pyro.models.config import ConfigError
+from bara_pyro.models.weights_laplace import _as_input, laplace_of
+from bara_pyro.testing import ToyTokenTask, tiny_bert, toy_rows
+
+ROWS = toy_rows(24)
+
+
+def _trained(hessian_structure="kron", predictive="glm", prior_precision=1.0, optimize=False):
+    pyro.set_rng_seed(0)
+    task = ToyTokenTask()
+    config = BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "hessian_structure": hessian_structure,
+                                                     "predictive": predictive, "prior_precision": prior_precision,
+                                                     "optimize_prior_precision": optimize})
+    model = get_bara_model(tiny_bert(), config, forward_fn=task.scores)
+    fit(model, task, ROWS, TrainConfig(steps=6, batch_size=8, lr=5e-2, warmup_ratio=0.0, checkpoint_every=0,
+                                       estimator="fused"), progress=False)
+    assert not model.is_stochastic  # no posterior before the post-hoc fit
+    model.fit_posterior(task, ROWS, batch_size=8)
+    return model, task
+
+
+def _function_variance(model, task):
+    la = laplace_of(model.config.components.weights, model)
+    batch = task.collate(ROWS[:8])
+    with torch.enable_grad():
+        _, f_var = la._glm_predictive_distribution(_as_input(batch))
+    return f_var.diagonal(dim1=-2, dim2=-1)
+
+
+def test_bad_values_are_rejected_at_config_load():
+    with pytest.raises(ConfigError, match=r"hessian_structure must be one of \['kron', 'diag'\]"):
+        BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "hessian_structure": "full"})
+    with pytest.raises(ConfigError, match=r"predictive must be one of \['glm', 'nn'\]"):
+        BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "predictive": "probit"})
+
+
+@pytest.mark.parametrize("structure", ["kron", "diag"])
+def test_predictive_variance_is_positive_and_shrinks_as_the_prior_precision_grows(structure):
+    variances = []
+    for precision in (1.0, 100.0, 1e6):
+        model, task = _trained(structure, prior_precision=precision)
+        variances.append(_function_variance(model, task))
+    assert all(bool((v > 0).all()) for v in variances)
+    assert bool((variances[1] < variances[0]).all()) and bool((variances[2] < variances[1]).all())
+    # and the sampled predictive tends to the MAP model's
+    model, task = _trained(structure, prior_precision=1e6)
+    assert model.is_stochastic
+    sampled = predict(model, task, ROWS[:8], num_samples=4, progress=False)
+    map_probs = predict(model, task, ROWS[:8], num_samples=0, progress=False).probs
+    torch.testing.assert_close(sampled.probs, map_probs, atol=1e-3, rtol=0)
+    loose, _ = _trained(structure, prior_precision=1e-2)
+    spread = predict(loose, task, ROWS[:8], num_samples=4, progress=False).sample_probs
+    assert float(spread.std(0).max()) > 10 * float(sampled.sample_probs.std(0).max())
+
+
+def test_weight_space_predictive_draws_one_weight_per_copy_and_round_trips(tmp_path):
+    model, task = _trained("kron", predictive="nn", prior_precision=1.0, optimize=True)
+    la = laplace_of(model.config.components.weights, model)
+    assert float(la.prior_precision) != 1.0  # set by the marginal likelihood
+    pred = predict(model, task, ROWS[:8], num_samples=3, progress=False)
+    assert float((pred.sample_probs[0] - pred.sample_probs[1]).abs().max()) > 0
+    model.save_pretrained(tmp_path)
+    loaded = BaRAModel.from_pretrained(tiny_bert(), tmp_path, forward_fn=task.scores)
+    assert loaded.is_stochastic
+    torch.testing.assert_close(_function_variance(loaded, task), _function_variance(model, task))
+    torch.testing.assert_close(predict(loaded, task, ROWS[:8], num_samples=0, progress=False).probs,
+                               predict(model, task, ROWS[:8], num_samples=0, progress=False).probs)
+
+
+def test_linearised_predictive_of_copies_takes_one_jacobian_and_equals_the_whole_batch():
+    from bara_pyro.models.weights_laplace import _glm, _glm_of_copies
+
+    model, task = _trained("diag", prior_precision=1.0)
+    la = laplace_of(model.config.components.weights, model)
+    copies = task.collate(ROWS[:4] * 3)  # S = 3 sample-major copies, as predict lays them out
+    mu, var = _glm_of_copies(la, model, copies, 3)
+    ref_mu, ref_var = _glm(la, copies)
+    torch.testing.assert_close(mu, ref_mu, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(var, ref_var, atol=1e-7, rtol=1e-4)
