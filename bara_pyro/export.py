@@ -90,7 +90,12 @@ def fixed_gates(model, factors: dict[str, torch.Tensor]):
 
 
 def mean_lora_weights(adapter) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A (r, d_in), B (d_out, r))`` at their posterior mean (the point estimates for non-latent factors)."""
+    """``(A (r, d_in), B (d_out, r))`` at their posterior mean (the point estimates for non-latent factors); a weight
+    family with more than A and B (a core, rank scales) folds them in through ``mean_lora_factors``."""
+    fold = getattr(adapter.weights, "mean_lora_factors", None)
+    if fold is not None:
+        a, b = fold(adapter)
+        return a.detach(), b.detach()
     out = []
     for name in ("lora_A", "lora_B"):
         if name in adapter.weights.latent:

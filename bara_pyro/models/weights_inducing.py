@@ -123,3 +123,7 @@ class InducingWeights(WeightFamily):
 
     def mean(self, adapter, name):
         return self.conditional_mean(adapter, adapter.lora_U_loc)
+
+    def mean_lora_factors(self, adapter) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(T_r M T_c, B)``: the posterior-mean prediction as a plain LoRA (for export)."""
+        return self.mean(adapter, "lora_A"), adapter.lora_B.weight

@@ -161,6 +161,12 @@ def _new_laplace(family, model, prior_precision: float):
 def fit_laplace(family, model, task, rows, batch_size: int, progress: bool = False) -> None:
     """Fit the posterior on ``rows`` (the task head, if any, is held fixed), optionally tune the prior precision
     by the marginal likelihood, and keep the curvature in the adapters' buffers."""
+    from ..experiment import is_token_task
+    from .errors import ConfigError
+
+    if is_token_task(task):
+        raise ConfigError(f"weights {family.name!r}: the Laplace posterior needs a classification task (one score "
+                          "per choice); this task scores every response token over the vocabulary")
     device = next(model.backbone.parameters()).device
     head = [p for m in model.modules_to_save.values() for p in m.parameters() if p.requires_grad]
     for p in head:  # the Laplace posterior covers the adapters' weights only

@@ -156,3 +156,8 @@ class ProjectedSubspaceWeights(WeightFamily):
         if ctx.mode in ("mean", "ones", "sample") and self.has_swag(adapter):
             core = adapter.swag_mean
         return torch.nn.functional.linear(h, core.to(h.dtype))
+
+    def mean_lora_factors(self, adapter) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B R)`` with ``R`` at the posterior-mean prediction's value (the SWAG mean or the trained core)."""
+        core = adapter.swag_mean if self.has_swag(adapter) else adapter.lora_R
+        return adapter.lora_A.weight, adapter.lora_B.weight @ core.to(adapter.lora_B.weight.dtype)

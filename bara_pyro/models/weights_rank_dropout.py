@@ -143,3 +143,7 @@ class RankDropoutWeights(WeightFamily):
             e = self.draws(adapter, "lora_E", ctx.num_samples).reshape(ctx.num_samples, -1) * kept
             return h * rows_of_sample(e, h)
         return h * (adapter.lora_E_loc.reshape(-1) * kept)
+
+    def mean_lora_factors(self, adapter) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B diag(mu ⊙ kept))``: the posterior-mean prediction as a plain LoRA (for export)."""
+        return adapter.lora_A.weight, adapter.lora_B.weight * (adapter.lora_E_loc.reshape(-1) * self.kept(adapter))
