@@ -22,6 +22,10 @@ from bara_pyro.tasks import MultipleChoiceTask, SequenceClassificationTask
 
 METHODS = ["bara", "bara_global_only", "bara_slab", "bara_sparsity_only", "blob", "ensemble", "lora", "lora_map",
            "mc_dropout"]
+# trained end to end in tests/cli/test_presets_end_to_end.py; their defining properties in tests/models/test_weights_*
+OTHER_BAYESIAN = ["balora", "bayesian_lora", "bayeslora", "laplace_lora", "projected_subspace",
+                  "projected_subspace_laplace"]
+ALL_METHODS = sorted(METHODS + OTHER_BAYESIAN)
 WORDS = ("the a film movie was is great awful good bad fun dull plot acting which planet mars moon comet sun "
          "question answer water wet yes no cat dog sits runs . ? :").split()
 TEXTS = [("the film was great fun", 1), ("a dull plot and bad acting", 0), ("the movie is good", 1),
@@ -73,18 +77,18 @@ TASKS = {"classification": _classification, "multiple_choice": _multiple_choice}
 
 
 def test_list_methods_and_presets():
-    assert preset_names() == METHODS
+    assert preset_names() == ALL_METHODS
     listed = list_methods()
-    assert [name for name, _ in listed] == METHODS
+    assert [name for name, _ in listed] == ALL_METHODS
     assert all(description and "\n" not in description for _, description in listed)
-    with pytest.raises(ConfigError, match=r"unknown method 'bayes'; packaged methods: \['bara', "):
+    with pytest.raises(ConfigError, match=r"unknown method 'bayes'; packaged methods: \['balora', 'bara', "):
         load_preset("bayes")
     preset = load_preset("bara")
     preset["adapter"]["r"] = 99
     assert "r" not in load_preset("bara")["adapter"]  # a fresh copy each time
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_preset_uses_the_run_config_schema(method):
     preset = load_preset(method)
     assert preset["method"] == method
@@ -96,7 +100,8 @@ def test_preset_uses_the_run_config_schema(method):
     TrainConfig.from_dict(preset.get("train", {}))
     expected = {"lora": (False, 0), "lora_map": (False, 0), "mc_dropout": (False, 10), "ensemble": (False, 0),
                 "blob": (False, 10), "bara": (True, 10), "bara_sparsity_only": (True, 10),
-                "bara_global_only": (True, 10), "bara_slab": (True, 10)}[method]
+                "bara_global_only": (True, 10), "bara_slab": (True, 10),
+                **{m: (False, 10) for m in OTHER_BAYESIAN}}[method]
     assert (config.has_gate, preset["eval"]["num_samples"]) == expected
     if method == "ensemble":
         assert preset["ensemble"]["members"] == 5
