@@ -52,13 +52,13 @@ def test_rows_follow_the_presets():
     from bara_pyro.models import BaRAConfig
 
     cfg = small_config()
-    for preset in ("lora", "bara", "blob"):
+    for preset in ("lora", "bara", "blob", *speed.PRESET_METHODS):
         expected = BaRAConfig.from_dict({**load_preset(preset)["adapter"], "r": cfg.r, "alpha": cfg.alpha,
                                          "target_modules": cfg.targets})
         assert speed._bara_config(cfg, speed.TRAIN_ROWS[preset]).to_dict() == expected.to_dict()
     assert load_preset("bara")["train"]["local_kl"] == "expected" and speed.TRAIN_ROWS["bara"] == "bara_expected"
     for name in speed.TRAIN_ROWS:
-        assert name == "frozen" or name.split("[")[0] in ("lora", "bara", "blob")
+        assert name == "frozen" or name.split("[")[0] in ("lora", "bara", "blob", *speed.PRESET_METHODS)
 
 
 def test_old_result_files_read_with_todays_names(tmp_path):
