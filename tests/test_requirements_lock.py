@@ -33,3 +33,14 @@ def test_lock_keeps_the_cpu_torch_and_no_cuda_packages():
     locked = _pins(ROOT / "requirements.lock")
     assert locked["torch"].endswith("+cpu")
     assert not [name for name in locked if name.startswith("nvidia-") or name == "triton"]
+
+
+def test_lock_leaves_out_torchvision():
+    # PyPI's torchvision is built against the CUDA torch: beside the CPU build it fails to import,
+    # and transformers' model classes with it. laplace-torch declares it but never needs it here.
+    assert "torchvision" not in _pins(ROOT / "requirements.lock")
+
+
+def test_run_installs_the_lock_without_resolving_further():
+    # without --no-deps pip would add what the lock leaves out (torchvision) from the registry
+    assert "pip install -q --no-deps -r requirements.lock" in (ROOT / "run").read_text()

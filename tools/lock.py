@@ -7,6 +7,10 @@ Usage (from the repository root, with CPython 3.11 on linux x86_64, the platform
 pip resolves requirements.txt from scratch (``--dry-run --ignore-installed --report``), so the
 result does not depend on what the running environment already has. torch keeps its local
 version label (``2.13.0+cpu``): the lock names the CPU build, never a CUDA build.
+
+``./run`` installs the lock with ``pip install --no-deps``: the lock is the complete set, so pip
+resolves nothing further. That lets the lock leave out packages in ``EXCLUDED``, which a dependency
+declares but the library never imports and which would break the install (see their reasons).
 """
 
 from __future__ import annotations
@@ -20,10 +24,20 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Declared by a dependency, never imported by bara_pyro's code paths, and harmful when installed.
+EXCLUDED = {
+    # laplace-torch and backpack-for-pytorch declare it; PyPI's torchvision is built against the CUDA
+    # torch and fails to import beside the CPU build ("operator torchvision::nms does not exist"),
+    # and transformers then fails to import its model classes.
+    "torchvision": "breaks transformers' imports beside the CPU build of torch",
+}
+
 HEADER = """\
 # Complete lock of requirements.txt: every package ./run installs, each pinned exactly.
+# Install with --no-deps (./run does): the set is complete, and torchvision, which laplace-torch declares
+# but never needs here, is left out on purpose (tools/lock.py says why).
 # For CPython 3.11 on linux x86_64. torch is the CPU build: pip takes it from a local wheel or from
-# PyTorch's CPU index (pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock).
+# PyTorch's CPU index (pip install --no-deps --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock).
 # Refresh after editing requirements.txt:  python3 tools/lock.py
 """
 
@@ -55,7 +69,7 @@ def main() -> int:
     if not pins.get("torch", "").endswith("+cpu"):
         print(f"error: pip resolved torch {pins.get('torch')!r}, not the CPU build", file=sys.stderr)
         return 2
-    lines = [f"{name}=={version}" for name, version in sorted(pins.items())]
+    lines = [f"{name}=={version}" for name, version in sorted(pins.items()) if name not in EXCLUDED]
     (ROOT / "requirements.lock").write_text(HEADER + "\n".join(lines) + "\n")
     print(f"wrote requirements.lock ({len(lines)} packages)")
     return 0
