@@ -1,8 +1,9 @@
 """Every tutorial in docs/tutorials runs top to bottom in a fresh kernel (a cell that raises fails the test).
 
 The default run uses each tutorial's short setting (``BARA_TUTORIAL_FAST=1``, set through the parameters
-cell); the full setting, as a reader runs it, is marked slow.  Tutorial cells check their own claims
-(e.g. a closed-form KL against Monte Carlo, the recovered components) with ``assert``.
+cell); the full setting, as a reader runs it, is marked slow and full_tutorial (left out by default:
+``-m full_tutorial`` runs it).  Tutorial cells check their own claims (e.g. a closed-form KL against Monte
+Carlo, the recovered components) with ``assert``.
 """
 
 import importlib.util
@@ -37,6 +38,7 @@ def test_tutorial_runs_in_its_fast_setting(source, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full_tutorial
 @pytest.mark.parametrize("source", SOURCES, ids=[s.stem for s in SOURCES])
 def test_tutorial_runs_in_full(source, tmp_path):
     # the fine-tuning cell trains and evaluates both methods in one cell: allow an hour on a busy machine

@@ -36,8 +36,8 @@ HEADER = """\
 # Complete lock of requirements.txt: every package ./run installs, each pinned exactly.
 # Install with --no-deps (./run does): the set is complete, and torchvision, which laplace-torch declares
 # but never needs here, is left out on purpose (tools/lock.py says why).
-# For CPython 3.11 on linux x86_64. torch is the CPU build: pip takes it from a local wheel or from
-# PyTorch's CPU index (pip install --no-deps --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock).
+# For CPython 3.11 on linux x86_64. torch is the CPU build: pip takes it from a local wheel or from PyTorch's
+# CPU index (pip install --no-deps --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock).
 # Refresh after editing requirements.txt:  python3 tools/lock.py
 """
 
