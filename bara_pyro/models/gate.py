@@ -117,7 +117,9 @@ class GlobalLocalGate(PyroModule):
             for name in self.sites:
                 q = self.guide_global(name)
                 if ctx.mode == "sample":
-                    draws = q.sample((ctx.num_samples,))
+                    # rsample where there is one: Normal.sample checks its scale on the host (a device
+                    # sync that CUDA-graph capture refuses); rsample draws the same distribution
+                    draws = (q.rsample if q.has_rsample else q.sample)((ctx.num_samples,))
                     values[name] = rows_of_sample(draws.reshape(ctx.num_samples, -1), h).reshape(
                         (h.shape[0],) + (1,) * (h.dim() - 2) + draws.shape[1:])
                 else:

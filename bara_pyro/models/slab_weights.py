@@ -33,7 +33,13 @@ class SlabGaussianWeights(WeightFamily):
     ``off``: ``s_k = 1``.
     Per-component scales make the prior not invariant to rotations of the ``r`` components, so an update
     of rank ``k`` concentrates in ``k`` components instead of spreading over all ``r`` (docs/model.md).
-    ``M`` starts as LoRA's A (Kaiming-uniform), ``N`` at zero, ``sigma`` and ``rho`` at ``init_scale``.
+    ``posterior_scale`` says how the posterior scales are parametrised: ``absolute`` learns ``sigma`` and ``rho``
+    themselves; ``relative`` learns them as fractions of the prior scale, ``sigma_kj = (s_k / sqrt(d_in)) u_kj``
+    and ``rho_ik = (s_k / sqrt(r)) v_ik``, so ``q(A, B | s) q(s)``: the entropy part of each KL,
+    ``log(prior scale / posterior scale) = -log u``, no longer depends on ``s_k``, and a component's scale is
+    pulled only by how far its means are from zero (``M^2 / s^2``), not by how many weights it has
+    (docs/model.md).  ``M`` starts as LoRA's A (Kaiming-uniform), ``N`` at zero, the learned scales (``sigma``,
+    ``rho``, or ``u``, ``v``) at ``init_scale``.
     Both KLs are closed form.  Sampler: ``shared`` draws one ``A`` and ``B`` per step (the Pyro guide's
     draw, so the fused estimator equals ``TraceMeanField_ELBO``); ``flipout`` perturbs them per sequence
     in the fused estimator.
@@ -41,6 +47,7 @@ class SlabGaussianWeights(WeightFamily):
 
     init_scale: float = 1e-3
     ard: str = field(default="inclusion", metadata={"choices": ("inclusion", "learned", "off")})
+    posterior_scale: str = field(default="absolute", metadata={"choices": ("absolute", "relative")})
     sampler: str = field(default="shared", metadata={"choices": ("shared", "flipout")})
     latent = ("lora_A", "lora_B")
 
@@ -63,13 +70,21 @@ class SlabGaussianWeights(WeightFamily):
             adapter.register_buffer("lora_log_scale", log_scale)
 
     def posterior(self, adapter, name):
-        return dist.Normal(getattr(adapter, name).weight, getattr(adapter, f"{name}_scale"))
+        scale = getattr(adapter, f"{name}_scale")
+        if self.posterior_scale == "relative":
+            scale = scale * self._prior_scale(adapter, name)
+        return dist.Normal(getattr(adapter, name).weight, scale)
 
     def prior(self, adapter, name):
         weight = getattr(adapter, name).weight
+        return dist.Normal(torch.zeros_like(weight), self._prior_scale(adapter, name))
+
+    def _prior_scale(self, adapter, name) -> torch.Tensor:
+        """The prior's elementwise scale of factor ``name``, ``s_k / sqrt(fan_in)`` spread over the weight's shape."""
+        weight = getattr(adapter, name).weight
         scale = self.component_scales(adapter, detach=False) / math.sqrt(weight.shape[1])
         scale = scale.unsqueeze(1) if name == "lora_A" else scale.unsqueeze(0)
-        return dist.Normal(torch.zeros_like(weight), scale.expand(weight.shape))
+        return scale.expand(weight.shape)
 
     def flipout_factors(self):
         return self.latent if self.sampler == "flipout" else ()

@@ -111,9 +111,10 @@ class InducingWeights(WeightFamily):
 
     def prior(self, adapter, name):
         if name == "lora_U":
-            return dist.Normal(adapter.lora_U_loc.new_zeros(()), self.prior_scale).expand(adapter.lora_U_loc.shape)
+            u = adapter.lora_U_loc  # scales filled on the device: no host-to-device copy (CUDA-graph capture)
+            return dist.Normal(u.new_zeros(()), u.new_full((), float(self.prior_scale))).expand(u.shape)
         loc = self.conditional_mean(adapter, self._u(adapter))
-        return dist.Normal(loc, loc.new_tensor(self.prior_scale).expand(loc.shape))
+        return dist.Normal(loc, loc.new_full((), float(self.prior_scale)).expand(loc.shape))
 
     def draws(self, adapter, name, num_samples):
         """``S`` joint draws: ``U_s ~ q(U)``, then ``A_s ~ q(A | U_s)``; ``(S, r, d_in)``."""

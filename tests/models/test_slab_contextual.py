@@ -11,17 +11,20 @@ from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.models import ConfigError
 
 
-def slab_config(magnitude="none", **weights):
-    return BaRAConfig(r=4, gamma0=1.0, prior={"sparsity": "contextual_beta_process", "magnitude": magnitude},
+def slab_config(magnitude="none", context="shift", **weights):
+    sparsity = {"name": "contextual_beta_process", "context": context}
+    return BaRAConfig(r=4, gamma0=1.0, prior={"sparsity": sparsity, "magnitude": magnitude},
                       guide={"local": "conditional_prior", "global": {"name": "mean_field", "init_strength": 10.0}},
                       weights={"name": "slab_gaussian", **weights})
 
 
-@pytest.mark.parametrize("magnitude", ["none", "gamma"])
-def test_fused_loss_equals_trace_mean_field_elbo(magnitude):
+@pytest.mark.parametrize("magnitude,context,posterior_scale", [("none", "shift", "absolute"),
+                                                               ("gamma", "shift", "absolute"),
+                                                               ("none", "thin", "relative")])
+def test_fused_loss_equals_trace_mean_field_elbo(magnitude, context, posterior_scale):
     torch.set_default_dtype(torch.float64)
     try:
-        model = get_bara_model(make_tiny_bert(), slab_config(magnitude))
+        model = get_bara_model(make_tiny_bert(), slab_config(magnitude, context, posterior_scale=posterior_scale))
         with torch.no_grad():
             for _, a in model.adapter_items:
                 a.lora_B.weight.normal_(0, 0.1)
@@ -85,3 +88,31 @@ def test_ard_by_inclusion_needs_a_sparsity_prior():
         BaRAConfig(r=4, prior={"sparsity": "none"}, weights={"name": "slab_gaussian"})
     BaRAConfig(r=4, prior={"sparsity": "none"}, weights={"name": "slab_gaussian", "ard": "learned"})
     BaRAConfig(r=4, prior={"sparsity": "ibp"}, weights={"name": "slab_gaussian"})
+
+
+def test_relative_posterior_scale_is_a_fraction_of_the_prior_scale():
+    model = get_bara_model(make_tiny_bert(), slab_config(posterior_scale="relative", init_scale=0.1))
+    (_, adapter), *_ = model.adapter_items
+    family = model.config.components.weights
+    for name in ("lora_A", "lora_B"):
+        q, p = family.posterior(adapter, name), family.prior(adapter, name)
+        torch.testing.assert_close(q.scale, 0.1 * p.scale)
+    # the entropy part of the KL, log(prior scale / posterior scale), is the same for every component
+    q, p = family.posterior(adapter, "lora_A"), family.prior(adapter, "lora_A")
+    torch.testing.assert_close(torch.log(p.scale / q.scale), torch.full_like(q.scale, -torch.log(torch.tensor(0.1))))
+
+
+def test_thinned_context_never_raises_inclusion_above_the_layer_probability():
+    from bara_pyro.models.priors.contextual import ContextualBetaProcessPrior
+
+    torch.manual_seed(0)
+    prior = ContextualBetaProcessPrior(context="thin", base_retention=0.9)
+    pi = torch.tensor([0.9, 0.5, 0.05, 0.7])
+    h = torch.randn(6, 5, 4)
+    w = 3 * torch.randn(4, 4)
+    probs = torch.sigmoid(prior.inclusion_logits({"pi": pi, "w": w}, h))
+    assert probs.shape == h.shape and bool((probs <= pi + 1e-6).all())
+    at_zero = torch.sigmoid(prior.inclusion_logits({"pi": pi, "w": torch.zeros(4, 4)}, h))
+    torch.testing.assert_close(at_zero, (0.9 * pi).expand(h.shape))
+    shifted = ContextualBetaProcessPrior(context="shift")  # the shift can exceed pi
+    assert bool((torch.sigmoid(shifted.inclusion_logits({"pi": pi, "w": w}, h)) > pi).any())

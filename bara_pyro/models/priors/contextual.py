@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import field
+
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro.distributions import constraints
 
 from .base import GlobalSite, positive_number, register_prior
@@ -32,6 +36,13 @@ class ContextualBetaProcessPrior(BetaProcessPrior):
     the beta process.  ``E[sum_k pi_k] = gamma0`` as there.  Mean-field posteriors: ``q(pi) = Beta``,
     ``q(w) = Normal``, both KLs closed form.
 
+    ``context: thin`` makes the context a thinning of the layer's beta process instead of a shift::
+
+        z_tk ~ Bernoulli(pi_k * sigmoid(logit(base_retention) + w_k . phi(h_t)))
+
+    the layer decides which components may be used (``pi_k``), each token keeps a share of them: no token
+    uses a component more often than ``pi_k``, so a component the layer drops is off for every token.
+
     ``ordered_init`` (default on) starts ``q(pi_k)`` at mean ``p0^k`` (``p0`` the initial inclusion
     probability), the stick-breaking construction's ordering, instead of ``p0`` for every ``k``: the
     prior stays exchangeable, but components start unequal, so an update concentrates in the first ones
@@ -40,12 +51,16 @@ class ContextualBetaProcessPrior(BetaProcessPrior):
 
     context_scale: float = 1.0
     ordered_init: bool = True
+    context: str = field(default="shift", metadata={"choices": ("shift", "thin")})
+    base_retention: float = 0.95
     contextual = True
 
     def resolve(self, config) -> None:
         super().resolve(config)
         positive_number(self, "context_scale", self.context_scale)
         self.need(isinstance(self.ordered_init, bool), f"ordered_init must be true or false, got {self.ordered_init!r}")
+        self.need(isinstance(self.base_retention, (int, float)) and 0 < self.base_retention < 1,
+                  f"base_retention must be in (0, 1), got {self.base_retention!r}")
 
     def global_sites(self, r, init_prob):
         init = tuple(init_prob ** (k + 1) for k in range(r)) if self.ordered_init else init_prob
@@ -61,10 +76,16 @@ class ContextualBetaProcessPrior(BetaProcessPrior):
         return super().global_prior(name, hp, values)
 
     def inclusion_logits(self, values: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
-        """``logit(pi_k) + w_k . phi(h_t)``, shape ``h.shape``; ``pi`` ``([S rows,] r)``, ``w`` ``(r, r)``."""
+        """``logit(pi_k) + w_k . phi(h_t)`` (``context: shift``; the logit of the thinned probability for ``thin``),
+        shape ``h.shape``; ``pi`` ``([S rows,] r)``, ``w`` ``(r, r)``."""
         pi, w, phi = values["pi"].clamp(1e-6, 1 - 1e-6), values["w"], context_features(h)
         shift = phi @ w.transpose(-1, -2) if w.dim() == 2 else (phi.unsqueeze(-2) * w).sum(-1)
-        return torch.logit(pi) + shift
+        if self.context == "shift":
+            return torch.logit(pi) + shift
+        # thin: log p = log pi + log sigmoid(a), logit p = log p - log(1 - p)
+        log_p = (torch.log(pi) + F.logsigmoid(shift + math.log(self.base_retention / (1 - self.base_retention))))
+        log_p = log_p.clamp(max=-1e-6)
+        return log_p - torch.log(-torch.expm1(log_p))
 
     def local_prior(self, hp, values, h=None):
         if h is None:
