@@ -44,8 +44,9 @@ def inverse_softplus(y: float) -> float:
 
 def _projection(z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """``(Z Z^T + D^2)^{-1} Z`` for ``Z`` ``(m, n)`` and the diagonal ``D`` ``(m,)``; returns ``(m, n)``."""
-    cov = z @ z.T + torch.diag(d.pow(2))
-    return torch.cholesky_solve(z, torch.linalg.cholesky(cov))
+    cov = z @ z.T + torch.diag(d.pow(2))  # positive definite (d > 0)
+    # cholesky_ex: no host check of the factorisation's status (a sync that CUDA-graph capture refuses)
+    return torch.cholesky_solve(z, torch.linalg.cholesky_ex(cov).L)
 
 
 @register_weights("inducing_gaussian")

@@ -58,6 +58,18 @@ def _freeze_as_buffer(linear: nn.Linear, value: torch.Tensor) -> None:
     linear.register_buffer("weight", value.contiguous())
 
 
+def _snapshot_count(adapter) -> int:
+    """``adapter.swag_count`` as an int, read from the device once per change of the buffer (its version counter
+    and storage), so that a captured CUDA-graph prediction does not read it on the host (a sync capture refuses)."""
+    count = adapter.swag_count
+    key = (count._version, count.data_ptr(), count.device)
+    cached = adapter.__dict__.get("_swag_count_cache")
+    if cached is None or cached[0] != key:
+        cached = (key, int(float(count)))
+        adapter.__dict__["_swag_count_cache"] = cached
+    return cached[1]
+
+
 @register_weights("projected_subspace")
 class ProjectedSubspaceWeights(WeightFamily):
     """Fixed SVD factors, a trained ``r x r`` core with a SWAG posterior (see the module docstring)."""
@@ -127,7 +139,7 @@ class ProjectedSubspaceWeights(WeightFamily):
             adapter.swag_count.add_(1)
 
     def has_swag(self, adapter) -> bool:
-        return self.posterior_kind == "swag" and float(adapter.swag_count) >= 2
+        return self.posterior_kind == "swag" and _snapshot_count(adapter) >= 2
 
     def samples_without_latent_sites(self, adapter) -> bool:
         if self.posterior_kind == "laplace":
@@ -138,7 +150,7 @@ class ProjectedSubspaceWeights(WeightFamily):
         """``S`` SWAG draws of ``R``, ``(S, r, r)``."""
         mean = adapter.swag_mean
         var = (adapter.swag_sq_mean - mean.pow(2)).clamp_min(0)
-        k = int(min(float(adapter.swag_count), self.swag_rank))
+        k = min(_snapshot_count(adapter), self.swag_rank)
         dev = adapter.swag_deviations[:k]
         z1 = torch.randn((num_samples,) + mean.shape, device=mean.device, dtype=mean.dtype)
         z2 = torch.randn(num_samples, k, device=mean.device, dtype=mean.dtype)

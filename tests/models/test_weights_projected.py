@@ -109,3 +109,21 @@ def test_laplace_variant_fits_a_diagonal_posterior_over_the_cores_only(tmp_path)
         again = laplace_of(loaded.config.components.weights, loaded)._glm_predictive_distribution(
             _as_input(task.collate(rows[:8])))[1].diagonal(dim1=-2, dim2=-1)
     torch.testing.assert_close(again, variances[1])
+
+
+def test_snapshot_count_follows_the_buffer():
+    """The count is read from the buffer once per change (capturable prediction), and follows fills, in-place
+    updates, state-dict loads and device moves."""
+    from bara_pyro.models.weights_projected import _snapshot_count
+
+    model = get_bara_model(tiny_bert(), CONFIG, forward_fn=ToyTokenTask().scores)
+    (_, adapter), *_ = model.adapter_items
+    assert _snapshot_count(adapter) == 0
+    adapter.swag_count.fill_(3)
+    assert _snapshot_count(adapter) == 3
+    adapter.swag_count.add_(1)
+    assert _snapshot_count(adapter) == 4
+    adapter.load_state_dict({**adapter.state_dict(), "swag_count": torch.tensor(7.0)})
+    assert _snapshot_count(adapter) == 7
+    adapter.swag_count = torch.tensor(2.0)  # a new tensor in the buffer's place
+    assert _snapshot_count(adapter) == 2
