@@ -66,6 +66,8 @@ def _print_metrics(metrics: dict) -> None:
                   f"  (n={m.get('num_examples', '?')})")
     if metrics.get("effective_rank") is not None:
         print(f"joint effective rank: {metrics['effective_rank']:.3f}")
+    if metrics.get("update_rank") is not None:
+        print(f"update effective rank (spectrum of the mean update, layer mean): {metrics['update_rank']:.3f}")
 
 
 def cmd_demo(args) -> int:

@@ -42,12 +42,14 @@ class RegressionTask:
 @dataclass
 class SyntheticData:
     """``rows`` for the task, the backbone they were generated with, and the truth: ``population`` ``(n,)``
-    (all zeros for one population) and ``rank`` per population."""
+    (all zeros for one population), ``rank`` per population and, for one population, its update ``delta``
+    ``(d, d)``."""
 
     rows: list[dict]
     backbone: OneLinear
     population: torch.Tensor
     rank: tuple[int, ...]
+    delta: torch.Tensor | None = None
 
 
 def _rows(backbone: OneLinear, x: torch.Tensor, update: torch.Tensor, noise: float, g: torch.Generator):
@@ -64,7 +66,7 @@ def low_rank_update(rank: int, d: int = 16, n: int = 512, noise: float = 0.3, se
     x = torch.randn(n, d, generator=g)
     delta = torch.randn(d, rank, generator=g) @ torch.randn(rank, d, generator=g) / d ** 0.5
     return SyntheticData(_rows(backbone, x, x @ delta.T, noise, g), backbone, torch.zeros(n, dtype=torch.long),
-                         (rank,))
+                         (rank,), delta)
 
 
 def two_populations(rank: int = 2, d: int = 16, n: int = 1024, noise: float = 0.3, separation: float = 2.5,

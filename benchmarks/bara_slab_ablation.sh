@@ -11,13 +11,18 @@
 #   slab_thin         bara_slab with the context as a thinning of the layer's inclusion (context: thin)
 #   slab_guide_lr     bara_slab with the gates' variational parameters at 10x the learning rate (2e-2)
 #   slab_1600         bara_slab trained 4x longer (1600 steps, KL warm-up 400 steps; about 13 minutes)
+#   slab_u01          bara_slab with the relative posterior scales starting at 0.1 of the prior's (init_scale)
+#   slab_u03          the same at 0.3
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
 #
-# Finished runs (metrics.json present) are kept; prints one table and writes it to OUTPUT/summary.md.
+# Finished runs (metrics.json present) are kept; prints one table and writes it to OUTPUT/summary.md: gate
+# rank is metrics.json's effective_rank (sum_k E[z]), update rank the entropy effective rank of the singular
+# values of the mean update (benchmarks/update_rank.py; docs/model.md).
 set -eu
 OUT=${1:-runs/bara_slab_ablation}
+HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PYTHON:-python}
 COMMON=(model=minilm-l6 dataset=rt_sst2 task.max_length=64 adapter.r=8 adapter.alpha=16 train.steps=400
         train.batch_size=16 train.lr=0.002 train.kl_warmup_steps=100 train.log_every=50 train.checkpoint_every=0
@@ -38,25 +43,33 @@ for name in $VARIANTS; do
     slab_thin) method=bara_slab; extra=(adapter.prior.sparsity.context=thin) ;;
     slab_guide_lr) method=bara_slab; extra=(train.guide_lr=0.02) ;;
     slab_1600) method=bara_slab; extra=(train.steps=1600 train.kl_warmup_steps=400) ;;
+    slab_u01) method=bara_slab; extra=(adapter.weights.init_scale=0.1) ;;
+    slab_u03) method=bara_slab; extra=(adapter.weights.init_scale=0.3) ;;
     *) echo "unknown variant $name"; exit 2 ;;
   esac
   args=()
   for s in "${COMMON[@]}" "${extra[@]}"; do args+=(--set "$s"); done
   "$PY" -m bara_pyro.cli train --method "$method" --quiet --output "$dir" "${args[@]}"
 done
-"$PY" - "$OUT" $VARIANTS <<'EOF'
+"$PY" - "$HERE" "$OUT" $VARIANTS <<'EOF'
 import json, sys
 from pathlib import Path
 
+sys.path.insert(0, sys.argv.pop(1))
+from update_rank import update_ranks  # noqa: E402
+
 out = Path(sys.argv[1])
-rows = ["| variant | acc | NLL | ECE | joint effective rank | train s |", "|---|---|---|---|---|---|"]
+rows = ["| variant | acc | NLL | ECE | gate rank | update rank | train s |", "|---|---|---|---|---|---|---|"]
 for name in sys.argv[2:]:
-    path = out / name / "metrics.json"
-    m = json.loads(path.read_text())
+    m = json.loads((out / name / "metrics.json").read_text())
     v = m["validation"]
     rank = m.get("effective_rank")
+    update = m.get("update_rank")
+    if update is None:  # a run evaluated before metrics.json recorded it
+        per_layer = update_ranks(out / name)
+        update = sum(per_layer.values()) / len(per_layer)
     rows.append(f"| {name} | {v['accuracy']:.3f} | {v['nll']:.3f} | {v['ece']:.3f} | "
-                f"{'-' if rank is None else f'{rank:.2f}'} | {m['train_time_s']:.0f} |")
+                f"{'-' if rank is None else f'{rank:.2f}'} | {update:.2f} | {m['train_time_s']:.0f} |")
 table = "\n".join(rows)
 print(table)
 (out / "summary.md").write_text(table + "\n")

@@ -34,3 +34,9 @@ def test_preset_trains_and_evaluates(method, dataset, model, tmp_path):
     gated = method.startswith("bara")
     assert (tmp_path / "gates.npz").exists() == gated
     assert (metrics["effective_rank"] is not None) == (gated or method == "bayeslora")  # gates, or pruned ranks
+    # the spectrum of the mean update: one per single model, none for an ensemble (one update per member)
+    assert (metrics["update_rank"] is None) == (method == "ensemble")
+    if method != "ensemble":
+        assert 0.0 <= metrics["update_rank"] <= config["adapter"]["r"]
+        per_layer = list(saved["update_rank_per_layer"].values())
+        assert per_layer and saved["update_rank"] == pytest.approx(sum(per_layer) / len(per_layer))

@@ -1,0 +1,78 @@
+"""The spectrum of an adapter's mean update: its effective rank, the dense SVD it stands for, and recovery of
+the rank of a known synthetic update by a fitted LoRA."""
+
+import numpy as np
+import pytest
+import torch
+
+from bara_pyro import BaRAConfig, get_bara_model
+from bara_pyro.analysis import spectral_effective_rank, update_singular_values
+from bara_pyro.inference import TrainConfig, fit
+from bara_pyro.methods import load_preset
+from bara_pyro.models import GaussianLikelihood
+from bara_pyro.synthetic import RegressionTask, low_rank_update
+
+NOISE = 0.3
+
+
+def test_spectral_effective_rank_values():
+    assert spectral_effective_rank([3.0, 0.0, 0.0]) == pytest.approx(1.0)
+    assert spectral_effective_rank([2.0] * 5) == pytest.approx(5.0)
+    assert spectral_effective_rank([0.0, 0.0]) == 0.0
+    assert 1.0 < spectral_effective_rank([1.0, 0.5, 0.1]) < 3.0
+    # invariant to the update's scale
+    assert spectral_effective_rank([4.0, 2.0, 1.0]) == pytest.approx(spectral_effective_rank([8.0, 4.0, 2.0]))
+
+
+@pytest.mark.parametrize("bad", [[[1.0, 2.0]], [1.0, -0.5]])
+def test_spectral_effective_rank_rejects_bad_input(bad):
+    with pytest.raises(ValueError):
+        spectral_effective_rank(bad)
+
+
+def _model(method: str, data, r: int = 8):
+    preset = load_preset(method)
+    config = BaRAConfig.from_dict({**preset["adapter"], "r": r, "alpha": 2 * r, "target_modules": ["proj"]})
+    return get_bara_model(data.backbone, config, forward_fn=RegressionTask().scores,
+                          likelihood=GaussianLikelihood(NOISE)), preset
+
+
+@pytest.mark.parametrize("method", ["lora", "bara"])
+def test_singular_values_are_those_of_the_dense_update(method):
+    torch.manual_seed(0)
+    model, _ = _model(method, low_rank_update(2))
+    (path, adapter), = model.adapter_items
+    with torch.no_grad():
+        adapter.lora_B.weight.normal_()  # LoRA starts B at zero: a non-trivial update
+    gates = torch.linspace(0.2, 1.0, adapter.r)
+    a, b = adapter.lora_A.weight.detach(), adapter.lora_B.weight.detach()
+    expected = torch.linalg.svdvals((adapter.scaling * (b * gates) @ a).double())[:adapter.r].numpy()
+    got = update_singular_values(model, {path: gates})[path]
+    assert got.shape == (adapter.r,)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+    ungated = update_singular_values(model)[path]
+    np.testing.assert_allclose(ungated, torch.linalg.svdvals((adapter.scaling * b @ a).double())[:adapter.r].numpy(),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("rank", [2, 6])
+def test_fitted_lora_update_recovers_the_true_spectrum(rank):
+    """LoRA with r = 8 fitted to ``y = (W0 + dW) x + noise``, ``dW`` of rank 2 or 6: the top singular values of
+    its fitted update are those of ``dW``, the others are at the noise level, and the effective rank is within
+    1 of the true rank (the noise's small singular values raise it a little)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = low_rank_update(rank, noise=NOISE)
+        model, preset = _model("lora", data)
+        train = TrainConfig.from_dict({**preset.get("train", {}), "steps": 1500, "batch_size": 64, "lr": 0.02,
+                                       "warmup_ratio": 0.0, "checkpoint_every": 0, "seed": 0})
+        fit(model, RegressionTask(), data.rows, train, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    (path, _), = model.adapter_items
+    fitted = update_singular_values(model)[path]
+    truth = torch.linalg.svdvals(data.delta.double()).numpy()
+    np.testing.assert_allclose(fitted[:rank], truth[:rank], rtol=0.05)
+    assert (fitted[rank:] < 0.05 * fitted[0]).all(), fitted
+    assert abs(spectral_effective_rank(fitted) - rank) <= 1.0, fitted
