@@ -4,11 +4,14 @@ and the gates are learned from LoRA's initialisation.  Prints, per method and ``
 ``sum_k E[z]``, the posterior-mean inclusion probabilities and the row norms of the fitted A.
 
     python benchmarks/rank_allocation_synthetic.py [--steps 4000] [--ranks 2 6] [--methods bara bara_slab]
+        [--set prior.sparsity.context=thin ...]      # overrides of the presets' adapter section
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.inference import TrainConfig, fit, predict
@@ -19,9 +22,28 @@ from bara_pyro.synthetic import RegressionTask, low_rank_update
 NOISE, LR, R = 0.3, 0.05, 8
 
 
-def run(method: str, k: int, steps: int, seed: int = 0) -> dict:
-    """Train ``method``'s adapter (its preset's adapter and estimator settings) on a rank-``k`` update."""
+def _override(adapter: dict, assignments: list[str]) -> dict:
+    """``adapter`` with each ``dotted.key=value`` set (the value read as JSON where it parses, else a string)."""
+    adapter = copy.deepcopy(adapter)
+    for item in assignments:
+        key, _, raw = item.partition("=")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = adapter
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return adapter
+
+
+def run(method: str, k: int, steps: int, seed: int = 0, overrides: list[str] = ()) -> dict:
+    """Train ``method``'s adapter (its preset's adapter and estimator settings, with ``overrides`` of the
+    adapter section) on a rank-``k`` update."""
     preset = load_preset(method)
+    preset["adapter"] = _override(preset["adapter"], list(overrides))
     data = low_rank_update(k, noise=NOISE, seed=seed)
     task = RegressionTask()
     config = BaRAConfig.from_dict({**preset["adapter"], "r": R, "alpha": R, "target_modules": ["proj"]})
@@ -42,12 +64,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 6])
     parser.add_argument("--methods", nargs="+", default=["bara", "bara_slab"])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override of the presets' adapter section, e.g. prior.sparsity.context=thin")
     args = parser.parse_args()
-    print(f"noise {NOISE}, lr {LR}, {args.steps} steps, r = {R}\n")
+    print(f"noise {NOISE}, lr {LR}, {args.steps} steps, r = {R}" + (f", {' '.join(args.set)}" if args.set else "")
+          + "\n")
     print("| method | true rank | effective rank | E[pi] | A row norms |\n|---|---|---|---|---|")
     for method in args.methods:
         for k in args.ranks:
-            out = run(method, k, args.steps)
+            out = run(method, k, args.steps, overrides=args.set)
             pi = " ".join(f"{v:.2f}" for v in out["pi"])
             norms = " ".join(f"{v:.2f}" for v in out["A row norms"])
             print(f"| {method} | {k} | {out['rank']:.2f} | {pi} | {norms} |", flush=True)

@@ -117,6 +117,8 @@ def make_run_dir(
             "brier": 0.2,
         },
         "effective_rank": float(gates["token_gate_prob"].sum(-1).mean()) if gates is not None else None,
+        "update_rank": 2.3456,
+        "update_rank_per_layer": {name: 1.5 + 0.25 * i for i, name in enumerate(LAYER_NAMES)},
         "trainable_parameters": 12345,
         "wall_time_s": 12.5,
     }

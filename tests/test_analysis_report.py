@@ -82,6 +82,8 @@ def test_report_content(report):
         assert needle in md, needle
     assert "each chain is an independent fit" in md  # two seeds of bara -> R-hat across fits is shown
     assert "| bara_seed0 | bara | bert-tiny |" in md
+    assert "| update rank |" in md and "| 2.346 |" in md  # the metrics table's update rank
+    assert "| sum_k E[pi_lk] | update rank |" in md and "| 1.75 |" in md  # per layer, from metrics.json
     assert md.count("| mc_dropout |") == 3  # metrics, lppd/LOO and compare tables; it has no gates section
     assert "| lora |" in md and md.count("| lora |") == 1  # no sample_loglik: metrics table only
 

@@ -48,7 +48,9 @@ _TEXT = {
         "Accuracy and NLL (mean negative log-likelihood of the true label, lower is better) measure the fit on the "
         "test set. ECE (expected calibration error) is the average gap between confidence and accuracy, Brier the "
         "squared error of the probability vector. The effective rank s is the expected number of switched-on rank "
-        "components per token, averaged over layers and tokens (empty for adapters without gates)."
+        "components per token, averaged over layers and tokens (empty for adapters without gates). The update rank "
+        "is the entropy effective rank of the singular values of each layer's mean update (gate means folded in), "
+        "averaged over layers: how many directions the fitted update uses, for every method."
     ),
     "rhat_single": (
         "R-hat is not shown for a single fit. It compares the spread between chains with the spread within chains "
@@ -317,6 +319,7 @@ class _Builder:
             "ECE",
             "Brier",
             "effective rank",
+            "update rank",
             "trainable params",
             "wall time (s)",
         ]
@@ -326,7 +329,8 @@ class _Builder:
         for run in self.runs:
             test = run.metrics.get("test") or {}
             row = [run.name, run.method, run.model] + [_fmt(test.get(k)) for k in ("accuracy", "nll", "ece", "brier")]
-            row += [_fmt(run.metrics.get(k)) for k in ("effective_rank", "trainable_parameters", "wall_time_s")]
+            row += [_fmt(run.metrics.get(k))
+                    for k in ("effective_rank", "update_rank", "trainable_parameters", "wall_time_s")]
             if has_val:
                 val = run.metrics.get("validation") or {}
                 row += [_fmt(val.get("accuracy")), _fmt(val.get("nll"))]
@@ -464,12 +468,14 @@ class _Builder:
         doc.para(text + ".")
         names = [str(n) for n in gates["layer_names"]]
         prior_rank = posterior_mean_pi(gates).sum(axis=1) if {"pi_alpha", "pi_beta"} <= set(gates) else None
+        update = run.metrics.get("update_rank_per_layer") or {}
         rows = []
         for i, (name, short) in enumerate(zip(names, short_layer_names(names))):
             row = [short, name, _fmt(er.per_layer[i], 3), _fmt(float(np.std(er.per_layer_token[i])), 3)]
             row.append(_fmt(prior_rank[i], 3) if prior_rank is not None else "-")
+            row.append(_fmt(update[name], 3) if name in update else "-")
             rows.append(row)
-        doc.table(["layer", "module", "mean s_l over tokens", "sd over tokens", "sum_k E[pi_lk]"], rows)
+        doc.table(["layer", "module", "mean s_l over tokens", "sd over tokens", "sum_k E[pi_lk]", "update rank"], rows)
 
     def dead_table(self, gates: dict[str, np.ndarray]) -> None:
         doc = self.doc

@@ -150,6 +150,23 @@ print(f"spread between the tokens: {spread:.4f} components; "
          else "the gates use a different number of components for different tokens"))
 
 # %% [markdown]
+# The gates count the components that are on, not how much of the update they carry: a component whose
+# gate is on but whose column of $B$ is near zero counts fully. The fitted update itself,
+# $\Delta W_l = (\alpha / r) B_l \operatorname{diag}(\bar g_l) A_l$ with $\bar g_l$ the mean expected gate over
+# the evaluated tokens (1 for LoRA), has singular values $s_1 \ge \dots \ge s_r$; their entropy effective
+# rank $\exp(-\sum_i p_i \log p_i)$, $p_i = s_i / \sum_j s_j$, is 1 for a rank-1 update and $r$ for $r$
+# equal singular values. `metrics.json` records it per layer and averaged (`update_rank`), for every
+# method, so it compares LoRA and BaRA directly: how many directions did the data move each layer in?
+
+# %%
+for method, run in runs.items():
+    per_layer = run.metrics["update_rank_per_layer"]
+    print(f"{method:>5}: update rank {run.metrics['update_rank']:.2f} "
+          f"(per layer {min(per_layer.values()):.2f} to {max(per_layer.values()):.2f})")
+    assert 0 < run.metrics["update_rank"] <= run.config["adapter"]["r"]
+print(f"BaRA's gates: {rank.overall:.2f} components on per token")
+
+# %% [markdown]
 # ## 4. Can the posterior be trusted? PSIS $\hat k$
 #
 # The guide $q$ is fitted by maximising the ELBO, which prefers a $q$ that is too narrow over one that is
