@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # The bara_slab preset's settings on real data, chosen on validation: the demo's model, data and budget
-# (MiniLM-L6, Rotten Tomatoes, 400 steps, batch 16, lr 2e-3, KL warm-up 100 steps, CPU, about 4 minutes a
-# run on 2 cores), evaluated on the validation split (S = 10), one seed.  Variants (NAME: method + overrides):
+# (MiniLM-L6, Rotten Tomatoes, 400 steps unless the variant says otherwise, batch 16, lr 2e-3, KL warm-up
+# 100 steps, CPU, about 2-3 minutes a 400-step run on 2 cores), evaluated on the validation split (S = 10),
+# one seed.  Variants (NAME: method + overrides):
 #   lora              the lora preset
 #   bara              the bara preset
+#   lora_1600         lora trained 1600 steps (KL warm-up 400 steps, as the 1600-step slab runs)
+#   bara_1600         bara trained 1600 steps (KL warm-up 400 steps)
 #   slab              the bara_slab preset as packaged
 #   slab_absolute     bara_slab with adapter.weights.posterior_scale=absolute
 #   slab_learned      bara_slab, absolute posterior scales, prior scales by type-II ML (ard: learned)
 #   slab_init02       bara_slab, absolute posterior scales starting at 0.02 instead of 1e-3
 #   slab_thin         bara_slab with the context as a thinning of the layer's inclusion (context: thin)
 #   slab_guide_lr     bara_slab with the gates' variational parameters at 10x the learning rate (2e-2)
-#   slab_1600         bara_slab trained 4x longer (1600 steps, KL warm-up 400 steps; about 13 minutes)
+#   slab_1600         bara_slab trained 4x longer (1600 steps, KL warm-up 400 steps; about 7 minutes)
 #   slab_u01          bara_slab with the relative posterior scales starting at 0.1 of the prior's (init_scale)
 #   slab_u03          the same at 0.3
+#   slab_glr_1600     slab_guide_lr trained 1600 steps (KL warm-up 400 steps)
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
@@ -29,13 +33,15 @@ COMMON=(model=minilm-l6 dataset=rt_sst2 task.max_length=64 adapter.r=8 adapter.a
         train.device=cpu "eval.splits=[validation]" eval.num_samples=10 eval.batch_size=64 eval.gate_examples=100
         eval.importance_draws=0)
 ABSOLUTE=adapter.weights.posterior_scale=absolute
-VARIANTS=${VARIANTS:-lora bara slab slab_absolute slab_learned slab_init02 slab_thin slab_guide_lr slab_1600}
+VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learned slab_init02 slab_thin slab_guide_lr slab_1600 slab_u01 slab_u03 slab_glr_1600}
 for name in $VARIANTS; do
   dir=$OUT/$name
   [ -f "$dir/metrics.json" ] && continue
   case $name in
     lora) method=lora; extra=() ;;
     bara) method=bara; extra=() ;;
+    lora_1600) method=lora; extra=(train.steps=1600 train.kl_warmup_steps=400) ;;
+    bara_1600) method=bara; extra=(train.steps=1600 train.kl_warmup_steps=400) ;;
     slab) method=bara_slab; extra=() ;;
     slab_absolute) method=bara_slab; extra=($ABSOLUTE) ;;
     slab_learned) method=bara_slab; extra=($ABSOLUTE adapter.weights.ard=learned) ;;
@@ -45,6 +51,7 @@ for name in $VARIANTS; do
     slab_1600) method=bara_slab; extra=(train.steps=1600 train.kl_warmup_steps=400) ;;
     slab_u01) method=bara_slab; extra=(adapter.weights.init_scale=0.1) ;;
     slab_u03) method=bara_slab; extra=(adapter.weights.init_scale=0.3) ;;
+    slab_glr_1600) method=bara_slab; extra=(train.guide_lr=0.02 train.steps=1600 train.kl_warmup_steps=400) ;;
     *) echo "unknown variant $name"; exit 2 ;;
   esac
   args=()
