@@ -341,7 +341,8 @@ def _evaluate_tokens(models, task, data, config, run_dir: Path, progress: bool, 
     for split in splits:
         rows = _subset(data[split], ev["max_examples"])
         draws = [ev["num_samples"] if _is_stochastic(m) else 0 for m in models]
-        pred = predict_tokens(models, task, rows, num_samples=draws, batch_size=ev["batch_size"], progress=progress)
+        pred = predict_tokens(models, task, rows, num_samples=draws, batch_size=ev["batch_size"], progress=progress,
+                              max_rows_per_pass=ev["max_rows_per_pass"])
         metrics[split] = token_metrics(pred, n_bins=ev["ece_bins"])
         metrics[split]["num_examples"] = len(rows)
         if split == "test" or split == splits[-1]:
@@ -443,7 +444,7 @@ def export_gates(model, task, tokenizer, rows, train_rows, config, progress: boo
         from .inference.token_predictive import predict_tokens
 
         pred = predict_tokens(model, task, rows, num_samples=0, batch_size=config["eval"]["batch_size"],
-                              record_tokens=True, progress=False)
+                              record_tokens=True, progress=False, max_rows_per_pass=config["eval"]["max_rows_per_pass"])
     else:
         pred = predict(model, task, rows, num_samples=0, batch_size=config["eval"]["batch_size"],
                        record_tokens=True, progress=False, max_rows_per_pass=config["eval"]["max_rows_per_pass"])

@@ -52,15 +52,23 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_tokens(models, task, rows: Sequence[dict], num_samples: int | Sequence[int] = 10, batch_size: int = 32,
-                   record_tokens: bool = False, progress: bool = True) -> TokenPrediction:
+                   record_tokens: bool = False, progress: bool = True,
+                   max_rows_per_pass: int | None = None) -> TokenPrediction:
     """The token-level predictive of ``models`` (one model or a list: an equal-weight mixture) on ``rows``.
 
     ``num_samples``: S per model (an int for all, or one per model; 0 = posterior-mean pass).  Gate statistics
-    (``record_tokens``) are read from the first model."""
+    (``record_tokens``) are read from the first model.  ``max_rows_per_pass`` bounds one forward pass's
+    ``S * B`` expanded rows as in :func:`~bara_pyro.inference.predict`: the batches shrink to
+    ``max(1, max_rows_per_pass // max S)`` rows (every output is per example, so only the batching
+    changes).  None: no bound."""
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     draws = [num_samples] * len(models) if isinstance(num_samples, int) else list(num_samples)
     if any(s < 0 for s in draws):
         raise ValueError(f"num_samples must be >= 0, got {draws}")
+    if max_rows_per_pass is not None and max_rows_per_pass < 1:
+        raise ValueError(f"max_rows_per_pass must be >= 1 or None, got {max_rows_per_pass}")
+    if max_rows_per_pass is not None:
+        batch_size = max(1, min(batch_size, max_rows_per_pass // max(max(draws), 1)))
     for model in models:
         model.eval()
         model.backbone.eval()

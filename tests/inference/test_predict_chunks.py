@@ -89,3 +89,30 @@ def test_config_key_is_checked_and_filled_for_runs_saved_before_it(tmp_path):
     save_config(config, tmp_path / "config.yaml")
     assert "max_rows_per_pass" not in yaml.safe_load((tmp_path / "config.yaml").read_text())["eval"]
     assert load_run_config(tmp_path)["eval"]["max_rows_per_pass"] == 128
+
+
+@pytest.mark.parametrize("num_samples", [0, 3])
+def test_token_predictive_bounded_pass_equals_the_smaller_batch(num_samples):
+    """The instruction task's predictive with ``max_rows_per_pass``: the same per-token outputs as at the smaller
+    batch size it implies (right padding does not reach a causal LM's real tokens)."""
+    from bara_pyro import get_bara_model
+    from bara_pyro.experiment import _adapter_config, build_backbone_and_task
+    from bara_pyro.experiment_config import load_config
+    from bara_pyro.inference.token_predictive import predict_tokens
+
+    config = load_config(method="bara", overrides=["model=tiny-llama", "dataset=arc_easy_qa"])
+    backbone, _, task, data = build_backbone_and_task(config)
+    model = get_bara_model(backbone, _adapter_config(config, 0), forward_fn=task.scores)
+    data = [data["validation"][i] for i in range(7)]
+    s = max(num_samples, 1)
+    counting = CountingTask(task)
+    pyro.set_rng_seed(0)
+    bounded = predict_tokens(model, counting, data, num_samples=num_samples, batch_size=4,
+                             max_rows_per_pass=2 * s, progress=False)
+    assert max(counting.sizes) <= 2 * s
+    pyro.set_rng_seed(0)
+    small = predict_tokens(model, task, data, num_samples=num_samples, batch_size=2, progress=False)
+    for name in ("nll", "confidence", "correct", "entropy", "sequence"):
+        torch.testing.assert_close(getattr(bounded, name), getattr(small, name), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="max_rows_per_pass"):
+        predict_tokens(model, task, data, num_samples=num_samples, max_rows_per_pass=0, progress=False)
