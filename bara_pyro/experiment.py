@@ -377,13 +377,9 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
         metrics["effective_rank_per_layer"] = rank
     metrics["update_rank"], metrics["update_rank_per_layer"] = None, {}
     if len(models) == 1:  # an ensemble has one update per member
-        from .analysis.update_spectrum import spectral_effective_rank, update_singular_values
+        from .analysis.update_spectrum import update_ranks
 
-        means = None
-        if gated and "token_expected_gate" in gates:
-            means = {str(path): torch.from_numpy(g.mean(axis=0))
-                     for path, g in zip(gates["layer_names"], gates["token_expected_gate"])}
-        per_layer = {path: spectral_effective_rank(s) for path, s in update_singular_values(models[0], means).items()}
+        per_layer = update_ranks(models[0], gates if gated else None)
         if per_layer:
             metrics["update_rank"] = float(np.mean(list(per_layer.values())))
             metrics["update_rank_per_layer"] = per_layer

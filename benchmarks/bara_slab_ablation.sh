@@ -63,7 +63,7 @@ import json, sys
 from pathlib import Path
 
 sys.path.insert(0, sys.argv.pop(1))
-from update_rank import update_ranks  # noqa: E402
+from update_rank import run_update_ranks  # noqa: E402
 
 out = Path(sys.argv[1])
 rows = ["| variant | acc | NLL | ECE | gate rank | update rank | train s |", "|---|---|---|---|---|---|---|"]
@@ -73,7 +73,7 @@ for name in sys.argv[2:]:
     rank = m.get("effective_rank")
     update = m.get("update_rank")
     if update is None:  # a run evaluated before metrics.json recorded it
-        per_layer = update_ranks(out / name)
+        per_layer = run_update_ranks(out / name)
         update = sum(per_layer.values()) / len(per_layer)
     rows.append(f"| {name} | {v['accuracy']:.3f} | {v['nll']:.3f} | {v['ece']:.3f} | "
                 f"{'-' if rank is None else f'{rank:.2f}'} | {update:.2f} | {m['train_time_s']:.0f} |")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 
 from bara_pyro import BaRAConfig, get_bara_model
+from bara_pyro.experiment_config import parse_override
 from bara_pyro.inference import TrainConfig, fit, predict
 from bara_pyro.methods import load_preset
 from bara_pyro.models import GaussianLikelihood
@@ -23,15 +23,10 @@ NOISE, LR, R = 0.3, 0.05, 8
 
 
 def _override(adapter: dict, assignments: list[str]) -> dict:
-    """``adapter`` with each ``dotted.key=value`` set (the value read as JSON where it parses, else a string)."""
+    """``adapter`` with each ``dotted.key=value`` set, values read as ``--set`` reads them."""
     adapter = copy.deepcopy(adapter)
     for item in assignments:
-        key, _, raw = item.partition("=")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        *parents, leaf = key.split(".")
+        (*parents, leaf), value = parse_override(item)
         node = adapter
         for name in parents:
             node = node.setdefault(name, {})

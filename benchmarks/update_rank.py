@@ -14,28 +14,21 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from bara_pyro.analysis import spectral_effective_rank, update_singular_values
+from bara_pyro.analysis import update_ranks
 from bara_pyro.experiment import build_backbone_and_task, load_run_config
 from bara_pyro.models.bara_model import BaRAModel
 
 
-def update_ranks(run_dir: Path) -> dict[str, float]:
+def run_update_ranks(run_dir: Path) -> dict[str, float]:
     """``{layer path: spectral effective rank}`` of the run's mean update, gate means folded in."""
     config = load_run_config(run_dir)
     if config["ensemble"]["members"] > 1:
         raise SystemExit(f"error: {run_dir} is an ensemble; its members have one update each")
     backbone, _, task, _ = build_backbone_and_task(config)
     model = BaRAModel.from_pretrained(backbone, run_dir, forward_fn=task.scores)
-    means = None
     gates_path = run_dir / "gates.npz"
-    if gates_path.exists():
-        gates = np.load(gates_path)
-        if "token_expected_gate" in gates:
-            means = {str(p): torch.from_numpy(g.mean(axis=0))
-                     for p, g in zip(gates["layer_names"], gates["token_expected_gate"])}
-    return {p: spectral_effective_rank(s) for p, s in update_singular_values(model, means).items()}
+    return update_ranks(model, dict(np.load(gates_path)) if gates_path.exists() else None)
 
 
 def main(argv=None) -> None:
@@ -45,7 +38,7 @@ def main(argv=None) -> None:
     rows = ["| run | gate rank | update rank | update rank per layer |", "|---|---|---|---|"]
     for run in args.runs:
         metrics = json.loads((run / "metrics.json").read_text())
-        ranks = update_ranks(run)
+        ranks = run_update_ranks(run)
         gate = metrics.get("effective_rank")
         per_layer = " ".join(f"{v:.1f}" for v in ranks.values())
         rows.append(f"| {run.name} | {'-' if gate is None else f'{gate:.2f}'} | {np.mean(list(ranks.values())):.2f} "

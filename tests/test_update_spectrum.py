@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bara_pyro import BaRAConfig, get_bara_model
-from bara_pyro.analysis import spectral_effective_rank, update_singular_values
+from bara_pyro.analysis import spectral_effective_rank, update_ranks, update_singular_values
 from bara_pyro.inference import TrainConfig, fit
 from bara_pyro.methods import load_preset
 from bara_pyro.models import GaussianLikelihood
@@ -53,6 +53,21 @@ def test_singular_values_are_those_of_the_dense_update(method):
     ungated = update_singular_values(model)[path]
     np.testing.assert_allclose(ungated, torch.linalg.svdvals((adapter.scaling * b @ a).double())[:adapter.r].numpy(),
                                rtol=1e-6)
+
+
+def test_update_ranks_fold_the_recorded_gate_means():
+    """``update_ranks`` with a run's gate arrays: ``c`` is the mean over the recorded tokens."""
+    torch.manual_seed(0)
+    model, _ = _model("bara", low_rank_update(2))
+    (path, adapter), = model.adapter_items
+    with torch.no_grad():
+        adapter.lora_B.weight.normal_()
+    tokens = np.random.default_rng(0).uniform(size=(1, 5, adapter.r)).astype(np.float32)
+    gates = {"layer_names": np.asarray([path]), "token_expected_gate": tokens}
+    expected = spectral_effective_rank(update_singular_values(model, {path: torch.from_numpy(tokens[0].mean(0))})[path])
+    assert update_ranks(model, gates) == {path: pytest.approx(expected)}
+    assert update_ranks(model) == {path: pytest.approx(spectral_effective_rank(update_singular_values(model)[path]))}
+    assert update_ranks(model, gates)[path] != pytest.approx(update_ranks(model)[path])
 
 
 @pytest.mark.parametrize("rank", [2, 6])

@@ -41,7 +41,7 @@ from .plots import (
 )
 from .report import write_report
 from .rundir import GatesLike, RunData, as_arrays, load_npz, load_run, read_train_log
-from .update_spectrum import spectral_effective_rank, update_singular_values
+from .update_spectrum import spectral_effective_rank, update_ranks, update_singular_values
 
 __all__ = [
     "DEFAULT_DEAD_THRESHOLD",
@@ -80,6 +80,7 @@ __all__ = [
     "spectral_effective_rank",
     "summary",
     "token_gate_dataset",
+    "update_ranks",
     "update_singular_values",
     "write_report",
 ]

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-__all__ = ["spectral_effective_rank", "update_singular_values"]
+__all__ = ["spectral_effective_rank", "update_ranks", "update_singular_values"]
 
 
 def spectral_effective_rank(singular_values) -> float:
@@ -59,3 +59,14 @@ def update_singular_values(model, gate_means: Mapping[str, torch.Tensor] | None 
         core = adapter.scaling * (r_b @ r_a.T)  # Delta W = Q_b core Q_a^T
         out[path] = torch.linalg.svdvals(core).numpy()
     return out
+
+
+def update_ranks(model, gates: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+    """``{layer path: spectral effective rank}`` of each adapter's mean update.  ``gates``: the arrays of a run's
+    ``gates.npz`` (``layer_names`` ``(L,)``, ``token_expected_gate`` ``(L, n_tokens, r)``), whose mean over the
+    tokens is ``c``; without them (or for an adapter they do not name) ``c = 1``."""
+    means = None
+    if gates is not None and "token_expected_gate" in gates:
+        means = {str(path): torch.from_numpy(np.asarray(g).mean(axis=0))
+                 for path, g in zip(gates["layer_names"], gates["token_expected_gate"])}
+    return {path: spectral_effective_rank(s) for path, s in update_singular_values(model, means).items()}
