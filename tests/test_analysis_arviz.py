@@ -41,6 +41,16 @@ def test_global_posterior_dims_and_coords(idata):
     assert (idata.posterior["lambda"] > 0).all()
 
 
+def test_global_posterior_without_a_magnitude_prior():
+    gates = {k: v for k, v in make_gates(0).items() if not k.startswith("lambda_")}
+    idata = global_posterior_idata(gates, num_draws=50)
+    assert list(idata.posterior.data_vars) == ["pi"]
+    assert list(summary(idata).index)[0].startswith("pi[")
+    assert list(rhat_across_fits([idata, global_posterior_idata(gates, num_draws=50, seed=1)]).data_vars) == ["pi"]
+    with pytest.raises(KeyError, match="pi_alpha"):
+        global_posterior_idata({k: v for k, v in gates.items() if k != "pi_alpha"})
+
+
 def test_global_posterior_matches_guide_moments():
     gates = make_gates(0)
     post = global_posterior_idata(gates, num_draws=20000).posterior

@@ -122,6 +122,22 @@ def test_partial_gates_report(tmp_path):
     }
 
 
+def test_report_of_runs_without_a_magnitude_prior(tmp_path):
+    """Gates with q(pi) but no q(lambda) (a preset with ``magnitude: none``), two seeds: pi is summarised and
+    compared across fits, lambda is left out instead of failing."""
+    runs = []
+    for seed in (0, 1):
+        run = make_run_dir(tmp_path / f"slab_seed{seed}", method="bara_slab", seed=seed)
+        gates = dict(np.load(run / "gates.npz"))
+        np.savez(run / "gates.npz", **{k: v for k, v in gates.items() if not k.startswith("lambda_")})
+        runs.append(run)
+    _, md_path = write_report(runs, num_draws=200)
+    md = md_path.read_text()
+    assert "az.summary of pi" in md and "az.summary of lambda" not in md
+    assert "| bara_slab | bert-tiny | slab_seed0, slab_seed1 |" in md  # R-hat across the two fits, pi only
+    assert "| - | - |" in md
+
+
 def _chromium() -> str | None:
     return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 

@@ -52,6 +52,7 @@ __all__ = [
     "loo",
     "plot_forest_pi",
     "predictive_idata",
+    "present_global_vars",
     "psis_khat",
     "rhat_across_fits",
     "summary",
@@ -134,25 +135,26 @@ def global_posterior_idata(
     :param predictions: optional loaded ``predictions.npz``; adds the groups of
         :func:`predictive_idata`. Its ``S`` draws are the trainer's own posterior samples and are
         *not* paired with the ``num_draws`` draws of ``pi``/``lambda``.
-    :returns: ``posterior`` with ``pi`` and ``lambda`` of dims ``(chain, draw, layer, rank)``, coords
+    :returns: ``posterior`` with ``pi`` and (where the gates have a magnitude posterior) ``lambda`` of dims
+        ``(chain, draw, layer, rank)``, coords
         ``layer`` = module paths and ``rank`` = ``0..r-1``.
     """
     gates = as_arrays(gates)
-    missing = [k for k in ("layer_names", "pi_alpha", "pi_beta", "lambda_shape", "lambda_rate") if k not in gates]
+    missing = [k for k in ("layer_names", "pi_alpha", "pi_beta") if k not in gates]
     if missing:
         raise KeyError(f"gates data lacks {missing}")
     rng = np.random.default_rng(seed)
     alpha, beta = np.asarray(gates["pi_alpha"], float), np.asarray(gates["pi_beta"], float)
-    shape, rate = np.asarray(gates["lambda_shape"], float), np.asarray(gates["lambda_rate"], float)
     size = (1, num_draws) + alpha.shape
     dims = ("chain", "draw", "layer", "rank")
+    draws = {"pi": (dims, rng.beta(alpha, beta, size=size))}
+    if "lambda_shape" in gates and "lambda_rate" in gates:  # absent without a magnitude prior
+        shape, rate = np.asarray(gates["lambda_shape"], float), np.asarray(gates["lambda_rate"], float)
+        draws["lambda"] = (dims, rng.gamma(shape, 1.0 / rate, size=size))
     posterior = xr.Dataset(
-        {
-            "pi": (dims, rng.beta(alpha, beta, size=size)),
-            "lambda": (dims, rng.gamma(shape, 1.0 / rate, size=size)),
-        },
+        draws,
         coords={"chain": [0], "draw": np.arange(num_draws), **_layer_rank_coords(gates)},
-        attrs={"source": "numpy draws from the variational guide q(pi), q(lambda)"},
+        attrs={"source": f"numpy draws from the variational guide q({'), q('.join(draws)})"},
     )
     idata = az.InferenceData(posterior=posterior)
     if predictions is not None:
@@ -189,11 +191,18 @@ def token_gate_dataset(gates: GatesLike) -> xr.Dataset:
     return xr.Dataset(data_vars, coords=coords)
 
 
-def summary(idata: az.InferenceData, var_names: Sequence[str] = GLOBAL_VARS, hdi_prob: float = 0.94) -> pd.DataFrame:
-    """``az.summary(kind="stats")``: mean, sd and HDI of each ``(layer, rank)`` entry of ``var_names``.
+def present_global_vars(idata: az.InferenceData) -> tuple[str, ...]:
+    """The :data:`GLOBAL_VARS` that ``idata``'s posterior holds (``lambda`` only with a magnitude prior)."""
+    return tuple(v for v in GLOBAL_VARS if v in idata.posterior)
+
+
+def summary(idata: az.InferenceData, var_names: Sequence[str] | None = None, hdi_prob: float = 0.94) -> pd.DataFrame:
+    """``az.summary(kind="stats")``: mean, sd and HDI of each ``(layer, rank)`` entry of ``var_names`` (default:
+    the global variables ``idata`` holds).
 
     Only statistics, no R-hat/ESS: those are MCMC diagnostics and meaningless for iid guide draws.
     """
+    var_names = present_global_vars(idata) if var_names is None else var_names
     return az.summary(idata, var_names=list(var_names), kind="stats", hdi_prob=hdi_prob)
 
 
@@ -280,7 +289,7 @@ def _fit_draws(fit: az.InferenceData, var: str) -> xr.DataArray:
 
 
 def rhat_across_fits(
-    fits: Sequence[az.InferenceData | np.ndarray], var_names: Sequence[str] = GLOBAL_VARS
+    fits: Sequence[az.InferenceData | np.ndarray], var_names: Sequence[str] | None = None
 ) -> xr.Dataset | np.ndarray:
     r"""Rank-normalised split R-hat where **each chain is an independent fit** (a different seed).
 
@@ -293,13 +302,16 @@ def rhat_across_fits(
 
     :param fits: ``F >= 2`` fits, all ``InferenceData`` (from :func:`global_posterior_idata`) or all
         arrays of draws ``(draws, *shape)``. Draws are truncated to the smallest fit.
-    :param var_names: posterior variables to use (``InferenceData`` input only).
+    :param var_names: posterior variables to use (``InferenceData`` input only; default: the global variables
+        every fit holds).
     :returns: for ``InferenceData`` a Dataset of R-hat per variable with dims ``(layer, rank)``;
         for arrays an array of shape ``shape`` (a float for 1-d draws).
     """
     if len(fits) < 2:
         raise ValueError("R-hat across fits needs at least two independent fits (seeds); for one fit it is undefined")
     if all(isinstance(fit, az.InferenceData) for fit in fits):
+        if var_names is None:
+            var_names = [v for v in GLOBAL_VARS if all(v in fit.posterior for fit in fits)]
         stacked = {}
         for var in var_names:
             per_fit = [_fit_draws(fit, var) for fit in fits]

@@ -402,6 +402,9 @@ class _Builder:
             rhat = arviz_data.rhat_across_fits([self.idata[r.name] for r in runs])
             row = [method, model, ", ".join(r.name for r in runs)]
             for var in arviz_data.GLOBAL_VARS:
+                if var not in rhat:  # lambda without a magnitude prior
+                    row += ["-", "-"]
+                    continue
                 values = np.asarray(rhat[var])
                 row += [_fmt(np.max(values)), f"{np.mean(values > _RHAT_OK):.0%}"]
             rows.append(row)
@@ -495,7 +498,7 @@ class _Builder:
         doc.para(_TEXT["summary"])
         names = [str(n) for n in gates["layer_names"]]
         short = dict(zip(names, short_layer_names(names)))
-        for var in arviz_data.GLOBAL_VARS:
+        for var in arviz_data.present_global_vars(idata):
             table = arviz_data.summary(idata, var_names=(var,))
             rows = []
             for label, values in table.iterrows():
