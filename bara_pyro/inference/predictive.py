@@ -91,7 +91,8 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     exceed it runs as consecutive groups of ``b = max(1, max_rows_per_pass // S)`` of its rows, each
     repeated S times.  A group is exactly what a batch of b rows would be (same collation, same draws
     in the same order), so with B a multiple of b the result is bit for bit ``batch_size = b``'s, and
-    in any case the same estimator: every example averages S draws of its gates.  None: no bound.
+    in any case the same estimator: every example averages S draws of its gates.  None: no bound.  A weight
+    family may bound the rows further (``prediction_rows``: the linearised Laplace predictive takes one).
 
     ``checkpoint``: a file that makes the pass resumable.  SIGINT/SIGTERM then stop it at the next batch
     boundary: the finished batches and the random-number state are written there, and ``KeyboardInterrupt``
@@ -112,6 +113,9 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     path = Path(checkpoint) if checkpoint is not None else None
     s = max(num_samples, 1)
     group = batch_size if max_rows_per_pass is None else max(1, min(batch_size, max_rows_per_pass // s))
+    family_rows = model.config.components.weights.prediction_rows(num_samples)
+    if family_rows is not None:  # a predictive whose memory needs fewer rows per pass (e.g. Laplace's Jacobians)
+        group = min(group, family_rows)
     signature = ({"rows": _rows_digest(rows), "num_samples": num_samples, "batch_size": batch_size,
                   "record_tokens": record_tokens} if path is not None else None)
     if signature is not None and group < batch_size:

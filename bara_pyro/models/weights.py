@@ -98,6 +98,12 @@ class WeightFamily(Component):
     #: 'sample' once :meth:`samples_without_latent_sites` holds (e.g. Laplace's linearised predictive); None: none.
     sampled_scores = None
 
+    def prediction_rows(self, num_samples: int) -> int | None:
+        """At most this many examples per sampled prediction pass (e.g. 1 when a pass takes each output's Jacobian,
+        whose memory grows with the square of the outputs in it); None: ``eval.max_rows_per_pass`` alone bounds
+        it."""
+        return None
+
     def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False) -> None:
         """Called once after training, with the training rows: fit a post-hoc posterior (e.g. Laplace)."""
 

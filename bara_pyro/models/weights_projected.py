@@ -43,6 +43,7 @@ from .weights_laplace import (
     fit_laplace,
     install_laplace_buffers,
     laplace_fitted,
+    laplace_prediction_rows,
     laplace_sampled_scores,
 )
 
@@ -121,6 +122,9 @@ class ProjectedSubspaceWeights(WeightFamily):
         model._prepare(batch, "sample")
         model.ctx.num_samples = num_samples
         return model.forward_fn(model.backbone, batch)
+
+    def prediction_rows(self, num_samples: int) -> int | None:
+        return laplace_prediction_rows(self, num_samples) if self.posterior_kind == "laplace" else None
 
     # ----------------------------------------------------------------- SWAG moments
     def after_step(self, adapter, step: int, total_steps: int) -> None:

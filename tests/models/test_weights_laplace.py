@@ -85,3 +85,54 @@ def test_linearised_predictive_of_copies_takes_one_jacobian_and_equals_the_whole
     ref_mu, ref_var = _glm(la, copies)
     torch.testing.assert_close(mu, ref_mu, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(var, ref_var, atol=1e-7, rtol=1e-4)
+
+
+def test_jacobians_taken_in_chunks_equal_laplace_torchs_and_the_chunk_follows_the_budget(monkeypatch):
+    from laplace.curvature import CurvlinopsGGN
+
+    import bara_pyro.models.weights_laplace as wl
+
+    model, task = _trained("diag")
+    la = laplace_of(model.config.components.weights, model)
+    x = _as_input(task.collate(ROWS[:6]))
+    reference = CurvlinopsGGN(la.model, "classification")
+    ref_js, ref_f = reference.jacobians(x)
+    seen = []
+    real_jacrev = torch.func.jacrev
+
+    def spy(fn, *args, **kwargs):
+        seen.append(kwargs.get("chunk_size"))
+        return real_jacrev(fn, *args, **kwargs)
+
+    monkeypatch.setattr(torch.func, "jacrev", spy)
+    for budget in (1, 10**12):  # one output per pass; every output in one pass
+        monkeypatch.setattr(wl, "JACOBIAN_BUDGET_ELEMENTS", budget)
+        js, f = wl._chunked_jacobian_backend()(la.model, "classification").jacobians(x)
+        torch.testing.assert_close(js, ref_js, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(f, ref_f)
+    assert seen[0] == 1 and seen[1] > js.shape[0] * js.shape[1]
+    tokens = x["batch"].token_mask.numel()
+    assert wl.jacobian_chunk(x["batch"], width=49152, budget=2**28) == max(1, 2**28 // (tokens * 49152))
+
+
+def test_linearised_predictive_runs_one_example_per_pass_and_weight_draws_do_not():
+    import bara_pyro.models.weights_laplace as wl
+
+    for predictive, rows_per_pass in (("glm", 1), ("nn", 6)):
+        model, task = _trained("diag", predictive=predictive)
+        family = model.config.components.weights
+        seen = []
+        real = wl.laplace_sampled_scores
+
+        def spy(fam, mdl, batch, num_samples, real=real):
+            seen.append(batch.num_examples // num_samples)
+            return real(fam, mdl, batch, num_samples)
+
+        wl.laplace_sampled_scores, saved = spy, wl.laplace_sampled_scores
+        try:
+            pred = predict(model, task, ROWS[:6], num_samples=3, batch_size=6, progress=False)
+        finally:
+            wl.laplace_sampled_scores = saved
+        assert family.prediction_rows(3) == (1 if predictive == "glm" else None)
+        assert seen == [rows_per_pass] * (6 // rows_per_pass)
+        assert pred.probs.shape[0] == 6
