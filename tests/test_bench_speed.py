@@ -104,3 +104,21 @@ def test_deterministic_rows_and_the_cost_comparison(tmp_path):
         rows["eager"]["ms"] = rows["eager"]["ms"] / 2
     table = script.compare(off, on)
     assert table[2].startswith("| tiny | lora |") and table[2].endswith("| 2.000 |")
+
+
+def test_laplace_prediction_row_fits_its_posterior_on_the_bf16_backbone(monkeypatch):
+    """The GPU rows run a bf16 backbone under bf16 autocast; the post-hoc Laplace fit runs under it too (CPU
+    autocast stands in for CUDA's here)."""
+    import torch
+
+    from bara_pyro.bench import speed as sp
+
+    monkeypatch.setattr(sp, "_autocast", lambda cfg, device: torch.autocast(device_type="cpu", dtype=torch.bfloat16))
+    cfg = sp.SpeedConfig(shapes=["tiny"], examples=2, seq_len=32, cont_len=8)
+    backbone = sp.build_backbone("tiny", torch.device("cpu"), torch.bfloat16, seed=0)
+    batch = sp.make_batch(cfg, backbone.config.vocab_size, torch.device("cpu"), repeat=cfg.samples)
+    step = sp._preset_predict_step("laplace_lora", backbone, batch, cfg)
+    try:
+        step.run()
+    finally:
+        step.close()

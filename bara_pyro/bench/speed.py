@@ -356,7 +356,8 @@ def _preset_predict_step(method: str, backbone, batch: Batch, cfg: SpeedConfig) 
             def collate(rows):
                 return one
 
-        family.fit_posterior(model, _FixedTask(), list(range(one.num_examples)), one.num_examples)
+        with _autocast(cfg, device=next(backbone.parameters()).device):  # the bf16 backbone, as in run()
+            family.fit_posterior(model, _FixedTask(), list(range(one.num_examples)), one.num_examples)
         if getattr(family, "posterior_kind", None) == "swag":
             with torch.no_grad():
                 for _, adapter in model.adapter_items:
