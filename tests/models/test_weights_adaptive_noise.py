@@ -51,7 +51,8 @@ def test_noise_scale_depends_on_the_input_token():
     h = torch.randn(2, 5, 4)
     model.ctx.reset("sample")
     flat = family.noise_scale(adapter, h)
-    torch.testing.assert_close(flat, torch.full_like(flat, 0.05))  # W = 0 at the start: s = init_scale
+    torch.testing.assert_close(flat, torch.full_like(flat, 0.3))  # W = 0 at the start: s = init_scale = s0
+    assert float(family.local_kl(flat).abs().max()) < 1e-6  # the posterior starts at the prior
     with torch.no_grad():
         adapter.noise_weight.normal_()
     scale = family.noise_scale(adapter, h)
