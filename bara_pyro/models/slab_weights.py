@@ -40,6 +40,9 @@ class SlabGaussianWeights(WeightFamily):
     pulled only by how far its means are from zero (``M^2 / s^2``), not by how many weights it has
     (docs/model.md).  ``M`` starts as LoRA's A (Kaiming-uniform), ``N`` at zero, the learned scales (``sigma``,
     ``rho``, or ``u``, ``v``) at ``init_scale``.
+    ``factors: B`` makes ``B`` alone random and trains ``A`` as LoRA does: with Adam, the prior's pull on ``A``
+    (its only gradient while ``B`` is near zero, so a full-size step whatever the KL's weight) shrinks ``A``
+    before the likelihood can use it (docs/model.md).
     Both KLs are closed form.  Sampler: ``shared`` draws one ``A`` and ``B`` per step (the Pyro guide's
     draw, so the fused estimator equals ``TraceMeanField_ELBO``); ``flipout`` perturbs them per sequence
     in the fused estimator.
@@ -49,7 +52,12 @@ class SlabGaussianWeights(WeightFamily):
     ard: str = field(default="inclusion", metadata={"choices": ("inclusion", "learned", "off")})
     posterior_scale: str = field(default="absolute", metadata={"choices": ("absolute", "relative")})
     sampler: str = field(default="shared", metadata={"choices": ("shared", "flipout")})
-    latent = ("lora_A", "lora_B")
+    factors: str = field(default="both", metadata={"choices": ("both", "B")})
+
+    @property
+    def latent(self) -> tuple[str, ...]:
+        """The random factors: ``A`` and ``B``, or ``B`` alone (``A`` a point estimate, trained as LoRA's)."""
+        return ("lora_A", "lora_B") if self.factors == "both" else ("lora_B",)
 
     def resolve(self, config) -> None:
         self.need(self.init_scale > 0, f"init_scale must be > 0, got {self.init_scale!r}")

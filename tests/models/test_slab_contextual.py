@@ -18,13 +18,15 @@ def slab_config(magnitude="none", context="shift", **weights):
                       weights={"name": "slab_gaussian", **weights})
 
 
-@pytest.mark.parametrize("magnitude,context,posterior_scale", [("none", "shift", "absolute"),
-                                                               ("gamma", "shift", "absolute"),
-                                                               ("none", "thin", "relative")])
-def test_fused_loss_equals_trace_mean_field_elbo(magnitude, context, posterior_scale):
+@pytest.mark.parametrize("magnitude,context,posterior_scale,factors", [("none", "shift", "absolute", "both"),
+                                                                       ("gamma", "shift", "absolute", "both"),
+                                                                       ("none", "thin", "relative", "both"),
+                                                                       ("none", "shift", "relative", "B")])
+def test_fused_loss_equals_trace_mean_field_elbo(magnitude, context, posterior_scale, factors):
     torch.set_default_dtype(torch.float64)
     try:
-        model = get_bara_model(make_tiny_bert(), slab_config(magnitude, context, posterior_scale=posterior_scale))
+        model = get_bara_model(make_tiny_bert(), slab_config(magnitude, context, posterior_scale=posterior_scale,
+                                                             factors=factors))
         with torch.no_grad():
             for _, a in model.adapter_items:
                 a.lora_B.weight.normal_(0, 0.1)
@@ -116,3 +118,13 @@ def test_thinned_context_never_raises_inclusion_above_the_layer_probability():
     torch.testing.assert_close(at_zero, (0.9 * pi).expand(h.shape))
     shifted = ContextualBetaProcessPrior(context="shift")  # the shift can exceed pi
     assert bool((torch.sigmoid(shifted.inclusion_logits({"pi": pi, "w": w}, h)) > pi).any())
+
+
+def test_b_alone_random_keeps_a_a_trained_point_estimate_without_a_kl():
+    model = get_bara_model(make_tiny_bert(), slab_config(posterior_scale="relative", factors="B"))
+    adapter = model.adapter_items[0][1]
+    assert adapter.weights.latent == ("lora_B",)
+    assert not hasattr(adapter, "lora_A_scale") and hasattr(adapter, "lora_B_scale")
+    assert adapter.lora_A.weight.requires_grad
+    report = adapter.kl_report()
+    assert report["lora_B"] and "lora_A" not in report
