@@ -311,7 +311,8 @@ def rhat_across_fits(
         raise ValueError("R-hat across fits needs at least two independent fits (seeds); for one fit it is undefined")
     if all(isinstance(fit, az.InferenceData) for fit in fits):
         if var_names is None:
-            var_names = [v for v in GLOBAL_VARS if all(v in fit.posterior for fit in fits)]
+            held = [present_global_vars(fit) for fit in fits]
+            var_names = [v for v in held[0] if all(v in h for h in held)]
         stacked = {}
         for var in var_names:
             per_fit = [_fit_draws(fit, var) for fit in fits]

@@ -77,6 +77,17 @@ def _save_pass(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def rows_per_pass(batch_size: int, max_rows_per_pass: int | None, num_samples: int) -> int:
+    """Rows of a batch run in one forward pass when each is repeated ``num_samples`` times and a pass may hold at
+    most ``max_rows_per_pass`` expanded rows: ``max(1, min(batch_size, max_rows_per_pass // num_samples))``
+    (``batch_size`` when None)."""
+    if max_rows_per_pass is None:
+        return batch_size
+    if max_rows_per_pass < 1:
+        raise ValueError(f"max_rows_per_pass must be >= 1 or None, got {max_rows_per_pass}")
+    return max(1, min(batch_size, max_rows_per_pass // max(num_samples, 1)))
+
+
 @torch.no_grad()
 def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size: int = 32,
             record_tokens: bool = False, progress: bool = True, device: torch.device | str | None = None,
@@ -104,15 +115,13 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    if max_rows_per_pass is not None and max_rows_per_pass < 1:
-        raise ValueError(f"max_rows_per_pass must be >= 1 or None, got {max_rows_per_pass}")
     device = torch.device(device) if device is not None else next(model.backbone.parameters()).device
     model.eval()
     model.backbone.eval()
     ctx = model.ctx
     path = Path(checkpoint) if checkpoint is not None else None
     s = max(num_samples, 1)
-    group = batch_size if max_rows_per_pass is None else max(1, min(batch_size, max_rows_per_pass // s))
+    group = rows_per_pass(batch_size, max_rows_per_pass, s)
     family_rows = model.config.components.weights.prediction_rows(num_samples)
     if family_rows is not None:  # a predictive whose memory needs fewer rows per pass (e.g. Laplace's Jacobians)
         group = min(group, family_rows)

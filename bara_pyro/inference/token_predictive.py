@@ -20,6 +20,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .predictive import rows_per_pass
+
 __all__ = ["TokenPrediction", "predict_tokens"]
 
 
@@ -65,10 +67,7 @@ def predict_tokens(models, task, rows: Sequence[dict], num_samples: int | Sequen
     draws = [num_samples] * len(models) if isinstance(num_samples, int) else list(num_samples)
     if any(s < 0 for s in draws):
         raise ValueError(f"num_samples must be >= 0, got {draws}")
-    if max_rows_per_pass is not None and max_rows_per_pass < 1:
-        raise ValueError(f"max_rows_per_pass must be >= 1 or None, got {max_rows_per_pass}")
-    if max_rows_per_pass is not None:
-        batch_size = max(1, min(batch_size, max_rows_per_pass // max(max(draws), 1)))
+    batch_size = rows_per_pass(batch_size, max_rows_per_pass, max(draws))
     for model in models:
         model.eval()
         model.backbone.eval()

@@ -28,6 +28,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections import UserDict
@@ -165,6 +166,7 @@ def jacobian_chunk(batch, width: int, budget: int | None = None) -> int:
     return max(1, budget // max(1, tokens * width))
 
 
+@functools.cache
 def _chunked_jacobian_backend():
     """``CurvlinopsGGN`` whose Jacobians ``(B, C, P)`` are taken :func:`jacobian_chunk` outputs at a time.
 
