@@ -91,3 +91,19 @@ def test_fitted_lora_update_recovers_the_true_spectrum(rank):
     np.testing.assert_allclose(fitted[:rank], truth[:rank], rtol=0.05)
     assert (fitted[rank:] < 0.05 * fitted[0]).all(), fitted
     assert abs(spectral_effective_rank(fitted) - rank) <= 1.0, fitted
+
+
+def test_run_evaluation_imports_no_arviz_or_matplotlib():
+    """Evaluation imports ``update_spectrum`` through the analysis package: that must not pull in ArviZ or
+    matplotlib (a training machine may lack them), while the package's names still load on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bara_pyro.analysis.update_spectrum, bara_pyro.experiment\n"
+            "heavy = [m for m in ('arviz', 'matplotlib') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "import bara_pyro.analysis as a\n"
+            "assert callable(a.plot_rank_usage) and 'matplotlib' in sys.modules\n"
+            "assert a.GLOBAL_VARS == ('pi', 'lambda') and 'arviz' in sys.modules\n"
+            "assert set(a.__all__) <= set(dir(a))\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
