@@ -489,6 +489,14 @@ def test_aggregates_anchor_and_targets_from_synthetic_runs():
         assert nll["status"] == status and "BLoB was not run" in nll["detail"]
 
 
+def test_anchor_skips_runs_evaluated_on_validation_only():
+    """LoRA runs without test metrics (``eval.splits=[validation]``) leave the anchor rows empty, not a crash."""
+    records = [{**r, "metrics": {"validation": r["metrics"]["validation"], "effective_rank": None}}
+               for r in synthetic_records() if r["method"] == "lora"]
+    res = quality.aggregate(records, ["lora"], TASKS)
+    assert res["anchor"] and all(row["ours"] is None and row["seed"] is None for row in res["anchor"])
+
+
 def test_targets_for_a_variant_of_bara(capsys):
     """--targets-for checks the targets for a BaRA variant, named as such; the preset's rows are not used."""
     records = [r for r in synthetic_records() if r["method"] != "bara"]

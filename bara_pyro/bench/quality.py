@@ -821,7 +821,8 @@ def check_targets(aggregates: dict, rank_budget: float | None, method: str = "ba
 def anchor_check(records: list[dict], aggregates: dict, tasks: list[str]) -> list[dict]:
     """The LoRA (MLE) row against peft's LoRA (seed 1); 'within noise' = |diff| <= 2 sqrt(2) x our seed std."""
     rows = []
-    lora = [r for r in records if r["method"] == "lora" and r["status"] == "ok"]
+    # only runs evaluated on the test split (a validation-only run, e.g. of a grid, has no anchor figure)
+    lora = [r for r in records if r["method"] == "lora" and r["status"] == "ok" and "test" in r["metrics"]]
     for task in tasks:
         if task not in PEFT_LORA_ANCHOR:
             continue
