@@ -1,5 +1,6 @@
 """docs/benchmarks.md's quality tables are the committed suite's `results.md`, cell for cell."""
 
+import json
 import re
 from pathlib import Path
 
@@ -69,3 +70,47 @@ def test_documented_targets_are_results_md_targets():
     assert f"{nll[0]} against LoRA's {nll[1]}" in docs and f"BLoB's {nll[2]}" in docs
     acc = re.search(r"\(bara_lkl\) [\d.]+% vs LoRA [\d.]+%: ([-+][\d.]+) points", local_kl).group(1)
     assert f"missed.** {acc} points" in docs
+
+
+SEED1_DIR = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_seed1"
+LRGRID_MD = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_lrgrid" / "grid" / "results.md"
+SUITE_ORDER = ["winogrande_s", "arc_challenge", "arc_easy", "winogrande_m", "openbookqa", "boolq"]
+
+
+def _lora_seed1_row(metric: str) -> list[str]:
+    """Section 3's LoRA (MLE) seed-1 test values, formatted as the results tables format them."""
+    runs = ROOT / "benchmarks" / "results" / "quality_h200x4_2026-11-22" / "suite" / "runs" / "lora"
+    values = [json.loads((runs / task / "seed1" / "metrics.json").read_text())["test"][metric] for task in SUITE_ORDER]
+    scale, fmt = (1.0, "{:.3f}") if metric == "nll" else (100.0, "{:.1f}")
+    return [fmt.format(scale * v) for v in values] + [fmt.format(scale * sum(values) / len(values))]
+
+
+def test_section5_tables_are_the_seed1_results_md():
+    docs, results = DOCS.read_text(), (SEED1_DIR / "results.md").read_text()
+    docs = docs[docs.index("### 5. "):docs.index("### 6. ")]
+    for docs_header, title, metric in (("| ACC (%) |", "ACC (%), test", "accuracy"), ("| NLL |", "NLL, test", "nll"),
+                                       ("| ECE (%) |", "ECE (%), test", "ece")):
+        documented = _table_rows(docs, docs_header)
+        assert documented.pop("LoRA (MLE), seed 1") == _lora_seed1_row(metric), title
+        produced = _table_rows(_results_section(results, title), "| Method |")
+        assert documented == produced, title
+
+
+def test_section6_grid_cells_are_the_grid_results_md():
+    """Every ACC / NLL / ECE cell of section 6's table is the grid's validation value of that run."""
+    docs, results = DOCS.read_text(), LRGRID_MD.read_text()
+    docs = docs[docs.index("### 6. "):]
+    tables = {}
+    for title in ("ACC (%), validation", "NLL, validation", "ECE (%), validation"):
+        section = _results_section(results, title)
+        header = next(line for line in section.splitlines() if line.startswith("| Method |"))
+        columns = [c.strip() for c in header.strip("|").split("|")][1:]
+        tables[title] = {m: dict(zip(columns, cells)) for m, cells in _table_rows(section, "| Method |").items()}
+    lines = [line for line in docs[docs.index("| validation, seed 1 |"):].splitlines()[2:8]]
+    assert len(lines) == 6 and all(line.startswith("| ") for line in lines)
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name = f"{cells[0].strip('`').replace('LoRA', 'lora')}@lr={float(cells[1]):g}"
+        for col, task in ((2, "ARC-E"), (3, "WG-S"), (4, "OBQA")):
+            for value, title in zip(cells[col].split(" / "), tables):
+                assert tables[title][name][task] == value, (name, task, title)
