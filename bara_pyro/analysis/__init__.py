@@ -7,48 +7,50 @@ draws of one variational guide.
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
-_SUBMODULE_OF = {
-    "GLOBAL_VARS": "arviz_data",
-    "PSISDiagnostic": "arviz_data",
-    "compare": "arviz_data",
-    "global_posterior_idata": "arviz_data",
-    "interpret_khat": "arviz_data",
-    "loo": "arviz_data",
-    "plot_forest_pi": "arviz_data",
-    "predictive_idata": "arviz_data",
-    "psis_khat": "arviz_data",
-    "rhat_across_fits": "arviz_data",
-    "summary": "arviz_data",
-    "token_gate_dataset": "arviz_data",
-    "DEFAULT_DEAD_THRESHOLD": "diagnostics",
-    "EffectiveRank": "diagnostics",
-    "KLTraces": "diagnostics",
-    "ReliabilityBins": "diagnostics",
-    "dead_components": "diagnostics",
-    "effective_rank": "diagnostics",
-    "kl_traces": "diagnostics",
-    "log_predictive_density": "diagnostics",
-    "posterior_mean_lambda": "diagnostics",
-    "posterior_mean_pi": "diagnostics",
-    "reliability_bins": "diagnostics",
-    "plot_effective_rank_distribution": "plots",
-    "plot_rank_usage": "plots",
-    "plot_reliability": "plots",
-    "plot_token_gate_map": "plots",
-    "plot_training_curves": "plots",
-    "short_layer_names": "plots",
-    "write_report": "report",
-    "GatesLike": "rundir",
-    "RunData": "rundir",
-    "as_arrays": "rundir",
-    "load_npz": "rundir",
-    "load_run": "rundir",
-    "read_train_log": "rundir",
-    "spectral_effective_rank": "update_spectrum",
-    "update_ranks": "update_spectrum",
-    "update_singular_values": "update_spectrum",
-}
+if TYPE_CHECKING:  # the names, for type checkers and the API site; at run time __getattr__ loads them
+    from .arviz_data import (
+        GLOBAL_VARS,
+        PSISDiagnostic,
+        compare,
+        global_posterior_idata,
+        interpret_khat,
+        loo,
+        plot_forest_pi,
+        predictive_idata,
+        psis_khat,
+        rhat_across_fits,
+        summary,
+        token_gate_dataset,
+    )
+    from .diagnostics import (
+        DEFAULT_DEAD_THRESHOLD,
+        EffectiveRank,
+        KLTraces,
+        ReliabilityBins,
+        dead_components,
+        effective_rank,
+        kl_traces,
+        log_predictive_density,
+        posterior_mean_lambda,
+        posterior_mean_pi,
+        reliability_bins,
+    )
+    from .plots import (
+        plot_effective_rank_distribution,
+        plot_rank_usage,
+        plot_reliability,
+        plot_token_gate_map,
+        plot_training_curves,
+        short_layer_names,
+    )
+    from .report import write_report
+    from .rundir import GatesLike, RunData, as_arrays, load_npz, load_run, read_train_log
+    from .update_spectrum import spectral_effective_rank, update_ranks, update_singular_values
+
+# searched in this order on first use of a name: the light modules before those that import matplotlib or ArviZ
+_SUBMODULES = ("diagnostics", "rundir", "update_spectrum", "plots", "arviz_data", "report")
 
 __all__ = [
     "DEFAULT_DEAD_THRESHOLD",
@@ -94,10 +96,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULE_OF:
-        value = getattr(importlib.import_module(f".{_SUBMODULE_OF[name]}", __name__), name)
-        globals()[name] = value
-        return value
+    if name in __all__:
+        for submodule in _SUBMODULES:
+            module = importlib.import_module(f".{submodule}", __name__)
+            if name in getattr(module, "__all__", ()):
+                value = globals()[name] = getattr(module, name)
+                return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
