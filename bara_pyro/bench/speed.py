@@ -103,7 +103,7 @@ class SpeedConfig:
     warmup: int = 2
     svi_steps: int = 3
     predict: bool = True
-    profile: bool = False  # count kernels of one eager step per method (first shape only)
+    profile: bool = False  # count kernels (CPU: aten ops) of one eager step per method (first shape only)
     check: bool = True  # compare the gate implementations against the torch reference on this device
     tune: bool = True  # time the Triton kernels' launch configurations first (CUDA) and use the fastest
     device: str = "cuda"
@@ -214,19 +214,35 @@ def _capture(fn, warmup: int, device):
     return graph
 
 
+# aten operators that launch no kernel (views, metadata, allocations): left out of a CPU step's count
+_NO_KERNEL_OPS = frozenset(f"aten::{name}" for name in (
+    "alias", "as_strided", "broadcast_tensors", "chunk", "contiguous", "detach", "diagonal", "empty", "empty_like",
+    "empty_strided", "expand", "expand_as", "flatten", "lift_fresh", "movedim", "narrow", "new_empty",
+    "new_empty_strided", "permute", "reshape", "resolve_conj", "resolve_neg", "result_type", "select", "slice",
+    "split", "split_with_sizes", "squeeze", "t", "to", "transpose", "unbind", "unflatten", "unsqueeze", "view",
+    "view_as", "_reshape_alias", "_to_copy", "_unsafe_view"))
+
+
 def _count_kernels(fn, device) -> dict:
+    """Kernels of one call of ``fn``: CUDA kernels on a GPU; on the CPU, aten operators that do work (those with
+    no operator under them, views and allocations left out), a stand-in for the kernels a GPU would launch."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = device.type == "cuda"
     _sync(device)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         fn()
         _sync(device)
-    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    if cuda:
+        kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    else:
+        kernels = [e for e in prof.events() if e.name.startswith("aten::") and e.name not in _NO_KERNEL_OPS
+                   and not any(c.name.startswith("aten::") for c in e.cpu_children)]
     averages = prof.key_averages()
     busy = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) for e in averages)
     top = ""
-    for key in ("self_device_time_total", "self_cuda_time_total"):
+    for key in ("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",):
         try:
             top = averages.table(sort_by=key, row_limit=30)
             break
@@ -416,7 +432,7 @@ def _measure(make, cfg: SpeedConfig, device, setting: str, steps: int, profile: 
         _sync(device)
         peak, transient = _peak_gib(step.run, device)
         out = {"peak_gib": peak, "step_gib": transient}
-        if profile and device.type == "cuda":
+        if profile:
             out["profile"] = _count_kernels(step.run, device)
         fn = step.run
         if setting == "graphs":
@@ -824,7 +840,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true")
     p.add_argument("--no-tune", action="store_true",
                    help="keep the default Triton launch configuration (default: time the candidates, use the best)")
-    p.add_argument("--profile", action="store_true", help="count kernels of one eager step per method (first shape)")
+    p.add_argument("--profile", action="store_true",
+                   help="count kernels of one eager step per method (first shape; CPU: aten operators that do work)")
     p.add_argument("--profile-out", help="write the profiler tables to this file")
     p.add_argument("--device", default=d.device)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast (CPU smoke runs)")

@@ -38,6 +38,7 @@ from .config import BaRAConfig
 from .context import GateContext
 from .errors import ConfigError
 from .fused_kernels import bara_globals_expected, bara_globals_fused
+from .fused_slab import fits_slab_globals, slab_globals_fused
 from .likelihoods import CategoricalLikelihood
 
 __all__ = ["BaRAModel", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME"]
@@ -322,7 +323,9 @@ class BaRAModel(PyroModule):
         With ``ctx.expected_globals`` (``train.local_kl: expected``) nothing global is drawn: each local KL is
         its closed-form expectation under q(pi) q(lambda)
         (:func:`~bara_pyro.models.fused_kernels.bara_globals_expected`), the KL at the effective globals plus
-        a per-token constant, added here once for all layers.
+        a per-token constant, added here once for all layers.  ``slab_gaussian`` adapters (``bara_slab``) have their
+        global sites drawn and their KLs taken for all adapters at once
+        (:func:`~bara_pyro.models.fused_slab.slab_globals_fused`; the same draws).
         Returns ``(loss, parts)``; ``parts`` holds the unscaled, detached terms.
         """
         ctx = self.ctx
@@ -332,6 +335,8 @@ class BaRAModel(PyroModule):
                 self._fused_globals_at_once()
             elif ctx.expected_globals and not self.supports_expected_globals:
                 raise ConfigError(EXPECTED_GLOBALS_UNSUPPORTED)
+            elif self._slab_globals:
+                slab_globals_fused(self._adapter_items, ctx)
             else:
                 for _, adapter in self._adapter_items:
                     adapter.fused_globals()
@@ -367,6 +372,12 @@ class BaRAModel(PyroModule):
         items = self._adapter_items
         return bool(items) and all(a.gate is not None and a.gate.fast_globals and not a.weights.latent
                                    for _, a in items)
+
+    @property
+    def _slab_globals(self) -> bool:
+        """Whether :func:`~bara_pyro.models.fused_slab.slab_globals_fused` draws every adapter's global sites."""
+        items = self._adapter_items
+        return bool(items) and all(fits_slab_globals(a) for _, a in items)
 
     def _fused_globals_at_once(self) -> None:
         """Every layer's default globals (pi ~ Beta, lambda ~ Gamma) in one ``bara_globals_fused`` call: the

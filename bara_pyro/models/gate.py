@@ -25,7 +25,8 @@ sparsity x magnitude pair), :meth:`GlobalLocalGate.gated` runs the ``fused``, ``
 ``mean`` modes through :mod:`~bara_pyro.models.fused_kernels` (same math and, on CPU, the same
 draws; Triton kernels on CUDA, chosen by ``ctx.gate_impl``), unless gate statistics are being
 recorded.  With the default beta_process + gamma + mean_field globals, ``BaRAModel.fused_loss``
-also draws every layer's globals in one call (``fast_globals``).
+also draws every layer's globals in one call (``fast_globals``); under ``slab_gaussian`` weights it draws every
+adapter's gate globals and factors with :func:`~bara_pyro.models.fused_slab.slab_globals_fused`.
 """
 
 from __future__ import annotations
