@@ -3,7 +3,9 @@
 Regression through one linear layer, ``y_t = W0 x_t + dW_t x_t + noise``, each row one token: the
 adapter sees ``x_t`` and must learn ``dW_t``.  :func:`low_rank_update` draws ``dW`` of a given rank
 for every token; :func:`two_populations` gives two token populations their own rank-``k`` updates,
-with the population visible in the update's own input directions.
+with the population visible in the update's own input directions.  :func:`two_sequence_populations` does
+the same for sequences of tokens (:class:`SequenceRegressionTask`): every token of a sequence belongs to the
+sequence's population.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .tasks.base import Batch
+from .tasks.base import Batch, pad_dim
 
-__all__ = ["OneLinear", "RegressionTask", "SyntheticData", "low_rank_update", "two_populations"]
+__all__ = ["OneLinear", "RegressionTask", "SequenceRegressionTask", "SyntheticData", "low_rank_update",
+           "two_populations", "two_sequence_populations"]
 
 
 class OneLinear(nn.Module):
@@ -37,6 +40,23 @@ class RegressionTask:
 
     def scores(self, backbone, batch):
         return backbone.proj(batch.inputs["x"])
+
+
+class SequenceRegressionTask:
+    """Rows ``{"x": (T_n, d), "y": (T_n, d)}``, one sequence each, padded on the right with zeros to the batch's
+    longest (``token_mask`` ``(n, T)``); scores are ``proj(x)`` ``(n, T, d)`` at the real tokens and the target
+    itself at padding (a constant log-likelihood), for a :class:`~bara_pyro.models.GaussianLikelihood`."""
+
+    name = "synthetic_sequences"
+
+    def collate(self, rows):
+        length = max(len(r["x"]) for r in rows)
+        mask = torch.stack([torch.arange(length) < len(r["x"]) for r in rows])
+        return Batch(inputs={"x": torch.stack([pad_dim(r["x"], 0, length) for r in rows])},
+                     labels=torch.stack([pad_dim(r["y"], 0, length) for r in rows]), token_mask=mask)
+
+    def scores(self, backbone, batch):
+        return torch.where(batch.token_mask.unsqueeze(-1), backbone.proj(batch.inputs["x"]), batch.labels)
 
 
 @dataclass
@@ -69,6 +89,23 @@ def low_rank_update(rank: int, d: int = 16, n: int = 512, noise: float = 0.3, se
                          (rank,), delta)
 
 
+def _population_updates(rank: int, d: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``V`` ``(d, 2 rank)`` orthonormal (population ``p`` uses columns ``[p rank, (p + 1) rank)``) and ``U``."""
+    v = torch.linalg.qr(torch.randn(d, 2 * rank, generator=g))[0]
+    return v, 1.5 * torch.randn(d, 2 * rank, generator=g)
+
+
+def _two_population_inputs(population: torch.Tensor, v: torch.Tensor, rank: int, separation: float,
+                           g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens ``x ~ N(+/- separation * v_1, I)`` of the given populations, and the update ``(U_p V_p^T x)`` mask."""
+    sign = 1.0 - 2.0 * population.to(torch.get_default_dtype())
+    x = torch.randn(len(population), v.shape[0], generator=g) + separation * sign[:, None] * v[:, 0]
+    uses = torch.zeros(len(population), 2 * rank)
+    uses[population == 0, :rank] = 1.0
+    uses[population == 1, rank:] = 1.0
+    return x, uses
+
+
 def two_populations(rank: int = 2, d: int = 16, n: int = 1024, noise: float = 0.3, separation: float = 2.5,
                     seed: int = 0) -> SyntheticData:
     """Two token populations, ``x ~ N(+/- separation * v_1, I)``: population 0 gets ``U_0 V_0^T x``, population 1
@@ -77,12 +114,29 @@ def two_populations(rank: int = 2, d: int = 16, n: int = 1024, noise: float = 0.
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     backbone = OneLinear(d)
-    v = torch.linalg.qr(torch.randn(d, 2 * rank, generator=g))[0]
-    u = 1.5 * torch.randn(d, 2 * rank, generator=g)
+    v, u = _population_updates(rank, d, g)
     population = torch.randint(0, 2, (n,), generator=g)
-    sign = 1.0 - 2.0 * population.to(torch.get_default_dtype())
-    x = torch.randn(n, d, generator=g) + separation * sign[:, None] * v[:, 0]
-    uses = torch.zeros(n, 2 * rank)
-    uses[population == 0, :rank] = 1.0
-    uses[population == 1, rank:] = 1.0
+    x, uses = _two_population_inputs(population, v, rank, separation, g)
     return SyntheticData(_rows(backbone, x, ((x @ v) * uses) @ u.T, noise, g), backbone, population, (rank, rank))
+
+
+def two_sequence_populations(rank: int = 2, d: int = 16, n: int = 256, lengths: tuple[int, int] = (4, 12),
+                             noise: float = 0.3, separation: float = 1.0, seed: int = 0) -> SyntheticData:
+    """:func:`two_populations` for sequences: ``n`` sequences of ``lengths[0]..lengths[1]`` tokens (uniform), each
+    drawn from one population (``population`` ``(n,)``), all its tokens from that population's inputs and
+    update.  With a small ``separation`` single tokens overlap between the populations; their mean over a
+    sequence does not.  Rows for :class:`SequenceRegressionTask`."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    backbone = OneLinear(d)
+    v, u = _population_updates(rank, d, g)
+    population = torch.randint(0, 2, (n,), generator=g)
+    size = torch.randint(lengths[0], lengths[1] + 1, (n,), generator=g)
+    x, uses = _two_population_inputs(population.repeat_interleave(size), v, rank, separation, g)
+    tokens = _rows(backbone, x, ((x @ v) * uses) @ u.T, noise, g)
+    rows, start = [], 0
+    for length in size.tolist():
+        chunk = tokens[start:start + length]
+        rows.append({"x": torch.stack([t["x"] for t in chunk]), "y": torch.stack([t["y"] for t in chunk])})
+        start += length
+    return SyntheticData(rows, backbone, population, (rank, rank))

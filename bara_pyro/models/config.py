@@ -7,7 +7,8 @@ written as nested specs::
       sparsity: {name: beta_process, gamma0: 4, concentration: 1}   # or ibp, none
       magnitude: {name: gamma, shape: 1}                            # or horseshoe, none
     guide:
-      local: {name: amortized, hidden: 32}                          # or mean_field, delta
+      local: {name: amortized, hidden: 32}                          # or mean_field, delta, conditional_prior
+                                                                    # (per: token or sequence)
       global: {name: mean_field}                                    # or delta
     weights: {name: point}                                          # or map_gaussian, blob_gaussian, mc_dropout
 
@@ -42,7 +43,7 @@ from typing import Any
 
 from .errors import ConfigError, dataclass_from_dict
 from .guides import GUIDES, GlobalGuide, LocalGuide
-from .priors import PRIORS, MagnitudePrior, SparsityPrior
+from .priors import PRIORS, GatePrior, MagnitudePrior, SparsityPrior
 from .registry import normalize_spec
 from .weights import WEIGHTS, WeightFamily
 
@@ -118,7 +119,8 @@ class BaRAConfig:
         "help": "gate prior {sparsity: SPEC, magnitude: SPEC} or 'fixed' (every gate 1); SPEC is a registered name "
                 "or {name: ..., **params}; null: beta_process + gamma"})
     guide: dict | None = field(default=None, metadata={
-        "help": "gate guide {local: SPEC, global: SPEC}; null: amortized + mean_field"})
+        "help": "gate guide {local: SPEC, global: SPEC}; null: amortized + mean_field; local conditional_prior takes "
+                "per: token (default, one gate per token) or per: sequence (one gate per sequence)"})
     weights: dict | str | None = field(default=None, metadata={
         "help": "LoRA factors: point (default), map_gaussian, blob_gaussian or mc_dropout, as a SPEC"})
     gamma0: float | None = field(default=None, metadata={"help": "beta-process mass: prior expected number of "
@@ -198,6 +200,13 @@ class BaRAConfig:
             raise ConfigError(f"prior.sparsity {built['sparsity'].name!r} gives every token its own inclusion "
                               f"probability; guide.local {built['local'].name!r} has per-layer gates: use "
                               "amortized or conditional_prior")
+        if built["local"].per_sequence:
+            for kind in ("sparsity", "magnitude"):
+                component = built[kind]
+                if (component.active and component.contextual
+                        and type(component).sequence_local_prior is GatePrior.sequence_local_prior):
+                    raise ConfigError(f"guide.local {built['local'].name!r} with per: sequence needs a per-sequence "
+                                      f"local prior; prior.{kind} {component.name!r} has none")
         return ResolvedComponents(built["sparsity"], built["magnitude"], built["local"], built["global"],
                                   built["weights"])
 

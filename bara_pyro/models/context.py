@@ -78,15 +78,16 @@ class GateContext:
         self.stats = {}
         self.plates = {}
 
-    def local_plates(self, batch_shape: torch.Size) -> contextlib.ExitStack:
-        """Enter plates ``sequences`` (dim -2) and ``tokens`` (dim -1) over a local site's batch dims.
+    def local_plates(self, batch_shape: torch.Size, tokens: bool = True) -> contextlib.ExitStack:
+        """Enter plates ``sequences`` (dim -2) and ``tokens`` (dim -1) over the tokens' batch dims ``batch_shape``
+        (``tokens=False``: ``sequences`` alone, at the same dim, for per-sequence sites of batch shape ``(n, 1)``).
 
         The plate objects are created once per model/guide run and shared by every adapter, so each
         plate is one site of the trace (a 2-D adapter input gets ``sequences`` alone, at dim -1)."""
         if len(batch_shape) not in (1, 2):
             raise ValueError(f"local gate sites need 1 or 2 batch dims (sequences[, tokens]); got {tuple(batch_shape)}")
         stack = contextlib.ExitStack()
-        for i, (name, size) in enumerate(zip(("sequences", "tokens"), batch_shape)):
+        for i, (name, size) in enumerate(zip(("sequences", "tokens")[:2 if tokens else 1], batch_shape)):
             dim = i - len(batch_shape)
             plate = self.plates.get(name)
             if plate is None:

@@ -13,8 +13,11 @@ a registered class named in :class:`~bara_pyro.models.config.BaRAConfig`.  With 
 ``r`` is an event dim.  Padding tokens are masked out of every local term.  Local sites are
 scaled by ``N / B`` (dataset size over examples in the batch) and every latent site by the KL
 warm-up weight ``beta``.  A local guide with ``per_token = False`` (``mean_field``) makes ``z`` and
-``theta`` per-layer sites of shape ``(r,)``, outside the plates and counted once.  A component
-``none`` fixes its factor to 1 and has no sites.
+``theta`` per-layer sites of shape ``(r,)``, outside the plates and counted once.  One with
+``per_sequence`` (``conditional_prior`` with ``per: sequence``) makes them instance-wise: values ``(n, 1, r)``
+in the ``sequences`` plate alone, masked where a sequence has no real token, the same gate for every token
+of a sequence (a contextual prior reads the sequence's pooled context).  A component ``none`` fixes its
+factor to 1 and has no sites.
 
 Every KL term uses the registered closed form when there is one and otherwise the one-draw Monte
 Carlo term ``log q(x) - log p(x)`` (:func:`~bara_pyro.models.kl.kl_or_mc`), exactly as
@@ -32,6 +35,7 @@ adapter's gate globals and factors with :func:`~bara_pyro.models.fused_slab.slab
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import pyro
@@ -63,6 +67,7 @@ class GlobalLocalGate(PyroModule):
         self.local_guide, self.global_guide = parts.local, parts.global_
         self.has_z, self.has_theta = self.sparsity.active, self.magnitude.active
         self.per_token = self.local_guide.per_token
+        self.per_sequence = self.per_token and self.local_guide.per_sequence  # one local gate per sequence
         self.a_theta = float(getattr(self.magnitude, "local_shape", None) or config.a_theta)
         init_logit = getattr(self.local_guide, "init_logit", None)
         init_prob = 1.0 / (1.0 + math.exp(-(config.init_gate_logit if init_logit is None else init_logit)))
@@ -100,10 +105,25 @@ class GlobalLocalGate(PyroModule):
 
     def local_priors(self, values: dict[str, torch.Tensor], h: torch.Tensor | None = None):
         """``(p(z), p(theta))`` given the layer's global values (None: fixed to 1): batch shape ``(r,)``, or
-        ``h.shape`` for a contextual prior, which needs the tokens' adapter projection ``h`` ``(..., r)``."""
+        ``h.shape`` for a contextual prior, which needs the tokens' adapter projection ``h`` ``(..., r)``
+        (per-sequence gates: ``local_value_shape(h)``, the context pooled over the real tokens of the context's
+        token mask)."""
+        if self.per_sequence and h is not None:
+            mask = self._mask(h.shape[:-1])
+            p_z = self.sparsity.sequence_local_prior(self.sparsity_hp, values, h, mask) if self.has_z else None
+            p_theta = (self.magnitude.sequence_local_prior(self.magnitude_hp, values, h, mask)
+                       if self.has_theta else None)
+            return p_z, p_theta
         p_z = self.sparsity.local_prior(self.sparsity_hp, values, h) if self.has_z else None
         p_theta = self.magnitude.local_prior(self.magnitude_hp, values, h) if self.has_theta else None
         return p_z, p_theta
+
+    def local_value_shape(self, h: torch.Tensor) -> torch.Size:
+        """Shape of the local gate values for the adapter projection ``h`` ``(n, [T,] r)``: ``h.shape``, or
+        ``(n, [1,] r)`` for per-sequence gates."""
+        if not self.per_sequence:
+            return h.shape
+        return torch.Size((h.shape[0],) + (1,) * (h.dim() - 2) + (h.shape[-1],))
 
     def globals_for(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         """The layer's global values that the local gates of ``h`` ``(n, [T,] r)`` are drawn given: the drawn
@@ -177,7 +197,7 @@ class GlobalLocalGate(PyroModule):
     @property
     def is_stochastic(self) -> bool:
         """Whether gates drawn in mode ``sample`` vary (False for the delta local guide)."""
-        with torch.no_grad():
+        with torch.no_grad(), self._without_token_mask():
             q = self.local_guide.posterior(self, self._dtype_probe.new_zeros(1, self.r))
         return any(d is not None and not isinstance(d, pyro.distributions.Delta) for d in q)
 
@@ -190,8 +210,11 @@ class GlobalLocalGate(PyroModule):
     def gated(self, h: torch.Tensor) -> torch.Tensor:
         """``h * gates`` in ``h``'s dtype: the fast path (module docstring) where it applies, else :meth:`forward`.
         Per-token noise is drawn through the context's data-parallel row shard, if any
-        (:mod:`~bara_pyro.models.row_shard`)."""
-        with drawing_rows(self._ctx.row_shard if self.per_token else None):
+        (:mod:`~bara_pyro.models.row_shard`); per-sequence noise ``(n, 1, r)`` as one token per row."""
+        shard = self._ctx.row_shard if self.per_token else None
+        if shard is not None and self.per_sequence:
+            shard = dataclasses.replace(shard, total_length=1)
+        with drawing_rows(shard):
             return self._gated(h)
 
     def _gated(self, h: torch.Tensor) -> torch.Tensor:
@@ -271,6 +294,7 @@ class GlobalLocalGate(PyroModule):
         return kl.sum(-1)
 
     def _guide_local(self, q_z, q_theta, batch_shape) -> dict[str, torch.Tensor]:
+        """The guide's local sites; ``batch_shape`` is the tokens' ``(n, T)``."""
         ctx = self._ctx
         values = {}
         with self._local_context(batch_shape) as mask:
@@ -283,13 +307,16 @@ class GlobalLocalGate(PyroModule):
 
     def model_local_sites(self, shape: torch.Size, h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The model's local sites given the sampled globals; ``shape`` is the value shape ``(n, T, r)``
-        (ignored for per-layer gates, whose sites have shape ``(r,)``); ``h`` the tokens' adapter projection
-        (for a contextual prior; default: the one the guide saw).  Returns ``{z, theta}`` values."""
+        (ignored for per-layer gates, whose sites have shape ``(r,)``; per-sequence gates take their shape from
+        ``h``); ``h`` the tokens' adapter projection (for a contextual prior; default: the one the guide saw).
+        Returns ``{z, theta}`` values."""
         if h is None:
             h = self._ctx.local_inputs.get(self.path)
         p_z, p_theta = self.local_priors(self._ctx.globals[self.path], h)
+        tokens = h.shape[:-1] if self.per_sequence else shape[:-1]
+        shape = self.local_value_shape(h) if self.per_sequence else shape
         values = {}
-        with self._local_context(shape[:-1]) as mask:
+        with self._local_context(tokens) as mask:
             for name, p in (("z", p_z), ("theta", p_theta)):
                 if p is not None:
                     if mask is None:
@@ -301,15 +328,20 @@ class GlobalLocalGate(PyroModule):
 
     @contextlib.contextmanager
     def _local_context(self, batch_shape):
-        """Per-token sites: plates ``sequences``/``tokens``, scale ``N/B * beta``, yields the token mask (True when
-        there is none).  Per-layer sites: scale ``beta`` only, yields None."""
+        """Per-token sites (``batch_shape``: the tokens' ``(n, [T])``): plates ``sequences``/``tokens``, scale
+        ``N/B * beta``, yields the token mask (True when there is none); per-sequence sites: plate ``sequences``
+        alone, yields the mask of the sequences with a real token ``(n, [1])``.  Per-layer sites: scale ``beta``
+        only, yields None."""
         ctx = self._ctx
         if not self.per_token:
             with poutine.scale(scale=ctx.kl_beta):
                 yield None
             return
         mask = self._mask(batch_shape)
-        with ctx.local_plates(batch_shape), poutine.scale(scale=ctx.local_scale * ctx.kl_beta):
+        if self.per_sequence and mask is not None and mask.dim() > 1:
+            mask = mask.any(-1, keepdim=True)
+        with (ctx.local_plates(batch_shape, tokens=not self.per_sequence),
+              poutine.scale(scale=ctx.local_scale * ctx.kl_beta)):
             yield True if mask is None else mask
 
     # ----------------------------------------------------------------- analysis
@@ -325,10 +357,11 @@ class GlobalLocalGate(PyroModule):
             h = self._dtype_probe.new_zeros(1, self.r)
             self._ctx.globals[self.path] = values
             try:
-                q_z, q_theta = self.local_guide.posterior(self, h)
+                with self._without_token_mask():
+                    q_z, q_theta = self.local_guide.posterior(self, h)
+                    p_z, p_theta = self.local_priors(values, h)
             finally:
                 del self._ctx.globals[self.path]
-            p_z, p_theta = self.local_priors(values, h)
             for name, q, p in (("z", q_z, p_z), ("theta", q_theta, p_theta)):
                 if q is not None:
                     report[name] = has_closed_form_kl(q, p)
@@ -344,10 +377,23 @@ class GlobalLocalGate(PyroModule):
                              f"input's leading shape {tuple(batch_shape)}")
         return mask
 
+    @contextlib.contextmanager
+    def _without_token_mask(self):
+        """No token mask inside the block: for probes of the guide on a dummy input of another shape."""
+        ctx = self._ctx
+        mask, ctx.token_mask = ctx.token_mask, None
+        try:
+            yield
+        finally:
+            ctx.token_mask = mask
+
     def _masked_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of per-token ``(n, T)`` (per-sequence: ``(n, 1)``) values over the real tokens (sequences)."""
         mask = self._ctx.token_mask
         if mask is None:
             return values.sum()
+        if self.per_sequence and mask.dim() > 1:
+            mask = mask.any(-1, keepdim=True)
         return torch.where(mask, values, values.new_zeros(())).sum()
 
     def _record(self, q_z, q_theta, h, values) -> None:

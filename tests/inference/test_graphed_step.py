@@ -90,6 +90,10 @@ ADAPTERS = {
     "bara": {},
     "lora": {"gate": "none"},
     "blob": {"gate": "none", "weights": {"name": "blob_gaussian"}},
+    "bara_slab_per_sequence": {"gamma0": 1.0, "prior": {"sparsity": "contextual_beta_process", "magnitude": "none"},
+                               "guide": {"local": {"name": "conditional_prior", "per": "sequence"},
+                                         "global": {"name": "mean_field", "init_strength": 10.0}},
+                               "weights": {"name": "slab_gaussian", "posterior_scale": "relative"}},
 }
 
 

@@ -1,5 +1,5 @@
-"""The bara_slab preset's rank follows the data: synthetic updates of known rank, and two token populations
-that use disjoint components, with A, B and every gate learned from LoRA's initialisation."""
+"""The bara_slab preset's rank follows the data: synthetic updates of known rank, and two token (or sequence)
+populations that use disjoint components, with A, B and every gate learned from LoRA's initialisation."""
 
 import pytest
 import torch
@@ -8,18 +8,26 @@ from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.inference import TrainConfig, fit, predict
 from bara_pyro.methods import load_preset
 from bara_pyro.models import GaussianLikelihood
-from bara_pyro.synthetic import RegressionTask, low_rank_update, two_populations
+from bara_pyro.synthetic import (
+    RegressionTask,
+    SequenceRegressionTask,
+    low_rank_update,
+    two_populations,
+    two_sequence_populations,
+)
 
 NOISE = 0.3
 
 
-def fit_preset(data, steps, seed=0):
+def fit_preset(data, steps, seed=0, task=None, per="token", batch_size=64):
     preset = load_preset("bara_slab")
     r = 8
-    config = BaRAConfig.from_dict({**preset["adapter"], "r": r, "alpha": r, "target_modules": ["proj"]})
-    task = RegressionTask()
+    adapter = {**preset["adapter"], "r": r, "alpha": r, "target_modules": ["proj"]}
+    adapter["guide"] = {**adapter["guide"], "local": {**adapter["guide"]["local"], "per": per}}
+    config = BaRAConfig.from_dict(adapter)
+    task = task or RegressionTask()
     model = get_bara_model(data.backbone, config, forward_fn=task.scores, likelihood=GaussianLikelihood(NOISE))
-    train = TrainConfig.from_dict({**preset["train"], "steps": steps, "batch_size": 64, "lr": 0.05,
+    train = TrainConfig.from_dict({**preset["train"], "steps": steps, "batch_size": batch_size, "lr": 0.05,
                                    "warmup_ratio": 0.0, "checkpoint_every": 0, "seed": seed})
     fit(model, task, data.rows, train, progress=False)
     return model, task
@@ -78,3 +86,28 @@ def test_each_population_uses_its_true_rank(two_population_gates):
     probs, population = two_population_gates
     for p in (0, 1):
         assert abs(float(probs[population == p].sum(-1).mean()) - 2) <= 1.0
+
+
+def test_sequence_gates_separate_two_populations_of_sequences():
+    """Sequences of 4-12 tokens, each from one population with its own rank-2 update; single tokens overlap
+    between the populations (separation 1), their mean over a sequence does not.  Instance-wise gates
+    (``per: sequence``) give each sequence one q(z = 1), the same at every one of its tokens."""
+    data = two_sequence_populations(rank=2)
+    task = SequenceRegressionTask()
+    model, _ = fit_preset(data, steps=1000, task=task, per="sequence", batch_size=32)
+    batch = task.collate(data.rows)
+    model.ctx.collect_stats, model.ctx.record_tokens = True, True
+    with torch.no_grad():
+        model.scores(batch, "mean")
+    (stats,) = model.gate_statistics().values()
+    sequence = torch.arange(len(data.rows))[:, None].expand(batch.token_mask.shape)[batch.token_mask]
+    first = torch.ones_like(sequence, dtype=torch.bool)
+    first[1:] = sequence[1:] != sequence[:-1]
+    probs = stats["token_prob"][first]  # (sequences, r): q(z = 1) of each sequence
+    torch.testing.assert_close(stats["token_prob"], probs[sequence])  # the token map is constant within a sequence
+    first_population = data.population == 0
+    direction = probs[first_population].mean(0) - probs[~first_population].mean(0)
+    score = probs @ direction
+    assert auroc(score[first_population], score[~first_population]) >= 0.9
+    ranks = [float(probs[data.population == p].sum(-1).mean()) for p in (0, 1)]
+    assert min(ranks) < 8 - 2.0, ranks  # each population leaves components off

@@ -1,31 +1,35 @@
-"""The spike-and-slab BaRA components: contextual beta-process prior, the local guide tied to the prior,
-and Gaussian slab factors whose per-component scale is the inclusion probability (ARD)."""
+"""The spike-and-slab BaRA components: contextual beta-process prior, the local guide tied to the prior (per
+token or per sequence), and Gaussian slab factors whose per-component scale is the inclusion probability (ARD)."""
 
 import pyro
 import pytest
 import torch
+import torch.nn.functional as F
 from builders import make_batch, make_tiny_bert
 from pyro.infer import TraceMeanField_ELBO
 
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.models import ConfigError
+from bara_pyro.tasks.base import Batch
 
 
-def slab_config(magnitude="none", context="shift", **weights):
+def slab_config(magnitude="none", context="shift", per="token", **weights):
     sparsity = {"name": "contextual_beta_process", "context": context}
     return BaRAConfig(r=4, gamma0=1.0, prior={"sparsity": sparsity, "magnitude": magnitude},
-                      guide={"local": "conditional_prior", "global": {"name": "mean_field", "init_strength": 10.0}},
+                      guide={"local": {"name": "conditional_prior", "per": per},
+                             "global": {"name": "mean_field", "init_strength": 10.0}},
                       weights={"name": "slab_gaussian", **weights})
 
 
+@pytest.mark.parametrize("per", ["token", "sequence"])
 @pytest.mark.parametrize("magnitude,context,posterior_scale,factors", [("none", "shift", "absolute", "both"),
                                                                        ("gamma", "shift", "absolute", "both"),
                                                                        ("none", "thin", "relative", "both"),
                                                                        ("none", "shift", "relative", "B")])
-def test_fused_loss_equals_trace_mean_field_elbo(magnitude, context, posterior_scale, factors):
+def test_fused_loss_equals_trace_mean_field_elbo(magnitude, context, posterior_scale, factors, per):
     torch.set_default_dtype(torch.float64)
     try:
-        model = get_bara_model(make_tiny_bert(), slab_config(magnitude, context, posterior_scale=posterior_scale,
+        model = get_bara_model(make_tiny_bert(), slab_config(magnitude, context, per, posterior_scale=posterior_scale,
                                                              factors=factors))
         with torch.no_grad():
             for _, a in model.adapter_items:
@@ -161,3 +165,98 @@ def test_globals_of_all_adapters_at_once_equal_the_per_adapter_path(magnitude, w
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _sequence_gate(**weights):
+    model = get_bara_model(make_tiny_bert(), slab_config(per="sequence", posterior_scale="relative", **weights))
+    gate = model.adapter_items[0][1].gate
+    with torch.no_grad():
+        gate.w_loc_unconstrained.normal_(0, 2.0)  # a context that moves the gates
+    return model, gate
+
+
+def test_sequence_gates_are_one_draw_per_sequence_in_the_sequences_plate():
+    model, gate = _sequence_gate()
+    batch = make_batch()
+    trace = pyro.poutine.trace(model.guide).get_trace(batch)
+    site = trace.nodes[f"{gate.path}.z"]
+    assert site["value"].shape == (4, 1, 4)
+    assert [f.name for f in site["cond_indep_stack"]] == ["sequences"]
+    torch.manual_seed(0)
+    h = torch.randn(6, 9, 4)
+    model.ctx.reset("sample")
+    model.ctx.token_mask = torch.arange(9) < torch.tensor([9, 5, 1, 9, 3, 7])[:, None]
+    with torch.no_grad():
+        z = gate(h)
+    assert z.shape == (6, 1, 4) and set(z.unique().tolist()) <= {0.0, 1.0}
+    gated = gate.gated(h) / h  # every token of a sequence gets the same gates
+    torch.testing.assert_close(gated, gated[:, :1].expand_as(gated))
+
+
+def test_padding_leaves_the_pooled_context_and_the_sequence_gates_unchanged():
+    from bara_pyro.models.priors.contextual import context_features, sequence_context_features
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 2, 7])
+    h = torch.randn(3, 7, 4)
+    mask = torch.arange(7) < lengths[:, None]
+    longer = torch.cat([h, 100 * torch.randn(3, 4, 4)], 1)  # extra padding positions with large junk
+    longer_mask = torch.cat([mask, torch.zeros(3, 4, dtype=torch.bool)], 1)
+    phibar = sequence_context_features(h, mask)
+    torch.testing.assert_close(sequence_context_features(longer, longer_mask), phibar)
+    torch.testing.assert_close(phibar[1, 0], context_features(h[1, :2]).mean(0))
+    model, gate = _sequence_gate()
+    model.ctx.reset("mean")
+    with torch.no_grad():
+        model.ctx.token_mask = mask
+        probs = gate(h)
+        model.ctx.token_mask = longer_mask
+        torch.testing.assert_close(gate(longer), probs)
+    # end to end: a batch padded to more positions scores the same
+    batch = make_batch()
+    padded = Batch(inputs={k: F.pad(v, (0, 5)) for k, v in batch.inputs.items()}, labels=batch.labels,
+                   token_mask=F.pad(batch.token_mask, (0, 5)))
+    with torch.no_grad():
+        torch.testing.assert_close(model.scores(padded, "mean"), model.scores(batch, "mean"), rtol=1e-5, atol=1e-5)
+
+
+def test_sequence_gate_noise_of_a_data_parallel_shard_is_its_rows_of_the_one_process_draw():
+    from bara_pyro.models.row_shard import RowShard
+
+    model, gate = _sequence_gate()
+    torch.manual_seed(0)
+    h = torch.randn(6, 5, 4)
+    model.ctx.reset("sample")
+    with torch.no_grad():
+        torch.manual_seed(1)
+        whole = gate.gated(h)
+        # this process holds rows 2 and 3, padded to its own length 7
+        model.ctx.row_shard = RowShard(start=2, total_rows=6, total_length=8)
+        model.ctx.token_mask = torch.arange(7).expand(2, 7) < 5
+        torch.manual_seed(1)
+        part = gate.gated(F.pad(h[2:4], (0, 0, 0, 2)))
+    torch.testing.assert_close(part[:, :5], whole[2:4])
+
+
+def test_per_option_is_checked_at_config_load():
+    from bara_pyro.experiment_config import load_config
+    from bara_pyro.models import PRIORS, SparsityPrior
+
+    config = load_config(method="bara_slab", overrides=["adapter.guide.local.per=sequence"])
+    assert BaRAConfig.from_dict(config["adapter"]).components.local.per_sequence
+    assert not slab_config().components.local.per_sequence  # per: token is the default
+    with pytest.raises(ConfigError, match=r"per must be one of \['token', 'sequence'\], got 'word'"):
+        load_config(method="bara_slab", overrides=["adapter.guide.local.per=word"])
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['per'\] of local guide 'amortized'"):
+        BaRAConfig(guide={"local": {"name": "amortized", "per": "sequence"}})
+
+    @PRIORS.register("sparsity", "token_context_only")
+    class TokenContextOnly(SparsityPrior):  # a contextual prior with no per-sequence local prior
+        contextual = True
+
+    try:
+        with pytest.raises(ConfigError, match="needs a per-sequence local prior; prior.sparsity 'token_context_only'"):
+            BaRAConfig(prior={"sparsity": "token_context_only"},
+                       guide={"local": {"name": "conditional_prior", "per": "sequence"}})
+    finally:
+        PRIORS.unregister("sparsity", "token_context_only")

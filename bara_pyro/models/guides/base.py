@@ -3,7 +3,9 @@
 * a **local** guide (:class:`LocalGuide`) gives ``q(z)`` and ``q(theta)`` of one layer's gates, per
   token (``per_token = True``: sites in the ``sequences``/``tokens`` plates, scaled by N/B and masked
   at padding) or per layer (``per_token = False``: one draw of shape ``(r,)`` shared by all tokens,
-  counted once like a global);
+  counted once like a global); a per-token guide with ``per_sequence`` (``conditional_prior`` with
+  ``per: sequence``) has one gate per sequence instead, sites of batch shape ``(n, 1)`` in the ``sequences``
+  plate alone, the tokens dim broadcast;
 * a **global** guide (:class:`GlobalGuide`) gives the posterior of every global site the priors
   declare (:class:`~bara_pyro.models.priors.GlobalSite`).
 
@@ -32,13 +34,19 @@ class LocalGuide(Component):
 
     per_token: ClassVar[bool] = True
 
+    @property
+    def per_sequence(self) -> bool:
+        """Whether the local gates are instance-wise: one per sequence and component, shared by its tokens."""
+        return False
+
     def install(self, gate: "GlobalLocalGate") -> None:
         """Create the guide's parameters on ``gate`` (it has ``r``, ``has_z``, ``has_theta``, ``a_theta``)."""
 
     def posterior(self, gate: "GlobalLocalGate", h: Tensor) -> tuple[Distribution | None, Distribution | None]:
         """``(q(z), q(theta))`` given the adapter projection ``h`` ``(..., r)``; ``None`` for a factor fixed to 1.
 
-        Batch shape ``h.shape`` when ``per_token``, else ``(r,)``.  ``rsample`` must be reparameterised.
+        Batch shape ``h.shape`` when ``per_token`` (``gate.local_value_shape(h)``, ``(n, 1, r)``, when
+        ``per_sequence``), else ``(r,)``.  ``rsample`` must be reparameterised.
         """
         raise NotImplementedError
 

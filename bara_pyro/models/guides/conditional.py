@@ -1,6 +1,8 @@
-"""The tied local guide: each token's gate posterior is its conditional prior given the global posteriors."""
+"""The tied local guide: each gate's posterior is its conditional prior given the global posteriors."""
 
 from __future__ import annotations
+
+from dataclasses import field
 
 import pyro.distributions as dist
 
@@ -25,18 +27,35 @@ class ConditionalPriorLocalGuide(LocalGuide):
     global KLs: a valid bound (Jensen on the locals' marginal).  The guide has no parameters; it is
     amortized through the globals (a function of each token's context ``h_t``).  Outside training
     (modes ``mean`` and ``sample``) the globals are their posterior means or posterior draws.
+
+    ``per: sequence`` makes the gates instance-wise: one gate per sequence ``n`` and component, applied to
+    every token of the sequence, its context the mean of ``phi(h_nt)`` over the sequence's real tokens::
+
+        z_nk ~ Bernoulli(sigmoid(logit pi_k + w_k . phibar_n)),   phibar_n = mean_{t real} phi(h_nt)
+
+    Sites ``{path}.z`` / ``{path}.theta`` of batch shape ``(n, 1)`` in the ``sequences`` plate alone (the tokens
+    dim broadcast), masked where a sequence has no real token; the local KL is still zero.
     """
 
     temperature: float | None = None
+    per: str = field(default="token", metadata={
+        "choices": ("token", "sequence"),
+        "help": "'token': one gate per token and component; 'sequence': one per sequence (instance-wise), its "
+                "context the mean of phi(h) over the sequence's real tokens"})
     tied_to_prior = True
+
+    @property
+    def per_sequence(self) -> bool:
+        return self.per == "sequence"
 
     def resolve(self, config) -> None:
         check_local_common(self, config)
 
     def posterior(self, gate, h):
         p_z, p_theta = gate.local_priors(gate.globals_for(h), h)
-        q_z = None if p_z is None else BinaryConcreteStraightThrough(self.temperature, p_z.logits.expand(h.shape))
+        shape = gate.local_value_shape(h)
+        q_z = None if p_z is None else BinaryConcreteStraightThrough(self.temperature, p_z.logits.expand(shape))
         q_theta = None
         if p_theta is not None:
-            q_theta = dist.Gamma(p_theta.concentration.expand(h.shape), p_theta.rate.expand(h.shape))
+            q_theta = dist.Gamma(p_theta.concentration.expand(shape), p_theta.rate.expand(shape))
         return q_z, q_theta

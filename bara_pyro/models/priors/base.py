@@ -100,6 +100,15 @@ class GatePrior(Component):
         for a contextual prior (``h``: the adapter projection ``(..., r)`` of the tokens)."""
         raise NotImplementedError
 
+    def sequence_local_prior(self, hp: Hyperparameters, values: dict[str, torch.Tensor], h: torch.Tensor,
+                             mask: torch.Tensor | None = None) -> Distribution:
+        """Prior of one local factor per sequence (instance-wise gates): batch shape ``(r,)``, or ``(n, 1, r)`` for a
+        contextual prior, which pools the context of the real tokens of each sequence (``h`` ``(n, T, r)``, ``mask``
+        ``(n, T)``, None: every position real).  A prior without context has the per-token prior itself."""
+        if self.contextual:
+            raise NotImplementedError(f"{self.kind} prior {self.name!r} has no per-sequence local prior")
+        return self.local_prior(hp, values)
+
 
 class SparsityPrior(GatePrior):
     """``z_tk ~ Bernoulli(pi_k)`` with ``pi = inclusion_probs(globals)``."""

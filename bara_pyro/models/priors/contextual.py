@@ -13,7 +13,7 @@ from pyro.distributions import constraints
 from .base import GlobalSite, positive_number, register_prior
 from .beta_process import BetaProcessPrior
 
-__all__ = ["ContextualBetaProcessPrior", "context_features"]
+__all__ = ["ContextualBetaProcessPrior", "context_features", "sequence_context_features"]
 
 
 def context_features(h: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -21,6 +21,21 @@ def context_features(h: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     square over the ``r`` entries (RMS norm without affine parameters): the gate sees the direction of
     ``h_t``, signs included, not its scale."""
     return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def sequence_context_features(h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    r"""``phibar_n = sum_t m_nt phi(h_nt) / max(1, sum_t m_nt)``: the mean of :func:`context_features` over the real
+    tokens of each sequence (``mask`` ``(n, T)`` True at them; None: every position).  ``h`` ``(n, T, r)`` gives
+    ``(n, 1, r)``, broadcasting over the tokens; ``h`` ``(n, r)`` (one token per sequence) gives ``phi(h)``.
+    Padding changes nothing: its features are replaced by zeros before the sum, not multiplied by them."""
+    phi = context_features(h)
+    if h.dim() < 3:
+        return phi
+    if mask is None:
+        return phi.mean(-2, keepdim=True)
+    keep = mask.unsqueeze(-1)
+    total = torch.where(keep, phi, phi.new_zeros(())).sum(-2, keepdim=True)
+    return total / keep.sum(-2, keepdim=True).clamp_min(1).to(phi.dtype)
 
 
 @register_prior("sparsity", "contextual_beta_process")
@@ -35,6 +50,10 @@ class ContextualBetaProcessPrior(BetaProcessPrior):
     the whole dataset and paid for in one global KL) says which tokens use it.  With ``w = 0`` this is
     the beta process.  ``E[sum_k pi_k] = gamma0`` as there.  Mean-field posteriors: ``q(pi) = Beta``,
     ``q(w) = Normal``, both KLs closed form.
+
+    Instance-wise gates (local guide ``conditional_prior`` with ``per: sequence``) use
+    :meth:`sequence_local_prior`: ``z_nk ~ Bernoulli(sigmoid(logit(pi_k) + w_k . phibar_n))``, ``phibar_n`` the
+    mean of ``phi(h_nt)`` over the real tokens of sequence ``n`` (:func:`sequence_context_features`).
 
     ``context: thin`` makes the context a thinning of the layer's beta process instead of a shift::
 
@@ -78,7 +97,11 @@ class ContextualBetaProcessPrior(BetaProcessPrior):
     def inclusion_logits(self, values: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
         """``logit(pi_k) + w_k . phi(h_t)`` (``context: shift``; the logit of the thinned probability for ``thin``),
         shape ``h.shape``; ``pi`` ``([S rows,] r)``, ``w`` ``(r, r)``."""
-        pi, w, phi = values["pi"].clamp(1e-6, 1 - 1e-6), values["w"], context_features(h)
+        return self.feature_logits(values, context_features(h))
+
+    def feature_logits(self, values: dict[str, torch.Tensor], phi: torch.Tensor) -> torch.Tensor:
+        """:meth:`inclusion_logits` at given context features ``phi`` ``(..., r)`` (a token's or a sequence's)."""
+        pi, w = values["pi"].clamp(1e-6, 1 - 1e-6), values["w"]
         shift = phi @ w.transpose(-1, -2) if w.dim() == 2 else (phi.unsqueeze(-2) * w).sum(-1)
         if self.context == "shift":
             return torch.logit(pi) + shift
@@ -91,3 +114,7 @@ class ContextualBetaProcessPrior(BetaProcessPrior):
         if h is None:
             raise ValueError("the contextual beta process needs the tokens' context h for its local prior")
         return dist.Bernoulli(logits=self.inclusion_logits(values, h))
+
+    def sequence_local_prior(self, hp, values, h, mask=None):
+        """``z_nk ~ Bernoulli(sigmoid(logit pi_k + w_k . phibar_n))``, ``phibar``: :func:`sequence_context_features`."""
+        return dist.Bernoulli(logits=self.feature_logits(values, sequence_context_features(h, mask)))
