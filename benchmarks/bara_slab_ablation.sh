@@ -20,6 +20,8 @@
 #   slab_b            bara_slab with B alone random, A trained as LoRA's (adapter.weights.factors=B)
 #   slab_b_glr        slab_b with the gates' variational parameters at 10x the learning rate (2e-2)
 #   slab_b_glr_1600   slab_b_glr trained 1600 steps (KL warm-up 400 steps)
+#   slab_seq          bara_slab with one gate per sentence (adapter.guide.local.per=sequence)
+#   slab_seq_glr      slab_seq with the gates' variational parameters at 10x the learning rate (2e-2)
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
@@ -36,7 +38,7 @@ COMMON=(model=minilm-l6 dataset=rt_sst2 task.max_length=64 adapter.r=8 adapter.a
         train.device=cpu "eval.splits=[validation]" eval.num_samples=10 eval.batch_size=64 eval.gate_examples=100
         eval.importance_draws=0)
 ABSOLUTE=adapter.weights.posterior_scale=absolute
-VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learned slab_init02 slab_thin slab_guide_lr slab_1600 slab_u01 slab_u03 slab_glr_1600 slab_b slab_b_glr slab_b_glr_1600}
+VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learned slab_init02 slab_thin slab_guide_lr slab_1600 slab_u01 slab_u03 slab_glr_1600 slab_b slab_b_glr slab_b_glr_1600 slab_seq slab_seq_glr}
 for name in $VARIANTS; do
   dir=$OUT/$name
   [ -f "$dir/metrics.json" ] && continue
@@ -59,6 +61,8 @@ for name in $VARIANTS; do
     slab_b_glr) method=bara_slab; extra=(adapter.weights.factors=B train.guide_lr=0.02) ;;
     slab_b_glr_1600) method=bara_slab; extra=(adapter.weights.factors=B train.guide_lr=0.02 train.steps=1600
                      train.kl_warmup_steps=400) ;;
+    slab_seq) method=bara_slab; extra=(adapter.guide.local.per=sequence) ;;
+    slab_seq_glr) method=bara_slab; extra=(adapter.guide.local.per=sequence train.guide_lr=0.02) ;;
     *) echo "unknown variant $name"; exit 2 ;;
   esac
   args=()
