@@ -337,9 +337,7 @@ class GlobalLocalGate(PyroModule):
             with poutine.scale(scale=ctx.kl_beta):
                 yield None
             return
-        mask = self._mask(batch_shape)
-        if self.per_sequence and mask is not None and mask.dim() > 1:
-            mask = mask.any(-1, keepdim=True)
+        mask = self._site_mask(self._mask(batch_shape))
         with (ctx.local_plates(batch_shape, tokens=not self.per_sequence),
               poutine.scale(scale=ctx.local_scale * ctx.kl_beta)):
             yield True if mask is None else mask
@@ -387,13 +385,18 @@ class GlobalLocalGate(PyroModule):
         finally:
             ctx.token_mask = mask
 
+    def _site_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The local sites' mask from the token mask ``(n, [T])``: itself, or per-sequence ``(n, 1)``, True where
+        the sequence has a real token."""
+        if self.per_sequence and mask is not None and mask.dim() > 1:
+            return mask.any(-1, keepdim=True)
+        return mask
+
     def _masked_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Sum of per-token ``(n, T)`` (per-sequence: ``(n, 1)``) values over the real tokens (sequences)."""
-        mask = self._ctx.token_mask
+        mask = self._site_mask(self._ctx.token_mask)
         if mask is None:
             return values.sum()
-        if self.per_sequence and mask.dim() > 1:
-            mask = mask.any(-1, keepdim=True)
         return torch.where(mask, values, values.new_zeros(())).sum()
 
     def _record(self, q_z, q_theta, h, values) -> None:
