@@ -19,6 +19,7 @@ from .weights_inducing import InducingWeights  # noqa: F401  (registers weights:
 from .weights_laplace import LaplaceWeights  # noqa: F401  (registers weights: laplace)
 from .weights_projected import ProjectedSubspaceWeights  # noqa: F401  (registers weights: projected_subspace)
 from .weights_rank_dropout import RankDropoutWeights  # noqa: F401  (registers weights: rank_dropout)
+from .weights_singular import SingularSlabWeights  # noqa: F401  (registers weights: singular_slab)
 
 __all__ = [
     "GUIDES",

@@ -60,13 +60,16 @@ class BaRAAdapter(PyroModule):
         if self.lora_dropout_p > 0 and (self.training or (self.weights.dropout_when_sampling and ctx.mode == "sample")):
             x = F.dropout(x, self.lora_dropout_p, training=True)
         h = self._factor("lora_A", x)
-        if self._rank_transform is not None:
-            h = self._rank_transform(self, h)
+        transform, before = self._rank_transform, self.weights.transform_before_gate
+        if transform is not None and before:
+            h = transform(self, h)
         gate = self._direct["gate"]
         if gate is not None:
             # .gated (not __call__): PyroModule.__call__ would activate the Pyro context (and param-store
             # traffic) on the fused fast path; the Pyro model/guide activate it themselves.
             h = gate.gated(h)
+        if transform is not None and not before:
+            h = transform(self, h)
         return self._factor("lora_B", h) * self.scaling
 
     def _factor(self, name: str, x: torch.Tensor) -> torch.Tensor:

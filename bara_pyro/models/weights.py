@@ -86,9 +86,12 @@ class WeightFamily(Component):
         """The value of factor ``name`` used by posterior-mean prediction."""
         return self.posterior(adapter, name).mean
 
-    #: ``rank_transform(adapter, h) -> h``: a map of the rank activations ``h = A x`` ``(..., r)`` applied
-    #: before the gate (None: identity).  Families that put noise or a core matrix between A and B set it.
+    #: ``rank_transform(adapter, h) -> h``: a map of the rank activations ``h = A x`` ``(..., r)`` (None: identity).
+    #: Families that put noise, a core matrix or magnitudes between A and B set it.
     rank_transform = None
+    #: Whether the transform comes before the gate, which then sees its output (True), or after it, the gate seeing
+    #: ``A x`` itself (False).
+    transform_before_gate: ClassVar[bool] = True
 
     def samples_without_latent_sites(self, adapter: "BaRAAdapter") -> bool:
         """Whether prediction in mode 'sample' draws from a posterior that is not a Pyro site (e.g. SWAG)."""

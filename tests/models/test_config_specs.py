@@ -107,7 +107,8 @@ def test_available_components_lists_every_slot():
                      "guide.local": ["amortized", "conditional_prior", "delta", "mean_field"],
                      "guide.global": ["delta", "mean_field"],
                      "weights": ["adaptive_noise", "blob_gaussian", "inducing_gaussian", "laplace", "map_gaussian",
-                                 "mc_dropout", "point", "projected_subspace", "rank_dropout", "slab_gaussian"]}
+                                 "mc_dropout", "point", "projected_subspace", "rank_dropout", "singular_slab",
+                                 "slab_gaussian"]}
 
 
 def test_registry_refuses_a_second_class_under_a_taken_name():

@@ -46,17 +46,18 @@ def test_every_weight_family(weights, prior):
         with pytest.raises(ConfigError, match="prior: fixed"):
             BaRAConfig(r=4, prior=prior, weights=spec)
         return
-    if weights == "slab_gaussian" and prior == "fixed":  # its default scales are the gates' inclusion probabilities
+    if weights in ("slab_gaussian", "singular_slab") and prior == "fixed":  # default scales: inclusion probabilities
         with pytest.raises(ConfigError, match="ard: inclusion scales"):
             BaRAConfig(r=4, prior=prior, weights=spec)
-        spec = {"name": "slab_gaussian", "ard": "learned"}
+        spec = {"name": weights, "ard": "learned" if weights == "slab_gaussian" else "off"}
     config = BaRAConfig(r=4, prior=prior, weights=spec, lora_dropout=0.1 if weights == "mc_dropout" else 0.0)
     report = run_contract(config)
-    latent = {s.rsplit(".", 1)[1] for s in report.sites} & {"lora_A", "lora_B", "lora_U", "lora_E", "xi"}
+    latent = {s.rsplit(".", 1)[1] for s in report.sites} & {"lora_A", "lora_B", "lora_U", "lora_E", "lora_S", "xi"}
     assert latent == {"point": set(), "mc_dropout": set(), "map_gaussian": {"lora_A", "lora_B"},
                       "blob_gaussian": {"lora_A"}, "slab_gaussian": {"lora_A", "lora_B"},
                       "inducing_gaussian": {"lora_U", "lora_A"}, "rank_dropout": {"lora_E"},
-                      "projected_subspace": set(), "laplace": set(), "adaptive_noise": {"xi"}}[weights]
+                      "projected_subspace": set(), "laplace": set(), "adaptive_noise": {"xi"},
+                      "singular_slab": {"lora_A", "lora_B", "lora_S"}}[weights]
     assert report.kl_is_analytic and report.fused_matches_svi
 
 
