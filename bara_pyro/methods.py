@@ -14,6 +14,7 @@ and evaluation sample count::
     bara_sparsity_only  BaRA without the gamma magnitude     prior.magnitude: none
     bara_global_only    BaRA without amortization            guide.local: mean_field
     bara_slab           BaRA, spike-and-slab                 slab_gaussian weights, conditional_prior gates
+    bara_singular       BaRA on singular directions          singular_slab weights, gates at guide_lr 0.02
     bayesian_lora       Bayesian-LoRA                        weights: inducing_gaussian, S = 10
     balora              BaLoRA (designed from its abstract)  weights: adaptive_noise, S = 10
     bayeslora           BayesLoRA                            weights: rank_dropout, S = 10

@@ -22,6 +22,11 @@
 #   slab_b_glr_1600   slab_b_glr trained 1600 steps (KL warm-up 400 steps)
 #   slab_seq          bara_slab with one gate per sentence (adapter.guide.local.per=sequence)
 #   slab_seq_glr      slab_seq with the gates' variational parameters at 10x the learning rate (2e-2)
+#   singular          the bara_singular preset as packaged (singular_slab weights, the gates at 2e-2); its adapter
+#                     and train sections are bara_slab's with adapter.weights={name: singular_slab}, train.guide_lr=0.02
+#   singular_one_lr   bara_singular with the gates at the learning rate of the rest (train.guide_lr=null)
+#   singular_1600     bara_singular trained 1600 steps (KL warm-up 400 steps)
+#   singular_one_lr_1600  singular_one_lr trained 1600 steps (KL warm-up 400 steps)
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
@@ -38,7 +43,8 @@ COMMON=(model=minilm-l6 dataset=rt_sst2 task.max_length=64 adapter.r=8 adapter.a
         train.device=cpu "eval.splits=[validation]" eval.num_samples=10 eval.batch_size=64 eval.gate_examples=100
         eval.importance_draws=0)
 ABSOLUTE=adapter.weights.posterior_scale=absolute
-VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learned slab_init02 slab_thin slab_guide_lr slab_1600 slab_u01 slab_u03 slab_glr_1600 slab_b slab_b_glr slab_b_glr_1600 slab_seq slab_seq_glr}
+VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learned slab_init02 slab_thin slab_guide_lr slab_1600 slab_u01 slab_u03 slab_glr_1600 slab_b slab_b_glr slab_b_glr_1600 slab_seq slab_seq_glr
+          singular singular_one_lr singular_1600 singular_one_lr_1600}
 for name in $VARIANTS; do
   dir=$OUT/$name
   [ -f "$dir/metrics.json" ] && continue
@@ -63,6 +69,10 @@ for name in $VARIANTS; do
                      train.kl_warmup_steps=400) ;;
     slab_seq) method=bara_slab; extra=(adapter.guide.local.per=sequence) ;;
     slab_seq_glr) method=bara_slab; extra=(adapter.guide.local.per=sequence train.guide_lr=0.02) ;;
+    singular) method=bara_singular; extra=() ;;
+    singular_one_lr) method=bara_singular; extra=(train.guide_lr=null) ;;
+    singular_1600) method=bara_singular; extra=(train.steps=1600 train.kl_warmup_steps=400) ;;
+    singular_one_lr_1600) method=bara_singular; extra=(train.guide_lr=null train.steps=1600 train.kl_warmup_steps=400) ;;
     *) echo "unknown variant $name"; exit 2 ;;
   esac
   args=()

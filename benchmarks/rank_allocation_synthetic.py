@@ -1,7 +1,8 @@
 """Does a BaRA configuration's rank follow the data?  Synthetic regression through one linear layer,
 ``y = W0 x + dW x + noise`` with ``dW`` of true rank ``k`` (:func:`bara_pyro.synthetic.low_rank_update`); A, B
 and the gates are learned from LoRA's initialisation.  Prints, per method and ``k``, the joint effective rank
-``sum_k E[z]``, the posterior-mean inclusion probabilities and the row norms of the fitted A.
+``sum_k E[z]``, the posterior-mean inclusion probabilities, the row norms of the fitted A and the size of each
+component's mean update ``|B_k| |A_k|`` (with a family's magnitudes folded into B, e.g. ``singular_slab``'s).
 
     python benchmarks/rank_allocation_synthetic.py [--steps 4000] [--ranks 2 6] [--methods bara bara_slab]
         [--set prior.sparsity.context=thin ...]      # overrides of the presets' adapter section
@@ -14,6 +15,7 @@ import copy
 
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.experiment_config import parse_override
+from bara_pyro.export import mean_lora_weights
 from bara_pyro.inference import TrainConfig, fit, predict
 from bara_pyro.methods import load_preset
 from bara_pyro.models import GaussianLikelihood
@@ -51,7 +53,9 @@ def run(method: str, k: int, steps: int, seed: int = 0, overrides: list[str] = (
     gate = adapter.gate
     pi = gate.sparsity.inclusion_probs(gate.sparsity_hp, {n: gate.guide_global(n).mean for n in gate.sites})
     norms = adapter.lora_A.weight.detach().norm(dim=1)
-    return {"rank": rank, "pi": pi.detach().tolist(), "A row norms": norms.tolist()}
+    a, b = mean_lora_weights(adapter)
+    sizes = b.norm(dim=0) * a.norm(dim=1)
+    return {"rank": rank, "pi": pi.detach().tolist(), "A row norms": norms.tolist(), "sizes": sizes.tolist()}
 
 
 def main() -> None:
@@ -64,13 +68,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"noise {NOISE}, lr {LR}, {args.steps} steps, r = {R}" + (f", {' '.join(args.set)}" if args.set else "")
           + "\n")
-    print("| method | true rank | effective rank | E[pi] | A row norms |\n|---|---|---|---|---|")
+    print("| method | true rank | effective rank | E[pi] | A row norms | \\|B_k\\| \\|A_k\\| |")
+    print("|---|---|---|---|---|---|")
     for method in args.methods:
         for k in args.ranks:
             out = run(method, k, args.steps, overrides=args.set)
             pi = " ".join(f"{v:.2f}" for v in out["pi"])
             norms = " ".join(f"{v:.2f}" for v in out["A row norms"])
-            print(f"| {method} | {k} | {out['rank']:.2f} | {pi} | {norms} |", flush=True)
+            sizes = " ".join(f"{v:.2f}" for v in out["sizes"])
+            print(f"| {method} | {k} | {out['rank']:.2f} | {pi} | {norms} | {sizes} |", flush=True)
 
 
 if __name__ == "__main__":

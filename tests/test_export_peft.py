@@ -66,7 +66,7 @@ def test_method_trains_on_instructions_and_round_trips_through_peft(runs, method
     assert (ours - theirs)[real].abs().max() < 1e-4
     with torch.no_grad():
         assert (model.scores(batch, mode="off") - ours)[real].abs().max() > 1e-3  # the adapter does something
-    assert result.posterior_mean == (method in ("blob", "bara_slab", "bayesian_lora", "bayeslora"))  # latent weights
+    assert result.posterior_mean == (method in ("blob", "bara_slab", "bara_singular", "bayesian_lora", "bayeslora"))
     if method.startswith("bara"):
         assert result.fixed and all(c.shape == (config["adapter"]["r"],) for c in result.fixed.values())
         gates = np.load(run_dir / "gates.npz")

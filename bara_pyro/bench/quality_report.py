@@ -21,6 +21,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 METHOD_LABELS = {"lora": "LoRA (MLE)", "lora_map": "MAP", "mc_dropout": "MC-dropout", "ensemble": "Ensemble",
                  "blob": "BLoB", "bara": "BaRA", "bara_sparsity_only": "BaRA (sparsity only)",
                  "bara_global_only": "BaRA (global only)", "bara_slab": "BaRA (spike-and-slab)",
+                 "bara_singular": "BaRA (singular directions)",
                  "bayesian_lora": "Bayesian-LoRA", "bayeslora": "BayesLoRA", "balora": "BaLoRA (from its abstract)",
                  "projected_subspace": "Projected subspace (SWAG)",
                  "projected_subspace_laplace": "Projected subspace (Laplace)", "laplace_lora": "Laplace-LoRA"}

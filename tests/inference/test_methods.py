@@ -20,8 +20,8 @@ from bara_pyro.metrics import classification_metrics
 from bara_pyro.models import ConfigError
 from bara_pyro.tasks import MultipleChoiceTask, SequenceClassificationTask
 
-METHODS = ["bara", "bara_global_only", "bara_slab", "bara_sparsity_only", "blob", "ensemble", "lora", "lora_map",
-           "mc_dropout"]
+METHODS = ["bara", "bara_global_only", "bara_singular", "bara_slab", "bara_sparsity_only", "blob", "ensemble", "lora",
+           "lora_map", "mc_dropout"]
 # trained end to end in tests/cli/test_presets_end_to_end.py; their defining properties in tests/models/test_weights_*
 OTHER_BAYESIAN = ["balora", "bayesian_lora", "bayeslora", "laplace_lora", "projected_subspace",
                   "projected_subspace_laplace"]
@@ -100,7 +100,7 @@ def test_preset_uses_the_run_config_schema(method):
     TrainConfig.from_dict(preset.get("train", {}))
     expected = {"lora": (False, 0), "lora_map": (False, 0), "mc_dropout": (False, 10), "ensemble": (False, 0),
                 "blob": (False, 10), "bara": (True, 10), "bara_sparsity_only": (True, 10),
-                "bara_global_only": (True, 10), "bara_slab": (True, 10),
+                "bara_global_only": (True, 10), "bara_slab": (True, 10), "bara_singular": (True, 10),
                 **{m: (False, 10) for m in OTHER_BAYESIAN}}[method]
     assert (config.has_gate, preset["eval"]["num_samples"]) == expected
     if method == "ensemble":

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bara_pyro import BaRAConfig, get_bara_model
+from bara_pyro.export import mean_lora_weights
 from bara_pyro.inference import TrainConfig, fit, predict
 from bara_pyro.methods import load_preset
 from bara_pyro.models import GaussianLikelihood
@@ -19,8 +20,8 @@ from bara_pyro.synthetic import (
 NOISE = 0.3
 
 
-def fit_preset(data, steps, seed=0, task=None, per="token", batch_size=64):
-    preset = load_preset("bara_slab")
+def fit_preset(data, steps, seed=0, task=None, per="token", batch_size=64, method="bara_slab"):
+    preset = load_preset(method)
     r = 8
     adapter = {**preset["adapter"], "r": r, "alpha": r, "target_modules": ["proj"]}
     adapter["guide"] = {**adapter["guide"], "local": {**adapter["guide"]["local"], "per": per}}
@@ -50,6 +51,20 @@ def test_effective_rank_follows_the_true_rank(rank):
     (_, adapter), = model.adapter_items
     kept = adapter.lora_A.weight.detach().norm(dim=1) > 0.1  # the slab keeps rows for the used components only
     assert int(kept.sum()) == rank, adapter.lora_A.weight.norm(dim=1)
+
+
+@pytest.mark.parametrize("rank", [2, 6])
+def test_singular_directions_magnitudes_follow_the_true_rank(rank):
+    """``bara_singular``: exactly ``k`` components carry the update (their magnitude ``|m_k|``, with orthonormal
+    factors the update's singular values); the others' magnitudes return to about zero."""
+    data = low_rank_update(rank, noise=NOISE)
+    model, _ = fit_preset(data, steps=4000, method="bara_singular")
+    (_, adapter), = model.adapter_items
+    a, b = mean_lora_weights(adapter)
+    sizes = b.norm(dim=0) * a.norm(dim=1)  # |m_k| |B_k| |A_k|, |A_k| = |B_k| = 1 up to the near-Stiefel prior
+    ordered = sizes.sort(descending=True).values
+    assert float(ordered[rank - 1]) > 5 * float(ordered[rank]), sizes  # a gap after the k-th component
+    assert float(ordered[rank]) < 0.2, sizes
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
