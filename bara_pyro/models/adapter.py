@@ -50,6 +50,7 @@ class BaRAAdapter(PyroModule):
         self.weights.install(self)
         self._flipout = self.weights.flipout_factors()
         self._rank_transform = self.weights.rank_transform
+        self._transform_before_gate = self.weights.transform_before_gate
         self.gate = GlobalLocalGate(path, config) if config.has_gate else None
         self._ctx = GateContext()
         # direct references for the non-Pyro modes (no PyroModule attribute lookup per call)
@@ -60,7 +61,7 @@ class BaRAAdapter(PyroModule):
         if self.lora_dropout_p > 0 and (self.training or (self.weights.dropout_when_sampling and ctx.mode == "sample")):
             x = F.dropout(x, self.lora_dropout_p, training=True)
         h = self._factor("lora_A", x)
-        transform, before = self._rank_transform, self.weights.transform_before_gate
+        transform, before = self._rank_transform, self._transform_before_gate
         if transform is not None and before:
             h = transform(self, h)
         gate = self._direct["gate"]

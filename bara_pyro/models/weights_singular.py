@@ -137,11 +137,6 @@ class SingularSlabWeights(WeightFamily):
         """``m``, ``(1, r)``: the posterior means of the magnitudes (``lora_S_loc * sqrt(d_out)``)."""
         return adapter.lora_S_loc * math.sqrt(adapter.out_features)
 
-    def component_scales(self, adapter, detach: bool = True) -> torch.Tensor:
-        """``(r,)``: each component's magnitude at the posterior-mean prediction, ``|m_k|``."""
-        scale = self.magnitude_mean(adapter).reshape(-1).abs()
-        return scale.detach() if detach else scale
-
     # ----------------------------------------------------------------- forward
     def rank_transform(self, adapter, h: torch.Tensor) -> torch.Tensor:
         """``h * lambda``: the drawn magnitudes while training, ``S`` draws in mode 'sample', ``m`` otherwise."""
@@ -152,9 +147,6 @@ class SingularSlabWeights(WeightFamily):
             draws = self.draws(adapter, "lora_S", ctx.num_samples).reshape(ctx.num_samples, -1)
             return h * rows_of_sample(draws, h).to(h.dtype)
         return h * self.magnitude_mean(adapter).reshape(-1).to(h.dtype)
-
-    def samples_factor(self, adapter, name: str) -> bool:
-        return False  # A and B are point estimates; lambda is drawn in rank_transform
 
     def mean_lora_factors(self, adapter) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B diag(m))``: the posterior-mean update as a plain LoRA (for export and update spectra)."""
