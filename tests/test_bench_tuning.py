@@ -62,3 +62,14 @@ def test_a_missing_grid_run_is_not_chosen(tmp_path):
 def test_grid_for_an_unknown_method_is_a_usage_error(tmp_path, capsys):
     assert tuning.main(["--quick", "--methods", "lora", "--grid", "bara:train.lr=1", "--output", str(tmp_path)]) == 2
     assert "error: --grid names method(s) ['bara']" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "tuned"
+    argv = ["--dry-run", "--methods", "lora", "--tasks", "arc_easy", "--seeds", "1", "--lrs", "3e-4,1e-3",
+            "--output", str(out)]
+    assert tuning.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "lora@lr=0.0003/arc_easy/seed1" in printed and "lora@lr=0.001/arc_easy/seed1" in printed
+    assert "2 runs (2 trainings of 1000 steps)" in printed
+    assert not out.exists()

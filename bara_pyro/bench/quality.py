@@ -1216,6 +1216,33 @@ def best_variant(results: dict, split: str = "validation", metric: str = "nll") 
     return name, list((results.get("method_overrides") or {}).get(name, [])), means
 
 
+def print_plan(opts: Options) -> None:
+    """Print the runs `opts` plans, each with its status, and what is left to train (``--dry-run``)."""
+    from ..experiment import PREDICTIONS_NAME
+
+    specs = plan_runs(opts)
+    run_status = {spec.name: _run_status(spec) for spec in specs}
+    assemblable = {spec.name for spec in specs if run_status[spec.name] != "done"
+                   and _member_prediction_sources(spec, opts.output, PREDICTIONS_NAME) is not None}
+    for spec in specs:
+        status = ("conflict: other config" if _saved_config_conflict(spec)
+                  else "assembled from its members' predictions" if spec.name in assemblable
+                  else run_status[spec.name])
+        print(f"{spec.name:<40} members {spec.config['ensemble']['members']}  "
+              f"steps {spec.config['train']['steps']}  S {spec.config['eval']['num_samples']}  [{status}]")
+    trainings = sum(s.config["ensemble"]["members"] for s in specs if s.name not in assemblable)
+    ood_runs = [s for s in specs if s.task == OOD_TRAIN_TASK] if opts.ood else []
+    runs_done = sum(status == "done" for status in run_status.values())
+    ood_done = sum(_ood_done(s.run_dir, opts.ood_sets) for s in ood_runs)
+    print(f"{len(specs)} runs ({trainings} trainings of {opts.steps} steps), {len(ood_runs)} OOD evaluations; "
+          f"finished: {runs_done} runs, {ood_done} OOD evaluations")
+    specs = [s for s in specs if s.name not in assemblable]
+    reusable = _count_reusable_members(specs, opts.output)
+    if reusable:
+        print(f"{reusable} ensemble member(s) can reuse an identical one-model run of this benchmark "
+              f"({trainings - reusable} trainings)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``bara-pyro bench quality [options]``: 0 if every run finished, 1 if some failed (reported), 2 on bad input."""
     from ..models.config import ConfigError
@@ -1240,29 +1267,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = _options(args, argv)
         _check_options(opts)
         if args.dry_run:
-            from ..experiment import PREDICTIONS_NAME
-
-            specs = plan_runs(opts)
-            run_status = {spec.name: _run_status(spec) for spec in specs}
-            assemblable = {spec.name for spec in specs if run_status[spec.name] != "done"
-                           and _member_prediction_sources(spec, opts.output, PREDICTIONS_NAME) is not None}
-            for spec in specs:
-                status = ("conflict: other config" if _saved_config_conflict(spec)
-                          else "assembled from its members' predictions" if spec.name in assemblable
-                          else run_status[spec.name])
-                print(f"{spec.name:<40} members {spec.config['ensemble']['members']}  "
-                      f"steps {spec.config['train']['steps']}  S {spec.config['eval']['num_samples']}  [{status}]")
-            trainings = sum(s.config["ensemble"]["members"] for s in specs if s.name not in assemblable)
-            ood_runs = [s for s in specs if s.task == OOD_TRAIN_TASK] if opts.ood else []
-            runs_done = sum(status == "done" for status in run_status.values())
-            ood_done = sum(_ood_done(s.run_dir, opts.ood_sets) for s in ood_runs)
-            print(f"{len(specs)} runs ({trainings} trainings of {opts.steps} steps), {len(ood_runs)} OOD evaluations; "
-                  f"finished: {runs_done} runs, {ood_done} OOD evaluations")
-            specs = [s for s in specs if s.name not in assemblable]
-            reusable = _count_reusable_members(specs, opts.output)
-            if reusable:
-                print(f"{reusable} ensemble member(s) can reuse an identical one-model run of this benchmark "
-                      f"({trainings - reusable} trainings)")
+            print_plan(opts)
             return 0
         with _terminate_as_interrupt():
             results = run_benchmark(opts, execute=not args.aggregate_only)

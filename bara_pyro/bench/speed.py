@@ -70,9 +70,10 @@ SHAPES: dict[str, dict] = {
 # row name (a preset, or a preset plus its overrides) -> the step it times
 DRAW, SVI = "bara[train.local_kl=draw]", "bara[train.estimator=svi,train.local_kl=draw]"
 SVI_JIT = "bara[train.estimator=svi,train.jit=true,train.local_kl=draw]"
-# BaRA's spike-and-slab preset and the other Bayesian LoRA methods: adapters (and the local KL) from their
+# BaRA's spike-and-slab presets and the other Bayesian LoRA methods: adapters (and the local KL) from their
 # presets; not in the default row set (--methods NAME)
-PRESET_METHODS = ("bara_slab", "bayesian_lora", "balora", "bayeslora", "projected_subspace", "laplace_lora")
+PRESET_METHODS = ("bara_slab", "bara_singular", "bayesian_lora", "balora", "bayeslora", "projected_subspace",
+                  "laplace_lora")
 TRAIN_ROWS = {"frozen": "frozen", "lora": "lora", "bara": "bara_expected", DRAW: "bara_draw", SVI: "bara_svi",
               SVI_JIT: "bara_svi_jit", "blob": "blob", **{m: m for m in PRESET_METHODS}}
 TRAIN_METHODS = tuple(TRAIN_ROWS)

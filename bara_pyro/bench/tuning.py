@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         seeds = args.tune_seeds or base.seeds[:1]
         grid, points = grid_options(base, args.lrs, grids, seeds)
         quality._check_options(grid)
+        if args.dry_run:
+            quality.print_plan(grid)
+            print("the final runs (each method at its chosen values) are planned when the grid has finished")
+            return 0
         with quality._terminate_as_interrupt():
             quality.run_benchmark(grid, execute=not args.aggregate_only)
             choices, table = select(grid, points, args.select_metric)
