@@ -1,4 +1,5 @@
-r"""The global sites of every ``slab_gaussian`` adapter at once: the fused estimator's fast path for ``bara_slab``.
+r"""The global sites of every ``slab_gaussian`` or ``singular_slab`` adapter at once: the fused estimator's fast path
+for ``bara_slab`` and ``bara_singular``.
 
 Per adapter ``l`` (module order) the Pyro guide draws, site by site::
 
@@ -6,6 +7,7 @@ Per adapter ``l`` (module order) the Pyro guide draws, site by site::
     w_l      ~ Normal(w_loc_l, w_scale_l)                  (r, r)       contextual beta process only
     lambda_l ~ Gamma(lambda_shape_l, lambda_rate_l)        (r,)         gamma magnitude only
     A_l      ~ Normal(M_l, sigma_l),  B_l ~ Normal(N_l, rho_l)          the latent factors (slab_gaussian)
+    A_l, B_l = Delta (NearStiefel prior),  S_l ~ Normal(m_l, tau_l) (1, r)  the latent factors (singular_slab)
 
 and the KL of each to its prior (``Beta(a, b)``, ``Normal(0, context_scale)``, ``Gamma(e0, e0)``,
 ``Normal(0, s_k / sqrt(fan_in))``).  :func:`slab_globals_fused` keeps one random-number call per site, in that
@@ -14,7 +16,9 @@ adapters: the constraint transforms of the stacked parameters, the location-scal
 KLs (torch's formulas, elementwise the same numbers as adapter by adapter).  Factors are stacked in groups of
 equal shape, ``(k, r, d_in)`` or ``(k, d_out, r)``, with the prior scales ``s / sqrt(fan_in)`` ``(k, r)``
 broadcast over them; per-adapter values are views of the stacks (``unbind``), so the backward pass gathers
-their gradients with one ``stack`` per group instead of one scatter per adapter.
+their gradients with one ``stack`` per group instead of one scatter per adapter.  ``singular_slab``'s point
+factors get their near-Stiefel penalty ``(c/2) |W W^T - I|^2`` from one batched Gram matrix per group, its
+magnitudes their Normal-Normal KL (prior scale ``pi_k sigma_l``) in one call per output width.
 """
 
 from __future__ import annotations
@@ -29,18 +33,21 @@ from .guides import MeanFieldGlobalGuide
 from .priors import BetaProcessPrior, ContextualBetaProcessPrior, GammaMagnitudePrior
 from .priors.none import NoMagnitude
 from .slab_weights import SlabGaussianWeights
+from .weights_singular import SingularSlabWeights
 
 __all__ = ["fits_slab_globals", "slab_globals_fused"]
 
 SPARSITY = (BetaProcessPrior, ContextualBetaProcessPrior)
 MAGNITUDE = (NoMagnitude, GammaMagnitudePrior)
+FAMILIES = (SlabGaussianWeights, SingularSlabWeights)
 
 
 def fits_slab_globals(adapter) -> bool:
-    """Whether ``adapter``'s global sites are the ones :func:`slab_globals_fused` draws: ``slab_gaussian`` weights
-    under a gate with a (contextual) beta-process sparsity prior, no or gamma magnitude, mean-field globals."""
+    """Whether ``adapter``'s global sites are the ones :func:`slab_globals_fused` draws: ``slab_gaussian`` or
+    ``singular_slab`` weights under a gate with a (contextual) beta-process sparsity prior, no or gamma magnitude,
+    mean-field globals."""
     gate = adapter.gate
-    return (type(adapter.weights) is SlabGaussianWeights and gate is not None
+    return (type(adapter.weights) in FAMILIES and gate is not None
             and type(gate.global_guide) is MeanFieldGlobalGuide
             and type(gate.sparsity) in SPARSITY and type(gate.magnitude) in MAGNITUDE)
 
@@ -61,15 +68,23 @@ def _rows(values: torch.Tensor, members: list[int], total: int) -> torch.Tensor:
     return torch.stack([rows[i] for i in members])
 
 
+def _factor_key(adapter, name: str) -> tuple:
+    """``(name, shape)`` of a latent factor; ``singular_slab``'s magnitudes ``lora_S`` ``(1, r)`` also by ``d_out``
+    (their mean is ``lora_S_loc * sqrt(d_out)``: one Python scalar per group, no per-adapter constant on the device)."""
+    if name == "lora_S":
+        return name, (1, adapter.r), adapter.out_features
+    return name, tuple(getattr(adapter, name).weight.shape)
+
+
 def _factor_groups(adapters, names) -> tuple[dict[tuple, list[int]], list[dict[str, tuple[tuple, int]]]]:
-    """Latent factors grouped by ``(name, shape)``: ``groups[key]`` lists the member adapters in order, and
+    """Latent factors grouped by :func:`_factor_key`: ``groups[key]`` lists the member adapters in order, and
     ``slots[l][name] = (key, row)`` says where adapter ``l``'s factor sits in its group's stack."""
     groups: dict[tuple, list[int]] = {}
     slots: list[dict[str, tuple[tuple, int]]] = []
     for i, adapter in enumerate(adapters):
         slots.append({})
         for name in names:
-            key = (name, tuple(getattr(adapter, name).weight.shape))
+            key = _factor_key(adapter, name)
             members = groups.setdefault(key, [])
             slots[i][name] = (key, len(members))
             members.append(i)
@@ -96,8 +111,11 @@ def slab_globals_fused(items, ctx) -> None:
     if magnitude:
         lam_shape, lam_rate = _constrained(gates, ("lambda_shape", "lambda_rate"))
     groups, slots = _factor_groups(adapters, family.latent)
-    flipout = set(family.flipout_factors())
-    eps = {key: ab.new_empty((len(members), *key[1])) for key, members in groups.items() if key[0] not in flipout}
+    singular = type(family) is SingularSlabWeights
+    # factors drawn with Gaussian noise here: singular_slab's magnitudes (A, B are point estimates), else every
+    # slab_gaussian factor not perturbed by flipout in the forward pass
+    noisy = {"lora_S"} if singular else set(family.latent) - set(family.flipout_factors())
+    eps = {key: ab.new_empty((len(members), *key[1])) for key, members in groups.items() if key[0] in noisy}
 
     # one random-number call per site, in the guide's order: Beta (its Dirichlet), Normal noise, Gamma, factors
     ab_draw, dirichlet, gammas = ab.detach(), [], []
@@ -132,6 +150,13 @@ def slab_globals_fused(items, ctx) -> None:
     for i, (path, _) in enumerate(items):
         ctx.globals[path] = {name: rows[name][i] for name in sites}
 
+    if singular:
+        drawn, kl = _singular_factors(adapters, groups, eps, pi, kl)
+        for i, (path, _) in enumerate(items):
+            ctx.weights[path] = {name: drawn[key][row] for name, (key, row) in slots[i].items()}
+        ctx.kl_global["globals"] = kl
+        return
+
     # the factors, one stack per group: q = N(loc, scale), p = N(0, s_k / sqrt(fan_in)), s = pi or exp(log scale)
     scales = pi if family.ard == "inclusion" else torch.stack([a.lora_log_scale for a in adapters]).exp()
     zero, drawn = ab.new_zeros(()), {}
@@ -149,3 +174,34 @@ def slab_globals_fused(items, ctx) -> None:
     for i, (path, _) in enumerate(items):
         ctx.weights[path] = {name: drawn[key][row] for name, (key, row) in slots[i].items() if key in drawn}
     ctx.kl_global["globals"] = kl
+
+
+def _singular_factors(adapters, groups, eps, pi, kl) -> tuple[dict[tuple, list[torch.Tensor]], torch.Tensor]:
+    """``singular_slab``'s factors, one stack per group (:func:`_factor_groups`): ``A`` and ``B`` are their own values
+    (``q = Delta``) with ``KL = -log NearStiefel = (c/2) |W W^T - I|^2`` (rows of ``A``, columns of ``B``), one
+    batched Gram matrix per group; the magnitudes ``S = m + tau eps``, ``m = lora_S_loc sqrt(d_out)``, with
+    ``KL(N(m, tau) || N(0, s_k sigma))``, ``s = pi`` (``ard: inclusion``) or 1.  Returns the per-adapter values of each
+    group and ``kl`` plus their KL: the numbers of :meth:`BaRAAdapter.fused_globals`, adapter by adapter."""
+    family, num = adapters[0].weights, len(adapters)
+    zero, drawn = pi.new_zeros(()), {}
+    for key, members in groups.items():
+        name, mods = key[0], [adapters[i] for i in members]
+        if name == "lora_S":
+            loc = torch.stack([a.lora_S_loc for a in mods]) * math.sqrt(key[2])  # (k, 1, r)
+            (scale,) = _constrained(mods, ("lora_S_scale",))  # (k, 1, r)
+            sigma = torch.stack([a.lora_log_slab_scale for a in mods]).exp().reshape(-1, 1, 1)  # (k, 1, 1)
+            if family.ard == "inclusion":
+                prior = _rows(pi, members, num).unsqueeze(-2) * sigma  # (k, 1, r): pi_k sigma
+            else:
+                prior = sigma.expand(loc.shape)
+            kl = kl + kl_divergence(Normal(loc, scale, validate_args=False),
+                                    Normal(zero, prior, validate_args=False)).sum()
+            drawn[key] = (loc + eps[key] * scale).unbind(0)
+            continue
+        weights = [getattr(a, name).weight for a in mods]
+        w = torch.stack(weights)  # (k, r, d_in) rows of A, or (k, d_out, r) columns of B
+        gram = w @ w.transpose(-1, -2) if name == "lora_A" else w.transpose(-1, -2) @ w  # (k, r, r)
+        eye = torch.eye(gram.shape[-1], device=gram.device, dtype=gram.dtype)
+        kl = kl + 0.5 * family.orthogonality * (gram - eye).pow(2).sum()
+        drawn[key] = weights  # q = Delta: the weights themselves
+    return drawn, kl
