@@ -2,7 +2,9 @@
 ``y = W0 x + dW x + noise`` with ``dW`` of true rank ``k`` (:func:`bara_pyro.synthetic.low_rank_update`); A, B
 and the gates are learned from LoRA's initialisation.  Prints, per method and ``k``, the joint effective rank
 ``sum_k E[z]``, the posterior-mean inclusion probabilities, the row norms of the fitted A and the size of each
-component's mean update ``|B_k| |A_k|`` (with a family's magnitudes folded into B, e.g. ``singular_slab``'s).
+component's mean update ``|B_k| |A_k|`` (with a family's magnitudes folded into B, e.g. ``singular_slab``'s), and
+the singular values of the least-squares estimate of ``dW`` from the same rows: beyond the true rank they are the
+noise's, the size a point-estimated direction can fit.
 
     python benchmarks/rank_allocation_synthetic.py [--steps 4000] [--ranks 2 6] [--methods bara bara_slab]
         [--set prior.sparsity.context=thin ...]      # overrides of the presets' adapter section
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+
+import torch
 
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.experiment_config import parse_override
@@ -34,6 +38,15 @@ def _override(adapter: dict, assignments: list[str]) -> dict:
             node = node.setdefault(name, {})
         node[leaf] = value
     return adapter
+
+
+def least_squares_spectrum(k: int, seed: int = 0) -> list[float]:
+    """Singular values of the least-squares ``dW`` from :func:`low_rank_update`'s rows, largest first."""
+    data = low_rank_update(k, noise=NOISE, seed=seed)
+    x = torch.stack([r["x"] for r in data.rows])
+    with torch.no_grad():
+        residual = torch.stack([r["y"] for r in data.rows]) - data.backbone.proj(x)
+    return torch.linalg.svdvals(torch.linalg.lstsq(x, residual).solution).tolist()
 
 
 def run(method: str, k: int, steps: int, seed: int = 0, overrides: list[str] = ()) -> dict:
@@ -68,15 +81,16 @@ def main() -> None:
     args = parser.parse_args()
     print(f"noise {NOISE}, lr {LR}, {args.steps} steps, r = {R}" + (f", {' '.join(args.set)}" if args.set else "")
           + "\n")
-    print("| method | true rank | effective rank | E[pi] | A row norms | \\|B_k\\| \\|A_k\\| |")
-    print("|---|---|---|---|---|---|")
+    print("| method | true rank | effective rank | E[pi] | A row norms | \\|B_k\\| \\|A_k\\| | least-squares spectrum |")
+    print("|---|---|---|---|---|---|---|")
     for method in args.methods:
         for k in args.ranks:
             out = run(method, k, args.steps, overrides=args.set)
             pi = " ".join(f"{v:.2f}" for v in out["pi"])
             norms = " ".join(f"{v:.2f}" for v in out["A row norms"])
             sizes = " ".join(f"{v:.2f}" for v in out["sizes"])
-            print(f"| {method} | {k} | {out['rank']:.2f} | {pi} | {norms} | {sizes} |", flush=True)
+            spectrum = " ".join(f"{v:.2f}" for v in least_squares_spectrum(k)[:R])
+            print(f"| {method} | {k} | {out['rank']:.2f} | {pi} | {norms} | {sizes} | {spectrum} |", flush=True)
 
 
 if __name__ == "__main__":
