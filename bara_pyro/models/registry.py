@@ -71,6 +71,10 @@ class Component:
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
             if choices is not None:
+                word = {False: "off", True: "on"}.get(value) if isinstance(value, bool) else None
+                if word in choices:  # YAML reads an unquoted off / on as a boolean
+                    value = word
+                    setattr(self, f.name, value)
                 self.need(value in choices, f"{f.name} must be one of {list(choices)}, got {value!r}")
                 continue
             allowed = _allowed_types(f.type)
@@ -161,4 +165,7 @@ class Registry:
                               f"legal parameters: {legal}")
         component = cls(**params)
         component._check_types()
+        for key, value in params.items():  # keep the spec in the words _check_types read a YAML boolean as
+            if isinstance(value, bool) and getattr(component, key) != value:
+                spec[key] = getattr(component, key)
         return component

@@ -100,6 +100,11 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="ard: inclusion scales each magnitude"):
         BaRAConfig(r=4, prior={"sparsity": "none"}, weights={"name": "singular_slab"})
     BaRAConfig(r=4, prior={"sparsity": "none"}, weights={"name": "singular_slab", "ard": "off"})
+    # an unquoted `off` on the command line or in YAML is a boolean; the choice 'off' is meant
+    config = BaRAConfig(r=4, prior={"sparsity": "none"}, weights={"name": "singular_slab", "ard": False})
+    assert config.weights["ard"] == "off"
+    with pytest.raises(ConfigError, match="ard must be one of"):
+        BaRAConfig(r=4, prior={"sparsity": "none"}, weights={"name": "singular_slab", "ard": True})
 
 
 @pytest.mark.parametrize("per", ["token", "sequence"])
