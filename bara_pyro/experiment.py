@@ -32,6 +32,7 @@ from .inference.determinism import deterministic_algorithms
 from .inference.predictive import Prediction, predict
 from .inference.train_config import TrainConfig
 from .inference.trainer import CHECKPOINT_DIR, fit, resolve_device
+from .machine import machine_info
 from .metrics import classification_metrics
 from .models.bara_model import ADAPTER_WEIGHTS_NAME
 from .models.config import BaRAConfig
@@ -270,7 +271,8 @@ def _train_and_evaluate(config: dict, run_dir: Path, resume: bool, progress: boo
     metrics = _evaluate(models, task, tokenizer, data, train_rows, config, run_dir, progress, clock)
     trainable = sum(m.num_parameters()[0] for m in models)
     metrics.update(method=config["method"], model=config["model"], dataset=config["dataset"],
-                   trainable_parameters=trainable, world_size=config["train"]["world_size"])
+                   trainable_parameters=trainable, world_size=config["train"]["world_size"],
+                   machine=machine_info(device.type))
     return metrics
 
 

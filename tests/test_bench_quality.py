@@ -540,3 +540,23 @@ def test_aggregate_only_keeps_the_machine_the_runs_trained_on(tmp_path):
     quality.main(quick_argv(out, "--aggregate-only"))
     results = json.loads((out / "results.json").read_text())
     assert results["machine"] == gpu and results["aggregated_on"]["device"].startswith("CPU")
+
+
+def test_results_name_the_machine_each_run_recorded(tmp_path):
+    """Runs record their machine in metrics.json; results.md names it even when the tables are aggregated elsewhere."""
+    out = tmp_path / "bench"
+    argv = quick_argv(out).copy()
+    argv[argv.index("lora,bara")] = "lora"
+    assert quality.main(argv) == 0
+    metrics_path = next(out.rglob("metrics.json"))
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["machine"]["device"].startswith("CPU") and metrics["machine"]["torch"]
+    gpu = {"device": "NVIDIA H200", "gpu_count": 1, "cuda": "13.0", "torch": "2.11.0+cu130", "python": "3.12.3",
+           "cpu_count": 16}
+    metrics_path.write_text(json.dumps({**metrics, "machine": {**gpu, "platform": "Linux-gpu-host"}}))
+    assert quality.main([*argv, "--aggregate-only"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["machine"] == gpu and results["run_machines"] == [gpu]
+    assert results["aggregated_on"]["device"].startswith("CPU")
+    line = next(ln for ln in (out / "results.md").read_text().splitlines() if ln.startswith("- machine:"))
+    assert line.startswith("- machine: NVIDIA H200 (torch 2.11.0+cu130, python 3.12.3); tables aggregated on CPU")

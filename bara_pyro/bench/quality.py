@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from ..machine import machine_info
 from ..timing import TIMING_NAME, SegmentClock, read_totals
 from .quality_report import (  # the labels are re-exported for callers of this module
     METHOD_LABELS,
@@ -81,7 +82,6 @@ from .quality_report import (  # the labels are re-exported for callers of this 
     code_version,
     format_markdown,
     git_commit,
-    machine_info,
 )
 from .scheduler import execute
 
@@ -1021,6 +1021,19 @@ def _check_options(opts: Options) -> None:
         raise ConfigError(f"--ood evaluates the models trained on {OOD_TRAIN_TASK}: add it to --tasks")
 
 
+def _run_machines(records: list[dict]) -> list[dict]:
+    """The distinct machines (device and versions, as :func:`machine_info` gives them, without the host's platform
+    string) that the finished runs recorded in their ``metrics.json``, in order of first appearance."""
+    seen = []
+    for rec in records:
+        machine = (rec.get("metrics") or {}).get("machine")
+        if machine:
+            machine = {k: v for k, v in machine.items() if k != "platform"}
+            if machine not in seen:
+                seen.append(machine)
+    return seen
+
+
 def _record(spec: RunSpec, outcome: dict | None, output: Path, ood: bool) -> dict:
     rec = {"method": spec.method, "task": spec.task, "seed": spec.seed,
            "run_dir": str(spec.run_dir.relative_to(output)) if spec.run_dir.is_relative_to(output)
@@ -1183,15 +1196,19 @@ def _run_benchmark(opts: Options, log, execute: bool, clock: SegmentClock | None
         **_bench_times(clock, opts.output, t0),
     }
     previous = opts.output / "results.json"
-    if not ran_here and previous.exists():  # aggregate-only, or every run finished or assembled from predictions:
-        # the runs trained where the last call that ran something ran
+    run_machines = _run_machines(records)
+    trained_on = run_machines[0] if len(run_machines) == 1 else None
+    if run_machines:
+        results["run_machines"] = run_machines
+    elif not ran_here and previous.exists():  # runs that did not record their machine, aggregated without running
+        # anything: they trained where the last call that ran something ran
         try:
             trained_on = json.loads(previous.read_text()).get("machine")
         except ValueError:
             trained_on = None
-        if trained_on and trained_on != results["machine"]:
-            results["aggregated_on"] = results["machine"]
-            results["machine"] = trained_on
+    if trained_on and trained_on != results["machine"]:
+        results["aggregated_on"] = results["machine"]
+        results["machine"] = trained_on
     _write_json(opts.output / "results.json", results)
     (opts.output / "results.md").write_text(format_markdown(results))
     failed = [r for r in records if r["status"] != "ok"] + [r for r in records if r.get("ood_error")]

@@ -8,12 +8,10 @@ plus the git commit where one can be read.
 from __future__ import annotations
 
 import hashlib
-import os
-import platform
 import subprocess
 from pathlib import Path
 
-__all__ = ["format_markdown", "machine_info", "code_version", "git_commit", "effective_overrides", "METHOD_LABELS",
+__all__ = ["format_markdown", "code_version", "git_commit", "effective_overrides", "METHOD_LABELS",
            "TASK_LABELS", "METRIC_LABELS"]
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +81,19 @@ def _wall_time_line(results: dict) -> str:
     return text + (f" (over {segments} invocations of the command)" if segments > 1 else "")
 
 
+def _machine_line(results: dict) -> str:
+    """``- machine: ...``: where the runs trained (each distinct machine the runs recorded), and where the tables
+    were aggregated when that was elsewhere."""
+    def describe(m: dict) -> str:
+        return f"{m['device']} (torch {m['torch']}, python {m['python']})"
+
+    machines = results.get("run_machines") or [results["machine"]]
+    line = "- machine: " + "; ".join(describe(m) for m in machines)
+    if results.get("aggregated_on"):
+        line += f"; tables aggregated on {describe(results['aggregated_on'])}"
+    return line
+
+
 def format_markdown(results: dict) -> str:
     """``results.md``: provenance, protocol, one table per metric, OOD tables, anchor, targets, failures."""
     from .quality import ANCHOR_SEED, METRICS, PROTOCOL_NAME, TASKS, target_label
@@ -91,8 +102,7 @@ def format_markdown(results: dict) -> str:
     n_seeds = len(seeds)
     lines = ["# Quality benchmark", "",
              f"- date: {results['date']}",
-             f"- machine: {results['machine']['device']} (torch {results['machine']['torch']}, "
-             f"python {results['machine']['python']})",
+             _machine_line(results),
              _code_line(results),
              f"- command: `{results['command']}`",
              _wall_time_line(results),
@@ -188,20 +198,6 @@ def format_markdown(results: dict) -> str:
     for t in results["targets"]:
         lines.append(f"- {t['description']}: **{t['status']}** ({t['detail']})")
     return "\n".join(lines) + "\n"
-
-
-def machine_info(device: str) -> dict:
-    import torch
-
-    info = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_count": os.cpu_count()}
-    if device != "cpu" and torch.cuda.is_available():
-        info["device"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-        info["gpu_count"] = torch.cuda.device_count()
-    else:
-        info["device"] = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    return info
 
 
 def package_files_sha256(root: Path = PACKAGE_ROOT) -> str:
