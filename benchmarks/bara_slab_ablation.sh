@@ -30,6 +30,8 @@
 #   singular_kl_warm  bara_singular with the KL weight rising over the whole run (train.kl_warmup_steps=400)
 #   singular_glr_mid  bara_singular with the gates at 6e-3, between the preset's 2e-2 and the rest's 2e-3
 #   singular_no_gates bara_singular's update without gates (adapter.prior.sparsity=none, adapter.weights.ard=off)
+#   singular_no_gates_orth10   singular_no_gates with the near-Stiefel prior 100x weaker (orthogonality 10)
+#   singular_orth100  bara_singular with orthogonality 100
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
@@ -47,7 +49,8 @@ COMMON=(model=minilm-l6 dataset=rt_sst2 task.max_length=64 adapter.r=8 adapter.a
         eval.importance_draws=0)
 ABSOLUTE=adapter.weights.posterior_scale=absolute
 VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learned slab_init02 slab_thin slab_guide_lr slab_1600 slab_u01 slab_u03 slab_glr_1600 slab_b slab_b_glr slab_b_glr_1600 slab_seq slab_seq_glr
-          singular singular_one_lr singular_1600 singular_one_lr_1600 singular_kl_warm singular_glr_mid singular_no_gates}
+          singular singular_one_lr singular_1600 singular_one_lr_1600 singular_kl_warm singular_glr_mid singular_no_gates
+          singular_no_gates_orth10 singular_orth100}
 for name in $VARIANTS; do
   dir=$OUT/$name
   [ -f "$dir/metrics.json" ] && continue
@@ -79,6 +82,8 @@ for name in $VARIANTS; do
     singular_kl_warm) method=bara_singular; extra=(train.kl_warmup_steps=400) ;;
     singular_glr_mid) method=bara_singular; extra=(train.guide_lr=0.006) ;;
     singular_no_gates) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off) ;;
+    singular_no_gates_orth10) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off adapter.weights.orthogonality=10) ;;
+    singular_orth100) method=bara_singular; extra=(adapter.weights.orthogonality=100) ;;
     *) echo "unknown variant $name"; exit 2 ;;
   esac
   args=()
