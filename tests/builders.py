@@ -45,3 +45,37 @@ class TokenTask:
 
     def scores(self, backbone, batch):
         return backbone(**batch.inputs).logits
+
+
+def assert_globals_at_once_equal_per_adapter(build_model, monkeypatch) -> None:
+    """The batched globals path (``model._slab_globals``) against the per-adapter ``fused_globals`` one, in float64:
+    the same draws bit for bit, the loss and the gradients to round-off.  ``build_model()`` returns the model."""
+    import pyro
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = build_model()
+        assert model._slab_globals
+        model.dataset_size = 37
+        batch, params = make_batch(), model.trainable_parameters()
+        runs = []
+        for at_once in (True, False):
+            if not at_once:
+                monkeypatch.setattr(type(model), "_slab_globals", property(lambda self: False))
+            assert model._slab_globals == at_once
+            pyro.set_rng_seed(5)
+            loss, _ = model.fused_loss(batch)
+            draws = {(p, n): v.detach() for p, values in model.ctx.globals.items() for n, v in values.items()}
+            draws.update({(p, n): v.detach() for p, values in model.ctx.weights.items() for n, v in values.items()})
+            runs.append((loss, draws, torch.autograd.grad(loss, params, allow_unused=True)))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    (loss, draws, grads), (loss_ref, draws_ref, grads_ref) = runs
+    assert draws.keys() == draws_ref.keys()
+    for key, value in draws.items():
+        assert torch.equal(value, draws_ref[key]), key  # the same random numbers, bit for bit
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-12, atol=1e-10)
+    for a, b in zip(grads, grads_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

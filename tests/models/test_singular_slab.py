@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from builders import make_batch, make_tiny_bert
+from builders import assert_globals_at_once_equal_per_adapter, make_batch, make_tiny_bert
 
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.export import mean_lora_weights
@@ -112,36 +112,12 @@ def test_config_errors_name_the_field():
 def test_globals_of_all_adapters_at_once_equal_the_per_adapter_path(per, weights, monkeypatch):
     """``slab_globals_fused`` (one batched Gram matrix per factor group, one magnitude KL per output width) gives
     the per-adapter ``fused_globals``' draws bit for bit, and its loss and gradients."""
-    import pyro
-
-    torch.set_default_dtype(torch.float64)
-    try:
+    def build():
         model = get_bara_model(make_tiny_bert(), singular_config(per, **weights))
-        assert model._slab_globals
         with torch.no_grad():
             for _, a in model.adapter_items:
                 a.lora_S_loc.normal_(0, 0.1)
                 a.lora_A.weight.add_(0.05 * torch.randn_like(a.lora_A.weight))  # off the Stiefel manifold
-        model.dataset_size = 37
-        batch, params = make_batch(), model.trainable_parameters()
-        runs = []
-        for at_once in (True, False):
-            if not at_once:
-                monkeypatch.setattr(type(model), "_slab_globals", property(lambda self: False))
-            assert model._slab_globals == at_once
-            pyro.set_rng_seed(5)
-            loss, _ = model.fused_loss(batch)
-            draws = {(p, n): v.detach() for p, values in model.ctx.globals.items() for n, v in values.items()}
-            draws.update({(p, n): v.detach() for p, values in model.ctx.weights.items() for n, v in values.items()})
-            runs.append((loss, draws, torch.autograd.grad(loss, params, allow_unused=True)))
-    finally:
-        torch.set_default_dtype(torch.float32)
-    (loss, draws, grads), (loss_ref, draws_ref, grads_ref) = runs
-    assert draws.keys() == draws_ref.keys()
-    for key, value in draws.items():
-        assert torch.equal(value, draws_ref[key]), key  # the same random numbers, bit for bit
-    torch.testing.assert_close(loss, loss_ref, rtol=1e-12, atol=1e-10)
-    for a, b in zip(grads, grads_ref):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        return model
+
+    assert_globals_at_once_equal_per_adapter(build, monkeypatch)

@@ -5,7 +5,7 @@ import pyro
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import make_batch, make_tiny_bert
+from builders import assert_globals_at_once_equal_per_adapter, make_batch, make_tiny_bert
 from pyro.infer import TraceMeanField_ELBO
 
 from bara_pyro import BaRAConfig, get_bara_model
@@ -138,33 +138,8 @@ def test_b_alone_random_keeps_a_a_trained_point_estimate_without_a_kl():
                                                ("gamma", {"ard": "learned", "sampler": "flipout"}),
                                                ("none", {"ard": "off", "factors": "B"})])
 def test_globals_of_all_adapters_at_once_equal_the_per_adapter_path(magnitude, weights, monkeypatch):
-    torch.set_default_dtype(torch.float64)
-    try:
-        model = get_bara_model(make_tiny_bert(), slab_config(magnitude, **weights))
-        assert model._slab_globals
-        model.dataset_size = 37
-        batch, params = make_batch(), model.trainable_parameters()
-        runs = []
-        for at_once in (True, False):
-            if not at_once:
-                monkeypatch.setattr(type(model), "_slab_globals", property(lambda self: False))
-            assert model._slab_globals == at_once
-            pyro.set_rng_seed(5)
-            loss, _ = model.fused_loss(batch)
-            draws = {(p, n): v.detach() for p, values in model.ctx.globals.items() for n, v in values.items()}
-            draws.update({(p, n): v.detach() for p, values in model.ctx.weights.items() for n, v in values.items()})
-            runs.append((loss, draws, torch.autograd.grad(loss, params, allow_unused=True)))
-    finally:
-        torch.set_default_dtype(torch.float32)
-    (loss, draws, grads), (loss_ref, draws_ref, grads_ref) = runs
-    assert draws.keys() == draws_ref.keys()
-    for key, value in draws.items():
-        assert torch.equal(value, draws_ref[key]), key  # the same random numbers, bit for bit
-    torch.testing.assert_close(loss, loss_ref, rtol=1e-12, atol=1e-10)
-    for a, b in zip(grads, grads_ref):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_globals_at_once_equal_per_adapter(
+        lambda: get_bara_model(make_tiny_bert(), slab_config(magnitude, **weights)), monkeypatch)
 
 
 def _sequence_gate(**weights):
