@@ -81,7 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"noise {NOISE}, lr {LR}, {args.steps} steps, r = {R}" + (f", {' '.join(args.set)}" if args.set else "")
           + "\n")
-    print("| method | true rank | effective rank | E[pi] | A row norms | \\|B_k\\| \\|A_k\\| | least-squares spectrum |")
+    print("| method | true rank | effective rank | E[pi] | A row norms | \\|B_k\\| \\|A_k\\| "
+          "| least-squares spectrum |")
     print("|---|---|---|---|---|---|---|")
     for method in args.methods:
         for k in args.ranks:
