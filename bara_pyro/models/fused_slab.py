@@ -33,7 +33,7 @@ from .guides import MeanFieldGlobalGuide
 from .priors import BetaProcessPrior, ContextualBetaProcessPrior, GammaMagnitudePrior
 from .priors.none import NoMagnitude
 from .slab_weights import SlabGaussianWeights
-from .weights_singular import SingularSlabWeights
+from .weights_singular import SingularSlabWeights, stiefel_residual
 
 __all__ = ["fits_slab_globals", "slab_globals_fused"]
 
@@ -199,9 +199,7 @@ def _singular_factors(adapters, groups, eps, pi, kl) -> tuple[dict[tuple, list[t
             drawn[key] = (loc + eps[key] * scale).unbind(0)
             continue
         weights = [getattr(a, name).weight for a in mods]
-        w = torch.stack(weights)  # (k, r, d_in) rows of A, or (k, d_out, r) columns of B
-        gram = w @ w.transpose(-1, -2) if name == "lora_A" else w.transpose(-1, -2) @ w  # (k, r, r)
-        eye = torch.eye(gram.shape[-1], device=gram.device, dtype=gram.dtype)
-        kl = kl + 0.5 * family.orthogonality * (gram - eye).pow(2).sum()
+        residual = stiefel_residual(torch.stack(weights), rows=name == "lora_A")  # (k, r, r): A's rows, B's columns
+        kl = kl + 0.5 * family.orthogonality * residual.pow(2).sum()
         drawn[key] = weights  # q = Delta: the weights themselves
     return drawn, kl

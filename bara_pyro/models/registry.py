@@ -71,10 +71,6 @@ class Component:
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
             if choices is not None:
-                word = {False: "off", True: "on"}.get(value) if isinstance(value, bool) else None
-                if word in choices:  # YAML reads an unquoted off / on as a boolean
-                    value = word
-                    setattr(self, f.name, value)
                 self.need(value in choices, f"{f.name} must be one of {list(choices)}, got {value!r}")
                 continue
             allowed = _allowed_types(f.type)
@@ -163,9 +159,11 @@ class Registry:
         if unknown:
             raise ConfigError(f"{where}: unknown parameter(s) {unknown} of {self._label(kind)} {spec['name']!r}; "
                               f"legal parameters: {legal}")
+        for f in dataclasses.fields(cls):  # YAML reads an unquoted off / on as a boolean: the choice is meant
+            choices, value = f.metadata.get("choices"), params.get(f.name)
+            word = {False: "off", True: "on"}.get(value) if isinstance(value, bool) else None
+            if choices is not None and word in choices:
+                params[f.name] = spec[f.name] = word
         component = cls(**params)
         component._check_types()
-        for key, value in params.items():  # keep the spec in the words _check_types read a YAML boolean as
-            if isinstance(value, bool) and getattr(component, key) != value:
-                spec[key] = getattr(component, key)
         return component

@@ -41,7 +41,13 @@ from torch import nn
 from .context import rows_of_sample
 from .weights import WeightFamily, register_weights
 
-__all__ = ["NearStiefel", "SingularSlabWeights"]
+__all__ = ["NearStiefel", "SingularSlabWeights", "stiefel_residual"]
+
+
+def stiefel_residual(w: torch.Tensor, rows: bool) -> torch.Tensor:
+    """``W W^T - I`` (``rows``: ``w`` ``(..., r, d)``) or ``W^T W - I`` (``w`` ``(..., d, r)``), ``(..., r, r)``."""
+    gram = w @ w.transpose(-1, -2) if rows else w.transpose(-1, -2) @ w
+    return gram - torch.eye(gram.shape[-1], device=gram.device, dtype=gram.dtype)
 
 
 class NearStiefel(dist.TorchDistribution):
@@ -62,12 +68,10 @@ class NearStiefel(dist.TorchDistribution):
         return NearStiefel(self._like.expand(batch_shape), self.strength, self.rows)
 
     def log_prob(self, value):
-        w = value if self.rows else value.transpose(-1, -2)  # (r, d): orthonormal rows wanted
-        gram = w @ w.transpose(-1, -2)
-        eye = torch.eye(gram.shape[-1], device=gram.device, dtype=gram.dtype)
-        per_row = -0.5 * self.strength * (gram - eye).pow(2).sum(-1) / w.shape[-1]  # (r,)
-        share = per_row.unsqueeze(-1).expand(w.shape)
-        return share if self.rows else share.transpose(-1, -2)
+        residual = stiefel_residual(value, self.rows)  # (r, r)
+        width = value.shape[-1] if self.rows else value.shape[-2]  # entries per row (column) of the weight
+        per_row = -0.5 * self.strength * residual.pow(2).sum(-1) / width  # (r,)
+        return per_row.unsqueeze(-1).expand(value.shape) if self.rows else per_row.unsqueeze(-2).expand(value.shape)
 
     def sample(self, sample_shape=torch.Size()):
         raise NotImplementedError("the near-Stiefel prior is used for point estimates only")
