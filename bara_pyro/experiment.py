@@ -484,14 +484,16 @@ def _example_gate_map(model, task, tokenizer, row, gates):
 def log_importance_weights(model, task, train_rows, num_draws: int, batch_size: int = 64, seed: int = 0):
     r"""Importance log-ratios of the global guide, for PSIS k-hat:
 
-    .. math:: \log w_s = \log p(\pi_s, \lambda_s) - \log q(\pi_s, \lambda_s)
+    .. math:: \log w_s = \log p(\pi_s, \lambda_s, W_s) - \log q(\pi_s, \lambda_s, W_s)
                          + \frac{N}{B}\big(\log p(y_{1:B} \mid g) - \mathrm{KL}_{local}\big),
               \quad (\pi_s, \lambda_s) \sim q
 
     the local part being the one-sample local ELBO on a fixed subset of ``B`` training examples,
     scaled to the dataset (a lower-bound estimate of :math:`\log p(\mathcal{D} \mid \pi_s, \lambda_s)`).
     Every draw reuses the same local noise (common random numbers), so the weights vary with the
-    global draws, not with fresh local noise.
+    global draws, not with fresh local noise.  ``W_s``: the latent weights of a weight family that has them
+    (``slab_gaussian``, ``singular_slab``), drawn after the gates' globals since their prior may depend on
+    them; flipout factors are drawn as whole matrices here, as the Pyro guide draws them.
     """
     device = next(model.backbone.parameters()).device
     gen_state = torch.get_rng_state()
@@ -500,19 +502,26 @@ def log_importance_weights(model, task, train_rows, num_draws: int, batch_size: 
     batch = task.collate(rows).to(device)
     n_total = model.dataset_size or len(train_rows)
     gates = model.gates
+    adapters = [a for _, a in model._adapter_items]
+    flipout = [a._flipout for a in adapters]
     logw = []
     try:
+        for a in adapters:  # the forward pass uses the drawn factors, not flipout's per-example perturbation
+            a._flipout = ()
         for _ in range(num_draws):
             model._prepare(batch, "fused")
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=global_gen)))
                 log_ratio = float(sum(g.draw_globals() for _, g in gates))
+                log_ratio += float(sum(a.draw_latent_weights() for a in adapters if a.weights.latent))
             torch.manual_seed(seed + 1)  # the same local draws for every global draw
             scores = model.forward_fn(model.backbone, batch)
             loglik = float(model.likelihood.dist(scores).log_prob(batch.labels).sum())
             kl_local = float(sum(v for v in model.ctx.kl_local.values()))
             logw.append(log_ratio + n_total / len(rows) * (loglik - kl_local))
     finally:
+        for a, f in zip(adapters, flipout):
+            a._flipout = f
         torch.set_rng_state(gen_state)
     return np.asarray(logw)
 

@@ -108,6 +108,18 @@ class BaRAAdapter(PyroModule):
                     d = self.weight_dist(name, side)
                     values[name] = pyro.sample(f"{self.path}.{name}", d.to_event(len(d.batch_shape)))
 
+    def draw_latent_weights(self) -> torch.Tensor:
+        """Draw every latent weight from q into the context (after the gate's :meth:`draw_globals`, whose drawn
+        globals its prior may read) and return ``log p(values | globals) - log q(values)``, summed: the weights'
+        part of one importance log-ratio of the global guide (for PSIS)."""
+        values, log_ratio = {}, self.lora_A.weight.new_zeros(())
+        self._ctx.weights[self.path] = values  # filled in order: a factor's law may depend on earlier ones
+        for name in self.weights.latent:
+            q = self.weights.posterior(self, name)
+            x = values[name] = q.sample()
+            log_ratio = log_ratio + (self.weights.prior(self, name).log_prob(x) - q.log_prob(x)).sum()
+        return log_ratio
+
     def fused_globals(self) -> None:
         """Fused path: draw the gate's globals and the latent weights from q (the guide's order) and put their
         KL, counted once, in ``ctx.kl_global[path]``.  Flipout factors are drawn later, in the forward pass."""
