@@ -1,9 +1,10 @@
-"""``bara-pyro demo``: the packaged default, LoRA vs BaRA on real weights and data, on a CPU in minutes.
+"""``bara-pyro demo``: the packaged default, LoRA vs BaRA on real weights and data, on a CPU in about ten minutes.
 
 MiniLM-L6 (packaged weights) with a fresh classification head is fine-tuned on Rotten Tomatoes
 critic snippets and tested on SST-2 validation (a shift of source: critics' snippets -> movie-review
-sentences), once with plain LoRA and once with BaRA, with the same rank, targets, steps and
-learning rate.  It prints a side-by-side table and writes both run directories and a report.
+sentences), with plain LoRA, with the ``bara`` preset and with ``bara_singular`` (the BaRA preset whose
+gates allocate rank), with the same rank, targets, steps and learning rate.  It prints a side-by-side
+table and writes the run directories and a report.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ DEMO_OVERRIDES = [
     "eval.gate_examples=200",
     "eval.importance_draws=32",
 ]
-DEMO_METHODS = ("lora", "bara")
+DEMO_METHODS = ("lora", "bara", "bara_singular")
 COLUMNS = [("accuracy", "acc", "{:.3f}"), ("nll", "NLL", "{:.3f}"), ("ece", "ECE", "{:.3f}"),
            ("brier", "Brier", "{:.3f}")]
 
