@@ -78,7 +78,8 @@ _TEXT = {
         "to; on held-out test examples it is pessimistic, and the test lppd above is the direct estimate."
     ),
     "khat": (
-        "We draw S sets of global parameters (pi, lambda) from the variational guide q and weight each by "
+        "We draw S sets of global parameters (the gates' pi and lambda, and the latent weights of a weight family "
+        "that has them, such as a slab's magnitudes) from the variational guide q and weight each by "
         "w = p(data, globals) / q(globals). k-hat is the estimated shape of the Pareto tail of these weights: "
         "below 0.5 the guide covers the posterior well, 0.5 to 0.7 it is usable with care, above 0.7 the guide "
         "misses posterior mass and importance-weighted corrections cannot be trusted (Yao et al., 2018)."
