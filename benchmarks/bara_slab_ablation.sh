@@ -38,6 +38,8 @@
 #   singular_ard_off_one_lr  singular_ard_off with the gates at the learning rate of the rest
 #   singular_g4       bara_singular with a prior mass of 4 components per layer (adapter.gamma0=4)
 #   singular_ard_off_g4  singular_ard_off with adapter.gamma0=4
+#   singular_ard_off_g2  singular_ard_off with adapter.gamma0=2
+#   singular_ard_off_g3  singular_ard_off with adapter.gamma0=3
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
@@ -57,7 +59,8 @@ ABSOLUTE=adapter.weights.posterior_scale=absolute
 VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learned slab_init02 slab_thin slab_guide_lr slab_1600 slab_u01 slab_u03 slab_glr_1600 slab_b slab_b_glr slab_b_glr_1600 slab_seq slab_seq_glr
           singular singular_one_lr singular_1600 singular_one_lr_1600 singular_kl_warm singular_glr_mid singular_no_gates
           singular_no_gates_orth10 singular_orth100 singular_no_gates_no_kl singular_no_gates_tau_small
-          singular_ard_off singular_ard_off_one_lr singular_g4 singular_ard_off_g4}
+          singular_ard_off singular_ard_off_one_lr singular_g4 singular_ard_off_g4
+          singular_ard_off_g2 singular_ard_off_g3}
 for name in $VARIANTS; do
   dir=$OUT/$name
   [ -f "$dir/metrics.json" ] && continue
@@ -95,6 +98,8 @@ for name in $VARIANTS; do
     singular_ard_off_one_lr) method=bara_singular; extra=(adapter.weights.ard=off train.guide_lr=null) ;;
     singular_g4) method=bara_singular; extra=(adapter.gamma0=4) ;;
     singular_ard_off_g4) method=bara_singular; extra=(adapter.weights.ard=off adapter.gamma0=4) ;;
+    singular_ard_off_g2) method=bara_singular; extra=(adapter.weights.ard=off adapter.gamma0=2) ;;
+    singular_ard_off_g3) method=bara_singular; extra=(adapter.weights.ard=off adapter.gamma0=3) ;;
     singular_no_gates_no_kl) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off train.kl_warmup_steps=1000000000) ;;
     singular_no_gates_tau_small) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off adapter.weights.init_scale=0.0001) ;;
     *) echo "unknown variant $name"; exit 2 ;;
