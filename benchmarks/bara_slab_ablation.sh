@@ -43,6 +43,7 @@
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
+#   SEED=1 VARIANTS="lora singular" bash benchmarks/bara_slab_ablation.sh OUTPUT_SEED1   # train.seed (default 0)
 #
 # Finished runs (metrics.json present) are kept; prints one table and writes it to OUTPUT/summary.md: gate
 # rank is metrics.json's effective_rank (sum_k E[z]), update rank the entropy effective rank of the singular
@@ -55,6 +56,7 @@ COMMON=(model=minilm-l6 dataset=rt_sst2 task.max_length=64 adapter.r=8 adapter.a
         train.batch_size=16 train.lr=0.002 train.kl_warmup_steps=100 train.log_every=50 train.checkpoint_every=0
         train.device=cpu "eval.splits=[validation]" eval.num_samples=10 eval.batch_size=64 eval.gate_examples=100
         eval.importance_draws=0)
+[ -n "${SEED:-}" ] && COMMON+=(train.seed=$SEED)
 ABSOLUTE=adapter.weights.posterior_scale=absolute
 VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learned slab_init02 slab_thin slab_guide_lr slab_1600 slab_u01 slab_u03 slab_glr_1600 slab_b slab_b_glr slab_b_glr_1600 slab_seq slab_seq_glr
           singular singular_one_lr singular_1600 singular_one_lr_1600 singular_kl_warm singular_glr_mid singular_no_gates
