@@ -501,27 +501,19 @@ def log_importance_weights(model, task, train_rows, num_draws: int, batch_size: 
     rows = [train_rows[i] for i in range(min(batch_size, len(train_rows)))]
     batch = task.collate(rows).to(device)
     n_total = model.dataset_size or len(train_rows)
-    gates = model.gates
-    adapters = [a for _, a in model._adapter_items]
-    flipout = [a._flipout for a in adapters]
     logw = []
     try:
-        for a in adapters:  # the forward pass uses the drawn factors, not flipout's per-example perturbation
-            a._flipout = ()
         for _ in range(num_draws):
             model._prepare(batch, "fused")
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=global_gen)))
-                log_ratio = float(sum(g.draw_globals() for _, g in gates))
-                log_ratio += float(sum(a.draw_latent_weights() for a in adapters if a.weights.latent))
+                log_ratio = float(sum(a.draw_globals() for _, a in model._adapter_items))
             torch.manual_seed(seed + 1)  # the same local draws for every global draw
             scores = model.forward_fn(model.backbone, batch)
             loglik = float(model.likelihood.dist(scores).log_prob(batch.labels).sum())
             kl_local = float(sum(v for v in model.ctx.kl_local.values()))
             logw.append(log_ratio + n_total / len(rows) * (loglik - kl_local))
     finally:
-        for a, f in zip(adapters, flipout):
-            a._flipout = f
         torch.set_rng_state(gen_state)
     return np.asarray(logw)
 

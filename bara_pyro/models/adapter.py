@@ -82,7 +82,8 @@ class BaRAAdapter(PyroModule):
             # inside the Pyro model/guide the PyroModule lookup registers the weights in the param store
             return (getattr(self, name) if ctx.mode in ("guide", "model") else self._direct[name])(x)
         mode = ctx.mode
-        if mode in ("guide", "model", "given") or (mode == "fused" and name not in self._flipout):
+        if mode in ("guide", "model", "given") or (mode == "fused" and (
+                name not in self._flipout or name in ctx.weights.get(self.path, ()))):  # flipout, unless drawn whole
             return F.linear(x, ctx.weights[self.path][name])
         if mode == "fused":
             q = self.weights.posterior(self, name)
@@ -108,12 +109,12 @@ class BaRAAdapter(PyroModule):
                     d = self.weight_dist(name, side)
                     values[name] = pyro.sample(f"{self.path}.{name}", d.to_event(len(d.batch_shape)))
 
-    def draw_latent_weights(self) -> torch.Tensor:
-        """Draw every latent weight from q into the context (after the gate's :meth:`draw_globals`, whose drawn
-        globals its prior may read) and return ``log p(values | globals) - log q(values)``, summed: the weights'
-        part of one importance log-ratio of the global guide (for PSIS)."""
-        values, log_ratio = {}, self.lora_A.weight.new_zeros(())
-        self._ctx.weights[self.path] = values  # filled in order: a factor's law may depend on earlier ones
+    def draw_globals(self) -> torch.Tensor:
+        """Draw the gate's global sites (:meth:`Gate.draw_globals`), then every latent weight whole (flipout factors
+        too), from q into the context for a following pass in mode ``fused``, and return ``log p(values) -
+        log q(values)``, summed: one importance log-ratio of the global guide (for PSIS)."""
+        log_ratio = self.gate.draw_globals() if self.gate is not None else self.lora_A.weight.new_zeros(())
+        values = self._ctx.weights[self.path] = {}  # filled in order: a factor's law may depend on earlier ones
         for name in self.weights.latent:
             q = self.weights.posterior(self, name)
             x = values[name] = q.sample()
