@@ -73,6 +73,7 @@ def test_documented_targets_are_results_md_targets():
 
 
 SEED1_DIR = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_seed1"
+SEED2_DIR = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_seed2"
 LRGRID_MD = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_lrgrid" / "grid" / "results.md"
 SUITE_ORDER = ["winogrande_s", "arc_challenge", "arc_easy", "winogrande_m", "openbookqa", "boolq"]
 
@@ -94,6 +95,15 @@ def test_section5_tables_are_the_seed1_results_md():
         assert documented.pop("LoRA (MLE), seed 1") == _lora_seed1_row(metric), title
         produced = _table_rows(_results_section(results, title), "| Method |")
         assert documented == produced, title
+
+
+def test_section5_seed2_tables_are_the_seed2_results_md():
+    docs, results = DOCS.read_text(), (SEED2_DIR / "results.md").read_text()
+    docs = docs[docs.index("### 5. "):docs.index("### 6. ")]
+    for docs_header, title in (("| seed 2: ACC (%) |", "ACC (%), test"), ("| seed 2: NLL |", "NLL, test"),
+                               ("| seed 2: ECE (%) |", "ECE (%), test")):
+        produced = _table_rows(_results_section(results, title), "| Method |")
+        assert _table_rows(docs, docs_header) == produced, title
 
 
 def test_section6_grid_cells_are_the_grid_results_md():
