@@ -1,4 +1,4 @@
-"""``bara-pyro demo``: the packaged default, LoRA vs BaRA on real weights and data, on a CPU in about eleven minutes.
+"""``bara-pyro demo``: the packaged default, LoRA vs BaRA on real weights and data, on a CPU in about twelve minutes.
 
 MiniLM-L6 (packaged weights) with a fresh classification head is fine-tuned on Rotten Tomatoes
 critic snippets and tested on SST-2 validation (a shift of source: critics' snippets -> movie-review

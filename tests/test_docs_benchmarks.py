@@ -75,6 +75,7 @@ def test_documented_targets_are_results_md_targets():
 SEED1_DIR = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_seed1"
 SEED2_DIR = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_seed2"
 LRGRID_MD = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_lrgrid" / "grid" / "results.md"
+PRIOR_DIR = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_singular_prior" / "grid"
 SUITE_ORDER = ["winogrande_s", "arc_challenge", "arc_easy", "winogrande_m", "openbookqa", "boolq"]
 
 
@@ -106,16 +107,22 @@ def test_section5_seed2_tables_are_the_seed2_results_md():
         assert _table_rows(docs, docs_header) == produced, title
 
 
-def test_section6_grid_cells_are_the_grid_results_md():
-    """Every ACC / NLL / ECE cell of section 6's table is the grid's validation value of that run."""
-    docs, results = DOCS.read_text(), LRGRID_MD.read_text()
-    docs = docs[docs.index("### 6. "):]
+def _validation_tables(results: str) -> dict[str, dict[str, dict[str, str]]]:
+    """A grid's results.md as {title: {method: {task column: cell}}} for its ACC, NLL and ECE validation tables."""
     tables = {}
     for title in ("ACC (%), validation", "NLL, validation", "ECE (%), validation"):
         section = _results_section(results, title)
         header = next(line for line in section.splitlines() if line.startswith("| Method |"))
         columns = [c.strip() for c in header.strip("|").split("|")][1:]
         tables[title] = {m: dict(zip(columns, cells)) for m, cells in _table_rows(section, "| Method |").items()}
+    return tables
+
+
+def test_section6_grid_cells_are_the_grid_results_md():
+    """Every ACC / NLL / ECE cell of section 6's table is the grid's validation value of that run."""
+    docs, results = DOCS.read_text(), LRGRID_MD.read_text()
+    docs = docs[docs.index("### 6. "):]
+    tables = _validation_tables(results)
     table = docs[docs.index("| validation, seed 1 |"):].splitlines()[2:]
     lines = table[:next(i for i, line in enumerate(table) if not line.startswith("| "))]
     assert len(lines) == 8
@@ -125,3 +132,23 @@ def test_section6_grid_cells_are_the_grid_results_md():
         for col, task in ((2, "ARC-E"), (3, "WG-S"), (4, "OBQA")):
             for value, title in zip(cells[col].split(" / "), tables):
                 assert tables[title][name][task] == value, (name, task, title)
+
+
+def test_section6_prior_table_is_the_prior_grid():
+    """Section 6's bara_singular prior table: every ACC / NLL / ECE cell is the grid's validation value, and the
+    rank columns are the range over the tasks of the runs' metrics.json."""
+    docs, results = DOCS.read_text(), (PRIOR_DIR / "results.md").read_text()
+    docs = docs[docs.index("### 6. "):]
+    tables = _validation_tables(results)
+    rows = _table_rows(docs, "| prior, validation, seed 1 |")
+    assert len(rows) == 3
+    for name, cells in rows.items():
+        method = f"{name.strip('`')}@lr=0.001"
+        for col, task in ((1, "ARC-E"), (2, "WG-S"), (3, "OBQA")):
+            for value, title in zip(cells[col].split(" / "), tables):
+                assert tables[title][method][task] == value, (name, task, title)
+        metrics = [json.loads((PRIOR_DIR / "runs" / method / task / "seed1" / "metrics.json").read_text())
+                   for task in ("arc_easy", "winogrande_s", "openbookqa")]
+        for col, key in ((4, "effective_rank"), (5, "update_rank")):
+            values = [m[key] for m in metrics]
+            assert cells[col] == f"{min(values):.2f}-{max(values):.2f}", (name, key)
