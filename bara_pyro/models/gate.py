@@ -197,7 +197,7 @@ class GlobalLocalGate(PyroModule):
     @property
     def is_stochastic(self) -> bool:
         """Whether gates drawn in mode ``sample`` vary (False for the delta local guide)."""
-        with torch.no_grad(), self._without_token_mask():
+        with torch.no_grad(), self._probing():
             q = self.local_guide.posterior(self, self._dtype_probe.new_zeros(1, self.r))
         return any(d is not None and not isinstance(d, pyro.distributions.Delta) for d in q)
 
@@ -355,7 +355,7 @@ class GlobalLocalGate(PyroModule):
             h = self._dtype_probe.new_zeros(1, self.r)
             self._ctx.globals[self.path] = values
             try:
-                with self._without_token_mask():
+                with self._probing():
                     q_z, q_theta = self.local_guide.posterior(self, h)
                     p_z, p_theta = self.local_priors(values, h)
             finally:
@@ -376,14 +376,16 @@ class GlobalLocalGate(PyroModule):
         return mask
 
     @contextlib.contextmanager
-    def _without_token_mask(self):
-        """No token mask inside the block: for probes of the guide on a dummy input of another shape."""
+    def _probing(self):
+        """For probes of the guide on a dummy input of another shape: no token mask and mode ``mean`` inside the
+        block (a prediction leaves mode ``sample``, whose draws are spread over the batch's rows)."""
         ctx = self._ctx
-        mask, ctx.token_mask = ctx.token_mask, None
+        saved = ctx.token_mask, ctx.mode
+        ctx.token_mask, ctx.mode = None, "mean"
         try:
             yield
         finally:
-            ctx.token_mask = mask
+            ctx.token_mask, ctx.mode = saved
 
     def _site_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
         """The local sites' mask from the token mask ``(n, [T])``: itself, or per-sequence ``(n, 1)``, True where

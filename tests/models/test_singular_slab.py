@@ -121,3 +121,16 @@ def test_globals_of_all_adapters_at_once_equal_the_per_adapter_path(per, weights
         return model
 
     assert_globals_at_once_equal_per_adapter(build, monkeypatch)
+
+
+def test_is_stochastic_after_a_sampled_prediction():
+    """The probe of the contextual gate does not depend on the mode a prediction left the model in (a second
+    evaluation, e.g. of another OOD set, asks again after an S-sample pass)."""
+    from bara_pyro.inference import predict
+    from bara_pyro.testing import ToyTokenTask, toy_rows
+    task = ToyTokenTask()
+    model = get_bara_model(make_tiny_bert(num_labels=2), singular_config(), forward_fn=task.scores)
+    assert model.is_stochastic
+    predict(model, task, toy_rows()[:6], num_samples=3, batch_size=6, progress=False)
+    assert model.ctx.mode == "sample" and model.ctx.num_samples == 3  # what the pass leaves behind
+    assert model.is_stochastic
