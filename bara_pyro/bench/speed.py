@@ -384,10 +384,15 @@ def _preset_predict_step(method: str, backbone, batch: Batch, cfg: SpeedConfig) 
         model.remove_hooks()
         raise
 
+    one_copy = model.draws_from_one_copy(num_samples)  # as predict runs it: each row once (Laplace's glm)
+
     @torch.no_grad()
     def run():
         with _autocast(cfg, device=next(backbone.parameters()).device):
-            model.scores(batch, mode="sample", num_samples=num_samples)
+            if one_copy:
+                model.scores(one, mode="sample", num_samples=num_samples, copied=False)
+            else:
+                model.scores(batch, mode="sample", num_samples=num_samples)
 
     return _Step(run, model.remove_hooks, model=model)
 

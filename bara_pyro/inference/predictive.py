@@ -103,7 +103,8 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     repeated S times.  A group is exactly what a batch of b rows would be (same collation, same draws
     in the same order), so with B a multiple of b the result is bit for bit ``batch_size = b``'s, and
     in any case the same estimator: every example averages S draws of its gates.  None: no bound.  A weight
-    family may bound the rows further (``prediction_rows``: the linearised Laplace predictive takes one).
+    family may bound the rows further (``prediction_rows``: the linearised Laplace predictive takes one), and a
+    predictive that draws in function space (``draws_from_one_copy``) gets each row once, not S copies.
 
     ``checkpoint``: a file that makes the pass resumable.  SIGINT/SIGTERM then stop it at the next batch
     boundary: the finished batches and the random-number state are written there, and ``KeyboardInterrupt``
@@ -125,6 +126,7 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     family_rows = model.config.components.weights.prediction_rows(num_samples)
     if family_rows is not None:  # a predictive whose memory needs fewer rows per pass (e.g. Laplace's Jacobians)
         group = min(group, family_rows)
+    one_copy = model.draws_from_one_copy(num_samples)
     signature = ({"rows": _rows_digest(rows), "num_samples": num_samples, "batch_size": batch_size,
                   "record_tokens": record_tokens} if path is not None else None)
     if signature is not None and group < batch_size:
@@ -148,10 +150,14 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
                 done = min(start + batch_size, len(rows))
                 for first_row in range(start, done, group):
                     chunk = [rows[i] for i in range(first_row, min(first_row + group, done))]
-                    batch = task.collate(chunk * s).to(device)
-                    if num_samples > 0:  # S sample-major copies: shared draws (weights, layer gates) are per copy
+                    if one_copy:  # the predictive draws the S copies' scores from each row's
+                        batch = task.collate(chunk).to(device)
+                        scores = model.scores(batch, mode="sample", num_samples=s, copied=False)
+                    elif num_samples > 0:  # S sample-major copies: shared draws (weights, layer gates) are per copy
+                        batch = task.collate(chunk * s).to(device)
                         scores = model.scores(batch, mode="sample", num_samples=s)
                     else:
+                        batch = task.collate(chunk).to(device)
                         scores = model.scores(batch, mode="mean")
                     # kept on the device until the pass ends: a copy to the host per batch would wait for the GPU
                     p = torch.softmax(scores.float(), dim=-1).reshape(s, len(chunk), -1)

@@ -400,21 +400,36 @@ class BaRAModel(PyroModule):
         self.ctx.kl_global["globals"] = kl
 
     # ----------------------------------------------------------------- prediction
-    def scores(self, batch: Batch, mode: str = "mean", num_samples: int = 1) -> torch.Tensor:
+    def scores(self, batch: Batch, mode: str = "mean", num_samples: int = 1, copied: bool = True) -> torch.Tensor:
         """Task scores ``(B, C)`` with gates and weights at their posterior mean (``mean``), sampled from q
         (``sample``; the batch holds ``num_samples`` sample-major copies of its rows, see
         :func:`~bara_pyro.inference.predict`), every gate fixed to 1 (``ones``: plain LoRA at the mean
-        weights), or with the adapters off (``off``)."""
+        weights), or with the adapters off (``off``).  ``copied=False`` (mode ``sample``, where
+        :meth:`draws_from_one_copy` holds): the batch holds each of its ``n`` rows once, and the scores of the
+        ``S`` copies, ``(S * n, C)``, are drawn from them."""
         if mode not in ("mean", "sample", "ones", "off"):
             raise ValueError(f"prediction mode must be 'mean', 'sample', 'ones' or 'off', got {mode!r}")
+        if not copied and not (mode == "sample" and self.draws_from_one_copy(num_samples)):
+            raise ValueError("copied=False needs mode 'sample' and a predictive that draws from one copy "
+                             "(draws_from_one_copy)")
         with pyro.validation_enabled(False):
             family = self.config.components.weights
-            if (mode == "sample" and family.sampled_scores is not None and self._adapter_items
-                    and family.samples_without_latent_sites(self._adapter_items[0][1])):
-                return family.sampled_scores(self, batch, int(num_samples))
+            if self._family_samples(mode):
+                return family.sampled_scores(self, batch, int(num_samples), copied=copied)
             self._prepare(batch, mode)
             self.ctx.num_samples = int(num_samples)
             return self.forward_fn(self.backbone, batch)
+
+    def _family_samples(self, mode: str) -> bool:
+        family = self.config.components.weights
+        return (mode == "sample" and family.sampled_scores is not None and bool(self._adapter_items)
+                and family.samples_without_latent_sites(self._adapter_items[0][1]))
+
+    def draws_from_one_copy(self, num_samples: int) -> bool:
+        """Whether sampled prediction needs each row once (``scores(..., copied=False)``): the weight family's
+        predictive draws the ``S`` copies' scores in function space (e.g. Laplace's linearised predictive)."""
+        return (num_samples > 0 and self._family_samples("sample")
+                and self.config.components.weights.draws_from_one_copy(num_samples))
 
     def gate_statistics(self) -> dict[str, dict[str, torch.Tensor]]:
         """Statistics recorded by the last forward pass when ``ctx.collect_stats`` was set."""

@@ -97,9 +97,15 @@ class WeightFamily(Component):
         """Whether prediction in mode 'sample' draws from a posterior that is not a Pyro site (e.g. SWAG)."""
         return False
 
-    #: ``sampled_scores(model, batch, num_samples) -> scores``: a predictive that replaces the forward pass in mode
-    #: 'sample' once :meth:`samples_without_latent_sites` holds (e.g. Laplace's linearised predictive); None: none.
+    #: ``sampled_scores(model, batch, num_samples, copied=True) -> scores``: a predictive that replaces the forward
+    #: pass in mode 'sample' once :meth:`samples_without_latent_sites` holds (e.g. Laplace's linearised predictive);
+    #: None: none.  ``copied=False`` (only where :meth:`draws_from_one_copy` holds): the batch holds each row once.
     sampled_scores = None
+
+    def draws_from_one_copy(self, num_samples: int) -> bool:
+        """Whether :attr:`sampled_scores` can draw the ``S`` sample-major copies' scores from a batch that holds each
+        row once (a predictive in function space), so that prediction collates and runs each row once."""
+        return False
 
     def prediction_rows(self, num_samples: int) -> int | None:
         """At most this many examples per sampled prediction pass (e.g. 1 when a pass takes each output's Jacobian,

@@ -108,8 +108,11 @@ class LaplaceWeights(WeightFamily):
     def samples_without_latent_sites(self, adapter) -> bool:
         return laplace_fitted(adapter)
 
-    def sampled_scores(self, model, batch, num_samples: int) -> torch.Tensor:
-        return laplace_sampled_scores(self, model, batch, num_samples)
+    def sampled_scores(self, model, batch, num_samples: int, copied: bool = True) -> torch.Tensor:
+        return laplace_sampled_scores(self, model, batch, num_samples, copied)
+
+    def draws_from_one_copy(self, num_samples: int) -> bool:
+        return self.predictive == "glm"
 
     def prediction_rows(self, num_samples: int) -> int | None:
         return laplace_prediction_rows(self, num_samples)
@@ -276,17 +279,24 @@ def laplace_of(family, model):
     return la
 
 
-def laplace_sampled_scores(family, model, batch, num_samples: int) -> torch.Tensor:
+def laplace_sampled_scores(family, model, batch, num_samples: int, copied: bool = True) -> torch.Tensor:
     """Scores ``(S * n, C)`` of a batch holding ``S`` sample-major copies of ``n`` examples, one posterior draw per
-    copy: in function space (``glm``) or as weight draws put in ``ctx.weights`` for the forward pass (``nn``)."""
+    copy: in function space (``glm``) or as weight draws put in ``ctx.weights`` for the forward pass (``nn``).
+    ``copied=False`` (``glm`` only): the batch holds the ``n`` examples once."""
     la = laplace_of(family, model)
     if family.predictive == "glm":  # every copy gets its own draw of f
-        f_mu, f_var = _glm_of_copies(la, model, batch, num_samples)
+        if copied:
+            f_mu, f_var = _glm_of_copies(la, model, batch, num_samples)
+        else:
+            f_mu, f_var = _glm(la, batch)
+            f_mu, f_var = f_mu.repeat(num_samples, 1), f_var.repeat(num_samples, 1, 1)
         finite = torch.isfinite(f_mu)  # missing choices score -inf and stay there
         eye = torch.eye(f_var.shape[-1], dtype=f_var.dtype, device=f_var.device)
         chol = torch.linalg.cholesky_ex(f_var + CHOLESKY_JITTER * eye)[0]
         noise = (chol @ torch.randn_like(f_mu).unsqueeze(-1)).squeeze(-1)
         return torch.where(finite, f_mu + noise, f_mu)
+    if not copied:
+        raise ValueError("the sampled-weights predictive (predictive: nn) needs the batch's sample-major copies")
     draws = la.sample(num_samples)  # (S, P) in the order of the adapters' parameters
     model._prepare(batch, "sample")
     ctx = model.ctx

@@ -116,15 +116,20 @@ class ProjectedSubspaceWeights(WeightFamily):
         if self.posterior_kind == "laplace":
             fit_laplace(self, model, task, rows, batch_size, progress)
 
-    def sampled_scores(self, model, batch, num_samples: int) -> torch.Tensor:
+    def sampled_scores(self, model, batch, num_samples: int, copied: bool = True) -> torch.Tensor:
         if self.posterior_kind == "laplace":
-            return laplace_sampled_scores(self, model, batch, num_samples)
+            return laplace_sampled_scores(self, model, batch, num_samples, copied)
+        if not copied:
+            raise ValueError("SWAG's predictive draws weights: it needs the batch's sample-major copies")
         model._prepare(batch, "sample")
         model.ctx.num_samples = num_samples
         return model.forward_fn(model.backbone, batch)
 
     def prediction_rows(self, num_samples: int) -> int | None:
         return laplace_prediction_rows(self, num_samples) if self.posterior_kind == "laplace" else None
+
+    def draws_from_one_copy(self, num_samples: int) -> bool:
+        return self.posterior_kind == "laplace" and self.predictive == "glm"
 
     # ----------------------------------------------------------------- SWAG moments
     def after_step(self, adapter, step: int, total_steps: int) -> None:

@@ -87,6 +87,28 @@ def test_linearised_predictive_of_copies_takes_one_jacobian_and_equals_the_whole
     torch.testing.assert_close(var, ref_var, atol=1e-7, rtol=1e-4)
 
 
+def test_prediction_collates_each_row_once_for_the_linearised_predictive(monkeypatch):
+    """predict hands the linearised predictive each row once (no S copies through the backbone), with the same
+    draws as the copies' path; the sampled-weights predictive still gets the copies."""
+    model, task = _trained("diag", prior_precision=1.0)
+    assert model.draws_from_one_copy(4) and not model.draws_from_one_copy(0)
+    sizes, collate = [], task.collate
+    monkeypatch.setattr(task, "collate", lambda rows: sizes.append(len(rows)) or collate(rows))
+    pyro.set_rng_seed(3)
+    once = predict(model, task, ROWS[:6], num_samples=4, batch_size=3, progress=False)
+    assert sizes == [1] * 6  # one row per pass (prediction_rows), collated once
+    sizes.clear()
+    monkeypatch.setattr(model, "draws_from_one_copy", lambda num_samples: False)
+    pyro.set_rng_seed(3)
+    copies = predict(model, task, ROWS[:6], num_samples=4, batch_size=3, progress=False)
+    assert sizes == [4] * 6
+    torch.testing.assert_close(once.sample_probs, copies.sample_probs)
+    with pytest.raises(ValueError, match="copied=False"):
+        model.scores(collate(ROWS[:2]), mode="mean", copied=False)
+    sampled_weights, _ = _trained("diag", predictive="nn")
+    assert not sampled_weights.draws_from_one_copy(4)
+
+
 def test_jacobians_taken_in_chunks_equal_laplace_torchs_and_the_chunk_follows_the_budget(monkeypatch):
     from laplace.curvature import CurvlinopsGGN
 
@@ -124,9 +146,9 @@ def test_linearised_predictive_runs_one_example_per_pass_and_weight_draws_do_not
         seen = []
         real = wl.laplace_sampled_scores
 
-        def spy(fam, mdl, batch, num_samples, real=real):
-            seen.append(batch.num_examples // num_samples)
-            return real(fam, mdl, batch, num_samples)
+        def spy(fam, mdl, batch, num_samples, copied=True, real=real):
+            seen.append(batch.num_examples // (num_samples if copied else 1))
+            return real(fam, mdl, batch, num_samples, copied)
 
         wl.laplace_sampled_scores, saved = spy, wl.laplace_sampled_scores
         try:
