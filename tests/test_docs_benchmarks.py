@@ -76,6 +76,7 @@ SEED1_DIR = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_seed1"
 SEED2_DIR = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_seed2"
 LRGRID_MD = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_lrgrid" / "grid" / "results.md"
 PRIOR_DIR = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_singular_prior" / "grid"
+LR1E3_DIR = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_lr1e-3"
 SUITE_ORDER = ["winogrande_s", "arc_challenge", "arc_easy", "winogrande_m", "openbookqa", "boolq"]
 
 
@@ -152,3 +153,21 @@ def test_section6_prior_table_is_the_prior_grid():
         for col, key in ((4, "effective_rank"), (5, "update_rank")):
             values = [m[key] for m in metrics]
             assert cells[col] == f"{min(values):.2f}-{max(values):.2f}", (name, key)
+
+
+def test_section7_tables_and_ranks_are_the_lr1e3_runs():
+    docs, results = DOCS.read_text(), (LR1E3_DIR / "results.md").read_text()
+    docs = docs[docs.index("### 7. "):docs.index("## KL ablation")]
+    for docs_header, title in (("| lr 1e-3, seed 1: ACC (%) |", "ACC (%), test"),
+                               ("| lr 1e-3, seed 1: NLL |", "NLL, test"),
+                               ("| lr 1e-3, seed 1: ECE (%) |", "ECE (%), test")):
+        assert _table_rows(docs, docs_header) == _table_rows(_results_section(results, title), "| Method |"), title
+    metrics = [json.loads(p.read_text()) for p in sorted(LR1E3_DIR.glob("runs/bara_singular/*/seed1/metrics.json"))]
+    assert len(metrics) == 6
+    ranks = [m["effective_rank"] for m in metrics]
+    layers = [r for m in metrics for r in m["effective_rank_per_layer"].values()]
+    updates = [m["update_rank"] for m in metrics]
+    docs = " ".join(docs.split())  # the prose wraps
+    assert f"{min(ranks):.2f}-{max(ranks):.2f} over the tasks (mean {sum(ranks) / 6:.2f})" in docs
+    assert f"per layer {min(layers):.2f}-{max(layers):.2f}" in docs
+    assert f"{min(updates):.2f}-{max(updates):.2f} directions per layer" in docs
