@@ -368,7 +368,8 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
     if not gated and len(models) == 1 and pred is not None and pred.effective_rank:  # e.g. rank-wise dropout's pruning
         rank = dict(pred.effective_rank)
         metrics["effective_rank"], metrics["effective_rank_per_layer"] = rank.pop("joint", None), rank
-    if gated:
+    gates = None
+    if gated and ev["gate_examples"] != 0:  # 0: no gate export (no gates.npz, no effective or update rank)
         split = "test" if "test" in ev["splits"] and len(data["test"]) else ev["splits"][0]
         split = split if len(data[split]) else "validation"
         rows = _subset(data[split], ev["gate_examples"])
@@ -378,10 +379,11 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
         metrics["effective_rank"] = rank.pop("joint", None)
         metrics["effective_rank_per_layer"] = rank
     metrics["update_rank"], metrics["update_rank_per_layer"] = None, {}
-    if len(models) == 1:  # an ensemble has one update per member
+    # an ensemble has one update per member; a gated update's mean needs the exported gates
+    if len(models) == 1 and (gates is not None or not gated):
         from .analysis.update_spectrum import update_ranks
 
-        per_layer = update_ranks(models[0], gates if gated else None)
+        per_layer = update_ranks(models[0], gates)
         if per_layer:
             metrics["update_rank"] = float(np.mean(list(per_layer.values())))
             metrics["update_rank_per_layer"] = per_layer

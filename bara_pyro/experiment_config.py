@@ -163,10 +163,11 @@ def validate_config(config: dict) -> dict:
     splits = ev["splits"]
     if not (isinstance(splits, list) and splits and all(s in ("validation", "test") for s in splits)):
         raise ConfigError(f"eval.splits must be a non-empty list of 'validation'/'test', got {splits!r}")
-    for key in ("max_examples", "gate_examples", "importance_draws"):
+    for key, least in (("max_examples", 1), ("gate_examples", 0), ("importance_draws", 0)):
         v = ev[key]
-        if v is not None and not (isinstance(v, int) and v >= 0):
-            raise ConfigError(f"eval.{key} must be a non-negative integer or null, got {v!r}")
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= least):
+            kind = "positive" if least else "non-negative"
+            raise ConfigError(f"eval.{key} must be a {kind} integer or null, got {v!r}")
     members = config["ensemble"]["members"]
     if not (isinstance(members, int) and not isinstance(members, bool) and members >= 1):
         raise ConfigError(f"ensemble.members must be a positive integer, got {members!r}")

@@ -32,3 +32,12 @@ def test_a_run_of_another_config_is_never_reused(tmp_path):
 
     again = run_experiment(_config(2e-2), run, progress=False)  # the same config: the trained adapter is reused
     assert again["train_time_s"] == 0.0 and again["test"]["accuracy"] == replaced["test"]["accuracy"]
+
+
+def test_no_gate_examples_means_no_gate_export(tmp_path):
+    """eval.gate_examples=0 skips the gate export (no gates.npz, no effective rank) instead of predicting on no rows."""
+    config = load_config(method="bara", overrides=TINY + ["eval.gate_examples=0", "eval.importance_draws=0"])
+    metrics = run_experiment(config, tmp_path / "run", progress=False)
+    assert metrics["effective_rank"] is None and metrics["update_rank"] is None
+    assert not (tmp_path / "run" / "gates.npz").exists()
+    assert metrics["test"]["num_examples"] == 16
