@@ -42,6 +42,9 @@
 #   singular_ard_off_g4  singular_ard_off with adapter.gamma0=4
 #   singular_ard_off_g2  singular_ard_off with adapter.gamma0=2
 #   singular_ard_off_g3  singular_ard_off with adapter.gamma0=3
+#   singular_ard_off_g3_delay100  singular_ard_off_g3 with the gates held still for the first 100 steps
+#                     (train.guide_delay_steps=100)
+#   singular_ard_off_g3_delay200  the same for the first 200 steps
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
@@ -65,7 +68,7 @@ VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learn
           singular singular_one_lr singular_1600 singular_one_lr_1600 singular_kl_warm singular_glr_mid singular_no_gates
           singular_no_gates_orth10 singular_orth100 singular_no_gates_no_kl singular_no_gates_tau_small
           singular_ard_off singular_ard_off_one_lr singular_g4 singular_ard_off_g4
-          singular_ard_off_g2 singular_ard_off_g3}
+          singular_ard_off_g2 singular_ard_off_g3 singular_ard_off_g3_delay100 singular_ard_off_g3_delay200}
 for name in $VARIANTS; do
   dir=$OUT/$name
   [ -f "$dir/metrics.json" ] && continue
@@ -105,6 +108,10 @@ for name in $VARIANTS; do
     singular_ard_off_g4) method=bara_singular; extra=(adapter.weights.ard=off adapter.gamma0=4) ;;
     singular_ard_off_g2) method=bara_singular; extra=(adapter.weights.ard=off adapter.gamma0=2) ;;
     singular_ard_off_g3) method=bara_singular; extra=(adapter.weights.ard=off adapter.gamma0=3) ;;
+    singular_ard_off_g3_delay100) method=bara_singular; extra=(adapter.weights.ard=off adapter.gamma0=3
+                                  train.guide_delay_steps=100) ;;
+    singular_ard_off_g3_delay200) method=bara_singular; extra=(adapter.weights.ard=off adapter.gamma0=3
+                                  train.guide_delay_steps=200) ;;
     singular_no_gates_no_kl) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off train.kl_warmup_steps=1000000000) ;;
     singular_no_gates_tau_small) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off adapter.weights.init_scale=0.0001) ;;
     *) echo "unknown variant $name"; exit 2 ;;

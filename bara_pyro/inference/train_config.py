@@ -25,6 +25,9 @@ class TrainConfig:
     guide_lr: float | None = field(default=None, metadata={
         "help": "learning rate of the gate priors' variational parameters and the amortized gate networks "
                 "(null: same as lr); variational parameters often need a larger step than the LoRA factors"})
+    guide_delay_steps: int = field(default=0, metadata={
+        "help": "the gates' variational parameters and gate networks hold still (learning rate 0) for these first "
+                "steps, while the update they gate grows from zero"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "fraction of steps of linear LR warm-up"})
     lr_schedule: str = field(default="linear", metadata={"help": "'linear' decay to 0 after warm-up, or 'constant'"})
@@ -70,7 +73,7 @@ class TrainConfig:
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                  f"{name} must be a positive integer, got {v!r}")
-        for name in ("kl_warmup_steps", "checkpoint_every", "seed"):
+        for name in ("kl_warmup_steps", "guide_delay_steps", "checkpoint_every", "seed"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                  f"{name} must be a non-negative integer, got {v!r}")

@@ -147,9 +147,11 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     use_svi = config.estimator == "svi"
     # CUDA graphs for the fused estimator on one GPU (the SVI path stays eager: Pyro's traces run in Python)
     graphs = config.graphs and device.type == "cuda" and not use_svi and dp is None
-    optim = TorchOptimizer(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay,
-                           clip_norm=config.clip_norm,
-                           lr_lambda=warmup_linear_decay(config.steps, config.warmup_ratio, config.lr_schedule),
+    groups = _param_groups(model, config)
+    schedule = warmup_linear_decay(config.steps, config.warmup_ratio, config.lr_schedule)
+    optim = TorchOptimizer(groups, lr=config.lr, weight_decay=config.weight_decay, clip_norm=config.clip_norm,
+                           lr_lambda=[_delayed(schedule, config.guide_delay_steps) if g.get("gates") else schedule
+                                      for g in groups],
                            tensor_lr=graphs)
     start_step = 0
     if resume and run_dir is not None:
@@ -316,14 +318,21 @@ def _mean_over_processes(row: dict, dp: DataParallel) -> dict:
 
 
 def _param_groups(model, config: TrainConfig) -> list[dict]:
-    """Two AdamW groups: the gates' variational parameters (at ``guide_lr``) and everything else (at ``lr``)."""
+    """Two AdamW groups: the gates' variational parameters (at ``guide_lr``, marked ``gates``) and everything else
+    (at ``lr``); one group when neither ``guide_lr`` nor ``guide_delay_steps`` sets them apart."""
     params = model.trainable_parameters()
-    if config.guide_lr is None:
+    if config.guide_lr is None and not config.guide_delay_steps:
         return [{"params": params}]
     gate_ids = {id(p) for _, g in getattr(model, "gates", []) for p in g.parameters()}
     gate = [p for p in params if id(p) in gate_ids]
     rest = [p for p in params if id(p) not in gate_ids]
-    return [g for g in ({"params": rest}, {"params": gate, "lr": config.guide_lr}) if g["params"]]
+    gate_group = {"params": gate, "gates": True, **({"lr": config.guide_lr} if config.guide_lr is not None else {})}
+    return [g for g in ({"params": rest}, gate_group) if g["params"]]
+
+
+def _delayed(schedule, delay: int):
+    """``schedule`` held at 0 for the first ``delay`` steps."""
+    return schedule if not delay else (lambda step: 0.0 if step < delay else schedule(step))
 
 
 def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: float) -> dict:

@@ -23,6 +23,8 @@ def run_cli(*args, cwd=None):
     (["train", "--set", "train.lr=-0.1"], "lr must be a positive number"),
     (["train", "--set", "adapter.temperature=0"], "temperature"),
     (["train", "--set", "train.stepz=3"], "unknown train field"),
+    (["train", "--set", "eval.max_examples=0"], "eval.max_examples must be a positive integer or null"),
+    (["train", "--set", "train.guide_delay_steps=-1"], "guide_delay_steps must be a non-negative integer"),
     (["train", "--method", "no-such-method"], "no-such-method"),
     (["evaluate", "/no/such/run"], "not a run directory"),
 ])

@@ -119,3 +119,22 @@ def test_a_device_this_machine_lacks_is_a_clear_error(name, message):
     with pytest.raises(ValueError, match=message):
         resolve_device(name)
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("guide_lr", [None, 0.05])
+def test_guide_delay_holds_the_gates_and_trains_the_rest(guide_lr):
+    """train.guide_delay_steps: the gates' parameters stay at their start for those steps, the rest moves; then
+    both move."""
+    task = TokenTask()
+    model = get_bara_model(make_tiny_bert(num_labels=2), BaRAConfig(r=4, gamma0=2.0), forward_fn=task.scores)
+    gate_ids = {id(p) for _, g in model.gates for p in g.parameters()}
+    params = model.trainable_parameters()
+    start = [p.detach().clone() for p in params]
+    config = dict(batch_size=8, lr=1e-2, guide_lr=guide_lr, guide_delay_steps=3, warmup_ratio=0.0,
+                  checkpoint_every=0, estimator="fused")
+    fit(model, task, toy_rows(), TrainConfig(steps=3, **config), progress=False)
+    moved = {id(p): not torch.equal(p.detach(), s) for p, s in zip(params, start)}
+    assert gate_ids and not any(moved[i] for i in gate_ids)
+    assert any(m for i, m in moved.items() if i not in gate_ids)
+    fit(model, task, toy_rows(), TrainConfig(steps=5, **config), progress=False)  # a fresh run of 5 steps
+    assert any(not torch.equal(p.detach(), s) for p, s in zip(params, start) if id(p) in gate_ids)
