@@ -508,7 +508,9 @@ def test_targets_for_a_variant_of_bara(capsys):
     assert all(t["status"] == "not evaluated" for t in quality.aggregate(records, ["lora", "blob", "bara_x"],
                                                                          TASKS, rank_budget=8)["targets"])
     assert quality.main(["--targets-for", "lora", "--dry-run"]) == 2
-    assert "error: --targets-for 'lora' must be bara or a --variant NAME=bara" in capsys.readouterr().err
+    assert "error: --targets-for 'lora' must be a BaRA preset" in capsys.readouterr().err
+    assert quality.main(["--targets-for", "bara_singular", "--methods", "lora,bara_singular", "--dry-run"]) == 0
+    capsys.readouterr()
     assert quality.main(["--targets-for", "blob_x", "--variant", "blob_x=blob", "--dry-run"]) == 2
     assert "--targets-for 'blob_x'" in capsys.readouterr().err
 

@@ -211,7 +211,7 @@ class Options:
     gpus: list[int] | None = None  # GPUs a local Ray instance spreads the runs over (None: every visible one)
     address: str | None = None  # a running Ray cluster to schedule the runs on (None: this machine)
     gpu_share: float | None = None  # GPUs per run (None: the GPUs shared evenly by --workers runs)
-    targets_for: str = "bara"  # the method whose targets (TARGETS) are checked: bara or a --variant of it
+    targets_for: str = "bara"  # the method whose targets (TARGETS) are checked: a BaRA preset or a --variant of one
 
     def preset(self, method: str) -> str:
         """The packaged preset a method (or a ``--variant``) starts from."""
@@ -770,12 +770,13 @@ def _mean(agg: dict, method: str) -> float | None:
 
 
 def target_label(method: str) -> str:
-    """How results name the method the targets are checked for: ``BaRA``, or ``BaRA (variant)``."""
+    """How results name the method the targets are checked for: ``BaRA``, or ``BaRA (name)`` for another BaRA
+    preset or a variant."""
     return "BaRA" if method == "bara" else f"BaRA ({method})"
 
 
 def check_targets(aggregates: dict, rank_budget: float | None, method: str = "bara") -> list[dict]:
-    """The protocol's targets (:data:`TARGETS`) for BaRA (``method``: the preset or a variant of it) against
+    """The protocol's targets (:data:`TARGETS`) for BaRA (``method``: a BaRA preset or a variant of one) against
     LoRA (MLE) on the across-task test means: met / missed / not evaluated."""
     name = target_label(method)
     test = aggregates["test"]
@@ -929,7 +930,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-variant-for", default="bara", metavar="METHOD",
                    help="the method the chosen values are printed for (default bara)")
     p.add_argument("--targets-for", default="bara", metavar="METHOD",
-                   help="the method (bara or a --variant of it) whose targets are checked (default bara)")
+                   help="the method whose targets are checked: a BaRA preset (bara, bara_slab, bara_singular, ...) "
+                        "or a --variant of one (default bara)")
     p.add_argument("--ood-run", help=argparse.SUPPRESS)  # internal: OOD-evaluate one run dir (worker subprocess)
     return p
 
@@ -957,10 +959,11 @@ def _options(args, argv: list[str]) -> Options:
         gpu_share=args.gpu_share,
         targets_for=args.targets_for,
     )
-    if opts.preset(opts.targets_for) != "bara":
+    if not opts.preset(opts.targets_for).startswith("bara"):
         from ..models.config import ConfigError
 
-        raise ConfigError(f"--targets-for {opts.targets_for!r} must be bara or a --variant NAME=bara")
+        raise ConfigError(f"--targets-for {opts.targets_for!r} must be a BaRA preset (bara, bara_slab, "
+                          f"bara_singular, ...) or a --variant of one")
     return opts
 
 
