@@ -45,6 +45,9 @@
 #   singular_ard_off_g3_delay100  singular_ard_off_g3 with the gates held still for the first 100 steps
 #                     (train.guide_delay_steps=100)
 #   singular_ard_off_g3_delay200  the same for the first 200 steps
+#   singular_ard_off_g3_ctx3   singular_ard_off_g3 with the context weights' prior scale 3 (default 1):
+#                     adapter.prior.sparsity.context_scale=3
+#   singular_ard_off_g3_ctx03  the same with 0.3
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
@@ -68,7 +71,8 @@ VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learn
           singular singular_one_lr singular_1600 singular_one_lr_1600 singular_kl_warm singular_glr_mid singular_no_gates
           singular_no_gates_orth10 singular_orth100 singular_no_gates_no_kl singular_no_gates_tau_small
           singular_ard_off singular_ard_off_one_lr singular_g4 singular_ard_off_g4
-          singular_ard_off_g2 singular_ard_off_g3 singular_ard_off_g3_delay100 singular_ard_off_g3_delay200}
+          singular_ard_off_g2 singular_ard_off_g3 singular_ard_off_g3_delay100 singular_ard_off_g3_delay200
+          singular_ard_off_g3_ctx3 singular_ard_off_g3_ctx03}
 for name in $VARIANTS; do
   dir=$OUT/$name
   [ -f "$dir/metrics.json" ] && continue
@@ -112,6 +116,10 @@ for name in $VARIANTS; do
                                   train.guide_delay_steps=100) ;;
     singular_ard_off_g3_delay200) method=bara_singular; extra=(adapter.weights.ard=off adapter.gamma0=3
                                   train.guide_delay_steps=200) ;;
+    singular_ard_off_g3_ctx3) method=bara_singular; extra=(adapter.weights.ard=off adapter.gamma0=3
+                              adapter.prior.sparsity.context_scale=3) ;;
+    singular_ard_off_g3_ctx03) method=bara_singular; extra=(adapter.weights.ard=off adapter.gamma0=3
+                               adapter.prior.sparsity.context_scale=0.3) ;;
     singular_no_gates_no_kl) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off train.kl_warmup_steps=1000000000) ;;
     singular_no_gates_tau_small) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off adapter.weights.init_scale=0.0001) ;;
     *) echo "unknown variant $name"; exit 2 ;;
