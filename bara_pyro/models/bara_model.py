@@ -409,12 +409,13 @@ class BaRAModel(PyroModule):
         ``S`` copies, ``(S * n, C)``, are drawn from them."""
         if mode not in ("mean", "sample", "ones", "off"):
             raise ValueError(f"prediction mode must be 'mean', 'sample', 'ones' or 'off', got {mode!r}")
-        if not copied and not (mode == "sample" and self.draws_from_one_copy(num_samples)):
+        family = self.config.components.weights
+        family_samples = self._family_samples(mode)
+        if not copied and not (family_samples and num_samples > 0 and family.draws_from_one_copy(num_samples)):
             raise ValueError("copied=False needs mode 'sample' and a predictive that draws from one copy "
                              "(draws_from_one_copy)")
         with pyro.validation_enabled(False):
-            family = self.config.components.weights
-            if self._family_samples(mode):
+            if family_samples:
                 return family.sampled_scores(self, batch, int(num_samples), copied=copied)
             self._prepare(batch, mode)
             self.ctx.num_samples = int(num_samples)
