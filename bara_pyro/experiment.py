@@ -434,7 +434,8 @@ def read_prediction(arrays, prefix: str = "") -> Prediction:
 
 def export_gates(model, task, tokenizer, rows, train_rows, config, progress: bool = False) -> dict:
     """Arrays for ``gates.npz``: q(pi), q(lambda) parameters (L, r); per-token q(z=1) and E[g] on ``rows``
-    (L, n_tokens, r); one example's token-level gate map; PSIS log importance weights of the globals."""
+    (L, n_tokens, r); each component's norm in the mean update (L, r); one example's token-level gate map; PSIS
+    log importance weights of the globals."""
     gates = [(p, a.gate) for p, a in model.adapter_items if a.gate is not None]
     out: dict = {"layer_names": np.asarray([p for p, _ in gates])}
     for key in ("pi_alpha", "pi_beta", "lambda_shape", "lambda_rate"):
@@ -452,6 +453,10 @@ def export_gates(model, task, tokenizer, rows, train_rows, config, progress: boo
         out["token_gate_prob"] = np.stack([pred.token_stats[p]["token_prob"].numpy() for p, _ in gates])
         out["token_expected_gate"] = np.stack([pred.token_stats[p]["token_expected_gate"].numpy() for p, _ in gates])
     out["_effective_rank"] = dict(pred.effective_rank)
+    from .analysis.update_spectrum import component_norms
+
+    norms = component_norms(model)
+    out["component_norm"] = np.stack([norms[p] for p, _ in gates])
     tokens, example = _example_gate_map(model, task, tokenizer, rows[0], gates)
     if tokens is not None:
         out["example_tokens"], out["example_gate_prob"] = tokens, example

@@ -34,6 +34,8 @@ def make_gates(seed: int = 0, n_tokens: int = 12, n_weights: int = 400) -> dict[
     token_prob[2, :, 3] = rng.uniform(0.0, 0.004, size=n_tokens)
     shape = rng.uniform(5.0, 30.0, size=(n_layers, RANK))
     rate = shape / rng.uniform(0.5, 2.0, size=(n_layers, RANK))
+    norm = rng.uniform(0.3, 2.0, size=(n_layers, RANK))
+    norm[0, 1] = 0.01  # carries almost none of its layer's update
     n_example = len(TOKENS)
     example_logits = np.log(mean / (1 - mean))[:, None, :] + rng.normal(0.0, 1.2, size=(n_layers, n_example, RANK))
     return {
@@ -44,6 +46,7 @@ def make_gates(seed: int = 0, n_tokens: int = 12, n_weights: int = 400) -> dict[
         "lambda_rate": rate,
         "token_gate_prob": token_prob,
         "token_expected_gate": token_prob * (shape / rate)[:, None, :],
+        "component_norm": norm,
         "example_tokens": np.asarray(TOKENS),
         "example_gate_prob": _sigmoid(example_logits),
         "log_importance_weights": rng.normal(-1500.0, 0.3, size=n_weights),

@@ -5,6 +5,7 @@ import pytest
 from _analysis_runs import DEAD, LAYER_NAMES, RANK, make_gates, make_run_dir, make_train_log
 
 from bara_pyro.analysis import (
+    component_usage,
     dead_components,
     effective_rank,
     kl_traces,
@@ -53,6 +54,34 @@ def test_effective_rank():
     assert np.allclose(er.per_layer, p.sum(-1).mean(1))
     assert np.allclose(er.per_token, p.sum(-1).mean(0))
     assert 0 < er.overall < RANK
+
+
+def test_component_usage_splits_the_effective_rank():
+    """Carrying components are those at >= threshold of their layer's largest norm; the others' usage, summed per
+    layer and averaged over layers, is their part of the joint effective rank."""
+    gates = dict(make_gates())
+    probs = np.full((3, 12, RANK), 0.5)
+    probs[0, :, 0] = 1.0
+    probs[0, :, 3] = 0.25
+    norm = np.array([[4.0, 2.0, 0.5, 0.1], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    gates.update(token_gate_prob=probs, component_norm=norm)
+    usage = component_usage(gates, threshold=0.2)
+    np.testing.assert_array_equal(usage.carrying, [[True, True, False, False], [True] * 4, [False] * 4])
+    np.testing.assert_allclose(usage.relative_norm[0], [1.0, 0.5, 0.125, 0.025])
+    np.testing.assert_allclose(usage.usage, probs.mean(1))
+    assert usage.carrying_usage == pytest.approx((1.0 + 0.5 + 4 * 0.5) / 6)
+    assert usage.spare_usage == pytest.approx((0.5 + 0.25 + 4 * 0.5) / 6)
+    assert usage.spare_rank == pytest.approx(((0.5 + 0.25) + 0.0 + 2.0) / 3)
+    assert effective_rank(gates).overall == pytest.approx(usage.spare_rank + usage.usage[usage.carrying].sum() / 3)
+    assert component_usage(gates, threshold=0.6).carrying[0].tolist() == [True, False, False, False]
+    with pytest.raises(ValueError, match="threshold"):
+        component_usage(gates, threshold=0.0)
+    gates["component_norm"] = norm[:, :2]
+    with pytest.raises(ValueError, match="component_norm has shape"):
+        component_usage(gates)
+    del gates["component_norm"]
+    with pytest.raises(KeyError, match="component_norm"):
+        component_usage(gates)
 
 
 def test_kl_traces_bayesian_and_plain():

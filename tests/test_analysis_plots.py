@@ -5,6 +5,7 @@ from matplotlib.figure import Figure
 
 from bara_pyro.analysis import (
     global_posterior_idata,
+    plot_component_usage,
     plot_effective_rank_distribution,
     plot_forest_pi,
     plot_rank_usage,
@@ -26,6 +27,7 @@ def gates():
         pytest.param(lambda g: plot_rank_usage(g), id="rank_usage"),
         pytest.param(lambda g: plot_effective_rank_distribution(g), id="effective_rank"),
         pytest.param(lambda g: plot_token_gate_map(g), id="token_gate_map"),
+        pytest.param(lambda g: plot_component_usage(g), id="component_usage"),
         pytest.param(lambda g: plot_forest_pi(global_posterior_idata(g, num_draws=300)), id="forest_pi"),
         pytest.param(
             lambda g: plot_reliability(**{k: make_predictions()[k] for k in ("probs", "labels")}), id="reliability"

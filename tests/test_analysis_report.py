@@ -74,6 +74,7 @@ def test_report_content(report):
         "k-hat",
         "Dead components",
         "Effective rank",
+        "Usage against size",
         "elpd_loo",
         "R-hat",
         "az.summary of pi",

@@ -72,6 +72,11 @@ def test_method_trains_on_instructions_and_round_trips_through_peft(runs, method
         gates = np.load(run_dir / "gates.npz")
         tokens, example = gates["example_tokens"], gates["example_gate_prob"]
         assert example.shape[:2] == (len(result.fixed), len(tokens)) and len(tokens) > 3  # per-token gates
+        from bara_pyro.analysis import component_norms
+
+        norms = component_norms(model)  # the report's usage-against-size: each component's norm, in layer order
+        np.testing.assert_allclose(gates["component_norm"], np.stack([norms[str(p)] for p in gates["layer_names"]]),
+                                   rtol=1e-5)
         prompt = data["validation"][0]["prompt"]  # the report's token gate map: a real example, prompt + response
         assert "".join(str(t) for t in tokens).replace("\u0120", " ").startswith(prompt.split()[0])
         from bara_pyro.analysis.plots import plot_token_gate_map

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bara_pyro import BaRAConfig, get_bara_model
-from bara_pyro.analysis import spectral_effective_rank, update_ranks, update_singular_values
+from bara_pyro.analysis import component_norms, spectral_effective_rank, update_ranks, update_singular_values
 from bara_pyro.inference import TrainConfig, fit
 from bara_pyro.methods import load_preset
 from bara_pyro.models import GaussianLikelihood
@@ -53,6 +53,26 @@ def test_singular_values_are_those_of_the_dense_update(method):
     ungated = update_singular_values(model)[path]
     np.testing.assert_allclose(ungated, torch.linalg.svdvals((adapter.scaling * b @ a).double())[:adapter.r].numpy(),
                                rtol=1e-6)
+
+
+def test_component_norms():
+    """Each component's norm in the mean update, ``(alpha / r) |B_:k| |A_k:|``; with ``bara_singular``'s orthonormal
+    factors these are the update's singular values, the magnitudes folded into B."""
+    torch.manual_seed(0)
+    model, _ = _model("lora", low_rank_update(2))
+    (path, adapter), = model.adapter_items
+    with torch.no_grad():
+        adapter.lora_B.weight.normal_()
+    a, b = adapter.lora_A.weight.detach().double(), adapter.lora_B.weight.detach().double()
+    expected = [adapter.scaling * float(b[:, k].norm() * a[k].norm()) for k in range(adapter.r)]
+    np.testing.assert_allclose(component_norms(model)[path], expected, rtol=1e-6)
+
+    model, _ = _model("bara_singular", low_rank_update(2))
+    (path, adapter), = model.adapter_items
+    with torch.no_grad():
+        adapter.lora_S_loc.copy_(torch.linspace(-1.0, 2.0, adapter.r).unsqueeze(0))
+    norms = component_norms(model)[path]
+    np.testing.assert_allclose(np.sort(norms)[::-1], update_singular_values(model)[path], rtol=1e-5)
 
 
 def test_update_ranks_fold_the_recorded_gate_means():

@@ -25,10 +25,13 @@ if TYPE_CHECKING:  # the names, for type checkers and the API site; at run time 
         token_gate_dataset,
     )
     from .diagnostics import (
+        DEFAULT_CARRY_THRESHOLD,
         DEFAULT_DEAD_THRESHOLD,
+        ComponentUsage,
         EffectiveRank,
         KLTraces,
         ReliabilityBins,
+        component_usage,
         dead_components,
         effective_rank,
         kl_traces,
@@ -38,6 +41,7 @@ if TYPE_CHECKING:  # the names, for type checkers and the API site; at run time 
         reliability_bins,
     )
     from .plots import (
+        plot_component_usage,
         plot_effective_rank_distribution,
         plot_rank_usage,
         plot_reliability,
@@ -47,13 +51,15 @@ if TYPE_CHECKING:  # the names, for type checkers and the API site; at run time 
     )
     from .report import write_report
     from .rundir import GatesLike, RunData, as_arrays, load_npz, load_run, read_train_log
-    from .update_spectrum import spectral_effective_rank, update_ranks, update_singular_values
+    from .update_spectrum import component_norms, spectral_effective_rank, update_ranks, update_singular_values
 
 # searched in this order on first use of a name: the light modules before those that import matplotlib or ArviZ
 _SUBMODULES = ("diagnostics", "rundir", "update_spectrum", "plots", "arviz_data", "report")
 
 __all__ = [
+    "DEFAULT_CARRY_THRESHOLD",
     "DEFAULT_DEAD_THRESHOLD",
+    "ComponentUsage",
     "EffectiveRank",
     "GLOBAL_VARS",
     "GatesLike",
@@ -63,6 +69,8 @@ __all__ = [
     "RunData",
     "as_arrays",
     "compare",
+    "component_norms",
+    "component_usage",
     "dead_components",
     "effective_rank",
     "global_posterior_idata",
@@ -72,6 +80,7 @@ __all__ = [
     "load_run",
     "log_predictive_density",
     "loo",
+    "plot_component_usage",
     "plot_effective_rank_distribution",
     "plot_forest_pi",
     "plot_rank_usage",

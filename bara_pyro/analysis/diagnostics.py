@@ -22,10 +22,13 @@ import numpy as np
 from .rundir import GatesLike, as_arrays
 
 __all__ = [
+    "DEFAULT_CARRY_THRESHOLD",
     "DEFAULT_DEAD_THRESHOLD",
+    "ComponentUsage",
     "EffectiveRank",
     "KLTraces",
     "ReliabilityBins",
+    "component_usage",
     "dead_components",
     "effective_rank",
     "kl_traces",
@@ -37,6 +40,8 @@ __all__ = [
 
 #: Usage below which a component counts as switched off (used when gates.npz has no ``dead_threshold``).
 DEFAULT_DEAD_THRESHOLD = 0.01
+#: Share of its layer's largest component norm from which a component counts as carrying the update.
+DEFAULT_CARRY_THRESHOLD = 0.2
 
 
 def _require(arrays: Mapping[str, Any], *keys: str) -> None:
@@ -117,6 +122,62 @@ def effective_rank(gates: GatesLike) -> EffectiveRank:
         per_token=per_layer_token.mean(axis=0),
         per_layer_token=per_layer_token,
     )
+
+
+@dataclass(frozen=True)
+class ComponentUsage:
+    r"""How often each component is switched on, against how much of the update it carries.
+
+    :param usage: ``(L, r)`` mean over tokens of :math:`p_{ltk}`, the component's share of the gate rank.
+    :param relative_norm: ``(L, r)`` :math:`\|\Delta W_{lk}\| / \max_j \|\Delta W_{lj}\|` (0 for a zero update).
+    :param carrying: ``(L, r)`` ``relative_norm >= threshold``.
+    :param threshold: the share of the layer's largest norm from which a component carries the update.
+    """
+
+    usage: np.ndarray
+    relative_norm: np.ndarray
+    carrying: np.ndarray
+    threshold: float
+
+    @property
+    def carrying_usage(self) -> float:
+        """Mean usage of the carrying components (nan if none)."""
+        return float(self.usage[self.carrying].mean()) if self.carrying.any() else float("nan")
+
+    @property
+    def spare_usage(self) -> float:
+        """Mean usage of the other components (nan if none)."""
+        return float(self.usage[~self.carrying].mean()) if (~self.carrying).any() else float("nan")
+
+    @property
+    def spare_rank(self) -> float:
+        """The spare components' part of the joint effective rank: ``mean_l sum_k usage_lk [not carrying]``."""
+        return float(np.where(self.carrying, 0.0, self.usage).sum(axis=1).mean())
+
+
+def component_usage(gates: GatesLike, threshold: float = DEFAULT_CARRY_THRESHOLD) -> ComponentUsage:
+    r"""Usage of each component against its size, from ``token_gate_prob`` ``(L, n_tokens, r)`` and
+    ``component_norm`` ``(L, r)``, the Frobenius norm of component ``k``'s part of the mean update,
+    :math:`\|\Delta W_{lk}\| = (\alpha / r) \|B_{:k}\| \|A_{k:}\|` (a magnitude folded into ``B``).
+
+    A component can be switched off two ways: by its gate (usage near 0) or by its size (norm near 0, the gate
+    then left at its prior); the joint effective rank counts the second kind at their usage.  ``carrying``
+    marks the components whose norm is at least ``threshold`` of their layer's largest.
+    """
+    gates = as_arrays(gates)
+    _require(gates, "token_gate_prob", "component_norm")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    probs = np.asarray(gates["token_gate_prob"], float)
+    if probs.shape[1] == 0:
+        raise ValueError("token_gate_prob has no tokens; the usage is undefined")
+    norm = np.asarray(gates["component_norm"], float)
+    if norm.shape != (probs.shape[0], probs.shape[2]):
+        raise ValueError(f"component_norm has shape {norm.shape}, expected {(probs.shape[0], probs.shape[2])}")
+    largest = norm.max(axis=1, keepdims=True)
+    relative = np.divide(norm, largest, out=np.zeros_like(norm), where=largest > 0)
+    return ComponentUsage(usage=probs.mean(axis=1), relative_norm=relative, carrying=relative >= threshold,
+                          threshold=float(threshold))
 
 
 @dataclass(frozen=True)

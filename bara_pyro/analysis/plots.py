@@ -14,10 +14,11 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .diagnostics import effective_rank, kl_traces, posterior_mean_pi, reliability_bins
+from .diagnostics import component_usage, effective_rank, kl_traces, posterior_mean_pi, reliability_bins
 from .rundir import GatesLike, as_arrays
 
 __all__ = [
+    "plot_component_usage",
     "plot_effective_rank_distribution",
     "plot_rank_usage",
     "plot_reliability",
@@ -122,6 +123,30 @@ def plot_effective_rank_distribution(gates: GatesLike) -> Figure:
     ax.set_ylabel(r"expected active components $s_{lt}$")
     ax.set_title(f"Effective rank per token, by layer (r = {rank})")
     ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def plot_component_usage(gates: GatesLike) -> Figure:
+    r"""Each component's usage (mean over tokens of :math:`p_{ltk}`) against its norm in the mean update, relative
+    to its layer's largest (:func:`~bara_pyro.analysis.diagnostics.component_usage`); one dot per (layer,
+    component), the dashed line at the share from which a component counts as carrying the update."""
+    gates = as_arrays(gates)
+    usage = component_usage(gates)
+    fig = _figure(5.0, 3.8)
+    ax = fig.add_subplot()
+    n_layers = usage.usage.shape[0]
+    colours = colormaps["viridis"](np.linspace(0.0, 0.9, n_layers))
+    for layer, label in enumerate(_layer_labels(gates)):
+        ax.scatter(usage.relative_norm[layer], usage.usage[layer], s=40, color=colours[layer], label=label,
+                   linewidths=0, alpha=0.85)
+    ax.axvline(usage.threshold, color="0.4", linestyle="--", linewidth=1)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(r"norm in the mean update / layer's largest")
+    ax.set_ylabel(r"usage: mean over tokens of $p_{ltk}$")
+    ax.set_title("Usage against size of each component")
+    if n_layers <= 24:
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=6, frameon=False)
     return fig
 
 

@@ -24,12 +24,14 @@ import numpy as np
 from . import arviz_data
 from .diagnostics import (
     DEFAULT_DEAD_THRESHOLD,
+    component_usage,
     dead_components,
     effective_rank,
     log_predictive_density,
     posterior_mean_pi,
 )
 from .plots import (
+    plot_component_usage,
     plot_effective_rank_distribution,
     plot_rank_usage,
     plot_reliability,
@@ -89,6 +91,13 @@ _TEXT = {
         "amortized guide's probability that gate k is on. The table compares its average over tokens with "
         "sum_k E[pi_lk], the number of components a layer expects to use a priori for a new token."
     ),
+    "component_usage": (
+        "A component can be switched off by its gate (usage near 0) or by its size (its part of the mean update near "
+        "0, the gate then left near its prior). The joint effective rank counts the second kind at their usage. "
+        "A component carries the update when its norm, (alpha / r) |B_k| |A_k| with a magnitude folded into B, is at "
+        "least the threshold share of its layer's largest; the table gives how many do, how often they are on, and "
+        "what the others add to the effective rank."
+    ),
     "dead": (
         "A component (l, k) is dead when both its posterior mean usage E[pi_lk] and its largest gate probability "
         "over all evaluated tokens are below the threshold tau: it is never switched on and can be pruned."
@@ -112,6 +121,9 @@ _CAPTIONS = {
     "for a new token. Dark cells are components the model has learned not to use.",
     "effective_rank": "Distribution over evaluated tokens of the expected number of active components in each layer "
     "(dots: tokens; box: quartiles). A wide box means the adapter spends different rank on different tokens.",
+    "component_usage": "Usage against size: each dot is one component of one layer, its usage (mean gate "
+    "probability over the evaluated tokens) against its norm in the mean update relative to the layer's largest. "
+    "Dots left of the dashed line carry little of the update whatever their usage.",
     "token_gate_map": "Token-level gate map of one example sentence: the expected number of active components for "
     "each token (rows) in each layer (columns).",
     "forest_pi": "Forest plot of q(pi_lk): median (dot), interquartile range (thick) and 94% HDI (thin) per layer "
@@ -432,6 +444,9 @@ class _Builder:
         self.guide_quality(run, gates)
         if "token_gate_prob" in gates:
             self.effective_rank_table(run, gates)
+        if {"token_gate_prob", "component_norm"} <= set(gates):
+            self.component_usage_table(gates)
+            self.add_figure(run, "component_usage", lambda: plot_component_usage(gates))
         if {"pi_alpha", "pi_beta", "layer_names"} <= set(gates):
             self.dead_table(gates)
             self.add_figure(run, "rank_usage", lambda: plot_rank_usage(gates))
@@ -480,6 +495,17 @@ class _Builder:
             row.append(_fmt(update[name], 3) if name in update else "-")
             rows.append(row)
         doc.table(["layer", "module", "mean s_l over tokens", "sd over tokens", "sum_k E[pi_lk]", "update rank"], rows)
+
+    def component_usage_table(self, gates: dict[str, np.ndarray]) -> None:
+        doc = self.doc
+        usage = component_usage(gates)
+        doc.heading(3, "Usage against size")
+        doc.para(_TEXT["component_usage"])
+        carrying = int(usage.carrying.sum())
+        doc.table(["threshold", "carrying components", "their mean usage", "others' mean usage",
+                   "others' part of the effective rank"],
+                  [[_fmt(usage.threshold), f"{carrying} of {usage.carrying.size}", _fmt(usage.carrying_usage, 3),
+                    _fmt(usage.spare_usage, 3), _fmt(usage.spare_rank, 3)]])
 
     def dead_table(self, gates: dict[str, np.ndarray]) -> None:
         doc = self.doc

@@ -9,8 +9,9 @@ A run directory holds (only the first two are required)::
                         beta, lr, kl_per_layer
     predictions.npz    probs (N, C), labels (N,), sample_loglik (S, N)?, sample_probs (S, N, C)?
     gates.npz          layer_names (L,), pi_alpha / pi_beta / lambda_shape / lambda_rate (L, r),
-                        token_gate_prob / token_expected_gate (L, n_tokens, r), example_tokens (T,),
-                        example_gate_prob (L, T, r), log_importance_weights (S,), dead_threshold?
+                        token_gate_prob / token_expected_gate (L, n_tokens, r), component_norm (L, r),
+                        example_tokens (T,), example_gate_prob (L, T, r), log_importance_weights (S,),
+                        dead_threshold?
 
 A plain LoRA run has no ``gates.npz`` and usually no ``sample_loglik``; every consumer checks
 :attr:`RunData.gates` / :attr:`RunData.predictions` for ``None`` instead of assuming them.

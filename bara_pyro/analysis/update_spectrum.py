@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-__all__ = ["spectral_effective_rank", "update_ranks", "update_singular_values"]
+__all__ = ["component_norms", "spectral_effective_rank", "update_ranks", "update_singular_values"]
 
 
 def spectral_effective_rank(singular_values) -> float:
@@ -70,3 +70,18 @@ def update_ranks(model, gates: Mapping[str, np.ndarray] | None = None) -> dict[s
         means = {str(path): torch.from_numpy(np.asarray(g).mean(axis=0))
                  for path, g in zip(gates["layer_names"], gates["token_expected_gate"])}
     return {path: spectral_effective_rank(s) for path, s in update_singular_values(model, means).items()}
+
+
+@torch.no_grad()
+def component_norms(model) -> dict[str, np.ndarray]:
+    """``{layer path: (r,)}`` Frobenius norm of each component's part of the mean update, ``(alpha / r) |B_:k|
+    |A_k:|`` (``B`` with a family's magnitudes folded in, as :func:`update_singular_values` reads it).  For
+    orthonormal factors (``singular_slab``) these are the update's singular values, component by component."""
+    from ..export import mean_lora_weights
+
+    out = {}
+    for path, adapter in model.adapter_items:
+        a, b = mean_lora_weights(adapter)
+        norms = adapter.scaling * b.double().norm(dim=0) * a.double().norm(dim=1)
+        out[path] = norms.cpu().numpy()
+    return out

@@ -42,9 +42,11 @@ from pathlib import Path
 import numpy as np
 
 from bara_pyro.analysis import (
+    component_usage,
     effective_rank,
     interpret_khat,
     load_run,
+    plot_component_usage,
     plot_rank_usage,
     plot_reliability,
     plot_token_gate_map,
@@ -165,6 +167,20 @@ for method, run in runs.items():
           f"(per layer {min(per_layer.values()):.2f} to {max(per_layer.values()):.2f})")
     assert 0 < run.metrics["update_rank"] <= run.config["adapter"]["r"]
 print(f"BaRA's gates: {rank.overall:.2f} components on per token")
+
+# %% [markdown]
+# The two views side by side, component by component: each dot is one component of one layer, its usage (the
+# mean of $p_{ltk}$ over the evaluated tokens) against its norm in the mean update,
+# $(\alpha / r) \lVert B_{:k} \rVert \lVert A_{k:} \rVert$, relative to the layer's largest. A component can be
+# switched off two ways: by its gate (usage near 0) or by its size (left of the dashed line, its gate then free
+# to stay near the prior). The joint effective rank counts the second kind at their usage.
+
+# %%
+usage = component_usage(gates)
+print(f"{int(usage.carrying.sum())} of {usage.carrying.size} components carry at least {usage.threshold:.0%} of "
+      f"their layer's largest norm; mean usage {usage.carrying_usage:.2f}, the others {usage.spare_usage:.2f}, "
+      f"which add {usage.spare_rank:.2f} to the joint effective rank")
+plot_component_usage(gates)
 
 # %% [markdown]
 # ## 4. Can the posterior be trusted? PSIS $\hat k$
