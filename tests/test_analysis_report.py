@@ -167,3 +167,15 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert image.shape[:2] == (2000, 1200)
     print("chromium screenshot ink fractions", ink_fractions(image))
     assert_not_blank(image, min_ink=0.03, min_colour=0.005)  # tables, text and the first embedded figures
+
+
+def test_usage_against_size_when_every_component_carries(tmp_path):
+    """Components of equal norm all carry the update: no 'others', shown as '-', and they add 0 to the rank."""
+    run = make_run_dir(tmp_path / "bara", method="bara")
+    gates = dict(make_gates(0))
+    gates["component_norm"] = np.ones_like(gates["component_norm"])
+    np.savez(run / "gates.npz", **gates)
+    _, md_path = write_report(run, num_draws=200)
+    rows = [line for line in md_path.read_text().splitlines() if line.startswith("| 0.2 |")]
+    assert rows == [f"| 0.2 | {gates['component_norm'].size} of {gates['component_norm'].size} | "
+                    f"{gates['token_gate_prob'].mean():.3g} | - | 0 |"]

@@ -502,10 +502,14 @@ class _Builder:
         doc.heading(3, "Usage against size")
         doc.para(_TEXT["component_usage"])
         carrying = int(usage.carrying.sum())
+
+        def mean(value: float) -> str:  # nan: no component on that side of the threshold
+            return _fmt(None if np.isnan(value) else value, 3)
+
         doc.table(["threshold", "carrying components", "their mean usage", "others' mean usage",
                    "others' part of the effective rank"],
-                  [[_fmt(usage.threshold), f"{carrying} of {usage.carrying.size}", _fmt(usage.carrying_usage, 3),
-                    _fmt(usage.spare_usage, 3), _fmt(usage.spare_rank, 3)]])
+                  [[_fmt(usage.threshold), f"{carrying} of {usage.carrying.size}", mean(usage.carrying_usage),
+                    mean(usage.spare_usage), _fmt(usage.spare_rank, 3)]])
 
     def dead_table(self, gates: dict[str, np.ndarray]) -> None:
         doc = self.doc
