@@ -56,6 +56,8 @@
 #   preset_seq_g4     preset_seq with a prior mass of 4 components (adapter.gamma0=4)
 #   preset_lr4e-3     the preset at twice the demo's learning rate (train.lr=0.004)
 #   lora_lr4e-3       lora at the same rate
+#   preset_c01        the preset with the beta process's concentration 0.1 (adapter.concentration; default 1)
+#   preset_c10        the same with 10
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
@@ -81,7 +83,7 @@ VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learn
           singular_ard_off singular_ard_off_one_lr singular_g4 singular_ard_off_g4
           singular_ard_off_g2 singular_ard_off_g3 singular_ard_off_g3_delay100 singular_ard_off_g3_delay200
           singular_ard_off_g3_ctx3 singular_ard_off_g3_ctx03 preset_temp02 preset_glr006 preset_glr02
-          preset_seq preset_seq_g4 preset_lr4e-3 lora_lr4e-3}
+          preset_seq preset_seq_g4 preset_lr4e-3 lora_lr4e-3 preset_c01 preset_c10}
 for name in $VARIANTS; do
   dir=$OUT/$name
   [ -f "$dir/metrics.json" ] && continue
@@ -136,6 +138,8 @@ for name in $VARIANTS; do
     preset_seq_g4) method=bara_singular; extra=(adapter.guide.local.per=sequence adapter.gamma0=4) ;;
     preset_lr4e-3) method=bara_singular; extra=(train.lr=0.004) ;;
     lora_lr4e-3) method=lora; extra=(train.lr=0.004) ;;
+    preset_c01) method=bara_singular; extra=(adapter.concentration=0.1) ;;
+    preset_c10) method=bara_singular; extra=(adapter.concentration=10) ;;
     singular_no_gates_no_kl) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off train.kl_warmup_steps=1000000000) ;;
     singular_no_gates_tau_small) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off adapter.weights.init_scale=0.0001) ;;
     *) echo "unknown variant $name"; exit 2 ;;

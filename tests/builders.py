@@ -1,5 +1,8 @@
 """Tiny models and batches built from configs (no downloads), shared by the tests."""
 
+import importlib.util
+from pathlib import Path
+
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
@@ -79,3 +82,12 @@ def assert_globals_at_once_equal_per_adapter(build_model, monkeypatch) -> None:
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def benchmark_script(name: str):
+    """The module ``benchmarks/{name}.py``, loaded from its file (the folder is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -112,6 +112,14 @@ class BaRAModel(PyroModule):
     def backbone(self) -> nn.Module:
         return self._backbone[0]
 
+    def train(self, mode: bool = True) -> BaRAModel:
+        """Set the adapters' and the backbone's training mode (the backbone's dropout included), as ``model.train()``
+        / ``model.eval()`` do for a whole PEFT model; the backbone is outside the module tree, so ``nn.Module.train``
+        alone would leave it as it was."""
+        super().train(mode)
+        self.backbone.train(mode)
+        return self
+
     def _attach(self, path: str, adapter: BaRAAdapter) -> None:
         parent = self.adapters
         *parents, leaf = path.split(".")

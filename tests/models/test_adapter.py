@@ -70,6 +70,18 @@ def _randomize_lora(model, seed=1):
             a.lora_B.weight.copy_(2.0 * torch.randn(a.lora_B.weight.shape, generator=g))
 
 
+def test_train_and_eval_reach_the_backbone(tiny_bert):
+    """``model.eval()`` switches the backbone's dropout off too (it is outside the module tree), as for a PEFT model;
+    two posterior-mean predictions then agree."""
+    model = get_bara_model(tiny_bert.train(), BaRAConfig(r=4, name="bara"))
+    batch = make_batch()
+    assert model.eval() is model and not model.backbone.training and not model.training
+    with torch.no_grad():
+        assert torch.equal(model.scores(batch, mode="mean"), model.scores(batch, mode="mean"))
+    model.train()
+    assert model.backbone.training and all(m.training for m in model.backbone.modules())
+
+
 def test_gates_fixed_to_one_equal_plain_lora_and_peft(tiny_bert):
     peft = pytest.importorskip("peft")
     batch = make_batch()
