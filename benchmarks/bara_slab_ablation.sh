@@ -58,6 +58,9 @@
 #   lora_lr4e-3       lora at the same rate
 #   preset_c01        the preset with the beta process's concentration 0.1 (adapter.concentration; default 1)
 #   preset_c10        the same with 10
+#   preset_ibp_a3     the preset with the contextual stick-breaking IBP instead of the contextual beta process
+#                     (adapter.prior.sparsity=contextual_ibp; alpha = gamma0 = 3)
+#   preset_ibp_a4     the same with alpha = 4 (adapter.gamma0=4)
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
@@ -83,7 +86,8 @@ VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learn
           singular_ard_off singular_ard_off_one_lr singular_g4 singular_ard_off_g4
           singular_ard_off_g2 singular_ard_off_g3 singular_ard_off_g3_delay100 singular_ard_off_g3_delay200
           singular_ard_off_g3_ctx3 singular_ard_off_g3_ctx03 preset_temp02 preset_glr006 preset_glr02
-          preset_seq preset_seq_g4 preset_lr4e-3 lora_lr4e-3 preset_c01 preset_c10}
+          preset_seq preset_seq_g4 preset_lr4e-3 lora_lr4e-3 preset_c01 preset_c10
+          preset_ibp_a3 preset_ibp_a4}
 for name in $VARIANTS; do
   dir=$OUT/$name
   [ -f "$dir/metrics.json" ] && continue
@@ -140,6 +144,8 @@ for name in $VARIANTS; do
     lora_lr4e-3) method=lora; extra=(train.lr=0.004) ;;
     preset_c01) method=bara_singular; extra=(adapter.concentration=0.1) ;;
     preset_c10) method=bara_singular; extra=(adapter.concentration=10) ;;
+    preset_ibp_a3) method=bara_singular; extra=(adapter.prior.sparsity=contextual_ibp) ;;
+    preset_ibp_a4) method=bara_singular; extra=(adapter.prior.sparsity=contextual_ibp adapter.gamma0=4) ;;
     singular_no_gates_no_kl) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off train.kl_warmup_steps=1000000000) ;;
     singular_no_gates_tau_small) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off adapter.weights.init_scale=0.0001) ;;
     *) echo "unknown variant $name"; exit 2 ;;

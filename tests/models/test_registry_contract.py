@@ -110,7 +110,8 @@ def test_user_defined_prior_end_to_end(user_prior):
     assert report.kl_is_analytic  # KL(logit-normal || logit-normal) reduces to the normals' closed form
     with pytest.raises(ConfigError, match="scale must be > 0"):
         BaRAConfig(prior={"sparsity": {"name": "logit_normal", "scale": -1.0}})
-    registered = r"registered: \['beta_process', 'contextual_beta_process', 'ibp', 'logit_normal', 'none'\]"
+    registered = (r"registered: \['beta_process', 'contextual_beta_process', 'contextual_ibp', 'ibp', 'logit_normal', "
+                  r"'none'\]")
     with pytest.raises(ConfigError, match=registered):
         BaRAConfig(prior={"sparsity": "logit_norm"})
 

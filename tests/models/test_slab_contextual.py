@@ -124,6 +124,29 @@ def test_thinned_context_never_raises_inclusion_above_the_layer_probability():
     assert bool((torch.sigmoid(shifted.inclusion_logits({"pi": pi, "w": w}, h)) > pi).any())
 
 
+def test_contextual_ibp_is_the_contextual_beta_process_at_the_stick_breaking_probabilities():
+    """``contextual_ibp``'s per-token law is the contextual beta process's at ``pi_k = prod_{j<=k} v_j`` (per token
+    and pooled per sequence); its prior means decrease as ``(alpha / (1 + alpha))^k``."""
+    from bara_pyro.models.priors import ContextualBetaProcessPrior, ContextualStickBreakingPrior
+
+    torch.manual_seed(0)
+    v, w, h = torch.rand(4), torch.randn(4, 4), torch.randn(3, 5, 4)
+    ibp, beta = ContextualStickBreakingPrior(alpha=3.0), ContextualBetaProcessPrior()
+    pi = torch.cumprod(v, 0)
+    torch.testing.assert_close(ibp.local_prior(None, {"v": v, "w": w}, h).logits,
+                               beta.local_prior(None, {"pi": pi, "w": w}, h).logits)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    torch.testing.assert_close(ibp.sequence_local_prior(None, {"v": v, "w": w}, h, mask).logits,
+                               beta.sequence_local_prior(None, {"pi": pi, "w": w}, h, mask).logits)
+    config = BaRAConfig(r=4, gamma0=3.0, prior={"sparsity": "contextual_ibp"})
+    hp = config.components.sparsity.hyperparameters(4)
+    draws = torch.distributions.Beta(hp["alpha"], hp["one"]).sample((20000,)).cumprod(-1).mean(0)
+    torch.testing.assert_close(draws, torch.tensor([0.75 ** k for k in range(1, 5)]), atol=0.01, rtol=0)
+    with pytest.raises(ConfigError, match="context_scale"):
+        BaRAConfig(r=4, prior={"sparsity": {"name": "contextual_ibp", "context_scale": 0.0}})
+
+
 def test_b_alone_random_keeps_a_a_trained_point_estimate_without_a_kl():
     model = get_bara_model(make_tiny_bert(), slab_config(posterior_scale="relative", factors="B"))
     adapter = model.adapter_items[0][1]

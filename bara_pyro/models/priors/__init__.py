@@ -3,6 +3,7 @@
 from .base import PRIORS, GatePrior, GlobalSite, Hyperparameters, MagnitudePrior, SparsityPrior, register_prior
 from .beta_process import BetaProcessPrior
 from .contextual import ContextualBetaProcessPrior
+from .contextual_ibp import ContextualStickBreakingPrior
 from .gamma import GammaMagnitudePrior
 from .horseshoe import HorseshoePrior
 from .ibp import StickBreakingIBPPrior
@@ -12,6 +13,7 @@ __all__ = [
     "PRIORS",
     "BetaProcessPrior",
     "ContextualBetaProcessPrior",
+    "ContextualStickBreakingPrior",
     "GammaMagnitudePrior",
     "GatePrior",
     "GlobalSite",

@@ -13,7 +13,7 @@ from pyro.distributions import constraints
 from .base import GlobalSite, positive_number, register_prior
 from .beta_process import BetaProcessPrior
 
-__all__ = ["ContextualBetaProcessPrior", "context_features", "sequence_context_features"]
+__all__ = ["ContextualBetaProcessPrior", "context_features", "sequence_context_features", "shifted_logits"]
 
 
 def context_features(h: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -36,6 +36,13 @@ def sequence_context_features(h: torch.Tensor, mask: torch.Tensor | None = None)
     keep = mask.unsqueeze(-1)
     total = torch.where(keep, phi, phi.new_zeros(())).sum(-2, keepdim=True)
     return total / keep.sum(-2, keepdim=True).clamp_min(1).to(phi.dtype)
+
+
+def shifted_logits(pi: torch.Tensor, w: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """``logit(pi_k) + w_k . phi``: inclusion probabilities ``pi`` ``([rows,] r)`` shifted by context features ``phi``
+    ``(..., r)`` through ``w`` ``(r, r)`` (or one ``w`` per row, ``(rows, 1.., r, r)``); shape ``phi.shape``."""
+    shift = phi @ w.transpose(-1, -2) if w.dim() == 2 else (phi.unsqueeze(-2) * w).sum(-1)
+    return torch.logit(pi.clamp(1e-6, 1 - 1e-6)) + shift
 
 
 @register_prior("sparsity", "contextual_beta_process")
@@ -102,9 +109,9 @@ class ContextualBetaProcessPrior(BetaProcessPrior):
     def feature_logits(self, values: dict[str, torch.Tensor], phi: torch.Tensor) -> torch.Tensor:
         """:meth:`inclusion_logits` at given context features ``phi`` ``(..., r)`` (a token's or a sequence's)."""
         pi, w = values["pi"].clamp(1e-6, 1 - 1e-6), values["w"]
-        shift = phi @ w.transpose(-1, -2) if w.dim() == 2 else (phi.unsqueeze(-2) * w).sum(-1)
         if self.context == "shift":
-            return torch.logit(pi) + shift
+            return shifted_logits(pi, w, phi)
+        shift = phi @ w.transpose(-1, -2) if w.dim() == 2 else (phi.unsqueeze(-2) * w).sum(-1)
         # thin: log p = log pi + log sigmoid(a), logit p = log p - log(1 - p)
         log_p = (torch.log(pi) + F.logsigmoid(shift + math.log(self.base_retention / (1 - self.base_retention))))
         log_p = log_p.clamp(max=-1e-6)
