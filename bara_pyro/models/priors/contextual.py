@@ -13,7 +13,8 @@ from pyro.distributions import constraints
 from .base import GlobalSite, positive_number, register_prior
 from .beta_process import BetaProcessPrior
 
-__all__ = ["ContextualBetaProcessPrior", "context_features", "sequence_context_features", "shifted_logits"]
+__all__ = ["ContextualBetaProcessPrior", "context_features", "context_shift", "sequence_context_features",
+           "shifted_logits"]
 
 
 def context_features(h: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -38,11 +39,16 @@ def sequence_context_features(h: torch.Tensor, mask: torch.Tensor | None = None)
     return total / keep.sum(-2, keepdim=True).clamp_min(1).to(phi.dtype)
 
 
+def context_shift(w: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """``w_k . phi``: context features ``phi`` ``(..., r)`` through ``w`` ``(r, r)`` (or one ``w`` per row,
+    ``(rows, 1.., r, r)``); shape ``phi.shape``."""
+    return phi @ w.transpose(-1, -2) if w.dim() == 2 else (phi.unsqueeze(-2) * w).sum(-1)
+
+
 def shifted_logits(pi: torch.Tensor, w: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-    """``logit(pi_k) + w_k . phi``: inclusion probabilities ``pi`` ``([rows,] r)`` shifted by context features ``phi``
-    ``(..., r)`` through ``w`` ``(r, r)`` (or one ``w`` per row, ``(rows, 1.., r, r)``); shape ``phi.shape``."""
-    shift = phi @ w.transpose(-1, -2) if w.dim() == 2 else (phi.unsqueeze(-2) * w).sum(-1)
-    return torch.logit(pi.clamp(1e-6, 1 - 1e-6)) + shift
+    """``logit(pi_k) + w_k . phi``: inclusion probabilities ``pi`` ``([rows,] r)`` shifted by the context
+    (:func:`context_shift`); shape ``phi.shape``."""
+    return torch.logit(pi.clamp(1e-6, 1 - 1e-6)) + context_shift(w, phi)
 
 
 @register_prior("sparsity", "contextual_beta_process")
@@ -111,7 +117,7 @@ class ContextualBetaProcessPrior(BetaProcessPrior):
         pi, w = values["pi"].clamp(1e-6, 1 - 1e-6), values["w"]
         if self.context == "shift":
             return shifted_logits(pi, w, phi)
-        shift = phi @ w.transpose(-1, -2) if w.dim() == 2 else (phi.unsqueeze(-2) * w).sum(-1)
+        shift = context_shift(w, phi)
         # thin: log p = log pi + log sigmoid(a), logit p = log p - log(1 - p)
         log_p = (torch.log(pi) + F.logsigmoid(shift + math.log(self.base_retention / (1 - self.base_retention))))
         log_p = log_p.clamp(max=-1e-6)

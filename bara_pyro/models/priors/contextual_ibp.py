@@ -24,11 +24,11 @@ class ContextualStickBreakingPrior(StickBreakingIBPPrior):
 
     As :class:`~bara_pyro.models.priors.contextual.ContextualBetaProcessPrior`, with the beta process's
     exchangeable ``pi_k`` replaced by the IBP's decreasing ones: a component far down the order has a small
-    prior inclusion, so one the data do not need is off for most tokens instead of at ``gamma0 / r``, and the
-    first ones may be on for every token at little prior cost.  ``alpha`` defaults to the flat ``gamma0`` (the
-    expected number of components, ``alpha (1 - (alpha / (1 + alpha))^r)`` truncated at ``r``).  Mean-field
-    posteriors ``q(v_k) = Kumaraswamy``, ``q(w) = Normal``, both KLs closed form.  Instance-wise gates use
-    :meth:`sequence_local_prior` (the context pooled over a sequence's real tokens).
+    prior inclusion probability, the first ones a large one (on the demo's data this did not switch unused
+    components off more often than the beta process does: docs/model.md).  ``alpha`` defaults to the flat
+    ``gamma0`` (the expected number of components, ``alpha (1 - (alpha / (1 + alpha))^r)`` truncated at ``r``).
+    Mean-field posteriors ``q(v_k) = Kumaraswamy``, ``q(w) = Normal``, both KLs closed form.  Instance-wise gates
+    use :meth:`sequence_local_prior` (the context pooled over a sequence's real tokens).
     """
 
     context_scale: float = 1.0
