@@ -73,7 +73,8 @@ def test_fixed_prior_is_plain_lora(kwargs):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"prior": {"sparsity": "spike_and_slab"}}, r"unknown sparsity prior 'spike_and_slab'; registered: "
-                                                r"\['beta_process', 'contextual_beta_process', 'ibp', 'none'"),
+                                                r"\['beta_process', 'contextual_beta_process', 'contextual_ibp', "
+                                                r"'ibp', 'none'"),
     ({"prior": {"magnitude": {"name": "gamma", "shap": 1}}}, r"unknown parameter\(s\) \['shap'\].*legal parameters: "
                                                              r"\['shape', 'local_shape'\]"),
     ({"prior": {"magnitude": {"name": "gamma", "shape": "big"}}}, "shape must be float or None, got 'big'"),
@@ -102,7 +103,7 @@ def test_bad_component_specs_fail_at_construction_with_the_legal_choices(kwargs,
 
 def test_available_components_lists_every_slot():
     slots = available_components()
-    assert slots == {"prior.sparsity": ["beta_process", "contextual_beta_process", "ibp", "none"],
+    assert slots == {"prior.sparsity": ["beta_process", "contextual_beta_process", "contextual_ibp", "ibp", "none"],
                      "prior.magnitude": ["gamma", "horseshoe", "none"],
                      "guide.local": ["amortized", "conditional_prior", "delta", "mean_field"],
                      "guide.global": ["delta", "mean_field"],
