@@ -13,8 +13,8 @@ from pyro.distributions import constraints
 from .base import GlobalSite, positive_number, register_prior
 from .beta_process import BetaProcessPrior
 
-__all__ = ["ContextualBetaProcessPrior", "context_features", "context_shift", "sequence_context_features",
-           "shifted_logits"]
+__all__ = ["ContextualBetaProcessPrior", "context_features", "context_shift", "context_weight_prior",
+           "context_weight_site", "sequence_context_features", "shifted_logits"]
 
 
 def context_features(h: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -49,6 +49,16 @@ def shifted_logits(pi: torch.Tensor, w: torch.Tensor, phi: torch.Tensor) -> torc
     """``logit(pi_k) + w_k . phi``: inclusion probabilities ``pi`` ``([rows,] r)`` shifted by the context
     (:func:`context_shift`); shape ``phi.shape``."""
     return torch.logit(pi.clamp(1e-6, 1 - 1e-6)) + context_shift(w, phi)
+
+
+def context_weight_site(r: int) -> dict[str, GlobalSite]:
+    """The context weights' global site ``{path}.w`` ``(r, r)``, started at 0, mean-field Normal posterior."""
+    return {"w": GlobalSite((r, r), constraints.real, 0.0, "normal")}
+
+
+def context_weight_prior(hp) -> dist.Normal:
+    """``w_kj ~ Normal(0, context_scale^2)`` from the hyperparameter ``w_scale`` ``(r, r)``."""
+    return dist.Normal(torch.zeros_like(hp.w_scale), hp.w_scale)
 
 
 @register_prior("sparsity", "contextual_beta_process")
@@ -96,16 +106,13 @@ class ContextualBetaProcessPrior(BetaProcessPrior):
 
     def global_sites(self, r, init_prob):
         init = tuple(init_prob ** (k + 1) for k in range(r)) if self.ordered_init else init_prob
-        return {"pi": GlobalSite((r,), constraints.unit_interval, init, "beta"),
-                "w": GlobalSite((r, r), constraints.real, 0.0, "normal")}
+        return {"pi": GlobalSite((r,), constraints.unit_interval, init, "beta"), **context_weight_site(r)}
 
     def hyperparameters(self, r):
         return {**super().hyperparameters(r), "w_scale": torch.full((r, r), float(self.context_scale))}
 
     def global_prior(self, name, hp, values):
-        if name == "w":
-            return dist.Normal(torch.zeros_like(hp.w_scale), hp.w_scale)
-        return super().global_prior(name, hp, values)
+        return context_weight_prior(hp) if name == "w" else super().global_prior(name, hp, values)
 
     def inclusion_logits(self, values: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
         """``logit(pi_k) + w_k . phi(h_t)`` (``context: shift``; the logit of the thinned probability for ``thin``),

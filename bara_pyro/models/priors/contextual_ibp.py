@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
 
-from .base import GlobalSite, positive_number, register_prior
-from .contextual import context_features, sequence_context_features, shifted_logits
+from .base import positive_number, register_prior
+from .contextual import (
+    context_features,
+    context_weight_prior,
+    context_weight_site,
+    sequence_context_features,
+    shifted_logits,
+)
 from .ibp import StickBreakingIBPPrior
 
 __all__ = ["ContextualStickBreakingPrior"]
@@ -39,15 +44,13 @@ class ContextualStickBreakingPrior(StickBreakingIBPPrior):
         positive_number(self, "context_scale", self.context_scale)
 
     def global_sites(self, r, init_prob):
-        return {**super().global_sites(r, init_prob), "w": GlobalSite((r, r), constraints.real, 0.0, "normal")}
+        return {**super().global_sites(r, init_prob), **context_weight_site(r)}
 
     def hyperparameters(self, r):
         return {**super().hyperparameters(r), "w_scale": torch.full((r, r), float(self.context_scale))}
 
     def global_prior(self, name, hp, values):
-        if name == "w":
-            return dist.Normal(torch.zeros_like(hp.w_scale), hp.w_scale)
-        return super().global_prior(name, hp, values)
+        return context_weight_prior(hp) if name == "w" else super().global_prior(name, hp, values)
 
     def feature_logits(self, values: dict[str, torch.Tensor], phi: torch.Tensor) -> torch.Tensor:
         """``logit(prod_{j<=k} v_j) + w_k . phi`` at context features ``phi`` ``(..., r)``; ``v`` ``([rows,] r)``."""
