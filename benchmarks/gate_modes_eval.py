@@ -31,8 +31,7 @@ def mode_metrics(run_dir: Path, split: str, batch_size: int) -> dict[str, dict[s
     backbone, _, task, data = build_backbone_and_task(config)
     if not len(data[split]):
         raise SystemExit(f"error: {run_dir}'s dataset has no {split} split")
-    model = BaRAModel.from_pretrained(backbone, run_dir, forward_fn=task.scores).eval()
-    model.backbone.eval()  # the backbone is outside the adapter model's module tree: its dropout off too
+    model = BaRAModel.from_pretrained(backbone, run_dir, forward_fn=task.scores).eval()  # backbone too
     if not any(adapter.gate is not None for _, adapter in model.adapter_items):
         raise SystemExit(f"error: {run_dir} has no gates ({config['method']})")
     rows, limit = data[split], config["eval"]["max_examples"]  # the rows the run itself was evaluated on

@@ -117,8 +117,7 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     device = torch.device(device) if device is not None else next(model.backbone.parameters()).device
-    model.eval()
-    model.backbone.eval()
+    model.eval()  # the backbone too (BaRAModel.train)
     ctx = model.ctx
     path = Path(checkpoint) if checkpoint is not None else None
     s = max(num_samples, 1)

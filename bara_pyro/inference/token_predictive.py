@@ -70,7 +70,6 @@ def predict_tokens(models, task, rows: Sequence[dict], num_samples: int | Sequen
     batch_size = rows_per_pass(batch_size, max_rows_per_pass, max(draws))
     for model in models:
         model.eval()
-        model.backbone.eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("nll", "confidence", "correct", "entropy", "brier",
                                                              "mutual_information", "sequence", "sample_loglik")}
     prob_sum, num_tokens, token_stats = {}, {}, {}

@@ -190,8 +190,7 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                desc="train", dynamic_ncols=True)
     interrupted = aborted = False
     stop = StopRequest()
-    model.train()
-    model.backbone.train()  # the backbone's own dropout acts as in any fine-tuning run; its weights stay frozen
+    model.train()  # the backbone's dropout too, as in any fine-tuning run; its weights stay frozen
     try:
         with stop_on_signals(stop), deterministic_algorithms(config.deterministic):
             while step < config.steps and (dp is not None or not stop.requested):  # processes stop together
@@ -273,7 +272,6 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
         model.ctx.collect_stats = False
         model.ctx.row_shard = None
         model.eval()
-        model.backbone.eval()
     if stop.requested and not interrupted:
         interrupted = True
         if write_dir is not None:

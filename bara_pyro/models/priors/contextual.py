@@ -121,9 +121,10 @@ class ContextualBetaProcessPrior(BetaProcessPrior):
 
     def feature_logits(self, values: dict[str, torch.Tensor], phi: torch.Tensor) -> torch.Tensor:
         """:meth:`inclusion_logits` at given context features ``phi`` ``(..., r)`` (a token's or a sequence's)."""
-        pi, w = values["pi"].clamp(1e-6, 1 - 1e-6), values["w"]
+        pi, w = values["pi"], values["w"]
         if self.context == "shift":
-            return shifted_logits(pi, w, phi)
+            return shifted_logits(pi, w, phi)  # clamps pi itself
+        pi = pi.clamp(1e-6, 1 - 1e-6)
         shift = context_shift(w, phi)
         # thin: log p = log pi + log sigmoid(a), logit p = log p - log(1 - p)
         log_p = (torch.log(pi) + F.logsigmoid(shift + math.log(self.base_retention / (1 - self.base_retention))))
