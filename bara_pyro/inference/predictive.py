@@ -103,7 +103,8 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     repeated S times.  A group is exactly what a batch of b rows would be (same collation, same draws
     in the same order), so with B a multiple of b the result is bit for bit ``batch_size = b``'s, and
     in any case the same estimator: every example averages S draws of its gates.  None: no bound.  A weight
-    family may bound the rows further (``prediction_rows``: the linearised Laplace predictive takes one), and a
+    family may bound the rows further (``prediction_rows``: a Laplace posterior over other tensors than the LoRA
+    factors takes one row per pass for its linearised predictive), and a
     predictive that draws in function space (``draws_from_one_copy``) gets each row once, not S copies.
 
     ``checkpoint``: a file that makes the pass resumable.  SIGINT/SIGTERM then stop it at the next batch

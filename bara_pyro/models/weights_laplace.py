@@ -36,13 +36,13 @@ from collections import UserDict
 import torch
 from torch import nn
 
+from .lora_jacobians import FACTORS, lora_jacobians
 from .weights import WeightFamily, register_weights
 
 __all__ = ["LaplaceWeights", "fit_laplace", "laplace_of", "laplace_prediction_rows", "laplace_sampled_scores"]
 
 HESSIAN_STRUCTURES = ("kron", "diag")
 PREDICTIVES = ("glm", "nn")
-FACTORS = ("lora_A", "lora_B")
 CHOLESKY_JITTER = 1e-9
 #: elements of the largest per-output gradient (``tokens x vocabulary``) that one vmapped Jacobian pass may hold
 #: at once, summed over the outputs it takes together; a backward pass holds several tensors of that size
@@ -115,7 +115,7 @@ class LaplaceWeights(WeightFamily):
         return self.predictive == "glm"
 
     def prediction_rows(self, num_samples: int) -> int | None:
-        return laplace_prediction_rows(self, num_samples)
+        return None  # the Jacobians of the LoRA factors take a backward pass of the batch per score column
 
     def samples_factor(self, adapter, name: str) -> bool:
         return self.predictive == "nn" and bool(adapter._ctx.weights.get(adapter.path))
@@ -151,7 +151,8 @@ def install_laplace_buffers(family, adapter) -> None:
 
 
 def laplace_prediction_rows(family, num_samples: int) -> int | None:
-    """The linearised predictive takes the Jacobian of one example's scores per pass: a pass's backward holds the
+    """Through laplace-torch's backend (a posterior over other tensors than the LoRA factors) the linearised
+    predictive takes the Jacobian of one example's scores per pass: a pass's backward holds the
     logits gradient of every sequence in it once per output, so its memory grows with the square of its rows."""
     return 1 if family.predictive == "glm" and num_samples > 0 else None
 
@@ -308,6 +309,16 @@ def laplace_sampled_scores(family, model, batch, num_samples: int, copied: bool 
 
 
 def _glm(la, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(n, C)`` and covariance ``(n, C, C)`` of the linearised scores ``f(x; theta*) + J (theta - theta*)``.
+    A posterior over the adapters' LoRA factors takes ``J`` from one backward pass of the batch per score column
+    (:func:`~bara_pyro.models.lora_jacobians.lora_jacobians`); any other through ``laplace-torch``'s backend."""
+    model = la.model.model
+    factors = [getattr(a, name).weight for _, a in model.adapter_items for name in FACTORS]
+    if [id(p) for p in la.params] == [id(t) for t in factors]:
+        found = lora_jacobians(model, batch)
+        if found is not None:
+            f_mu, js = found
+            return f_mu, la.functional_variance(js.to(la._dtype)).detach()
     with torch.enable_grad(), warnings.catch_warnings():  # CPU attention's Jacobian: slow, not wrong
         warnings.filterwarnings("ignore", message="There is a performance drop")
         f_mu, f_var = la._glm_predictive_distribution(_as_input(batch))

@@ -96,12 +96,12 @@ def test_prediction_collates_each_row_once_for_the_linearised_predictive(monkeyp
     monkeypatch.setattr(task, "collate", lambda rows: sizes.append(len(rows)) or collate(rows))
     pyro.set_rng_seed(3)
     once = predict(model, task, ROWS[:6], num_samples=4, batch_size=3, progress=False)
-    assert sizes == [1] * 6  # one row per pass (prediction_rows), collated once
+    assert sizes == [3, 3]  # each batch's rows collated once
     sizes.clear()
     monkeypatch.setattr(model, "draws_from_one_copy", lambda num_samples: False)
     pyro.set_rng_seed(3)
     copies = predict(model, task, ROWS[:6], num_samples=4, batch_size=3, progress=False)
-    assert sizes == [4] * 6
+    assert sizes == [12, 12]
     torch.testing.assert_close(once.sample_probs, copies.sample_probs)
     with pytest.raises(ValueError, match="copied=False"):
         model.scores(collate(ROWS[:2]), mode="mean", copied=False)
@@ -137,10 +137,13 @@ def test_jacobians_taken_in_chunks_equal_laplace_torchs_and_the_chunk_follows_th
     assert wl.jacobian_chunk(x["batch"], width=49152, budget=2**28) == max(1, 2**28 // (tokens * 49152))
 
 
-def test_linearised_predictive_runs_one_example_per_pass_and_weight_draws_do_not():
+def test_the_predictives_take_whole_batches_and_the_lora_jacobians_are_laplace_torchs(monkeypatch):
+    """The linearised predictive over the LoRA factors takes its Jacobians from one backward pass of the batch
+    per score column (``lora_jacobians``), with the mean and covariance that laplace-torch's backend gives, so
+    neither predictive bounds the rows of a pass."""
     import bara_pyro.models.weights_laplace as wl
 
-    for predictive, rows_per_pass in (("glm", 1), ("nn", 6)):
+    for predictive in ("glm", "nn"):
         model, task = _trained("diag", predictive=predictive)
         family = model.config.components.weights
         seen = []
@@ -150,11 +153,19 @@ def test_linearised_predictive_runs_one_example_per_pass_and_weight_draws_do_not
             seen.append(batch.num_examples // (num_samples if copied else 1))
             return real(fam, mdl, batch, num_samples, copied)
 
-        wl.laplace_sampled_scores, saved = spy, wl.laplace_sampled_scores
-        try:
-            pred = predict(model, task, ROWS[:6], num_samples=3, batch_size=6, progress=False)
-        finally:
-            wl.laplace_sampled_scores = saved
-        assert family.prediction_rows(3) == (1 if predictive == "glm" else None)
-        assert seen == [rows_per_pass] * (6 // rows_per_pass)
+        monkeypatch.setattr(wl, "laplace_sampled_scores", spy)
+        pred = predict(model, task, ROWS[:6], num_samples=3, batch_size=6, progress=False)
+        monkeypatch.setattr(wl, "laplace_sampled_scores", real)
+        assert family.prediction_rows(3) is None
+        assert seen == [6]
         assert pred.probs.shape[0] == 6
+    model, task = _trained("kron")
+    la = laplace_of(model.config.components.weights, model)
+    batch = task.collate(ROWS[:6])
+    monkeypatch.setattr(wl, "lora_jacobians", lambda model, batch: None)  # declined: laplace-torch's backend
+    ref_mu, ref_var = wl._glm(la, batch)
+    monkeypatch.undo()
+    mu, var = wl._glm(la, batch)
+    torch.testing.assert_close(mu, ref_mu, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(var, ref_var, atol=1e-8, rtol=1e-4)
+    assert float(var.diagonal(dim1=-2, dim2=-1).min()) > 0
