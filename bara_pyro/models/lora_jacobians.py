@@ -87,7 +87,7 @@ def _factor_jacobians(adapters, seen, grads, example, column, n, c, col):
         # df / d(B h_t): the adapter multiplies it by s afterwards, so this gradient carries s already
         g = torch.zeros_like(seen[(k, "lora_B")][1], dtype=torch.float32) if g is None else g.float()
         n_seq = x.shape[0]
-        x, h, g = x.reshape(n_seq, -1, x.shape[-1]), h.reshape(n_seq, -1, h.shape[-1]), g.reshape(n_seq, -1, g.shape[-1])
+        x, h, g = (t.reshape(n_seq, -1, t.shape[-1]) for t in (x, h, g))  # (n_seq, T, features)
         gb = g @ adapter.lora_B.weight.float()  # (n_seq, T, r): B^T g_t
         per_seq = {"lora_A": torch.einsum("str,sti->sri", gb, x).flatten(1),
                    "lora_B": torch.einsum("sto,str->sor", g, h).flatten(1)}
