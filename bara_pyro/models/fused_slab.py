@@ -183,7 +183,7 @@ def _singular_factors(adapters, groups, eps, pi, kl) -> tuple[dict[tuple, list[t
     ``KL(N(m, tau) || N(0, s_k sigma))``, ``s = pi`` (``ard: inclusion``) or 1.  Returns the per-adapter values of each
     group and ``kl`` plus their KL: the numbers of :meth:`BaRAAdapter.fused_globals`, adapter by adapter."""
     family, num = adapters[0].weights, len(adapters)
-    zero, drawn = pi.new_zeros(()), {}
+    drawn = {}
     for key, members in groups.items():
         name, mods = key[0], [adapters[i] for i in members]
         if name == "lora_S":
@@ -194,8 +194,7 @@ def _singular_factors(adapters, groups, eps, pi, kl) -> tuple[dict[tuple, list[t
                 prior = _rows(pi, members, num).unsqueeze(-2) * sigma  # (k, 1, r): pi_k sigma
             else:
                 prior = sigma.expand(loc.shape)
-            kl = kl + kl_divergence(Normal(loc, scale, validate_args=False),
-                                    Normal(zero, prior, validate_args=False)).sum()
+            kl = kl + kl_divergence(Normal(loc, scale, validate_args=False), family.magnitude_prior(prior)).sum()
             drawn[key] = (loc + eps[key] * scale).unbind(0)
             continue
         weights = [getattr(a, name).weight for a in mods]

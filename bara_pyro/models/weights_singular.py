@@ -6,6 +6,7 @@ The update is written as its singular value decomposition, with one random magni
     A (r x d_in), B (d_out x r): point estimates,  c = orthogonality
     p(A) ∝ exp(-(c/2) |A A^T - I|^2),  p(B) ∝ exp(-(c/2) |B^T B - I|^2)
     lambda_k ~ N(0, (s_k sigma)^2)      # site {path}.lora_S, shape (1, r);  s_k = pi_k (ard: inclusion), 1 (off)
+                                        # or the non-local (lambda^2 / (s_k sigma)^2) N(0, (s_k sigma)^2) (slab: moment)
     q(lambda_k) = N(m_k, tau_k^2),  q(A) = Delta(A),  q(B) = Delta(B)
 
 With free factors (the ``slab_gaussian`` family) a Gaussian prior is nearly invariant to rotations of the
@@ -39,6 +40,7 @@ from pyro.nn import PyroParam
 from torch import nn
 
 from .context import rows_of_sample
+from .moment_prior import MomentNormal
 from .weights import WeightFamily, register_weights
 
 __all__ = ["NearStiefel", "SingularSlabWeights", "stiefel_residual"]
@@ -86,6 +88,7 @@ class SingularSlabWeights(WeightFamily):
     init_scale: float = 0.005
     orthogonality: float = 1000.0
     ard: str = field(default="inclusion", metadata={"choices": ("inclusion", "off")})
+    slab: str = field(default="gaussian", metadata={"choices": ("gaussian", "moment")})
     latent = ("lora_A", "lora_B", "lora_S")
     transform_before_gate = False
 
@@ -119,9 +122,15 @@ class SingularSlabWeights(WeightFamily):
 
     def prior(self, adapter, name):
         if name == "lora_S":
-            scale = self._magnitude_scale(adapter)
-            return dist.Normal(torch.zeros_like(scale), scale)
+            return self.magnitude_prior(self._magnitude_scale(adapter))
         return NearStiefel(getattr(adapter, name).weight, self.orthogonality, rows=name == "lora_A")
+
+    def magnitude_prior(self, scale: torch.Tensor):
+        """The slab on the magnitudes at prior scale ``scale``: ``N(0, scale^2)`` (``slab: gaussian``) or the
+        non-local ``MomentNormal(scale)`` (``slab: moment``, :mod:`~bara_pyro.models.moment_prior`)."""
+        if self.slab == "moment":
+            return MomentNormal(scale)
+        return dist.Normal(torch.zeros_like(scale), scale, validate_args=False)
 
     def _magnitude_scale(self, adapter) -> torch.Tensor:
         """``s_k sigma``, ``(1, r)``: the prior scale of each magnitude (``s_k = pi_k`` of the drawn globals

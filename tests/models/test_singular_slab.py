@@ -32,9 +32,9 @@ def test_near_stiefel_log_prob_sums_to_the_orthogonality_penalty():
 
 
 @pytest.mark.parametrize("per", ["token", "sequence"])
-@pytest.mark.parametrize("learn_scale", [True, False])
-def test_fused_loss_equals_trace_mean_field_elbo(per, learn_scale):
-    assert check_fused_equals_svi(singular_config(per, learn_scale=learn_scale), make_batch())
+@pytest.mark.parametrize("weights", [{"learn_scale": True}, {"learn_scale": False}, {"slab": "moment", "ard": "off"}])
+def test_fused_loss_equals_trace_mean_field_elbo(per, weights):
+    assert check_fused_equals_svi(singular_config(per, **weights), make_batch())
 
 
 def test_every_parameter_gets_a_gradient():
@@ -51,9 +51,11 @@ def test_every_parameter_gets_a_gradient():
             assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
-def test_every_kl_is_exact():
-    """lambda's KL is Normal-Normal; the point factors' is ``-log p`` at their value (a Delta guide): exact too."""
-    report = get_bara_model(make_tiny_bert(), singular_config()).kl_report()
+@pytest.mark.parametrize("slab", ["gaussian", "moment"])
+def test_every_kl_is_exact(slab):
+    """lambda's KL is Normal-Normal or Normal-MomentNormal (closed form); the point factors' is ``-log p`` at their
+    value (a Delta guide): exact too."""
+    report = get_bara_model(make_tiny_bert(), singular_config(slab=slab)).kl_report()
     assert all(report.values()), report
     assert {s.rsplit(".", 1)[1] for s in report} == {"pi", "w", "z", "lora_S", "lora_A", "lora_B"}
 
@@ -108,7 +110,7 @@ def test_config_errors_name_the_field():
 
 
 @pytest.mark.parametrize("per", ["token", "sequence"])
-@pytest.mark.parametrize("weights", [{}, {"ard": "off", "learn_scale": False}])
+@pytest.mark.parametrize("weights", [{}, {"ard": "off", "learn_scale": False}, {"ard": "off", "slab": "moment"}])
 def test_globals_of_all_adapters_at_once_equal_the_per_adapter_path(per, weights, monkeypatch):
     """``slab_globals_fused`` (one batched Gram matrix per factor group, one magnitude KL per output width) gives
     the per-adapter ``fused_globals``' draws bit for bit, and its loss and gradients."""
