@@ -64,6 +64,8 @@
 #   preset_moment     the preset with the non-local second-moment slab on the magnitudes (adapter.weights.slab=moment)
 #   preset_moment_g4  the same with a prior mass of 4 components (adapter.gamma0=4)
 #   preset_moment_g2  the same with 2 (adapter.gamma0=2)
+#   preset_moment_g2_t02  preset_moment_g2 with the gates' binary-concrete temperature at 0.2
+#   preset_moment_g175_t02  the same with a prior mass of 1.75 components
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
@@ -90,7 +92,7 @@ VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learn
           singular_ard_off_g2 singular_ard_off_g3 singular_ard_off_g3_delay100 singular_ard_off_g3_delay200
           singular_ard_off_g3_ctx3 singular_ard_off_g3_ctx03 preset_temp02 preset_glr006 preset_glr02
           preset_seq preset_seq_g4 preset_lr4e-3 lora_lr4e-3 preset_c01 preset_c10
-          preset_ibp_a3 preset_ibp_a4 preset_moment preset_moment_g4 preset_moment_g2}
+          preset_ibp_a3 preset_ibp_a4 preset_moment preset_moment_g4 preset_moment_g2 preset_moment_g2_t02 preset_moment_g175_t02}
 for name in $VARIANTS; do
   dir=$OUT/$name
   [ -f "$dir/metrics.json" ] && continue
@@ -152,6 +154,8 @@ for name in $VARIANTS; do
     preset_moment) method=bara_singular; extra=(adapter.weights.slab=moment) ;;
     preset_moment_g4) method=bara_singular; extra=(adapter.weights.slab=moment adapter.gamma0=4) ;;
     preset_moment_g2) method=bara_singular; extra=(adapter.weights.slab=moment adapter.gamma0=2) ;;
+    preset_moment_g2_t02) method=bara_singular; extra=(adapter.weights.slab=moment adapter.gamma0=2 adapter.temperature=0.2) ;;
+    preset_moment_g175_t02) method=bara_singular; extra=(adapter.weights.slab=moment adapter.gamma0=1.75 adapter.temperature=0.2) ;;
     singular_no_gates_no_kl) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off train.kl_warmup_steps=1000000000) ;;
     singular_no_gates_tau_small) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off adapter.weights.init_scale=0.0001) ;;
     *) echo "unknown variant $name"; exit 2 ;;
