@@ -33,3 +33,16 @@ def local_ray():
              object_store_memory=OBJECT_STORE_BYTES)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer():
+    """The packaged SmolLM2-135M tokenizer, with its end-of-sequence token as padding."""
+    from transformers import AutoTokenizer
+
+    from bara_pyro.assets import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

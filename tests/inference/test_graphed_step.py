@@ -162,14 +162,6 @@ MC_ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def smollm_tokenizer():
-    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
 @pytest.mark.parametrize("scoring", ["cloze", "lettered"])
 def test_padded_multiple_choice_batches_score_the_same(smollm_tokenizer, scoring):
     backbone = tiny_backbone("causal_lm", "llama", tokenizer=smollm_tokenizer).eval()

@@ -3,10 +3,8 @@ one example and score at a time; adapters or batches without that structure are 
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from bara_pyro import BaRAConfig, get_bara_model
-from bara_pyro.assets import resolve_model
 from bara_pyro.backbones import tiny_backbone
 from bara_pyro.models.lora_jacobians import FACTORS, lora_jacobians
 from bara_pyro.tasks import MultipleChoiceTask
@@ -38,14 +36,6 @@ def _autograd_jacobians(model, batch):
                     grads = torch.autograd.grad(f[i, c], params, retain_graph=True)
                     rows[i, c] = torch.cat([g.flatten() for g in grads])
     return f.detach(), rows
-
-
-@pytest.fixture(scope="module")
-def smollm_tokenizer():
-    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 @pytest.mark.parametrize("scoring, padded", [("cloze", False), ("cloze", True), ("lettered", False)])
