@@ -180,7 +180,8 @@ def _singular_factors(adapters, groups, eps, pi, kl) -> tuple[dict[tuple, list[t
     """``singular_slab``'s factors, one stack per group (:func:`_factor_groups`): ``A`` and ``B`` are their own values
     (``q = Delta``) with ``KL = -log NearStiefel = (c/2) |W W^T - I|^2`` (rows of ``A``, columns of ``B``), one
     batched Gram matrix per group; the magnitudes ``S = m + tau eps``, ``m = lora_S_loc sqrt(d_out)``, with
-    ``KL(N(m, tau) || N(0, s_k sigma))``, ``s = pi`` (``ard: inclusion``) or 1.  Returns the per-adapter values of each
+    ``KL(N(m, tau) || slab(s_k sigma))`` (the family's ``magnitude_prior``: Gaussian or moment), ``s = pi``
+    (``ard: inclusion``) or 1.  Returns the per-adapter values of each
     group and ``kl`` plus their KL: the numbers of :meth:`BaRAAdapter.fused_globals`, adapter by adapter."""
     family, num = adapters[0].weights, len(adapters)
     drawn = {}
