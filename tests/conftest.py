@@ -35,7 +35,7 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def smollm_tokenizer():
     """The packaged SmolLM2-135M tokenizer, with its end-of-sequence token as padding."""
     from transformers import AutoTokenizer
