@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bara_pyro.bench import quality
+from bara_pyro.bench import quality, quality_members, quality_options
 from bara_pyro.experiment_config import save_config
 
 OOD_SET = "mmlu_high_school_psychology"
@@ -195,7 +195,7 @@ def test_variants_and_per_method_overrides(capsys, tmp_path):
             "--method-set", "bara:adapter.init_gate_logit=0.0", "--output", str(tmp_path)]
     assert quality.main(argv) == 0
     assert "bara_fast/openbookqa/seed1" in capsys.readouterr().out
-    opts = quality._options(quality.build_parser().parse_args(argv), argv)
+    opts = quality_options.options_from_args(quality.build_parser().parse_args(argv), argv)
     configs = {s.method: s.config for s in quality.plan_runs(opts)}
     assert configs["bara_fast"]["train"]["guide_lr"] == 0.01 and configs["bara"]["train"]["guide_lr"] is None
     assert configs["bara_fast"]["adapter"] == {**configs["bara"]["adapter"], "init_gate_logit": 2.0}
@@ -277,29 +277,29 @@ def _fake_finished_run(run_dir, config):
 def test_only_identical_finished_runs_are_reused(tmp_path):
     argv = ["--quick", "--methods", "lora,ensemble", "--tasks", "winogrande_s", "--seeds", "1",
             "--output", str(tmp_path)]
-    opts = quality._options(quality.build_parser().parse_args(argv), argv)
+    opts = quality_options.options_from_args(quality.build_parser().parse_args(argv), argv)
     lora, ensemble = quality.plan_runs(opts)
-    assert quality._reusable_members(ensemble, tmp_path) == {}  # nothing finished yet
+    assert quality_members.reusable_members(ensemble, tmp_path) == {}  # nothing finished yet
     # saved by an older version (no ensemble.seed_stride) on another device: the same run, and a source
     _fake_finished_run(lora.run_dir, {**lora.config, "train": {**lora.config["train"], "device": "cuda"},
                                       "ensemble": {"members": 1}})
     assert quality._saved_config_conflict(lora) is None
-    assert quality._reusable_members(ensemble, tmp_path) == {0: lora.run_dir}
+    assert quality_members.reusable_members(ensemble, tmp_path) == {0: lora.run_dir}
     member_1 = {**lora.config, "train": {**lora.config["train"], "seed": 1001}}
     other = tmp_path / "runs" / "lora" / "winogrande_s" / "seed1001"
     _fake_finished_run(other, member_1)
-    assert quality._reusable_members(ensemble, tmp_path) == {0: lora.run_dir, 1: other}
+    assert quality_members.reusable_members(ensemble, tmp_path) == {0: lora.run_dir, 1: other}
     for path, value in (("train.lr", 0.001), ("adapter.r", 4), ("data.max_train_examples", 4)):
         section, key = path.split(".")
         changed = tmp_path / "changed" / path
         changed.mkdir(parents=True)
         _fake_finished_run(changed / "runs/lora/winogrande_s/seed1",
                            {**lora.config, section: {**lora.config[section], key: value}})
-        assert quality._reusable_members(ensemble, changed) == {}, path
+        assert quality_members.reusable_members(ensemble, changed) == {}, path
     unfinished = tmp_path / "unfinished"
     _fake_finished_run(unfinished / "runs/lora/winogrande_s/seed1", lora.config)
     (unfinished / "runs/lora/winogrande_s/seed1/metrics.json").unlink()
-    assert quality._reusable_members(ensemble, unfinished) == {}
+    assert quality_members.reusable_members(ensemble, unfinished) == {}
 
 
 def test_ensemble_assembled_from_member_predictions_equals_evaluating_it(tmp_path, capsys):
@@ -366,15 +366,16 @@ def test_ensemble_assembled_from_member_predictions_equals_evaluating_it(tmp_pat
 def test_only_identical_runs_with_predictions_assemble_an_ensemble(tmp_path):
     argv = ["--quick", "--methods", "lora,ensemble", "--tasks", "winogrande_s", "--seeds", "1",
             "--set", "eval.splits=[test]", "--output", str(tmp_path)]
-    opts = quality._options(quality.build_parser().parse_args(argv), argv)
+    opts = quality_options.options_from_args(quality.build_parser().parse_args(argv), argv)
     lora, ensemble = quality.plan_runs(opts)
     member_1 = {**lora.config, "train": {**lora.config["train"], "seed": 1001}}
     for seed, config in ((1, lora.config), (1001, member_1)):
         run_dir = tmp_path / "runs" / "lora" / "winogrande_s" / f"seed{seed}"
         _fake_finished_run(run_dir, config)
-        assert quality._member_prediction_sources(ensemble, tmp_path, "predictions.npz") is None  # no predictions
+        sources = quality_members.member_prediction_sources(ensemble, tmp_path, "predictions.npz")
+        assert sources is None  # no predictions yet
         (run_dir / "predictions.npz").write_text("")
-    sources = quality._member_prediction_sources(ensemble, tmp_path, "predictions.npz")
+    sources = quality_members.member_prediction_sources(ensemble, tmp_path, "predictions.npz")
     assert sources == {0: lora.run_dir, 1: tmp_path / "runs/lora/winogrande_s/seed1001"}
     for path, value in (("eval.batch_size", 7), ("eval.max_examples", 3), ("eval.splits", ["validation"]),
                         ("train.lr", 0.001)):
@@ -386,9 +387,9 @@ def test_only_identical_runs_with_predictions_assemble_an_ensemble(tmp_path):
                 config[section] = {**config[section], key: value}
             _fake_finished_run(changed / source.relative_to(tmp_path), config)
             (changed / source.relative_to(tmp_path) / "predictions.npz").write_text("")
-        assert quality._member_prediction_sources(ensemble, changed, "predictions.npz") is None, path
+        assert quality_members.member_prediction_sources(ensemble, changed, "predictions.npz") is None, path
     sampled = {**ensemble.config, "eval": {**ensemble.config["eval"], "num_samples": 2}}
-    assert quality._member_prediction_sources(quality.RunSpec(**{**ensemble.__dict__, "config": sampled}),
+    assert quality_members.member_prediction_sources(quality.RunSpec(**{**ensemble.__dict__, "config": sampled}),
                                               tmp_path, "predictions.npz") is None  # not deterministic
 
 
@@ -396,7 +397,8 @@ def test_runs_with_training_done_start_first(tmp_path):
     """Evaluation-only runs, then runs that resume, then new ones: a stopped call leaves the least half done."""
     argv = ["--quick", "--methods", "lora,ensemble", "--tasks", "winogrande_s", "--seeds", "1,2,3",
             "--output", str(tmp_path)]
-    specs = {s.name: s for s in quality.plan_runs(quality._options(quality.build_parser().parse_args(argv), argv))}
+    opts = quality_options.options_from_args(quality.build_parser().parse_args(argv), argv)
+    specs = {s.name: s for s in quality.plan_runs(opts)}
 
     def trained(d):
         d.mkdir(parents=True)

@@ -2,21 +2,21 @@
 
 import json
 
-from bara_pyro.bench import quality, tuning
+from bara_pyro.bench import quality, quality_options, tuning
 
 
 def _base(tmp_path, *extra):
     argv = ["--quick", "--methods", "lora,blob,ensemble", "--tasks", "winogrande_s,arc_easy",
             "--output", str(tmp_path), *extra]
     args = tuning.build_parser().parse_args(argv)
-    return quality._options(args, argv), args
+    return quality_options.options_from_args(args, argv), args
 
 
 def test_grid_selection_and_final_configs(tmp_path):
     base, args = _base(tmp_path, "--lrs", "0.0001,0.001", "--grid", "blob:adapter.weights.prior_scale=0.1,0.2")
     grids = tuning._parse_grids(args.grid)
     grid, points = tuning.grid_options(base, args.lrs, grids, [1])
-    quality._check_options(grid)
+    quality_options.check_options(grid)
     # lora: 2 points; blob: 2 x 2; the ensemble takes LoRA's choice and has no grid of its own
     assert sorted(points) == sorted(["lora@lr=0.0001", "lora@lr=0.001", "blob@lr=0.0001,prior_scale=0.1",
                                      "blob@lr=0.0001,prior_scale=0.2", "blob@lr=0.001,prior_scale=0.1",

@@ -11,6 +11,9 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+from .quality_aggregate import target_label
+from .quality_protocol import ANCHOR_SEED, METRICS, PROTOCOL_NAME, TASKS
+
 __all__ = ["format_markdown", "code_version", "git_commit", "effective_overrides", "METHOD_LABELS",
            "TASK_LABELS", "METRIC_LABELS"]
 
@@ -96,8 +99,6 @@ def _machine_line(results: dict) -> str:
 
 def format_markdown(results: dict) -> str:
     """``results.md``: provenance, protocol, one table per metric, OOD tables, anchor, targets, failures."""
-    from .quality import ANCHOR_SEED, METRICS, PROTOCOL_NAME, TASKS, target_label
-
     methods, tasks, seeds = results["methods"], results["tasks"], results["seeds"]
     n_seeds = len(seeds)
     lines = ["# Quality benchmark", "",

@@ -25,7 +25,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import quality
+from . import quality, quality_options
+from .atomic_files import write_json
 
 __all__ = ["GRID_LRS", "SHARES_CHOICE", "grid_points", "point_name", "grid_options", "select", "final_options",
            "tuning_markdown", "main"]
@@ -54,7 +55,7 @@ def _overrides(point: dict) -> list[str]:
     return [f"{k}={_fmt(v)}" for k, v in point.items()]
 
 
-def grid_options(base: quality.Options, lrs, grids, seeds: list[int]) -> tuple[quality.Options, dict]:
+def grid_options(base: quality_options.Options, lrs, grids, seeds: list[int]) -> tuple[quality_options.Options, dict]:
     """The grid stage as ``bench quality`` options (one variant per method and point, validation only, in
     ``<output>/grid``) and ``{variant name: (method, point)}``."""
     opts = copy.deepcopy(base)
@@ -83,7 +84,7 @@ def _validation_value(run_dir: Path, metric: str) -> float | None:
         return None
 
 
-def select(grid: quality.Options, points: dict, metric: str = "nll") -> tuple[dict, dict]:
+def select(grid: quality_options.Options, points: dict, metric: str = "nll") -> tuple[dict, dict]:
     """``(choices, table)``: ``choices[(method, task)]`` = the chosen point; ``table[method][task][name]`` = its
     validation ``metric`` averaged over the tuning seeds (None: a run did not finish)."""
     table: dict = {}
@@ -103,7 +104,7 @@ def select(grid: quality.Options, points: dict, metric: str = "nll") -> tuple[di
     return choices, table
 
 
-def final_options(base: quality.Options, choices: dict) -> quality.Options:
+def final_options(base: quality_options.Options, choices: dict) -> quality_options.Options:
     """The benchmark with each (method, task)'s chosen values (a sharing method takes its source's)."""
     opts = copy.deepcopy(base)
     for method in base.methods:
@@ -163,10 +164,11 @@ def build_parser():
     p.prog = "python -m bara_pyro.bench.tuning"
     p.description = __doc__.splitlines()[0]
     t = p.add_argument_group("tuning")
-    t.add_argument("--lrs", type=quality._csv(float), default=list(GRID_LRS), help="learning-rate grid")
+    t.add_argument("--lrs", type=quality_options.csv_list(float), default=list(GRID_LRS), help="learning-rate grid")
     t.add_argument("--grid", action="append", default=[], metavar="METHOD:KEY=V1,V2",
                    help="a further grid axis for one method (repeatable)")
-    t.add_argument("--tune-seeds", type=quality._csv(int), help="seeds of the grid runs (default: the first seed)")
+    t.add_argument("--tune-seeds", type=quality_options.csv_list(int),
+                   help="seeds of the grid runs (default: the first seed)")
     t.add_argument("--select-metric", default="nll", choices=list(quality.METRICS))
     t.add_argument("--grid-only", action="store_true", help="run the grid and print the choices; no final runs")
     return p
@@ -178,15 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        base = quality._options(args, argv)
-        quality._check_options(base)
+        base = quality_options.options_from_args(args, argv)
+        quality_options.check_options(base)
         grids = _parse_grids(args.grid)
         stray = sorted(set(grids) - set(base.methods))
         if stray:
             raise ConfigError(f"--grid names method(s) {stray} that are not in --methods {base.methods}")
         seeds = args.tune_seeds or base.seeds[:1]
         grid, points = grid_options(base, args.lrs, grids, seeds)
-        quality._check_options(grid)
+        quality_options.check_options(grid)
         if args.dry_run:
             quality.print_plan(grid)
             print("the final runs (each method at its chosen values) are planned when the grid has finished")
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     results["tuning"] = {"lrs": list(args.lrs), "grids": grids, "seeds": seeds, "metric": args.select_metric,
                          "choices": [{"method": m, "task": t, "values": v} for (m, t), v in choices.items()],
                          "grid_validation": table, "grid_output": str(grid.output)}
-    quality._write_json(final.output / "results.json", results)
+    write_json(final.output / "results.json", results)
     with open(final.output / "results.md", "a") as f:
         f.write(text)
     print(text)

@@ -1,0 +1,172 @@
+"""The quality benchmark's aggregates: mean +- std over seeds per method and task, the across-task mean, the OOD
+tables, the peft anchor check and BaRA's targets."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from .quality_protocol import ANCHOR_SEED, METRICS, OOD_TRAIN_TASK, PEFT_LORA_ANCHOR, TARGETS
+
+__all__ = ["aggregate", "anchor_check", "check_targets", "target_label"]
+
+
+def _stats(values: list) -> dict | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None,
+            "n": len(vals), "values": vals}
+
+
+def _table(records: list[dict], methods, columns, value) -> dict:
+    """``{method: {column: stats, "mean": stats over columns}}`` for ``value(record, column) -> float | None``.
+
+    The "mean" cell averages the per-column means (only when every column has a value); its std is over
+    the seeds that have every column (the per-seed average over columns), when there are two or more.
+    """
+    out = {}
+    for method in methods:
+        rows = [r for r in records if r["method"] == method]
+        by_col = {}
+        for col in columns:
+            pairs = [(r["seed"], value(r, col)) for r in rows]
+            by_col[col] = {s: v for s, v in pairs if v is not None}
+        cells = {col: _stats(list(by_col[col].values())) for col in columns}
+        if columns and all(cells[c] is not None for c in columns):
+            seeds = sorted(set.intersection(*(set(by_col[c]) for c in columns)))
+            per_seed = [statistics.fmean(by_col[c][s] for c in columns) for s in seeds]
+            mean = statistics.fmean(cells[c]["mean"] for c in columns)
+            cells["mean"] = {"mean": mean, "std": statistics.stdev(per_seed) if len(per_seed) > 1 else None,
+                             "n": len(per_seed), "values": per_seed}
+        else:
+            cells["mean"] = None
+        out[method] = cells
+    return out
+
+
+def _metric_value(split: str, metric: str):
+    def value(record, task):
+        if record["task"] != task or record["status"] != "ok":
+            return None
+        m = record.get("metrics") or {}
+        if metric == "effective_rank":
+            return m.get("effective_rank")
+        return (m.get(split) or {}).get(metric)
+    return value
+
+
+def _ood_value(metric: str):
+    def value(record, column):
+        ood = record.get("ood_metrics")
+        if record["task"] != OOD_TRAIN_TASK or not ood:
+            return None
+        cell = ood["in_distribution"] if column == "in_distribution" else ood["ood"].get(column)
+        return None if cell is None else cell.get(metric)
+    return value
+
+
+def _mean(agg: dict, method: str) -> float | None:
+    cell = (agg.get(method) or {}).get("mean")
+    return None if cell is None else cell["mean"]
+
+
+def target_label(method: str) -> str:
+    """How results name the method the targets are checked for: ``BaRA``, or ``BaRA (name)`` for another BaRA
+    preset or a variant."""
+    return "BaRA" if method == "bara" else f"BaRA ({method})"
+
+
+def check_targets(aggregates: dict, rank_budget: float | None, method: str = "bara") -> list[dict]:
+    """The protocol's targets (:data:`TARGETS`) for BaRA (``method``: a BaRA preset or a variant of one) against
+    LoRA (MLE) on the across-task test means: met / missed / not evaluated."""
+    name = target_label(method)
+    test = aggregates["test"]
+    acc, nll, ece = test["accuracy"], test["nll"], test["ece"]
+    rank = aggregates["effective_rank"]
+    out = []
+
+    def add(key, status, detail):
+        out.append({"target": key, "description": TARGETS[key], "status": status, "detail": detail})
+
+    b, lo = _mean(ece, method), _mean(ece, "lora")
+    if b is None or lo is None:
+        add("ece", "not evaluated", "needs BaRA and LoRA (MLE) on every task")
+    else:
+        ratio = b / lo if lo > 0 else math.inf
+        add("ece", "met" if b <= 0.4 * lo else "missed",
+            f"{name} {100 * b:.2f}% vs LoRA {100 * lo:.2f}%: ratio {ratio:.2f} (target <= 0.40)")
+    b, lo, bl = _mean(nll, method), _mean(nll, "lora"), _mean(nll, "blob")
+    if b is None or lo is None:
+        add("nll", "not evaluated", "needs BaRA and LoRA (MLE) on every task")
+    elif bl is None:  # not below LoRA already misses the target, whatever BLoB gives; below it, that part is met
+        add("nll", "met against LoRA; BLoB not run" if b < lo else "missed",
+            f"{name} {b:.4f} vs LoRA {lo:.4f} (diff {b - lo:+.4f}); BLoB was not run on every task")
+    else:
+        add("nll", "met" if b < lo and b < bl else "missed",
+            f"{name} {b:.4f} vs LoRA {lo:.4f} (diff {b - lo:+.4f}) and BLoB {bl:.4f} (diff {b - bl:+.4f})")
+    b, lo = _mean(acc, method), _mean(acc, "lora")
+    if b is None or lo is None:
+        add("accuracy", "not evaluated", "needs BaRA and LoRA (MLE) on every task")
+    else:
+        diff = 100 * (b - lo)
+        add("accuracy", "met" if diff >= -0.5 else "missed",
+            f"{name} {100 * b:.2f}% vs LoRA {100 * lo:.2f}%: {diff:+.2f} points (target >= -0.50)")
+    b = _mean(rank, method)
+    if b is None or rank_budget is None:
+        add("effective_rank", "not evaluated", "needs BaRA on every task")
+    else:
+        add("effective_rank", "met" if b <= rank_budget / 2 else "missed",
+            f"{name} {b:.2f} vs r / 2 = {rank_budget / 2:g}")
+    return out
+
+
+def anchor_check(records: list[dict], aggregates: dict, tasks: list[str]) -> list[dict]:
+    """The LoRA (MLE) row against peft's LoRA (seed 1); 'within noise' = |diff| <= 2 sqrt(2) x our seed std."""
+    rows = []
+    # only runs evaluated on the test split (a validation-only run, e.g. of a grid, has no anchor figure)
+    lora = [r for r in records if r["method"] == "lora" and r["status"] == "ok" and "test" in r["metrics"]]
+    for task in tasks:
+        if task not in PEFT_LORA_ANCHOR:
+            continue
+        peft_acc, peft_ece = PEFT_LORA_ANCHOR[task]
+        runs = sorted((r for r in lora if r["task"] == task), key=lambda r: (r["seed"] != ANCHOR_SEED, r["seed"]))
+        row = {"task": task, "peft": {"accuracy": peft_acc, "ece": peft_ece}, "seed": None, "ours": None,
+               "diff": None, "ours_seeds": {}, "within_noise": {}}
+        if runs:
+            r = runs[0]
+            row["seed"] = r["seed"]
+            row["ours"] = {k: 100 * r["metrics"]["test"][k] for k in ("accuracy", "ece")}
+            row["diff"] = {k: row["ours"][k] - row["peft"][k] for k in ("accuracy", "ece")}
+            for k in ("accuracy", "ece"):
+                cell = aggregates["test"][k].get("lora", {}).get(task)
+                std = None if cell is None or cell["std"] is None else 100 * cell["std"]
+                row["ours_seeds"][k] = None if cell is None else {"mean": 100 * cell["mean"], "std": std,
+                                                                  "n": cell["n"]}
+                row["within_noise"][k] = None if std is None else abs(row["diff"][k]) <= 2 * math.sqrt(2) * std
+        rows.append(row)
+    return rows
+
+
+def aggregate(records: list[dict], methods: list[str], tasks: list[str], ood_sets: list[str] | None = None,
+              rank_budget: float | None = None, target_method: str = "bara") -> dict:
+    """Aggregates (mean +- std over seeds per method x task, plus the across-task mean), OOD, anchor, targets."""
+    aggregates = {split: {m: _table(records, methods, tasks, _metric_value(split, m)) for m in METRICS}
+                  for split in ("test", "validation")}
+    aggregates["effective_rank"] = _table(records, methods, tasks, _metric_value("test", "effective_rank"))
+    out = {"aggregates": aggregates}
+    if ood_sets:
+        id_cols = ["in_distribution", *ood_sets]
+        out["ood"] = {
+            "trained_on": OOD_TRAIN_TASK, "sets": list(ood_sets),
+            "accuracy": _table(records, methods, id_cols, _ood_value("accuracy")),
+            "ece": _table(records, methods, id_cols, _ood_value("ece")),
+            "nll": _table(records, methods, id_cols, _ood_value("nll")),
+            "auroc_entropy": _table(records, methods, list(ood_sets), _ood_value("auroc_entropy")),
+            "auroc_mutual_information": _table(records, methods, list(ood_sets),
+                                               _ood_value("auroc_mutual_information")),
+        }
+    out["anchor"] = anchor_check(records, aggregates, tasks)
+    out["target_method"] = target_method
+    out["targets"] = check_targets(aggregates, rank_budget, target_method)
+    return out
