@@ -2,11 +2,11 @@
 
 import json
 
-from bara_pyro.bench import speed
+from bara_pyro.bench import speed, speed_setup
 
 
 def small_config(**kw):
-    base = dict(shapes=["tiny"], settings=["eager"], methods=["frozen", "lora", speed.DRAW],
+    base = dict(shapes=["tiny"], settings=["eager"], methods=["frozen", "lora", speed_setup.DRAW],
                 gate_impls=["reference", "torch"], examples=2, seq_len=12, cont_len=4, samples=2, steps=2, warmup=1,
                 svi_steps=1, check=False, device="cpu", bf16=False)
     base.update(kw)
@@ -17,7 +17,7 @@ def test_speed_benchmark_rows_and_keys():
     result = speed.run_speed_benchmark(small_config(), log=lambda msg: None)
     assert {"device", "date", "versions", "config", "shapes", "table", "notes"} <= set(result)
     res = result["shapes"]["tiny"]
-    assert set(res["train"]) == {"frozen", "lora", f"{speed.DRAW}@reference", f"{speed.DRAW}@torch"}
+    assert set(res["train"]) == {"frozen", "lora", f"{speed_setup.DRAW}@reference", f"{speed_setup.DRAW}@torch"}
     assert set(res["predict"]) == {"lora", "lora[eval.num_samples=2]", "bara[eval.num_samples=0]@torch",
                                    "bara[eval.num_samples=2]@torch"}
     assert result["row_names"] == "presets"
@@ -33,8 +33,8 @@ def test_speed_benchmark_rows_and_keys():
 def test_speed_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "speed.json"
     argv = ["--shapes", "tiny", "--device", "cpu", "--fp32", "--settings", "eager", "--methods", "lora", "bara",
-            speed.DRAW, speed.SVI, speed.SVI_JIT, "--gate-impls", "torch", "--steps", "1", "--warmup", "1",
-            "--svi-steps", "1",
+            speed_setup.DRAW, speed_setup.SVI, speed_setup.SVI_JIT, "--gate-impls", "torch", "--steps", "1",
+            "--warmup", "1", "--svi-steps", "1",
             "--examples", "2", "--seq-len", "8", "--cont-len", "3", "--samples", "2", "--no-predict", "--out", str(out)]
     assert speed.main(argv) == 0
     data = json.loads(out.read_text())
@@ -52,13 +52,13 @@ def test_rows_follow_the_presets():
     from bara_pyro.models import BaRAConfig
 
     cfg = small_config()
-    for preset in ("lora", "bara", "blob", *speed.PRESET_METHODS):
+    for preset in ("lora", "bara", "blob", *speed_setup.PRESET_METHODS):
         expected = BaRAConfig.from_dict({**load_preset(preset)["adapter"], "r": cfg.r, "alpha": cfg.alpha,
                                          "target_modules": cfg.targets})
-        assert speed._bara_config(cfg, speed.TRAIN_ROWS[preset]).to_dict() == expected.to_dict()
-    assert load_preset("bara")["train"]["local_kl"] == "expected" and speed.TRAIN_ROWS["bara"] == "bara_expected"
-    for name in speed.TRAIN_ROWS:
-        assert name == "frozen" or name.split("[")[0] in ("lora", "bara", "blob", *speed.PRESET_METHODS)
+        assert speed_setup.adapter_config(cfg, speed_setup.TRAIN_ROWS[preset]).to_dict() == expected.to_dict()
+    assert load_preset("bara")["train"]["local_kl"] == "expected" and speed_setup.TRAIN_ROWS["bara"] == "bara_expected"
+    for name in speed_setup.TRAIN_ROWS:
+        assert name == "frozen" or name.split("[")[0] in ("lora", "bara", "blob", *speed_setup.PRESET_METHODS)
 
 
 def test_old_result_files_read_with_todays_names(tmp_path):
@@ -76,7 +76,7 @@ def test_old_result_files_read_with_todays_names(tmp_path):
                                                    "bara[eval.num_samples=0]@triton", "bara@triton",
                                                    "bara[eval.num_samples=4]@torch"]
     assert [r["method"] for r in new["table"]] == ["bara[train.local_kl=draw]@triton", "lora[eval.num_samples=10]"]
-    assert new["config"]["methods"] == ["frozen", "lora", "bara[train.local_kl=draw]", "bara", speed.SVI]
+    assert new["config"]["methods"] == ["frozen", "lora", "bara[train.local_kl=draw]", "bara", speed_setup.SVI]
     assert speed.relabel(json.loads(json.dumps(new))) == new  # a current file is left as it is
     assert speed.main(["--relabel", str(path)]) == 0 and json.loads(path.read_text()) == new
 

@@ -120,7 +120,7 @@ def check_graphs_match_eager(device, shape: str = "smollm2-135m", methods=("lora
     from ..inference.graphed_step import TrainStep
     from ..inference.optim import TorchOptimizer, warmup_linear_decay
     from ..models import BaRAConfig, get_bara_model
-    from .speed import SpeedConfig, build_backbone, cloze_forward, make_batch
+    from .speed_setup import SpeedConfig, build_backbone, cloze_forward, make_batch
 
     device = torch.device(device)
     cfg = SpeedConfig()
