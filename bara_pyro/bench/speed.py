@@ -428,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", nargs="+", default=d.shapes, choices=list(SHAPES))
     p.add_argument("--settings", nargs="+", default=d.settings, choices=list(SETTINGS))
     p.add_argument("--methods", nargs="+", default=d.methods, choices=list(TRAIN_METHODS))
-    p.add_argument("--gate-impls", nargs="+", default=d.gate_impls, choices=list(GATE_IMPLS),
-                   help="BaRA gate paths to measure: reference, or a fused_kernels impl of the fast path")
+    p.add_argument("--gate-impls", nargs="+", choices=list(GATE_IMPLS),
+                   help="BaRA gate paths to measure: reference, or a fused_kernels impl of the fast path "
+                        f"(default: {' '.join(d.gate_impls)} on a GPU, torch on a CPU)")
     p.add_argument("--steps", type=int, default=d.steps, help="timed steps per row (median reported)")
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--svi-steps", type=int, default=d.svi_steps)
@@ -474,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
             Path(path).write_text(json.dumps(load_result(path), indent=1))
             print(f"relabelled {path}")
         return 0
-    cfg = SpeedConfig(shapes=args.shapes, settings=args.settings, methods=args.methods, gate_impls=args.gate_impls,
+    on_gpu = torch.device(args.device).type == "cuda"
+    gate_impls = args.gate_impls or (SpeedConfig().gate_impls if on_gpu else ["torch"])  # Triton needs a GPU
+    cfg = SpeedConfig(shapes=args.shapes, settings=args.settings, methods=args.methods, gate_impls=gate_impls,
                       steps=args.steps, warmup=args.warmup, svi_steps=args.svi_steps, samples=args.samples,
                       examples=args.examples, seq_len=args.seq_len, cont_len=args.cont_len, r=args.r,
                       predict=not args.no_predict, check=not args.no_check, tune=not args.no_tune, profile=args.profile,
