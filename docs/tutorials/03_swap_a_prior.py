@@ -19,7 +19,9 @@
 # 2. draws from each prior, to see what it believes before any data;
 # 3. fits each to a synthetic problem with a known answer and compares the posteriors;
 # 4. writes a prior of its own, registers it, and checks it with the contract tests that ship in
-#    `bara_pyro.testing`.
+#    `bara_pyro.testing`;
+# 5. swaps the slab on the magnitudes of `bara_singular` for a non-local prior that vanishes at zero, and
+#    compares what each charges for a magnitude.
 #
 # It runs on a laptop CPU in a minute or two.
 
@@ -319,3 +321,75 @@ print("losses per estimator:", {k: [round(v, 3) for v in losses] for k, losses i
 # %%
 usage, gate, rank, local_kl = fit_synthetic(BaRAConfig(r=R, prior={"sparsity": {"name": "decaying_beta"}}))
 print(f"decaying beta x gamma: effective rank {rank:.2f}; usage per component {[round(float(u), 3) for u in usage]}")
+
+# %% [markdown]
+# ## 5. A slab that vanishes at zero
+#
+# Priors on the weights swap the same way. In the `bara_singular` preset (BaRA on the singular directions
+# of the update, docs/model.md) each component's magnitude $\lambda_k$ has a slab, and the gate decides
+# whether the component acts on a token. With a Gaussian slab $N(0, \sigma^2)$, whose density is largest
+# at 0, a component the data do not need can be *off* (its gate) or *tiny* (its magnitude) at almost the
+# same price, so nothing moves its gate away from the prior. The second-moment non-local prior
+# (Johnson & Rossell 2012)
+#
+# $$p(\lambda) = \frac{\lambda^2}{\sigma^2}\, N(\lambda; 0, \sigma^2)$$
+#
+# vanishes at 0: a component kept in the slab must have a size, and an unneeded one is cheaper switched
+# off. One line of config again: `weights: {name: singular_slab, slab: moment}`, or
+# `--set adapter.weights.slab=moment`.
+
+# %%
+from torch.distributions import Normal, kl_divergence  # noqa: E402
+
+from bara_pyro.methods import load_preset  # noqa: E402
+from bara_pyro.models.moment_prior import MomentNormal  # noqa: E402
+
+singular = load_preset("bara_singular")["adapter"]
+slabs = {name: BaRAConfig.from_dict({**singular, "r": R, "weights": {**singular["weights"], "slab": name}})
+         for name in ("gaussian", "moment")}
+for name, config in slabs.items():
+    model = get_bara_model(tiny_bert(), config, forward_fn=toy.scores)
+    path = model.adapter_items[0][0]
+    closed = {s.rpartition(".")[2]: c for s, c in model.kl_report().items() if s.rpartition(".")[0] == path}
+    print(f"{name:>8} slab: magnitude site lora_S, KL {'closed form' if closed['lora_S'] else 'Monte Carlo'}")
+
+# %% [markdown]
+# The magnitude's posterior is $q(\lambda) = N(m, \tau^2)$. Its KL from the Gaussian slab is the usual one;
+# from the moment prior it is that minus $E_q[\log \lambda^2] - \log \sigma^2$, in closed form (a Poisson
+# series; `bara_pyro/models/moment_prior.py`). The cell draws both priors and the price of a magnitude
+# kept at mean $m$ with a small posterior scale, checked against a Monte Carlo estimate:
+
+# %%
+sigma, tau = torch.tensor(1.0), torch.tensor(0.05)
+grid = torch.linspace(-3, 3, 601)
+priors = {"gaussian": Normal(torch.tensor(0.0), sigma), "moment": MomentNormal(sigma)}
+means = torch.linspace(0.0, 2.0, 41)
+kls = {name: kl_divergence(Normal(means, tau), prior.expand(means.shape)) for name, prior in priors.items()}
+
+fig = Figure(figsize=(11, 3.5), layout="constrained")
+ax_p, ax_kl = fig.subplots(1, 2)
+for name, prior in priors.items():
+    ax_p.plot(grid, prior.log_prob(grid).exp(), label=f"{name} slab")
+    ax_kl.plot(means, kls[name], label=f"{name} slab")
+ax_p.set(xlabel="magnitude lambda", ylabel="prior density", title=f"slabs, sigma = {sigma:g}")
+ax_kl.set(xlabel="posterior mean m", ylabel="KL(q || slab), nats", title=f"price of a magnitude, tau = {tau:g}")
+ax_p.legend(fontsize=8)
+fig
+
+# %%
+torch.manual_seed(SEED)
+for m in (0.0, 0.1, 0.5, 1.0):
+    q = Normal(torch.tensor(m), tau)
+    x = q.sample((200_000,))
+    mc = (q.log_prob(x) - priors["moment"].log_prob(x)).mean()
+    closed = {name: float(kl_divergence(q, prior)) for name, prior in priors.items()}
+    print(f"m = {m:3.1f}: KL Gaussian {closed['gaussian']:6.2f}, moment {closed['moment']:6.2f} "
+          f"(Monte Carlo {float(mc):6.2f}) nats")
+
+# %% [markdown]
+# Near $m = 0$ the Gaussian slab charges a few nats (the posterior's width against the prior's), the moment
+# prior about $\log(\sigma^2 / \tau^2) + 1.27$ more, and $\log(\sigma^2 / m^2)$ more for $\tau \ll m < \sigma$:
+# keeping a component in the slab at a tiny size costs nats, switching it off with its gate does not. At
+# $m = \sigma$ the two slabs charge the same, and beyond it the moment prior charges less. What this does to the
+# gates on real data (every component then carries part of the update and the gates do the switching) is in
+# docs/model.md, section "Gating singular directions".
