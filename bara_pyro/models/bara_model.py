@@ -37,6 +37,7 @@ from .adapter import BaRAAdapter
 from .config import BaRAConfig
 from .context import GateContext
 from .errors import ConfigError
+from .fused_inducing import fits_inducing_globals, inducing_globals_fused
 from .fused_kernels import bara_globals_expected, bara_globals_fused
 from .fused_slab import fits_slab_globals, slab_globals_fused
 from .likelihoods import CategoricalLikelihood
@@ -333,7 +334,8 @@ class BaRAModel(PyroModule):
         (:func:`~bara_pyro.models.fused_kernels.bara_globals_expected`), the KL at the effective globals plus
         a per-token constant, added here once for all layers.  ``slab_gaussian`` adapters (``bara_slab``) have their
         global sites drawn and their KLs taken for all adapters at once
-        (:func:`~bara_pyro.models.fused_slab.slab_globals_fused`; the same draws).
+        (:func:`~bara_pyro.models.fused_slab.slab_globals_fused`; the same draws), as do ``inducing_gaussian``
+        adapters (Bayesian-LoRA, :func:`~bara_pyro.models.fused_inducing.inducing_globals_fused`).
         Returns ``(loss, parts)``; ``parts`` holds the unscaled, detached terms.
         """
         ctx = self.ctx
@@ -345,6 +347,8 @@ class BaRAModel(PyroModule):
                 raise ConfigError(EXPECTED_GLOBALS_UNSUPPORTED)
             elif self._slab_globals:
                 slab_globals_fused(self._adapter_items, ctx)
+            elif self._inducing_globals:
+                inducing_globals_fused(self._adapter_items, ctx)
             else:
                 for _, adapter in self._adapter_items:
                     adapter.fused_globals()
@@ -386,6 +390,12 @@ class BaRAModel(PyroModule):
         """Whether :func:`~bara_pyro.models.fused_slab.slab_globals_fused` draws every adapter's global sites."""
         items = self._adapter_items
         return bool(items) and all(fits_slab_globals(a) for _, a in items)
+
+    @property
+    def _inducing_globals(self) -> bool:
+        """Whether :func:`~bara_pyro.models.fused_inducing.inducing_globals_fused` draws every adapter's globals."""
+        items = self._adapter_items
+        return bool(items) and all(fits_inducing_globals(a) for _, a in items)
 
     def _fused_globals_at_once(self) -> None:
         """Every layer's default globals (pi ~ Beta, lambda ~ Gamma) in one ``bara_globals_fused`` call: the
