@@ -73,6 +73,8 @@
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
 #   VARIANTS="lora slab" bash benchmarks/bara_slab_ablation.sh OUTPUT
 #   SEED=1 VARIANTS="lora singular" bash benchmarks/bara_slab_ablation.sh OUTPUT_SEED1   # train.seed (default 0)
+#   SEED=k VARIANTS=... bash benchmarks/bara_slab_ablation.sh BASE/seedk; python benchmarks/ablation_seeds.py BASE
+#                     # means over the seeds, and paired differences from lora
 #
 # Finished runs (metrics.json present) are kept; prints one table and writes it to OUTPUT/summary.md: gate
 # rank is metrics.json's effective_rank (sum_k E[z]), update rank the entropy effective rank of the singular
