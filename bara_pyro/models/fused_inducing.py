@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from .fused_slab import _rows
-from .weights_inducing import InducingWeights
+from .weights_inducing import InducingWeights, cholesky_solve_capturable
 
 __all__ = ["fits_inducing_globals", "inducing_globals_fused"]
 
@@ -35,7 +35,7 @@ def fits_inducing_globals(adapter) -> bool:
 def _projections(z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """``(Z Z^T + D^2)^{-1} Z`` for stacks ``Z`` ``(k, m, n)`` and ``D`` ``(k, m)``: ``(k, m, n)``."""
     cov = z @ z.transpose(-1, -2) + torch.diag_embed(d.pow(2))
-    return torch.cholesky_solve(z, torch.linalg.cholesky_ex(cov).L)
+    return cholesky_solve_capturable(z, cov)
 
 
 def inducing_globals_fused(items, ctx) -> None:

@@ -35,7 +35,7 @@ from torch import nn
 
 from .weights import WeightFamily, register_weights
 
-__all__ = ["InducingWeights", "inverse_softplus"]
+__all__ = ["InducingWeights", "cholesky_solve_capturable", "inverse_softplus"]
 
 
 def inverse_softplus(y: float) -> float:
@@ -45,8 +45,16 @@ def inverse_softplus(y: float) -> float:
 def _projection(z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """``(Z Z^T + D^2)^{-1} Z`` for ``Z`` ``(m, n)`` and the diagonal ``D`` ``(m,)``; returns ``(m, n)``."""
     cov = z @ z.T + torch.diag(d.pow(2))  # positive definite (d > 0)
-    # cholesky_ex: no host check of the factorisation's status (a sync that CUDA-graph capture refuses)
-    return torch.cholesky_solve(z, torch.linalg.cholesky_ex(cov).L)
+    return cholesky_solve_capturable(z, cov)
+
+
+def cholesky_solve_capturable(z: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """``cov^{-1} z`` for positive definite ``cov`` ``(..., m, m)`` and ``z`` ``(..., m, n)``, by two triangular
+    solves with ``cov``'s Cholesky factor.  CUDA-graph capture refuses ``torch.cholesky_solve`` on a batch (MAGMA)
+    and ``torch.linalg.cholesky``'s host check of the factorisation's status; this uses neither."""
+    chol = torch.linalg.cholesky_ex(cov).L
+    half = torch.linalg.solve_triangular(chol, z, upper=False)
+    return torch.linalg.solve_triangular(chol.transpose(-1, -2), half, upper=True)
 
 
 @register_weights("inducing_gaussian")
