@@ -36,7 +36,7 @@ def lora_jacobians(model, batch) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Scores ``f (B, C)`` at the current weights and their Jacobian ``J (B, C, P)`` in every adapter's ``lora_A``
     and ``lora_B`` (in the order of ``model.adapter_items``, each weight flattened row-major), or None when
     the batch or the adapters do not have the structure the formula above needs (then take the Jacobian
-    otherwise).  Scores of missing choices (``-inf``) get zero rows."""
+    otherwise).  Scores of missing choices (``-inf``) get zero rows.  ``J`` is float32 under any autocast."""
     adapters = [adapter for _, adapter in model.adapter_items]
     if any(adapter.gate is not None or adapter._rank_transform is not None or adapter.lora_dropout_p > 0
            or list(adapter.weights.latent) for adapter in adapters):
@@ -73,7 +73,8 @@ def lora_jacobians(model, batch) -> tuple[torch.Tensor, torch.Tensor] | None:
             target = torch.where(finite, f, 0.0) if col is None else torch.where(finite[:, col], f[:, col], 0.0)
             grads = torch.autograd.grad(target.sum(), outputs, retain_graph=col is not None and col < c - 1,
                                         allow_unused=True)
-        per_column.append(_factor_jacobians(adapters, seen, grads, example, column, n, c, col))
+        with torch.autocast(device_type=f.device.type, enabled=False):
+            per_column.append(_factor_jacobians(adapters, seen, grads, example, column, n, c, col))
     jac = per_column[0] if column is not None else torch.stack(per_column, dim=1)  # (B, C, P)
     return f.detach(), jac * finite.unsqueeze(-1)
 

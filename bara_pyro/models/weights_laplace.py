@@ -229,7 +229,7 @@ def fit_laplace(family, model, task, rows, batch_size: int, progress: bool = Fal
         la = _new_laplace(family, model, family.prior_precision)
         la.fit(_Batches(task, rows, batch_size, device), progress_bar=progress)
         if family.optimize_prior_precision:
-            with warnings.catch_warnings():  # the marginal likelihood uses no link approximation
+            with warnings.catch_warnings(), _float32(device):  # the marginal likelihood: no link approximation
                 warnings.filterwarnings("ignore", message="By default `link_approx` is `probit`")
                 la.optimize_prior_precision(method="marglik", pred_type="glm", link_approx="probit",
                                             init_prior_prec=family.prior_precision)
@@ -280,10 +280,17 @@ def laplace_of(family, model):
     return la
 
 
+def _float32(device) -> torch.autocast:
+    """``device``'s autocast turned off: the posterior's linear algebra runs in its operands' float32."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
 def laplace_sampled_scores(family, model, batch, num_samples: int, copied: bool = True) -> torch.Tensor:
     """Scores ``(S * n, C)`` of a batch holding ``S`` sample-major copies of ``n`` examples, one posterior draw per
     copy: in function space (``glm``) or as weight draws put in ``ctx.weights`` for the forward pass (``nn``).
-    ``copied=False`` (``glm`` only): the batch holds the ``n`` examples once."""
+    ``copied=False`` (``glm`` only): the batch holds the ``n`` examples once.  The covariance, its Cholesky
+    factor and the draws are float32 under any autocast; ``glm`` returns the scores in the dtype of the mean
+    scores."""
     la = laplace_of(family, model)
     if family.predictive == "glm":  # every copy gets its own draw of f
         if copied:
@@ -291,14 +298,17 @@ def laplace_sampled_scores(family, model, batch, num_samples: int, copied: bool 
         else:
             f_mu, f_var = _glm(la, batch)
             f_mu, f_var = f_mu.repeat(num_samples, 1), f_var.repeat(num_samples, 1, 1)
-        finite = torch.isfinite(f_mu)  # missing choices score -inf and stay there
-        eye = torch.eye(f_var.shape[-1], dtype=f_var.dtype, device=f_var.device)
-        chol = torch.linalg.cholesky_ex(f_var + CHOLESKY_JITTER * eye)[0]
-        noise = (chol @ torch.randn_like(f_mu).unsqueeze(-1)).squeeze(-1)
-        return torch.where(finite, f_mu + noise, f_mu)
+        with _float32(f_var.device):
+            mu, f_var = f_mu.float(), f_var.float()
+            finite = torch.isfinite(mu)  # missing choices score -inf and stay there
+            eye = torch.eye(f_var.shape[-1], dtype=f_var.dtype, device=f_var.device)
+            chol = torch.linalg.cholesky_ex(f_var + CHOLESKY_JITTER * eye)[0]
+            noise = (chol @ torch.randn_like(mu).unsqueeze(-1)).squeeze(-1)
+            return torch.where(finite, mu + noise, mu).to(f_mu.dtype)
     if not copied:
         raise ValueError("the sampled-weights predictive (predictive: nn) needs the batch's sample-major copies")
-    draws = la.sample(num_samples)  # (S, P) in the order of the adapters' parameters
+    with _float32(la._device):
+        draws = la.sample(num_samples)  # (S, P) in the order of the adapters' parameters
     model._prepare(batch, "sample")
     ctx = model.ctx
     ctx.num_samples = num_samples
@@ -311,17 +321,19 @@ def laplace_sampled_scores(family, model, batch, num_samples: int, copied: bool 
 def _glm(la, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``(n, C)`` and covariance ``(n, C, C)`` of the linearised scores ``f(x; theta*) + J (theta - theta*)``.
     A posterior over the adapters' LoRA factors takes ``J`` from one backward pass of the batch per score column
-    (:func:`~bara_pyro.models.lora_jacobians.lora_jacobians`); any other through ``laplace-torch``'s backend."""
+    (:func:`~bara_pyro.models.lora_jacobians.lora_jacobians`); any other through ``laplace-torch``'s backend.
+    The forward passes run under the caller's autocast; ``J Sigma J^T`` is float32 (the posterior's dtype)."""
     model = la.model.model
     factors = [getattr(a, name).weight for _, a in model.adapter_items for name in FACTORS]
-    if [id(p) for p in la.params] == [id(t) for t in factors]:
-        found = lora_jacobians(model, batch)
-        if found is not None:
-            f_mu, js = found
-            return f_mu, la.functional_variance(js.to(la._dtype)).detach()
-    with torch.enable_grad(), warnings.catch_warnings():  # CPU attention's Jacobian: slow, not wrong
-        warnings.filterwarnings("ignore", message="There is a performance drop")
-        f_mu, f_var = la._glm_predictive_distribution(_as_input(batch))
+    found = lora_jacobians(model, batch) if [id(p) for p in la.params] == [id(t) for t in factors] else None
+    if found is not None:
+        f_mu, js = found
+    else:
+        with torch.enable_grad(), warnings.catch_warnings():  # CPU attention's Jacobian: slow, not wrong
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            js, f_mu = la.backend.jacobians(_as_input(batch))
+    with _float32(js.device):
+        f_var = la.functional_variance(js.to(la._dtype))
     return f_mu.detach(), f_var.detach()
 
 

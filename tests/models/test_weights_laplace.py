@@ -169,3 +169,36 @@ def test_the_predictives_take_whole_batches_and_the_lora_jacobians_are_laplace_t
     torch.testing.assert_close(mu, ref_mu, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(var, ref_var, atol=1e-8, rtol=1e-4)
     assert float(var.diagonal(dim1=-2, dim2=-1).min()) > 0
+
+
+def test_sampled_prediction_under_bf16_autocast_draws_in_float32(monkeypatch):
+    """Under bf16 autocast (CUDA has no bf16 Cholesky) the covariance of the linearised predictive, its Cholesky
+    factor and the draws are float32, and the sampled scores agree with the float32 prediction's; the
+    sampled-weights predictive draws its weights with autocast off."""
+    import bara_pyro.models.weights_laplace as wl
+
+    model, task = _trained("kron", prior_precision=1.0)
+    la = laplace_of(model.config.components.weights, model)
+    batch = task.collate(ROWS[:8])
+    seen, real = [], torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda a, **kw: seen.append(a.dtype) or real(a, **kw))
+    pyro.set_rng_seed(0)
+    reference = predict(model, task, ROWS[:8], num_samples=64, progress=False)
+    _, ref_var = wl._glm(la, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pyro.set_rng_seed(0)
+        pred = predict(model, task, ROWS[:8], num_samples=64, progress=False)
+        _, f_var = wl._glm(la, batch)
+    assert seen == [torch.float32, torch.float32]
+    assert f_var.dtype == torch.float32
+    torch.testing.assert_close(f_var, ref_var, atol=1e-3, rtol=5e-2)
+    assert bool(torch.isfinite(pred.sample_probs).all())
+    torch.testing.assert_close(pred.probs, reference.probs, atol=5e-3, rtol=0)
+
+    model, task = _trained("kron", predictive="nn")
+    la = laplace_of(model.config.components.weights, model)
+    autocast_on, sample = [], la.sample
+    monkeypatch.setattr(la, "sample", lambda n: autocast_on.append(torch.is_autocast_enabled("cpu")) or sample(n))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = predict(model, task, ROWS[:8], num_samples=3, progress=False)
+    assert autocast_on == [False] and bool(torch.isfinite(pred.sample_probs).all())
