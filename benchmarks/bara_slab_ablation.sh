@@ -22,10 +22,10 @@
 #   slab_b_glr_1600   slab_b_glr trained 1600 steps (KL warm-up 400 steps)
 #   slab_seq          bara_slab with one gate per sentence (adapter.guide.local.per=sequence)
 #   slab_seq_glr      slab_seq with the gates' variational parameters at 10x the learning rate (2e-2)
-#   singular          bara_singular with its earlier prior: a prior mass of 1 component per layer and the slab's
-#                     scale tied to the inclusion probability (adapter.gamma0=1, adapter.weights.ard=inclusion);
-#                     every singular* variant starts from these two values, then sets its own.  The preset as
-#                     packaged now is singular_ard_off_g3.
+#   singular          bara_singular with its first prior: a Gaussian slab, a prior mass of 1 component per layer
+#                     and the slab's scale tied to the inclusion probability (adapter.weights.slab=gaussian,
+#                     adapter.gamma0=1, adapter.weights.ard=inclusion); every singular* variant starts from these
+#                     three values, then sets its own.
 #   singular_one_lr   bara_singular with the gates at the learning rate of the rest (train.guide_lr=null)
 #   singular_1600     bara_singular trained 1600 steps (KL warm-up 400 steps)
 #   singular_one_lr_1600  singular_one_lr trained 1600 steps (KL warm-up 400 steps)
@@ -48,7 +48,10 @@
 #   singular_ard_off_g3_ctx3   singular_ard_off_g3 with the context weights' prior scale 3 (default 1):
 #                     adapter.prior.sparsity.context_scale=3
 #   singular_ard_off_g3_ctx03  the same with 0.3
-#   preset_temp02     the bara_singular preset as packaged (no earlier-prior values) with the gates' binary-concrete
+#   preset_*          start from bara_singular with a Gaussian slab and a prior mass of 3 (adapter.weights.slab=gaussian,
+#                     adapter.gamma0=3: singular_ard_off_g3, "the preset" below), then set their own values.  The
+#                     preset as packaged now is preset_moment_g2.
+#   preset_temp02     the preset with the gates' binary-concrete
 #                     temperature 0.2 (adapter.temperature; default 0.67)
 #   preset_glr006     the preset with the gates' learning rate 0.06 (3x the preset's train.guide_lr)
 #   preset_glr02      the same at 0.2 (10x)
@@ -89,7 +92,8 @@ COMMON=(model=minilm-l6 dataset=rt_sst2 task.max_length=64 adapter.r=8 adapter.a
         eval.importance_draws=0)
 [ -n "${SEED:-}" ] && COMMON+=(train.seed=$SEED)
 ABSOLUTE=adapter.weights.posterior_scale=absolute
-EARLIER_SINGULAR=(adapter.gamma0=1 adapter.weights.ard=inclusion)
+EARLIER_SINGULAR=(adapter.weights.slab=gaussian adapter.gamma0=1 adapter.weights.ard=inclusion)
+GAUSSIAN_G3=(adapter.weights.slab=gaussian adapter.gamma0=3 adapter.weights.ard=off)
 VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learned slab_init02 slab_thin slab_guide_lr slab_1600 slab_u01 slab_u03 slab_glr_1600 slab_b slab_b_glr slab_b_glr_1600 slab_seq slab_seq_glr
           singular singular_one_lr singular_1600 singular_one_lr_1600 singular_kl_warm singular_glr_mid singular_no_gates
           singular_no_gates_orth10 singular_orth100 singular_no_gates_no_kl singular_no_gates_tau_small
@@ -170,6 +174,7 @@ for name in $VARIANTS; do
     *) echo "unknown variant $name"; exit 2 ;;
   esac
   [[ $name == singular* ]] && extra=("${EARLIER_SINGULAR[@]}" "${extra[@]}")
+  [[ $name == preset_* ]] && extra=("${GAUSSIAN_G3[@]}" "${extra[@]}")
   args=()
   for s in "${COMMON[@]}" "${extra[@]}"; do args+=(--set "$s"); done
   "$PY" -m bara_pyro.cli train --method "$method" --quiet --output "$dir" "${args[@]}"

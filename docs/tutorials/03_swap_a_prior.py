@@ -20,8 +20,8 @@
 # 3. fits each to a synthetic problem with a known answer and compares the posteriors;
 # 4. writes a prior of its own, registers it, and checks it with the contract tests that ship in
 #    `bara_pyro.testing`;
-# 5. swaps the slab on the magnitudes of `bara_singular` for a non-local prior that vanishes at zero, and
-#    compares what each charges for a magnitude.
+# 5. swaps the slab on the magnitudes of `bara_singular` between a Gaussian and the non-local prior that
+#    vanishes at zero (the preset's), and compares what each charges for a magnitude.
 #
 # It runs on a laptop CPU in a minute or two.
 
@@ -330,13 +330,13 @@ print(f"decaying beta x gamma: effective rank {rank:.2f}; usage per component {[
 # whether the component acts on a token. With a Gaussian slab $N(0, \sigma^2)$, whose density is largest
 # at 0, a component the data do not need can be *off* (its gate) or *tiny* (its magnitude) at almost the
 # same price, so nothing moves its gate away from the prior. The second-moment non-local prior
-# (Johnson & Rossell 2012)
+# (Johnson & Rossell 2012), the preset's slab,
 #
 # $$p(\lambda) = \frac{\lambda^2}{\sigma^2}\, N(\lambda; 0, \sigma^2)$$
 #
 # vanishes at 0: a component kept in the slab must have a size, and an unneeded one is cheaper switched
-# off. One line of config again: `weights: {name: singular_slab, slab: moment}`, or
-# `--set adapter.weights.slab=moment`.
+# off. One line of config again: `weights: {name: singular_slab, slab: gaussian}` (or `moment`), or
+# `--set adapter.weights.slab=gaussian`.
 
 # %%
 from torch.distributions import Normal, kl_divergence  # noqa: E402

@@ -25,11 +25,12 @@ def test_gated_preset_writes_finite_importance_weights(method, extra, tmp_path):
 
 def test_latent_weights_enter_the_log_ratio():
     """With the magnitudes' posterior means far out in their prior's tail (and the likelihood made blind to
-    them), the log-ratio falls by at least ``m^2 / (2 s^2)`` per magnitude: the weights' draws are in it."""
+    them), the log-ratio falls by at least ``m^2 / (2 s^2)`` per magnitude under a Gaussian slab: the weights' draws
+    are in it."""
     from bara_pyro import get_bara_model
     from bara_pyro.experiment import _adapter_config, build_backbone_and_task
 
-    config = load_config(method="bara_singular", overrides=TINY)
+    config = load_config(method="bara_singular", overrides=TINY + ["adapter.weights.slab=gaussian"])
     backbone, _, task, data = build_backbone_and_task(config)
     model = get_bara_model(backbone, _adapter_config(config, 0), forward_fn=task.scores)
     rows = [data["train"][i] for i in range(8)]
