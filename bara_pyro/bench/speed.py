@@ -55,6 +55,7 @@ from ..tasks.base import Batch
 from .speed_checks import check_gate_impls, tune_triton
 from .speed_results import default_output, format_row, format_table, load_result, relabel, table_rows
 from .speed_setup import (  # re-exported: the benchmark's shapes, rows and settings
+    EAGER_ONLY_PREDICTION,
     GATE_IMPL_METHODS,
     GATE_IMPLS,
     PRESET_METHODS,
@@ -401,8 +402,14 @@ def _run_speed_benchmark(cfg: SpeedConfig, log, partial_out: Path | None) -> dic
             pvariants += [(f"{m}{sampled}", m, "torch", batch_s) for m in cfg.methods if m in PRESET_METHODS]
             for name, method, impl, b in pvariants:
                 try:
+                    if graphs and method in EAGER_ONLY_PREDICTION:
+                        raise SkipRow(EAGER_ONLY_PREDICTION[method])
                     out = _measure(lambda: _predict_step(method, impl, backbone, b, cfg, device), cfg, device,
                                    setting, cfg.steps, profile=False)
+                except SkipRow as exc:
+                    out = {"skipped": str(exc)}
+                    if f"{method}: {exc}" not in result["notes"]:
+                        result["notes"].append(f"{method}: {exc}")
                 except Exception as exc:  # noqa: BLE001
                     traceback.print_exc()
                     out = {"error": f"{type(exc).__name__}: {exc}"[:500]}

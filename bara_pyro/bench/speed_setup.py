@@ -124,3 +124,10 @@ def adapter_config(cfg: SpeedConfig, method: str) -> BaRAConfig:
 
 class SkipRow(Exception):
     pass
+
+
+# methods whose sampled prediction cannot be captured as a CUDA graph, with the reason (their rows: --settings eager)
+EAGER_ONLY_PREDICTION = {
+    "laplace_lora": "its linearised predictive takes a backward pass per score column and reads on the host "
+                    "whether the posterior is fitted, which capture refuses: its prediction row is timed eagerly",
+}
