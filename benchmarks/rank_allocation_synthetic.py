@@ -4,7 +4,8 @@ and the gates are learned from LoRA's initialisation.  Prints, per method and ``
 ``sum_k E[z]``, the posterior-mean inclusion probabilities, the row norms of the fitted A and the size of each
 component's mean update ``|B_k| |A_k|`` (with a family's magnitudes folded into B, e.g. ``singular_slab``'s), and
 the singular values of the least-squares estimate of ``dW`` from the same rows: beyond the true rank they are the
-noise's, the size a point-estimated direction can fit.
+noise's, the size a point-estimated direction can fit.  Below the table: the log-likelihood gain of each further
+rank-1 component of the reduced-rank least-squares fit, what fitting one more direction is worth to the likelihood.
 
     python benchmarks/rank_allocation_synthetic.py [--steps 4000] [--ranks 2 6] [--methods bara bara_slab]
         [--set prior.sparsity.context=thin ...]      # overrides of the presets' adapter section
@@ -47,6 +48,18 @@ def least_squares_spectrum(k: int, seed: int = 0) -> list[float]:
     with torch.no_grad():
         residual = torch.stack([r["y"] for r in data.rows]) - data.backbone.proj(x)
     return torch.linalg.svdvals(torch.linalg.lstsq(x, residual).solution).tolist()
+
+
+def rank_one_gains(k: int, seed: int = 0) -> list[float]:
+    """Log-likelihood gain (nats, the noise's scale known) of each successive rank-1 component of the reduced-rank
+    least-squares fit of the update: ``s_j^2 / (2 noise^2)`` with ``s_j`` the singular values of the fitted values
+    ``X dW_hat^T`` ``(n, d)``, largest first; beyond the true rank, the gain of fitting the noise."""
+    data = low_rank_update(k, noise=NOISE, seed=seed)
+    x = torch.stack([r["x"] for r in data.rows])
+    with torch.no_grad():
+        residual = torch.stack([r["y"] for r in data.rows]) - data.backbone.proj(x)
+    fitted = x @ torch.linalg.lstsq(x, residual).solution
+    return (torch.linalg.svdvals(fitted) ** 2 / (2 * NOISE**2)).tolist()
 
 
 def run(method: str, k: int, steps: int, seed: int = 0, overrides: list[str] = ()) -> dict:
@@ -92,6 +105,11 @@ def main() -> None:
             sizes = " ".join(f"{v:.2f}" for v in out["sizes"])
             spectrum = " ".join(f"{v:.2f}" for v in least_squares_spectrum(k)[:R])
             print(f"| {method} | {k} | {out['rank']:.2f} | {pi} | {norms} | {sizes} | {spectrum} |", flush=True)
+    print("\nlog-likelihood gain (nats) of each further rank-1 component of the least-squares fit:")
+    for k in args.ranks:
+        gains = rank_one_gains(k)[:R]
+        print(f"  true rank {k}: " + " ".join(f"{g:.1f}" for g in gains[:k]) + " | "
+              + " ".join(f"{g:.1f}" for g in gains[k:]))
 
 
 if __name__ == "__main__":
