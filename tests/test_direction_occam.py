@@ -1,4 +1,4 @@
-"""benchmarks/direction_occam_synthetic.py: the Occam factor is the Laplace log-determinant of each direction's
+"""benchmarks/direction_occam.py: the Occam factor is the Laplace log-determinant of each direction's
 exact curvature in a linear-Gaussian layer."""
 
 from pathlib import Path
@@ -9,7 +9,7 @@ from builders import benchmark_script
 
 def test_direction_occam_is_the_laplace_log_determinant_of_the_exact_curvature(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    script = benchmark_script("direction_occam_synthetic")
+    script = benchmark_script("direction_occam")
     torch.manual_seed(0)
     n, d_in, d_out, noise = 40, 5, 4, 0.3
     x = torch.randn(n, d_in, dtype=torch.float64)
