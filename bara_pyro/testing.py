@@ -122,9 +122,10 @@ def check_sites(model: BaRAModel, batch: Batch) -> list[str]:
     return guide_sites
 
 
-def check_fused_equals_svi(config: BaRAConfig, batch: Batch, dataset_size: int = 37) -> bool:
+def check_fused_equals_svi(config: BaRAConfig, batch: Batch, dataset_size: int = 37, prepare=None) -> bool:
     """Fused loss and gradients equal ``TraceMeanField_ELBO``'s in float64 for one seed; False if skipped
-    (a factor sampled by flipout cannot share the guide's draws)."""
+    (a factor sampled by flipout cannot share the guide's draws).  ``prepare(model)``, if given, runs on the model
+    before the comparison (e.g. to fill statistics a factor of the model reads)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -134,6 +135,8 @@ def check_fused_equals_svi(config: BaRAConfig, batch: Batch, dataset_size: int =
         with torch.no_grad():
             for _, adapter in model.adapter_items:
                 adapter.lora_B.weight.normal_(0, 0.1)  # so the likelihood depends on every factor
+        if prepare is not None:
+            prepare(model)
         model.dataset_size = dataset_size
         params = model.trainable_parameters()
         pyro.set_rng_seed(11)

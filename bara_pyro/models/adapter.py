@@ -51,6 +51,7 @@ class BaRAAdapter(PyroModule):
         self._flipout = self.weights.flipout_factors()
         self._rank_transform = self.weights.rank_transform
         self._transform_before_gate = self.weights.transform_before_gate
+        self._records = self.weights.records_statistics
         self.gate = GlobalLocalGate(path, config) if config.has_gate else None
         self._ctx = GateContext()
         # direct references for the non-Pyro modes (no PyroModule attribute lookup per call)
@@ -71,7 +72,10 @@ class BaRAAdapter(PyroModule):
             h = gate.gated(h)
         if transform is not None and not before:
             h = transform(self, h)
-        return self._factor("lora_B", h) * self.scaling
+        out = self._factor("lora_B", h) * self.scaling
+        if self._records and ctx.mode in ("fused", "model") and out.requires_grad:  # a training pass
+            self.weights.record(self, x, out)
+        return out
 
     def _factor(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """``x`` times factor ``name`` (transposed), with the factor drawn as the context's mode says."""
@@ -108,6 +112,9 @@ class BaRAAdapter(PyroModule):
                 for name in self.weights.latent:
                     d = self.weight_dist(name, side)
                     values[name] = pyro.sample(f"{self.path}.{name}", d.to_event(len(d.batch_shape)))
+                factor = self.weights.global_factor(self) if side == "model" else None
+                if factor is not None:
+                    pyro.factor(f"{self.path}.global_factor", -factor)
 
     def draw_globals(self) -> torch.Tensor:
         """Draw the gate's global sites (:meth:`Gate.draw_globals`), then every latent weight whole (flipout factors
@@ -119,7 +126,8 @@ class BaRAAdapter(PyroModule):
             q = self.weights.posterior(self, name)
             x = values[name] = q.sample()
             log_ratio = log_ratio + (self.weights.prior(self, name).log_prob(x) - q.log_prob(x)).sum()
-        return log_ratio
+        factor = self.weights.global_factor(self)
+        return log_ratio if factor is None else log_ratio - factor
 
     def fused_globals(self) -> None:
         """Fused path: draw the gate's globals and the latent weights from q (the guide's order) and put their
@@ -136,6 +144,9 @@ class BaRAAdapter(PyroModule):
                 values[name] = q.rsample()
                 term = kl_or_mc(q, p, values[name])
             kl = term.sum() if kl is None else kl + term.sum()
+        factor = self.weights.global_factor(self)
+        if factor is not None:
+            kl = factor if kl is None else kl + factor
         if kl is not None:
             ctx.kl_global[self.path] = kl
 

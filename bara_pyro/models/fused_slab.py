@@ -152,8 +152,11 @@ def slab_globals_fused(items, ctx) -> None:
 
     if singular:
         drawn, kl = _singular_factors(adapters, groups, eps, pi, kl)
-        for i, (path, _) in enumerate(items):
+        for i, (path, adapter) in enumerate(items):
             ctx.weights[path] = {name: drawn[key][row] for name, (key, row) in slots[i].items()}
+            factor = family.global_factor(adapter)  # e.g. the directions' Occam factor
+            if factor is not None:
+                kl = kl + factor
         ctx.kl_global["globals"] = kl
         return
 

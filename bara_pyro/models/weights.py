@@ -127,6 +127,18 @@ class WeightFamily(Component):
     def after_step(self, adapter: "BaRAAdapter", step: int, total_steps: int) -> None:
         """Called after optimizer step ``step`` (1-based) of ``total_steps`` (e.g. to collect SWAG moments)."""
 
+    #: whether the training pass calls :meth:`record` (statistics a factor of the model reads)
+    records_statistics = False
+
+    def record(self, adapter: "BaRAAdapter", x: torch.Tensor, out: torch.Tensor) -> None:
+        """Record statistics of the training pass's input ``x`` and output ``out`` (see :attr:`records_statistics`)."""
+
+    def global_factor(self, adapter: "BaRAAdapter") -> torch.Tensor | None:
+        """A term (nats) the model adds to its negative log joint once per step, at the step's values of the global
+        sites in the context (a ``pyro.factor`` in the Pyro model, part of the global KL in the fused estimator),
+        or None."""
+        return None
+
 
 WEIGHTS = Registry("weights", {"weights": WeightFamily})
 

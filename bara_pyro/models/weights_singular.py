@@ -26,6 +26,10 @@ random orthonormal rows and columns, ``tau`` at ``init_scale``.  ``m`` is stored
 column of ``d_out`` entries grows ``sqrt(d_out)`` times faster than one number would; in these units a singular
 value grows about as fast as in LoRA.  The gate sees ``A x``, not ``lambda ⊙ A x``
 (:attr:`transform_before_gate` is False).
+
+``direction_occam: kfac`` adds a Laplace Occam factor on each component's directions to the model
+(:mod:`~bara_pyro.models.direction_occam`): point-estimated directions otherwise cost nothing, and a spare
+component fits the noise's largest direction.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pyro.nn import PyroParam
 from torch import nn
 
 from .context import rows_of_sample
+from .direction_occam import install_statistics, occam_nats, record_statistics, refresh_statistics
 from .moment_prior import MomentNormal
 from .weights import WeightFamily, register_weights
 
@@ -89,6 +94,9 @@ class SingularSlabWeights(WeightFamily):
     orthogonality: float = 1000.0
     ard: str = field(default="inclusion", metadata={"choices": ("inclusion", "off")})
     slab: str = field(default="gaussian", metadata={"choices": ("gaussian", "moment")})
+    direction_occam: str = field(default="off", metadata={"choices": ("off", "kfac")})
+    occam_decay: float = 0.95
+    occam_refresh_every: int = 20
     latent = ("lora_A", "lora_B", "lora_S")
     transform_before_gate = False
 
@@ -96,6 +104,9 @@ class SingularSlabWeights(WeightFamily):
         for name in ("slab_scale", "init_scale", "orthogonality"):
             self.need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)!r}")
         self.need(isinstance(self.learn_scale, bool), f"learn_scale must be true or false, got {self.learn_scale!r}")
+        self.need(0 <= self.occam_decay < 1, f"occam_decay must be in [0, 1), got {self.occam_decay!r}")
+        self.need(isinstance(self.occam_refresh_every, int) and self.occam_refresh_every >= 1,
+                  f"occam_refresh_every must be a whole number >= 1, got {self.occam_refresh_every!r}")
         if self.ard == "inclusion":
             sparsity = "none" if config.prior == "fixed" else config.prior["sparsity"]["name"]
             self.need(sparsity != "none", "ard: inclusion scales each magnitude by its component's inclusion "
@@ -113,6 +124,34 @@ class SingularSlabWeights(WeightFamily):
             adapter.lora_log_slab_scale = nn.Parameter(log_sigma)
         else:
             adapter.register_buffer("lora_log_slab_scale", log_sigma)
+        if self.direction_occam == "kfac":
+            install_statistics(adapter)
+
+    # ----------------------------------------------------------------- the directions' Occam factor
+    @property
+    def records_statistics(self) -> bool:
+        return self.direction_occam == "kfac"
+
+    def record(self, adapter, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Record the training pass's Kronecker statistics (:func:`~.direction_occam.record_statistics`)."""
+        record_statistics(adapter, x, out, self.occam_decay)
+
+    def global_factor(self, adapter) -> torch.Tensor | None:
+        """The directions' Occam factor (nats) at the step's values of ``lambda`` and ``pi`` in the context, or
+        None (``direction_occam: off``)."""
+        if self.direction_occam == "off":
+            return None
+        ctx, gate = adapter._ctx, adapter.gate
+        values = ctx.weights[adapter.path]
+        size = adapter.scaling**2 * values["lora_S"].reshape(-1).pow(2)
+        if gate is not None:
+            size = size * gate.sparsity.inclusion_probs(gate.sparsity_hp, ctx.globals[adapter.path]).reshape(-1)
+        return occam_nats(values["lora_A"], values["lora_B"], size, adapter.occam_C_used, adapter.occam_G_used,
+                          adapter.occam_C_eig, adapter.occam_G_eig)
+
+    def after_step(self, adapter, step: int, total_steps: int) -> None:
+        if self.direction_occam == "kfac" and step % self.occam_refresh_every == 0:
+            refresh_statistics(adapter)
 
     # ----------------------------------------------------------------- distributions
     def posterior(self, adapter, name):

@@ -20,10 +20,11 @@ from bara_pyro.synthetic import (
 NOISE = 0.3
 
 
-def fit_preset(data, steps, seed=0, task=None, per="token", batch_size=64, method="bara_slab"):
+def fit_preset(data, steps, seed=0, task=None, per="token", batch_size=64, method="bara_slab", weights=None):
     preset = load_preset(method)
     r = 8
     adapter = {**preset["adapter"], "r": r, "alpha": r, "target_modules": ["proj"]}
+    adapter["weights"] = {**adapter["weights"], **(weights or {})}
     adapter["guide"] = {**adapter["guide"], "local": {**adapter["guide"]["local"], "per": per}}
     config = BaRAConfig.from_dict(adapter)
     task = task or RegressionTask()
@@ -65,6 +66,17 @@ def test_singular_directions_magnitudes_follow_the_true_rank(rank):
     ordered = sizes.sort(descending=True).values
     assert float(ordered[rank - 1]) > 5 * float(ordered[rank]), sizes  # a gap after the k-th component
     assert float(ordered[rank]) < 0.2, sizes
+
+
+@pytest.mark.parametrize("rank", [2, 6])
+def test_direction_occam_makes_the_singular_gates_follow_the_true_rank(rank):
+    """``bara_singular`` with the directions' Laplace Occam factor (``weights.direction_occam: kfac``), its Kronecker
+    statistics collected while training: the spare components' gates switch off, so the joint effective rank is
+    within 1 of the truth (without the factor the noise's directions keep two or three of them on)."""
+    data = low_rank_update(rank, noise=NOISE)
+    model, task = fit_preset(data, steps=12000, method="bara_singular", weights={"direction_occam": "kfac"})
+    fitted = predict(model, task, data.rows, num_samples=0, progress=False).effective_rank["joint"]
+    assert abs(fitted - rank) <= 1.0, fitted
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
