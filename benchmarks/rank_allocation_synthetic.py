@@ -41,25 +41,27 @@ def _override(adapter: dict, assignments: list[str]) -> dict:
     return adapter
 
 
-def least_squares_spectrum(k: int, seed: int = 0) -> list[float]:
-    """Singular values of the least-squares ``dW`` from :func:`low_rank_update`'s rows, largest first."""
+def _least_squares(k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``X`` ``(n, d)`` of :func:`low_rank_update`'s rows and the least-squares ``dW^T`` ``(d, d)`` fitted to
+    their targets minus the frozen layer's output."""
     data = low_rank_update(k, noise=NOISE, seed=seed)
     x = torch.stack([r["x"] for r in data.rows])
     with torch.no_grad():
         residual = torch.stack([r["y"] for r in data.rows]) - data.backbone.proj(x)
-    return torch.linalg.svdvals(torch.linalg.lstsq(x, residual).solution).tolist()
+    return x, torch.linalg.lstsq(x, residual).solution
+
+
+def least_squares_spectrum(k: int, seed: int = 0) -> list[float]:
+    """Singular values of the least-squares ``dW`` from :func:`low_rank_update`'s rows, largest first."""
+    return torch.linalg.svdvals(_least_squares(k, seed)[1]).tolist()
 
 
 def rank_one_gains(k: int, seed: int = 0) -> list[float]:
     """Log-likelihood gain (nats, the noise's scale known) of each successive rank-1 component of the reduced-rank
     least-squares fit of the update: ``s_j^2 / (2 noise^2)`` with ``s_j`` the singular values of the fitted values
     ``X dW_hat^T`` ``(n, d)``, largest first; beyond the true rank, the gain of fitting the noise."""
-    data = low_rank_update(k, noise=NOISE, seed=seed)
-    x = torch.stack([r["x"] for r in data.rows])
-    with torch.no_grad():
-        residual = torch.stack([r["y"] for r in data.rows]) - data.backbone.proj(x)
-    fitted = x @ torch.linalg.lstsq(x, residual).solution
-    return (torch.linalg.svdvals(fitted) ** 2 / (2 * NOISE**2)).tolist()
+    x, solution = _least_squares(k, seed)
+    return (torch.linalg.svdvals(x @ solution) ** 2 / (2 * NOISE**2)).tolist()
 
 
 def run(method: str, k: int, steps: int, seed: int = 0, overrides: list[str] = ()) -> dict:

@@ -381,9 +381,7 @@ def _run_speed_benchmark(cfg: SpeedConfig, log, partial_out: Path | None) -> dic
                     out = _measure(lambda: _train_step(method, impl, backbone, batch, cfg, device, graphs), cfg,
                                    device, setting, steps, profile=cfg.profile and si == 0 and setting == "eager")
                 except SkipRow as exc:
-                    out = {"skipped": str(exc)}
-                    if str(exc) not in result["notes"]:
-                        result["notes"].append(f"{method}: {exc}")
+                    out = _skipped(result, method, exc)
                 except Exception as exc:  # noqa: BLE001  (one failed row must not lose the others)
                     traceback.print_exc()
                     out = {"error": f"{type(exc).__name__}: {exc}"[:500]}
@@ -407,9 +405,7 @@ def _run_speed_benchmark(cfg: SpeedConfig, log, partial_out: Path | None) -> dic
                     out = _measure(lambda: _predict_step(method, impl, backbone, b, cfg, device), cfg, device,
                                    setting, cfg.steps, profile=False)
                 except SkipRow as exc:
-                    out = {"skipped": str(exc)}
-                    if f"{method}: {exc}" not in result["notes"]:
-                        result["notes"].append(f"{method}: {exc}")
+                    out = _skipped(result, method, exc)
                 except Exception as exc:  # noqa: BLE001
                     traceback.print_exc()
                     out = {"error": f"{type(exc).__name__}: {exc}"[:500]}
@@ -422,6 +418,14 @@ def _run_speed_benchmark(cfg: SpeedConfig, log, partial_out: Path | None) -> dic
             torch.cuda.empty_cache()
     result["table"] = table_rows(result)
     return result
+
+
+def _skipped(result: dict, method: str, exc: SkipRow) -> dict:
+    """A skipped row's entry; the reason goes into the result's notes once per method."""
+    note = f"{method}: {exc}"
+    if note not in result["notes"]:
+        result["notes"].append(note)
+    return {"skipped": str(exc)}
 
 
 def _save_partial(result: dict, path: Path | None) -> None:

@@ -52,7 +52,7 @@ def install_statistics(adapter) -> None:
 
 def _running(average: torch.Tensor, count: torch.Tensor, value: torch.Tensor, decay: float) -> None:
     """``average <- decay average + (1 - decay) value``; the first value is taken whole.  No host sync."""
-    weight = torch.where(count > 0, decay, 0.0)
+    weight = (count > 0).to(average.dtype) * decay
     average.mul_(weight).add_(value * (1 - weight))
     count.add_(1)
 
@@ -65,7 +65,7 @@ def record_statistics(adapter, x: torch.Tensor, out: torch.Tensor, decay: float)
     xs = x.detach().reshape(-1, x.shape[-1]).float()
     mask = ctx.token_mask
     real = mask.reshape(-1, 1).to(xs.dtype) if mask is not None and mask.numel() == xs.shape[0] else None
-    tokens = xs.new_tensor(float(xs.shape[0])) if real is None else real.sum().clamp_min(1.0)
+    tokens = float(xs.shape[0]) if real is None else real.sum().clamp_min(1.0)  # a host number: no copy to the device
     scale = ctx.local_scale
     kept = xs if real is None else xs * real
     _running(adapter.occam_C, adapter.occam_C_count, scale * (kept.T @ xs), decay)
