@@ -122,3 +122,19 @@ def test_laplace_prediction_row_fits_its_posterior_on_the_bf16_backbone(monkeypa
         step.run()
     finally:
         step.close()
+
+
+def test_preset_variant_row_and_the_after_step_cost():
+    """The direction-Occam row is the bara_singular preset with that option, and its rows report what ``fit()``
+    does after each optimizer step (the factor's eigenvalue refresh), amortized: more than the plain preset's."""
+    cfg = small_config(methods=["bara_singular", speed_setup.SINGULAR_OCCAM], predict=False)
+    variant = speed_setup.adapter_config(cfg, speed_setup.TRAIN_ROWS[speed_setup.SINGULAR_OCCAM])
+    assert variant.to_dict()["weights"]["direction_occam"] == "kfac"
+    plain = speed_setup.adapter_config(cfg, "bara_singular").to_dict()
+    assert {**plain, "weights": {**plain["weights"], "direction_occam": "kfac"}} == variant.to_dict()
+    assert speed_setup.SINGULAR_OCCAM not in speed.SpeedConfig().methods
+    result = speed.run_speed_benchmark(cfg, log=lambda msg: None)
+    train = result["shapes"]["tiny"]["train"]
+    after = {name: rows["eager"]["after_step_ms"] for name, rows in train.items()}
+    assert after[speed_setup.SINGULAR_OCCAM] > after["bara_singular"] >= 0
+    assert "after ms" in speed.format_table(result)

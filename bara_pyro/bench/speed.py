@@ -44,6 +44,7 @@ import platform
 import re
 import statistics
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -274,6 +275,8 @@ def _measure(make, cfg: SpeedConfig, device, setting: str, steps: int, profile: 
                 fn()
         times = time_steps(fn, steps, device)
         out.update(ms=statistics.median(times), ms_min=min(times), ms_max=max(times), n=len(times))
+        if step.model is not None and step.model.training:
+            out["after_step_ms"] = _after_step_ms(step.model, device)
         return out
     finally:
         del graph
@@ -282,6 +285,18 @@ def _measure(make, cfg: SpeedConfig, device, setting: str, steps: int, profile: 
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _after_step_ms(model, device, steps: int = 100) -> float:
+    """What ``fit()`` adds after each optimizer step, outside the captured step (``after_optimizer_step``: e.g. a
+    refresh of the direction Occam factor's eigenvalues every few steps), in ms per step over steps 1 to ``steps``
+    of a 1000-step run."""
+    sync(device)
+    start = time.perf_counter()
+    for k in range(1, steps + 1):
+        model.after_optimizer_step(k, 1000)
+    sync(device)
+    return 1e3 * (time.perf_counter() - start) / steps
 
 
 # ===================================================================== correctness on the device

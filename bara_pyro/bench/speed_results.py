@@ -16,6 +16,8 @@ def format_row(out: dict) -> str:
     if "ms" in out:
         peak = f"{out['peak_gib']:.3f} GiB" if out.get("peak_gib") is not None else "-"
         extra = f", {out['profile']['kernels']} kernels" if "profile" in out else ""
+        if out.get("after_step_ms") is not None:
+            extra += f", after-step {out['after_step_ms']:.2f} ms"
         return f"{out['ms']:.2f} ms (min {out['ms_min']:.2f}), peak {peak}{extra}"
     return json.dumps(out)
 
@@ -35,7 +37,7 @@ def table_rows(result: dict) -> list[dict]:
                         continue
                     row = {"shape": shape, "setting": setting, "kind": kind, "method": name,
                            "ms": out.get("ms"), "ratio": None, "peak_gib": out.get("peak_gib"), "peak_ratio": None,
-                           "step_gib": out.get("step_gib"),
+                           "step_gib": out.get("step_gib"), "after_step_ms": out.get("after_step_ms"),
                            "status": "ok" if "ms" in out else ("skipped" if "skipped" in out else "error")}
                     if out.get("ms") is not None and ref.get("ms"):
                         row["ratio"] = out["ms"] / ref["ms"]
@@ -98,7 +100,8 @@ def format_table(result: dict) -> str:
             key = k
             ref = "LoRA step" if row["kind"] == "train" else "one LoRA forward (8 seq)"
             lines += ["", f"{row['shape']} | {row['setting']} | {row['kind']} (ratios to {ref})",
-                      f"{'method':<{width}} {'ms/step':>9} {'xLoRA':>7} {'peak GiB':>9} {'xLoRA':>7} {'step GiB':>9}"]
+                      f"{'method':<{width}} {'ms/step':>9} {'xLoRA':>7} {'peak GiB':>9} {'xLoRA':>7} {'step GiB':>9}"
+                      f" {'after ms':>9}"]
         if row["status"] != "ok":
             lines.append(f"{row['method']:<{width}} {row['status']}")
             continue
@@ -107,7 +110,8 @@ def format_table(result: dict) -> str:
             return format(v, fmt) if v is not None else "-"
 
         lines.append(f"{row['method']:<{width}} {f(row['ms'], '9.2f')} {f(row['ratio'], '7.3f')} "
-                     f"{f(row['peak_gib'], '9.3f')} {f(row['peak_ratio'], '7.3f')} {f(row.get('step_gib'), '9.3f')}")
+                     f"{f(row['peak_gib'], '9.3f')} {f(row['peak_ratio'], '7.3f')} {f(row.get('step_gib'), '9.3f')} "
+                     f"{f(row.get('after_step_ms'), '9.3f')}")
     return "\n".join(lines)
 
 

@@ -11,9 +11,9 @@ import torch
 from ..models import BaRAConfig
 from ..tasks.base import Batch
 
-__all__ = ["DRAW", "GATE_IMPLS", "GATE_IMPL_METHODS", "PRESET_METHODS", "ROW_NAMES", "SETTINGS", "SHAPES", "SVI",
-           "SVI_JIT", "SVI_METHODS", "SpeedConfig", "TRAIN_METHODS", "TRAIN_ROWS", "build_backbone", "cloze_forward",
-           "make_batch"]
+__all__ = ["DRAW", "GATE_IMPLS", "GATE_IMPL_METHODS", "PRESET_METHODS", "PRESET_VARIANTS", "ROW_NAMES", "SETTINGS",
+           "SHAPES", "SINGULAR_OCCAM", "SVI", "SVI_JIT", "SVI_METHODS", "SpeedConfig", "TRAIN_METHODS", "TRAIN_ROWS",
+           "build_backbone", "cloze_forward", "make_batch"]
 
 SHAPES: dict[str, dict] = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -28,12 +28,16 @@ SHAPES: dict[str, dict] = {
 DRAW = "bara[train.local_kl=draw]"
 SVI = "bara[train.estimator=svi,train.local_kl=draw]"
 SVI_JIT = "bara[train.estimator=svi,train.jit=true,train.local_kl=draw]"
+SINGULAR_OCCAM = "bara_singular[adapter.weights.direction_occam=kfac]"
 # BaRA's spike-and-slab presets and the other Bayesian LoRA methods: adapters (and the local KL) from their
 # presets; not in the default row set (--methods NAME)
 PRESET_METHODS = ("bara_slab", "bara_singular", "bayesian_lora", "balora", "bayeslora", "projected_subspace",
                   "laplace_lora")
 TRAIN_ROWS = {"frozen": "frozen", "lora": "lora", "bara": "bara_expected", DRAW: "bara_draw", SVI: "bara_svi",
-              SVI_JIT: "bara_svi_jit", "blob": "blob", **{m: m for m in PRESET_METHODS}}
+              SVI_JIT: "bara_svi_jit", "blob": "blob", **{m: m for m in PRESET_METHODS},
+              SINGULAR_OCCAM: "bara_singular_occam"}
+# rows that are a preset with adapter overrides: method -> (preset, overrides of its adapter.weights)
+PRESET_VARIANTS = {"bara_singular_occam": ("bara_singular", {"direction_occam": "kfac"})}
 TRAIN_METHODS = tuple(TRAIN_ROWS)
 SVI_METHODS = ("bara_svi", "bara_svi_jit")  # eager only, fewer steps
 GATE_IMPL_METHODS = ("bara_draw", "bara_expected")  # steps with one row per gate implementation
@@ -46,7 +50,8 @@ SETTINGS = ("eager", "graphs")
 class SpeedConfig:
     shapes: list[str] = field(default_factory=lambda: ["smollm2-135m", "llama-1b"])
     settings: list[str] = field(default_factory=lambda: list(SETTINGS))
-    methods: list[str] = field(default_factory=lambda: [m for m in TRAIN_METHODS if m not in PRESET_METHODS])
+    methods: list[str] = field(default_factory=lambda: [m for m in TRAIN_METHODS if m not in PRESET_METHODS
+                                                        and TRAIN_ROWS[m] not in PRESET_VARIANTS])
     # BaRA gate paths measured: 'reference' (per-op gate math, per-gate globals: the path before fusion) and the
     # fused_kernels implementations ('torch', 'compile', 'triton', 'auto') of the library's fast path
     gate_impls: list[str] = field(default_factory=lambda: ["triton"])
@@ -115,10 +120,13 @@ def adapter_config(cfg: SpeedConfig, method: str) -> BaRAConfig:
     and target modules."""
     from ..methods import load_preset
 
-    preset = method if method in ("lora", "blob", *PRESET_METHODS) else "bara"
+    preset, weights = PRESET_VARIANTS.get(method, (method, {}))
+    preset = preset if preset in ("lora", "blob", *PRESET_METHODS) else "bara"
     if preset == "blob" and _blob_config_kwargs() is None:
         raise SkipRow("BaRAConfig has no 'weights' option (BLoB) in this version of bara_pyro")
     adapter = load_preset(preset).get("adapter", {})
+    if weights:
+        adapter = {**adapter, "weights": {**adapter.get("weights", {}), **weights}}
     return BaRAConfig.from_dict({**adapter, "r": cfg.r, "alpha": cfg.alpha, "target_modules": list(cfg.targets)})
 
 
