@@ -14,7 +14,7 @@ with the gates and KLs in fp32, batch of ``4 examples x 2 choices = 8`` sequence
   implementation of the library's fast path); ``bara_singular[adapter.weights.direction_occam=kfac]`` is the
   singular preset with the directions' Occam factor.  Each training row also reports ``after ms``: what
   ``fit()`` runs after each optimizer step outside the (captured) step, ``after_optimizer_step`` (e.g. the
-  Occam factor's eigenvalue refresh), amortized over steps 1-100;
+  Occam factor's eigenvalue refresh, SWAG's moments), amortized over the last 100 steps of a 1000-step run;
 * peak memory of one training step (``torch.cuda.max_memory_allocated``, reset before);
 * prediction: ``bara[eval.num_samples=0]`` (posterior-mean gates) against one LoRA forward (``lora``), and
   ``bara`` (``S = 10`` samples batched as one 80-sequence pass) against one LoRA forward of the 8
@@ -290,14 +290,14 @@ def _measure(make, cfg: SpeedConfig, device, setting: str, steps: int, profile: 
             torch.cuda.empty_cache()
 
 
-def _after_step_ms(model, device, steps: int = 100) -> float:
+def _after_step_ms(model, device, steps: int = 100, total: int = 1000) -> float:
     """What ``fit()`` adds after each optimizer step, outside the captured step (``after_optimizer_step``: e.g. a
-    refresh of the direction Occam factor's eigenvalues every few steps), in ms per step over steps 1 to ``steps``
-    of a 1000-step run."""
+    refresh of the direction Occam factor's eigenvalues every few steps, SWAG's moments late in the run), in ms per
+    step over the last ``steps`` steps of a ``total``-step run."""
     sync(device)
     start = time.perf_counter()
-    for k in range(1, steps + 1):
-        model.after_optimizer_step(k, 1000)
+    for k in range(total - steps + 1, total + 1):
+        model.after_optimizer_step(k, total)
     sync(device)
     return 1e3 * (time.perf_counter() - start) / steps
 
