@@ -43,12 +43,19 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from . import fused_kernels
+from . import fused_contextual, fused_kernels
 from .config import BaRAConfig
 from .context import GateContext, rows_of_sample
-from .guides import AmortizedLocalGuide, MeanFieldGlobalGuide
+from .guides import AmortizedLocalGuide, ConditionalPriorLocalGuide, MeanFieldGlobalGuide
 from .kl import has_closed_form_kl, kl_or_mc
-from .priors import BetaProcessPrior, GammaMagnitudePrior, Hyperparameters, MagnitudePrior, SparsityPrior
+from .priors import (
+    BetaProcessPrior,
+    ContextualBetaProcessPrior,
+    GammaMagnitudePrior,
+    Hyperparameters,
+    MagnitudePrior,
+    SparsityPrior,
+)
 from .row_shard import drawing_rows
 
 __all__ = ["GlobalLocalGate"]
@@ -91,6 +98,11 @@ class GlobalLocalGate(PyroModule):
                              and type(self.magnitude) is GammaMagnitudePrior
                              and type(self.global_guide) is MeanFieldGlobalGuide)
         self._net = (self.local_net,) if self.fast_local else ()  # direct reference: no PyroModule lookup per call
+        # the contextual gate tied to its prior (bara_singular): fused_contextual runs its training pass
+        self.fast_contextual = (type(self.local_guide) is ConditionalPriorLocalGuide and self.per_token
+                                and not self.per_sequence and self.has_z and not self.has_theta
+                                and type(self.sparsity) is ContextualBetaProcessPrior
+                                and self.sparsity.context == "shift")
         self.tied_local = bool(getattr(self.local_guide, "tied_to_prior", False))  # q(locals) = p(locals | globals)
 
     # ----------------------------------------------------------------- distributions
@@ -220,6 +232,11 @@ class GlobalLocalGate(PyroModule):
     def _gated(self, h: torch.Tensor) -> torch.Tensor:
         ctx = self._ctx
         mode = ctx.mode
+        if self.fast_contextual and mode == "fused" and not ctx.collect_stats:
+            values = ctx.globals[self.path]
+            ctx.local_positions = h.shape[:-1].numel()
+            return fused_contextual.contextual_gated_local(h, values["pi"], values["w"], self.local_guide.temperature,
+                                                           impl=ctx.gate_impl)
         if not self._net or ctx.collect_stats or mode not in ("fused", "sample", "mean"):
             return h * self.forward(h).to(h.dtype)
         net = self._net[0]
