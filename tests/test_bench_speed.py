@@ -1,6 +1,7 @@
 """CPU smoke test of the speed benchmark's code path: tiny shapes, two steps, no timing assertions."""
 
 import json
+import re
 
 from bara_pyro.bench import speed, speed_setup
 
@@ -57,8 +58,12 @@ def test_rows_follow_the_presets():
                                          "target_modules": cfg.targets})
         assert speed_setup.adapter_config(cfg, speed_setup.TRAIN_ROWS[preset]).to_dict() == expected.to_dict()
     assert load_preset("bara")["train"]["local_kl"] == "expected" and speed_setup.TRAIN_ROWS["bara"] == "bara_expected"
+    torch_gate = speed_setup.TRAIN_ROWS[speed_setup.SINGULAR_TORCH_GATE]  # the preset, its gate op by op
+    assert speed_setup.PRESET_GATE_IMPL[torch_gate] == "torch"
+    assert speed_setup.adapter_config(cfg, torch_gate).to_dict() == speed_setup.adapter_config(
+        cfg, "bara_singular").to_dict()
     for name in speed_setup.TRAIN_ROWS:
-        assert name == "frozen" or name.split("[")[0] in ("lora", "bara", "blob", *speed_setup.PRESET_METHODS)
+        assert name == "frozen" or re.split(r"[[@]", name)[0] in ("lora", "bara", "blob", *speed_setup.PRESET_METHODS)
 
 
 def test_old_result_files_read_with_todays_names(tmp_path):

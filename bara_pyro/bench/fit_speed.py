@@ -1,6 +1,7 @@
 r"""``bara-pyro bench speed --fit``: the wall time of real training runs, and graphs against eager steps.
 
-*Fit, end to end*: for each method (``lora``, ``bara`` presets, both with the fused estimator) and
+*Fit, end to end*: for each method (the ``lora`` and ``bara`` presets by default, ``bara_singular`` on request; all
+with the fused estimator) and
 setting (``eager``: ``train.graphs=false``; ``graphs``: the training step replayed from CUDA graphs),
 one complete :func:`~bara_pyro.experiment.run_experiment` (what ``bara-pyro train`` runs: backbone and
 data loading, ``train.steps`` optimizer steps with the training log and checkpoints, then evaluation
@@ -26,12 +27,12 @@ import torch
 
 __all__ = ["FitSpeedConfig", "run_fit_rows", "check_graphs_match_eager", "format_fit_table"]
 
-FIT_METHODS = ("lora", "bara")
+FIT_METHODS = ("lora", "bara", "bara_singular")  # the presets a fit row may run
 
 
 @dataclass
 class FitSpeedConfig:
-    methods: list[str] = field(default_factory=lambda: list(FIT_METHODS))
+    methods: list[str] = field(default_factory=lambda: ["lora", "bara"])
     settings: list[str] = field(default_factory=lambda: ["eager", "graphs"])
     model: str = "random-smollm2-135m"
     tokenizer: str | None = None  # for random-smollm2-135m: a folder or packaged name with SmolLM2's tokenizer

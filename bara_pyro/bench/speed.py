@@ -56,12 +56,14 @@ import torch
 from ..inference.graphed_step import on_side_stream
 from ..models import get_bara_model
 from ..tasks.base import Batch
+from .fit_speed import FIT_METHODS
 from .speed_checks import check_gate_impls, tune_triton
 from .speed_results import default_output, format_row, format_table, load_result, relabel, table_rows
 from .speed_setup import (  # re-exported: the benchmark's shapes, rows and settings
     EAGER_ONLY_PREDICTION,
     GATE_IMPL_METHODS,
     GATE_IMPLS,
+    PRESET_GATE_IMPL,
     PRESET_METHODS,
     ROW_NAMES,
     SETTINGS,
@@ -150,6 +152,7 @@ def _model_train_step(model, method: str, impl: str, batch: Batch, cfg: SpeedCon
         raise SkipRow("the expected local KL runs on the fast path only (fused globals), not the reference")
     if method in GATE_IMPL_METHODS:
         _use_gate_impl(model, impl)
+    model.ctx.gate_impl = PRESET_GATE_IMPL.get(method, model.ctx.gate_impl)
     model.ctx.expected_globals = method == "bara_expected"  # the local KL in expectation over the globals
     params = model.trainable_parameters()
     if method in SVI_METHODS:
@@ -490,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random-smollm2-135m (SmolLM2-135M's shapes, random weights) or smollm2-135m (packaged)")
     f.add_argument("--fit-tokenizer", help="tokenizer of the random model: a folder or a packaged model name")
     f.add_argument("--fit-dataset", default="arc_easy")
-    f.add_argument("--fit-methods", nargs="+", default=["lora", "bara"], choices=["lora", "bara"])
+    f.add_argument("--fit-methods", nargs="+", default=["lora", "bara"], choices=list(FIT_METHODS))
     f.add_argument("--fit-steps", type=int, default=1000)
     f.add_argument("--fit-eval-examples", type=int, default=200, help="validation examples evaluated per run")
     f.add_argument("--fit-set", nargs="*", default=[], metavar="KEY=VALUE", help="further config overrides")

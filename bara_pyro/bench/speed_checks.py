@@ -8,7 +8,7 @@ import statistics
 import torch
 
 from ..models import BaRAConfig, get_bara_model
-from .speed_setup import SpeedConfig, build_backbone, cloze_forward, make_batch
+from .speed_setup import SpeedConfig, adapter_config, build_backbone, cloze_forward, make_batch
 from .speed_timing import capture_step, time_steps
 
 __all__ = ["check_gate_impls", "tune_triton"]
@@ -56,10 +56,43 @@ def check_gate_impls(device, impls: list[str]) -> dict:
                 n: float((v.float() - rv.float()).norm() / rv.float().norm().clamp_min(1e-30))
                 for n, v, rv in zip(names, vals, ref)}
     for impl in [i for i in impls if i != "torch"]:
-        try:
-            results[f"library-fused-loss/{impl}"] = _check_library_path(device, impl)
-        except Exception as exc:  # noqa: BLE001
-            results[f"library-fused-loss/{impl}"] = {"error": repr(exc)}
+        for name, check in (("library-fused-loss", _check_library_path),
+                            ("library-fused-loss/bara_singular", _check_library_path_singular)):
+            try:
+                results[f"{name}/{impl}"] = check(device, impl)
+            except Exception as exc:  # noqa: BLE001
+                results[f"{name}/{impl}"] = {"error": repr(exc)}
+    results.update(_check_contextual(device, impls))
+    return results
+
+
+def _check_contextual(device, impls: list[str]) -> dict:
+    """Max relative error of each implementation of the contextual gate (``fused_contextual``) against torch."""
+    from ..models import fused_contextual as fc
+
+    results = {}
+    g = torch.Generator(device="cpu").manual_seed(0)
+    r, n_seq, t = 8, 8, 256
+    for dtype in (torch.float32, torch.bfloat16):
+        h = (torch.randn(n_seq, t, r, generator=g) * 2).to(device, dtype).requires_grad_()
+        pi = (torch.rand(r, generator=g) * 0.9 + 0.05).to(device).requires_grad_()
+        w = torch.randn(r, r, generator=g).to(device).requires_grad_()
+        u = torch.rand(n_seq, t, r, generator=g).to(device)
+        gy = torch.randn(n_seq, t, r, generator=g).to(device, dtype)
+        ref = None
+        for impl in ["torch", *[i for i in impls if i != "torch"]]:
+            try:
+                y = fc.contextual_gated_local(h, pi, w, 0.67, u=u, impl=impl)
+                vals = [y.detach(), *torch.autograd.grad((y.float() * gy.float()).sum(), [h, pi, w])]
+            except Exception as exc:  # noqa: BLE001
+                results[f"contextual/{impl}/{str(dtype)[6:]}"] = {"error": repr(exc)}
+                continue
+            if ref is None:
+                ref = vals
+                continue
+            results[f"contextual/{impl}/{str(dtype)[6:]}"] = {
+                n: float((v.float() - rv.float()).norm() / rv.float().norm().clamp_min(1e-30))
+                for n, v, rv in zip(["y", "d_h", "d_pi", "d_w"], vals, ref)}
     return results
 
 
@@ -114,13 +147,19 @@ def tune_triton(device, configs=((32, 4), (16, 4), (16, 2), (32, 8)), calls: int
     return out
 
 
-def _check_library_path(device, impl: str) -> dict:
+def _check_library_path_singular(device, impl: str) -> dict:
+    """:func:`_check_library_path` with the ``bara_singular`` preset (its contextual gate)."""
+    config = adapter_config(SpeedConfig(r=8, alpha=16.0, targets=("q_proj", "v_proj")), "bara_singular")
+    return _check_library_path(device, impl, config)
+
+
+def _check_library_path(device, impl: str, config: BaRAConfig | None = None) -> dict:
     """``BaRAModel.fused_loss`` on a tiny fp32 Llama: loss and gradients with ``impl`` vs the torch gate path."""
     cfg = SpeedConfig(examples=2, seq_len=32, cont_len=8)
     backbone = build_backbone("tiny", device, torch.float32, seed=0)
     batch = make_batch(cfg, backbone.config.vocab_size, device)
-    model = get_bara_model(backbone, BaRAConfig(r=16, alpha=32.0, target_modules=["q_proj", "v_proj"]),
-                           forward_fn=cloze_forward)
+    config = config or BaRAConfig(r=16, alpha=32.0, target_modules=["q_proj", "v_proj"])
+    model = get_bara_model(backbone, config, forward_fn=cloze_forward)
     try:
         model.dataset_size = 100
         with torch.no_grad():

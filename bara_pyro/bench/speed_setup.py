@@ -11,9 +11,9 @@ import torch
 from ..models import BaRAConfig
 from ..tasks.base import Batch
 
-__all__ = ["DRAW", "GATE_IMPLS", "GATE_IMPL_METHODS", "PRESET_METHODS", "PRESET_VARIANTS", "ROW_NAMES", "SETTINGS",
-           "SHAPES", "SINGULAR_OCCAM", "SVI", "SVI_JIT", "SVI_METHODS", "SpeedConfig", "TRAIN_METHODS", "TRAIN_ROWS",
-           "build_backbone", "cloze_forward", "make_batch"]
+__all__ = ["DRAW", "GATE_IMPLS", "GATE_IMPL_METHODS", "PRESET_GATE_IMPL", "PRESET_METHODS", "PRESET_VARIANTS",
+           "ROW_NAMES", "SETTINGS", "SHAPES", "SINGULAR_OCCAM", "SINGULAR_TORCH_GATE", "SVI", "SVI_JIT", "SVI_METHODS",
+           "SpeedConfig", "TRAIN_METHODS", "TRAIN_ROWS", "build_backbone", "cloze_forward", "make_batch"]
 
 SHAPES: dict[str, dict] = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -29,15 +29,19 @@ DRAW = "bara[train.local_kl=draw]"
 SVI = "bara[train.estimator=svi,train.local_kl=draw]"
 SVI_JIT = "bara[train.estimator=svi,train.jit=true,train.local_kl=draw]"
 SINGULAR_OCCAM = "bara_singular[adapter.weights.direction_occam=kfac]"
+SINGULAR_TORCH_GATE = "bara_singular@torch"  # its contextual gate op by op (the preset row: auto, Triton on a GPU)
 # BaRA's spike-and-slab presets and the other Bayesian LoRA methods: adapters (and the local KL) from their
 # presets; not in the default row set (--methods NAME)
 PRESET_METHODS = ("bara_slab", "bara_singular", "bayesian_lora", "balora", "bayeslora", "projected_subspace",
                   "laplace_lora")
 TRAIN_ROWS = {"frozen": "frozen", "lora": "lora", "bara": "bara_expected", DRAW: "bara_draw", SVI: "bara_svi",
               SVI_JIT: "bara_svi_jit", "blob": "blob", **{m: m for m in PRESET_METHODS},
-              SINGULAR_OCCAM: "bara_singular_occam"}
+              SINGULAR_OCCAM: "bara_singular_occam", SINGULAR_TORCH_GATE: "bara_singular_torch_gate"}
 # rows that are a preset with adapter overrides: method -> (preset, overrides of its adapter.weights)
-PRESET_VARIANTS = {"bara_singular_occam": ("bara_singular", {"direction_occam": "kfac"})}
+PRESET_VARIANTS = {"bara_singular_occam": ("bara_singular", {"direction_occam": "kfac"}),
+                   "bara_singular_torch_gate": ("bara_singular", {})}
+# rows that fix the gate implementation (GateContext.gate_impl) of a preset: method -> implementation
+PRESET_GATE_IMPL = {"bara_singular_torch_gate": "torch"}
 TRAIN_METHODS = tuple(TRAIN_ROWS)
 SVI_METHODS = ("bara_svi", "bara_svi_jit")  # eager only, fewer steps
 GATE_IMPL_METHODS = ("bara_draw", "bara_expected")  # steps with one row per gate implementation
