@@ -77,13 +77,14 @@ def _check_contextual(device, impls: list[str]) -> dict:
         h = (torch.randn(n_seq, t, r, generator=g) * 2).to(device, dtype).requires_grad_()
         pi = (torch.rand(r, generator=g) * 0.9 + 0.05).to(device).requires_grad_()
         w = torch.randn(r, r, generator=g).to(device).requires_grad_()
+        scale = torch.randn(r, generator=g).to(device).requires_grad_()
         u = torch.rand(n_seq, t, r, generator=g).to(device)
         gy = torch.randn(n_seq, t, r, generator=g).to(device, dtype)
         ref = None
         for impl in ["torch", *[i for i in impls if i != "torch"]]:
             try:
-                y = fc.contextual_gated_local(h, pi, w, 0.67, u=u, impl=impl)
-                vals = [y.detach(), *torch.autograd.grad((y.float() * gy.float()).sum(), [h, pi, w])]
+                y = fc.contextual_gated_local(h, pi, w, 0.67, scale=scale, u=u, impl=impl)
+                vals = [y.detach(), *torch.autograd.grad((y.float() * gy.float()).sum(), [h, pi, w, scale])]
             except Exception as exc:  # noqa: BLE001
                 results[f"contextual/{impl}/{str(dtype)[6:]}"] = {"error": repr(exc)}
                 continue
@@ -92,7 +93,7 @@ def _check_contextual(device, impls: list[str]) -> dict:
                 continue
             results[f"contextual/{impl}/{str(dtype)[6:]}"] = {
                 n: float((v.float() - rv.float()).norm() / rv.float().norm().clamp_min(1e-30))
-                for n, v, rv in zip(["y", "d_h", "d_pi", "d_w"], vals, ref)}
+                for n, v, rv in zip(["y", "d_h", "d_pi", "d_w", "d_scale"], vals, ref)}
     return results
 
 

@@ -6,11 +6,13 @@ One program handles ``BT`` tokens of one adapter and keeps every intermediate in
     phi      = x / sqrt(mean_j x_j^2 + 1e-6)
     logit_k  = logit(clamp(pi_k, 1e-6, 1 - 1e-6)) + sum_j w_kj phi_j
     soft_k   = sigmoid((logit_k + log u_k - log(1 - u_k)) / temperature),   z_k = [soft_k > 1/2]
-    y_k      = x_k z_k
+    y_k      = x_k z_k s_k                                          # s: the component scales (1 if absent)
+
+``s`` is rounded to ``h``'s dtype first, as the op-by-op path multiplies in it.
 
 * ``contextual_gate_fwd`` writes ``y`` in ``h``'s dtype.
 * ``contextual_gate_bwd`` recomputes the forward from ``h`` and the uniforms and writes ``dL/dh`` plus one
-  row of per-program partial sums ``[dL/dpi (r) | dL/dw (r x r)]`` (summed by the caller); the
+  row of per-program partial sums ``[dL/dpi (r) | dL/dw (r x r) | dL/ds (r)]`` (summed by the caller); the
   straight-through gradient differentiates ``soft`` in place of ``z``.
 
 ``r`` is small (BaRA's rank), so ``w phi`` is a broadcast product over a ``(BT, RP, RP)`` block, not a
@@ -52,28 +54,38 @@ def _forward(h_ptr, u_ptr, pi_ptr, w_ptr, rows, m2, kr, km, temperature, R: tl.c
 
 
 @triton.jit
-def contextual_gate_fwd(h_ptr, u_ptr, pi_ptr, w_ptr, y_ptr, N, temperature,
-                        R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BT + tl.arange(0, BT)
-    kr = tl.arange(0, RP)
-    km = kr < R
-    m2 = (rows < N)[:, None] & km[None, :]
-    x, rs, phi, w, soft, hard = _forward(h_ptr, u_ptr, pi_ptr, w_ptr, rows, m2, kr, km, temperature, R)
-    tl.store(y_ptr + rows[:, None] * R + kr[None, :], (x * hard).to(y_ptr.dtype.element_ty), mask=m2)
+def _scales(s_ptr, y_ptr, kr, km, HAS_SCALE: tl.constexpr):
+    if HAS_SCALE:
+        return tl.load(s_ptr + kr, mask=km, other=0.0).to(y_ptr.dtype.element_ty).to(tl.float32)
+    return tl.where(km, 1.0, 0.0)
 
 
 @triton.jit
-def contextual_gate_bwd(h_ptr, u_ptr, pi_ptr, w_ptr, gy_ptr, gh_ptr, part_ptr, N, temperature,
-                        R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr):
+def contextual_gate_fwd(h_ptr, u_ptr, pi_ptr, w_ptr, s_ptr, y_ptr, N, temperature,
+                        R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, HAS_SCALE: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BT + tl.arange(0, BT)
     kr = tl.arange(0, RP)
     km = kr < R
     m2 = (rows < N)[:, None] & km[None, :]
     x, rs, phi, w, soft, hard = _forward(h_ptr, u_ptr, pi_ptr, w_ptr, rows, m2, kr, km, temperature, R)
+    s = _scales(s_ptr, y_ptr, kr, km, HAS_SCALE)
+    tl.store(y_ptr + rows[:, None] * R + kr[None, :], (x * hard * s[None, :]).to(y_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def contextual_gate_bwd(h_ptr, u_ptr, pi_ptr, w_ptr, s_ptr, gy_ptr, gh_ptr, part_ptr, N, temperature,
+                        R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, HAS_SCALE: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BT + tl.arange(0, BT)
+    kr = tl.arange(0, RP)
+    km = kr < R
+    m2 = (rows < N)[:, None] & km[None, :]
+    x, rs, phi, w, soft, hard = _forward(h_ptr, u_ptr, pi_ptr, w_ptr, rows, m2, kr, km, temperature, R)
+    s = _scales(s_ptr, gh_ptr, kr, km, HAS_SCALE)
     offs = rows[:, None] * R + kr[None, :]
-    gy = tl.load(gy_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+    gy_raw = tl.load(gy_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+    gy = gy_raw * s[None, :]  # dL/d(x z)
     glogit = tl.where(m2, gy * x * soft * (1.0 - soft) / temperature, 0.0)  # straight-through: d soft for d z
 
     pi = tl.load(pi_ptr + kr, mask=km, other=0.5)
@@ -81,9 +93,10 @@ def contextual_gate_bwd(h_ptr, u_ptr, pi_ptr, w_ptr, gy_ptr, gh_ptr, part_ptr, N
     inside = (pi >= PROB_EPS) & (pi <= ONE_MINUS_PROB_EPS)
     gpi = tl.where(inside, tl.sum(glogit, axis=0) / (p * (1.0 - p)), 0.0)
     gw = tl.sum(glogit[:, :, None] * phi[:, None, :], axis=0)  # (RP, RP): sum_t glogit_tk phi_tj
-    base = part_ptr + pid * (R + R * R)
+    base = part_ptr + pid * (2 * R + R * R)
     tl.store(base + kr, gpi, mask=km)
     tl.store(base + R + kr[:, None] * R + kr[None, :], gw, mask=km[:, None] & km[None, :])
+    tl.store(base + R + R * R + kr, tl.sum(tl.where(m2, gy_raw * x * hard, 0.0), axis=0), mask=km)
 
     gphi = tl.sum(glogit[:, :, None] * w[None, :, :], axis=1)  # (BT, RP): sum_k glogit_tk w_kj
     # phi = x rs, rs = (mean x^2 + eps)^(-1/2): d/dx_j = rs dphi_j - x_j rs^3 (sum_i dphi_i x_i) / R

@@ -69,7 +69,12 @@ class BaRAAdapter(PyroModule):
         if gate is not None:
             # .gated (not __call__): PyroModule.__call__ would activate the Pyro context (and param-store
             # traffic) on the fused fast path; the Pyro model/guide activate it themselves.
-            h = gate.gated(h)
+            scale = self.weights.component_scale(self) if transform is not None and not before else None
+            scaled = gate.gated_scaled(h, scale) if scale is not None else None
+            if scaled is not None:  # the gate's fused pass applied the transform too
+                h, transform = scaled, None
+            else:
+                h = gate.gated(h)
         if transform is not None and not before:
             h = transform(self, h)
         out = self._factor("lora_B", h) * self.scaling

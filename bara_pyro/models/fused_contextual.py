@@ -8,6 +8,10 @@ as::
     l_tk   = logit(pi_k) + w_k . phi_t                             # shifted_logits
     z_tk   = BinaryConcreteST(l_tk, temperature; u_tk)             # hard {0, 1}, straight-through gradient
     y_t    = h_t * z_t                                             # in h's dtype; the local KL is 0
+    y_t    = h_t * z_t * s                                         # with component scales s (r,), if given
+
+``s`` is what a weight family multiplies the gated activations by after the gate (``singular_slab``: the
+step's draw of the singular values), folded in so that it costs no kernels of its own.
 
 ``pi`` ``(r,)`` and ``w`` ``(r, r)`` are the step's draws of the layer's globals.  Op by op this is about 15
 kernels forward and 25 backward per adapter; ``impl``:
@@ -39,11 +43,12 @@ NUM_WARPS = 4
 MAX_RANK = 32  # the kernels hold a (BLOCK_TOKENS, r, r) block in registers
 
 
-def _contextual_gated_torch(h, pi, w, temperature, u):
+def _contextual_gated_torch(h, pi, w, temperature, u, scale):
     with torch.autocast(device_type=h.device.type, enabled=False):
         logits = shifted_logits(pi, w, context_features(h.to(pi.dtype)))
         z = binary_concrete_straight_through(logits, temperature, _clamp_open(u))
-    return h * z.to(h.dtype)
+    y = h * z.to(h.dtype)
+    return y if scale is None else y * scale.to(h.dtype)
 
 
 _KERNELS: list = []
@@ -73,16 +78,17 @@ def resolve_contextual_impl(impl: str, h: torch.Tensor) -> str:
 
 
 def contextual_gated_local(h: torch.Tensor, pi: torch.Tensor, w: torch.Tensor, temperature: float,
-                           u: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
-    """``h * z`` (module docstring), in ``h``'s dtype; ``u`` ``h.shape`` uniforms (drawn if None, in ``pi``'s
-    dtype, through the context's data-parallel row shard if any)."""
+                           scale: torch.Tensor | None = None, u: torch.Tensor | None = None,
+                           impl: str = "auto") -> torch.Tensor:
+    """``h * z`` (times ``scale`` ``(r,)`` if given; module docstring), in ``h``'s dtype; ``u`` ``h.shape`` uniforms
+    (drawn if None, in ``pi``'s dtype, through the context's data-parallel row shard if any)."""
     impl = resolve_contextual_impl(impl, h)
     if u is None:
         u = row_shard.uniform(h.shape, pi.dtype, h.device)
     if impl == "triton":
-        return _TritonContextualGate.apply(h, u, pi, w, float(temperature))
+        return _TritonContextualGate.apply(h, u, pi, w, scale, float(temperature))
     fn = _compiled("contextual", _contextual_gated_torch) if impl == "compile" else _contextual_gated_torch
-    return fn(h, pi, w, temperature, u)
+    return fn(h, pi, w, temperature, u, scale)
 
 
 def _launch(h):
@@ -93,24 +99,28 @@ def _launch(h):
 
 class _TritonContextualGate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, u, pi, w, temperature):
+    def forward(ctx, h, u, pi, w, scale, temperature):
         h, u, pi, w = (t.contiguous() for t in (h, u, pi, w))  # the kernels index dense row-major tensors
+        has_scale = scale is not None
+        scale = scale.reshape(-1).contiguous() if has_scale else pi  # pi: a placeholder the kernel never reads
         r, n, rp, nblk = _launch(h)
         y = torch.empty_like(h)
         _triton_kernels().contextual_gate_fwd[(nblk,)](
-            h, u, pi, w, y, n, temperature, R=r, RP=rp, BT=BLOCK_TOKENS, num_warps=NUM_WARPS)
-        ctx.save_for_backward(h, u, pi, w)
-        ctx.temperature = temperature
+            h, u, pi, w, scale, y, n, temperature, R=r, RP=rp, BT=BLOCK_TOKENS, HAS_SCALE=has_scale,
+            num_warps=NUM_WARPS)
+        ctx.save_for_backward(h, u, pi, w, scale)
+        ctx.temperature, ctx.has_scale = temperature, has_scale
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        h, u, pi, w = ctx.saved_tensors
+        h, u, pi, w, scale = ctx.saved_tensors
         r, n, rp, nblk = _launch(h)
         gh = torch.empty_like(h)
-        part = torch.empty((nblk, r + r * r), dtype=torch.float32, device=h.device)
+        part = torch.empty((nblk, 2 * r + r * r), dtype=torch.float32, device=h.device)
         _triton_kernels().contextual_gate_bwd[(nblk,)](
-            h, u, pi, w, gy.contiguous(), gh, part, n, ctx.temperature, R=r, RP=rp, BT=BLOCK_TOKENS,
-            num_warps=NUM_WARPS)
-        gpi, gw = part.sum(0).split((r, r * r))
-        return gh, None, gpi.to(pi.dtype), gw.view(r, r).to(w.dtype), None
+            h, u, pi, w, scale, gy.contiguous(), gh, part, n, ctx.temperature, R=r, RP=rp, BT=BLOCK_TOKENS,
+            HAS_SCALE=ctx.has_scale, num_warps=NUM_WARPS)
+        gpi, gw, gs = part.sum(0).split((r, r * r, r))
+        gs = gs.to(scale.dtype) if ctx.has_scale else None
+        return gh, None, gpi.to(pi.dtype), gw.view(r, r).to(w.dtype), gs, None

@@ -229,14 +229,30 @@ class GlobalLocalGate(PyroModule):
         with drawing_rows(shard):
             return self._gated(h)
 
+    def gated_scaled(self, h: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+        """``h * gates * scale`` (``scale`` ``(r,)``) from one fused pass where the contextual fast path applies
+        (:mod:`~bara_pyro.models.fused_contextual`); None elsewhere (then :meth:`gated` and a separate product)."""
+        if not self._contextual_fast_path():
+            return None
+        with drawing_rows(self._ctx.row_shard):
+            return self._contextual_gated(h, scale)
+
+    def _contextual_fast_path(self) -> bool:
+        ctx = self._ctx
+        return self.fast_contextual and ctx.mode == "fused" and not ctx.collect_stats
+
+    def _contextual_gated(self, h: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        ctx = self._ctx
+        values = ctx.globals[self.path]
+        ctx.local_positions = h.shape[:-1].numel()
+        return fused_contextual.contextual_gated_local(h, values["pi"], values["w"], self.local_guide.temperature,
+                                                       scale=scale, impl=ctx.gate_impl)
+
     def _gated(self, h: torch.Tensor) -> torch.Tensor:
         ctx = self._ctx
         mode = ctx.mode
-        if self.fast_contextual and mode == "fused" and not ctx.collect_stats:
-            values = ctx.globals[self.path]
-            ctx.local_positions = h.shape[:-1].numel()
-            return fused_contextual.contextual_gated_local(h, values["pi"], values["w"], self.local_guide.temperature,
-                                                           impl=ctx.gate_impl)
+        if self._contextual_fast_path():
+            return self._contextual_gated(h, None)
         if not self._net or ctx.collect_stats or mode not in ("fused", "sample", "mean"):
             return h * self.forward(h).to(h.dtype)
         net = self._net[0]

@@ -93,6 +93,11 @@ class WeightFamily(Component):
     #: ``A x`` itself (False).
     transform_before_gate: ClassVar[bool] = True
 
+    def component_scale(self, adapter: "BaRAAdapter") -> torch.Tensor | None:
+        """``(r,)`` when the transform after the gate is ``h * s`` with ``s`` this step's values in the context
+        (the adapter may then fold ``s`` into the gate's fused pass); None otherwise (the default)."""
+        return None
+
     def samples_without_latent_sites(self, adapter: "BaRAAdapter") -> bool:
         """Whether prediction in mode 'sample' draws from a posterior that is not a Pyro site (e.g. SWAG)."""
         return False

@@ -200,6 +200,10 @@ class SingularSlabWeights(WeightFamily):
             return h * rows_of_sample(draws, h).to(h.dtype)
         return h * self.magnitude_mean(adapter).reshape(-1).to(h.dtype)
 
+    def component_scale(self, adapter) -> torch.Tensor | None:
+        """The drawn magnitudes ``(r,)`` in a fused training pass (what :meth:`rank_transform` multiplies by)."""
+        return adapter._ctx.weights[adapter.path]["lora_S"].reshape(-1) if adapter._ctx.mode == "fused" else None
+
     def mean_lora_factors(self, adapter) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B diag(m))``: the posterior-mean update as a plain LoRA (for export and update spectra)."""
         return adapter.lora_A.weight, adapter.lora_B.weight * self.magnitude_mean(adapter)
