@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..models.errors import ConfigError
+from ..models.host_copy import to_host
 from ..models.row_shard import RowShard
 from .determinism import deterministic_algorithms
 from .distributed import DataParallel, data_parallel
@@ -340,16 +341,19 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
     stats = model.ctx.stats
     gates = getattr(model, "gates", [])
     if gates:
-        with torch.no_grad():
-            kl_global = {p: float(g.global_kl()) for p, g in gates}
-        kl_local = {p: float(s["kl_local"]) for p, s in stats.items() if "kl_local" in s}
-        if not kl_local:  # fused path: the per-layer local KLs are in the context
-            kl_local = {p: float(v.detach()) for p, v in model.ctx.kl_local.items()}
-            offset = model.ctx.kl_local_offset  # expected globals: each layer's per-token constant
-            if offset is not None:
-                tokens = float(model.local_token_count())
-                per_layer = dict(zip((p for p, _ in model.adapter_items), offset.detach().tolist()))
-                kl_local = {p: v + per_layer[p] * tokens for p, v in kl_local.items()}
+        # every layer's KL read from the device at once; no argument checks (each would read a flag from the device)
+        with torch.no_grad(), pyro.validation_enabled(False):
+            kl_global = dict(zip((p for p, _ in gates), _read_all([g.global_kl() for _, g in gates])))
+        kl_local = {p: s["kl_local"] for p, s in stats.items() if "kl_local" in s}
+        fused = not kl_local
+        if fused:  # fused path: the per-layer local KLs are in the context
+            kl_local = {p: v.detach() for p, v in model.ctx.kl_local.items()}
+        kl_local = dict(zip(kl_local, _read_all(list(kl_local.values()))))
+        offset = model.ctx.kl_local_offset if fused else None  # expected globals: each layer's per-token constant
+        if offset is not None:
+            tokens = float(model.local_token_count())
+            per_layer = dict(zip((p for p, _ in model.adapter_items), offset.detach().tolist()))
+            kl_local = {p: v + per_layer[p] * tokens for p, v in kl_local.items()}
         scale = model.ctx.local_scale
         row["kl_global"] = sum(kl_global.values())
         row["kl_local"] = scale * sum(kl_local.values())  # scaled to the dataset, as in the ELBO
@@ -359,6 +363,13 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
     if rank:  # gates, or a weight family that records its kept components (rank-wise dropout)
         row["effective_rank"] = rank["joint"]
     return row
+
+
+def _read_all(values: list) -> list[float]:
+    """Scalars (tensors on one device, or numbers) as floats, read from the device in one transfer."""
+    if not values:
+        return []
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(()) for v in values]).tolist()
 
 
 def _read_log(path: Path, upto: int) -> list[dict]:
@@ -387,7 +398,7 @@ def _save_checkpoint(run_dir: Path, model, optim: TorchOptimizer, step: int) -> 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(model.adapter_state_dict(), str(tmp / "trainable.safetensors"))
-    state = {"optim": optim.get_state(), **rng_state()}
+    state = {"optim": to_host(optim.get_state()), **rng_state()}
     torch.save(state, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "kl_beta": model.kl_beta}))
     if final.exists():

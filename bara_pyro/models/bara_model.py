@@ -40,6 +40,7 @@ from .errors import ConfigError
 from .fused_inducing import fits_inducing_globals, inducing_globals_fused
 from .fused_kernels import bara_globals_expected, bara_globals_fused
 from .fused_slab import fits_slab_globals, slab_globals_fused
+from .host_copy import to_host
 from .likelihoods import CategoricalLikelihood
 
 __all__ = ["BaRAModel", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME"]
@@ -469,7 +470,7 @@ class BaRAModel(PyroModule):
         for path, module in self.modules_to_save.items():
             for k, v in module.state_dict().items():
                 state[f"modules_to_save.{path}.{k}"] = v
-        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        return to_host(state)
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = {k: v for k, v in state.items() if not k.startswith("modules_to_save.")}

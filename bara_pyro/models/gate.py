@@ -47,7 +47,7 @@ from . import fused_contextual, fused_kernels
 from .config import BaRAConfig
 from .context import GateContext, rows_of_sample
 from .guides import AmortizedLocalGuide, ConditionalPriorLocalGuide, MeanFieldGlobalGuide
-from .kl import has_closed_form_kl, kl_or_mc
+from .kl import has_closed_form_kl, kl_divergence, kl_or_mc
 from .priors import (
     BetaProcessPrior,
     ContextualBetaProcessPrior,
@@ -188,10 +188,30 @@ class GlobalLocalGate(PyroModule):
 
     @torch.no_grad()
     def global_kl(self) -> torch.Tensor:
-        """KL of the global sites, summed (for logging; Monte Carlo sites use a draw that leaves the RNG alone)."""
+        """KL of the global sites, summed (for logging).  Closed form where every site has one (nothing drawn);
+        otherwise Monte Carlo sites use a draw that leaves the RNG alone."""
+        kl = self._closed_form_global_kl()
+        if kl is not None:
+            return kl
         devices = [self._dtype_probe.device] if self._dtype_probe.is_cuda else []
         with torch.random.fork_rng(devices=devices):
             return self._draw_globals_and_kl(reparameterized=False)[1]
+
+    def _closed_form_global_kl(self) -> torch.Tensor | None:
+        """The summed closed-form KL of every global site, or None when a site has none or its prior depends on
+        the values of earlier sites."""
+        kl = self._dtype_probe
+        for name in self.sites:
+            q = self.guide_global(name)
+            try:
+                p = self.prior_global(name, {})
+            except KeyError:  # a prior given earlier sites' values
+                return None
+            try:
+                kl = kl + kl_divergence(q, p).sum()
+            except NotImplementedError:
+                return None
+        return kl
 
     @torch.no_grad()
     def draw_globals(self) -> torch.Tensor:
