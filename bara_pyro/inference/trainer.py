@@ -341,9 +341,7 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
     stats = model.ctx.stats
     gates = getattr(model, "gates", [])
     if gates:
-        # every layer's KL read from the device at once; no argument checks (each would read a flag from the device)
-        with torch.no_grad(), pyro.validation_enabled(False):
-            kl_global = dict(zip((p for p, _ in gates), _read_all([g.global_kl() for _, g in gates])))
+        kl_global = _gate_global_kls(model, gates)
         kl_local = {p: s["kl_local"] for p, s in stats.items() if "kl_local" in s}
         fused = not kl_local
         if fused:  # fused path: the per-layer local KLs are in the context
@@ -363,6 +361,17 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
     if rank:  # gates, or a weight family that records its kept components (rank-wise dropout)
         row["effective_rank"] = rank["joint"]
     return row
+
+
+def _gate_global_kls(model, gates) -> dict[str, float]:
+    """Each gate's global KL: the fused step's own per-layer values where it recorded them (``ctx.kl_gate_layers``),
+    else computed gate by gate; read from the device in one transfer."""
+    recorded = model.ctx.kl_gate_layers
+    paths = [p for p, _ in gates]
+    if recorded is not None and set(recorded[0]) == set(paths):
+        return dict(zip(recorded[0], recorded[1].tolist()))
+    with torch.no_grad(), pyro.validation_enabled(False):  # no argument checks: each would read a device flag
+        return dict(zip(paths, _read_all([g.global_kl() for _, g in gates])))
 
 
 def _read_all(values: list) -> list[float]:

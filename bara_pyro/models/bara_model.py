@@ -409,14 +409,16 @@ class BaRAModel(PyroModule):
         prior_shape = torch.stack([g.magnitude_hp.shape for g in gates])
         if self.ctx.expected_globals:  # no draw: the local KL's expectation under q(pi) q(lambda)
             local_shape = torch.stack([g.magnitude_hp.local_shape for g in gates]).unsqueeze(-1)
-            pi, lam, offset, kl = bara_globals_expected(*params.unbind(0), prior_a, prior_b, prior_shape,
-                                                        prior_shape, local_shape)
+            pi, lam, offset, layer_kl = bara_globals_expected(*params.unbind(0), prior_a, prior_b, prior_shape,
+                                                              prior_shape, local_shape, per_layer=True)
             self.ctx.kl_local_offset = offset  # times the real tokens: added once in fused_loss
         else:
-            pi, lam, kl = bara_globals_fused(*params.unbind(0), prior_a, prior_b, prior_shape, prior_shape)
+            pi, lam, layer_kl = bara_globals_fused(*params.unbind(0), prior_a, prior_b, prior_shape, prior_shape,
+                                                   per_layer=True)
         for (path, _), p, m in zip(self._adapter_items, pi.unbind(0), lam.unbind(0)):
             self.ctx.globals[path] = {"pi": p, "lambda": m}
-        self.ctx.kl_global["globals"] = kl
+        self.ctx.kl_gate_layers = (tuple(path for path, _ in self._adapter_items), layer_kl.detach())
+        self.ctx.kl_global["globals"] = layer_kl.sum()
 
     # ----------------------------------------------------------------- prediction
     def scores(self, batch: Batch, mode: str = "mean", num_samples: int = 1, copied: bool = True) -> torch.Tensor:

@@ -237,11 +237,12 @@ class _StandardGammaFromSample(torch.autograd.Function):
 
 
 def bara_globals_fused(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior_pi_b, prior_lam_shape,
-                       prior_lam_rate):
+                       prior_lam_rate, per_layer: bool = False):
     r"""Draw ``pi ~ Beta(pi_alpha, pi_beta)`` and ``lambda ~ Gamma(lam_shape, lam_rate)`` for ``L`` layers at once.
 
     Every argument is ``(L, r)``.  Returns ``(pi, lam, kl)`` with ``pi, lam`` ``(L, r)`` and
-    ``kl = sum KL(q(pi) || p(pi)) + KL(q(lambda) || p(lambda))`` (closed form, 0-dim).
+    ``kl = sum KL(q(pi) || p(pi)) + KL(q(lambda) || p(lambda))`` (closed form, 0-dim; ``per_layer``: ``(L,)``,
+    summed over the components only).
 
     One ``torch._standard_gamma`` call draws every gamma variate in the order of ``L`` per-layer
     ``Beta(...).rsample(); Gamma(...).rsample()`` calls, so on CPU the values equal the per-gate
@@ -259,21 +260,24 @@ def bara_globals_fused(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior
     lam = _StandardGammaFromSample.apply(lam_shape, g[:, 2 * r:]) / lam_rate
     lam.detach().clamp_(min=fi.tiny)
     kl = _globals_kl(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior_pi_b, prior_lam_shape,
-                     prior_lam_rate)
+                     prior_lam_rate, per_layer)
     return pi, lam, kl
 
 
-def _globals_kl(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior_pi_b, prior_lam_shape, prior_lam_rate):
-    """``sum KL(Beta(pi_alpha, pi_beta) || Beta(prior)) + KL(Gamma(lam_shape, lam_rate) || Gamma(prior))``."""
+def _globals_kl(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior_pi_b, prior_lam_shape, prior_lam_rate,
+                per_layer: bool = False):
+    """``sum KL(Beta(pi_alpha, pi_beta) || Beta(prior)) + KL(Gamma(lam_shape, lam_rate) || Gamma(prior))``; the sum
+    over the components only (``(L,)``) with ``per_layer``."""
     q_pi, p_pi = Beta(pi_alpha, pi_beta, validate_args=False), Beta(prior_pi_a, prior_pi_b, validate_args=False)
     q_lam = Gamma(lam_shape, lam_rate, validate_args=False)
     p_lam = Gamma(prior_lam_shape, prior_lam_rate, validate_args=False)
-    kl = kl_divergence(q_pi, p_pi).sum() + kl_divergence(q_lam, p_lam).sum()
-    return kl
+    if per_layer:
+        return kl_divergence(q_pi, p_pi).sum(-1) + kl_divergence(q_lam, p_lam).sum(-1)
+    return kl_divergence(q_pi, p_pi).sum() + kl_divergence(q_lam, p_lam).sum()
 
 
 def bara_globals_expected(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior_pi_b, prior_lam_shape,
-                          prior_lam_rate, local_shape):
+                          prior_lam_rate, local_shape, per_layer: bool = False):
     r"""The local KL's expectation under ``q(pi) q(lambda)``, as effective globals plus a constant.
 
     Every argument is ``(L, r)`` but ``local_shape`` (``a``, ``(L, 1)`` or a scalar).  Both local KLs are
@@ -289,7 +293,7 @@ def bara_globals_expected(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, pr
     (``E[1 / lambda]`` is infinite for ``s <= 1``; ``s`` is clamped just above 1, where the constant's
     gradient pushes it up.)  Returns ``(pi_eff, lam_eff, offset, kl)``: ``pi_eff, lam_eff`` ``(L, r)``,
     ``offset`` ``(L,)`` the constant summed over components (add it once per real token), and ``kl`` the
-    closed-form global KL of :func:`bara_globals_fused`.  Nothing is drawn.
+    closed-form global KL of :func:`bara_globals_fused` (``per_layer`` as there).  Nothing is drawn.
     """
     psi_total = torch.digamma(pi_alpha + pi_beta)
     e_log_pi = torch.digamma(pi_alpha) - psi_total
@@ -300,7 +304,7 @@ def bara_globals_expected(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, pr
     lam_eff = shape_m1 / lam_rate
     offset = (-log_z + local_shape * (torch.digamma(lam_shape) - torch.log(shape_m1))).sum(-1)
     kl = _globals_kl(pi_alpha, pi_beta, lam_shape, lam_rate, prior_pi_a, prior_pi_b, prior_lam_shape,
-                     prior_lam_rate)
+                     prior_lam_rate, per_layer)
     return pi_eff, lam_eff, offset, kl
 
 

@@ -133,19 +133,21 @@ def slab_globals_fused(items, ctx) -> None:
     pi = _DirichletFromSample.apply(ab, torch.stack(dirichlet)).select(-1, 0)
     values = {"pi": pi}
     prior_pi = (torch.stack([g.sparsity_hp.a for g in gates]), torch.stack([g.sparsity_hp.b for g in gates]))
-    kl = kl_divergence(Beta(alpha, beta, validate_args=False), Beta(*prior_pi, validate_args=False)).sum()
+    layer_kl = kl_divergence(Beta(alpha, beta, validate_args=False), Beta(*prior_pi, validate_args=False)).sum(-1)
     if contextual:
         values["w"] = w_loc + eps_w * w_scale
         w_prior = torch.stack([g.sparsity_hp.w_scale for g in gates])
-        kl = kl + kl_divergence(Normal(w_loc, w_scale, validate_args=False),
-                                Normal(w_loc.new_zeros(()), w_prior, validate_args=False)).sum()
+        layer_kl = layer_kl + kl_divergence(Normal(w_loc, w_scale, validate_args=False),
+                                            Normal(w_loc.new_zeros(()), w_prior, validate_args=False)).sum((-2, -1))
     if magnitude:
         lam = _StandardGammaFromSample.apply(lam_shape, torch.stack(gammas)) / lam_rate
         lam.detach().clamp_(min=torch.finfo(lam.dtype).tiny)
         values["lambda"] = lam
         prior_shape = torch.stack([g.magnitude_hp.shape for g in gates])
-        kl = kl + kl_divergence(Gamma(lam_shape, lam_rate, validate_args=False),
-                                Gamma(prior_shape, prior_shape, validate_args=False)).sum()
+        layer_kl = layer_kl + kl_divergence(Gamma(lam_shape, lam_rate, validate_args=False),
+                                            Gamma(prior_shape, prior_shape, validate_args=False)).sum(-1)
+    ctx.kl_gate_layers = (tuple(path for path, _ in items), layer_kl.detach())
+    kl = layer_kl.sum()
     rows = {name: v.unbind(0) for name, v in values.items()}  # one backward stack per site, not one per adapter
     for i, (path, _) in enumerate(items):
         ctx.globals[path] = {name: rows[name][i] for name in sites}
