@@ -114,14 +114,14 @@ def format_fit_table(rows: dict, steps: int) -> str:
 
 
 # ===================================================================== graphs against eager
-def check_graphs_match_eager(device, shape: str = "smollm2-135m", methods=("lora", "bara", "blob"),
+def check_graphs_match_eager(device, shape: str = "smollm2-135m", methods=("lora", "bara", "blob", "bara_singular"),
                              steps: int = 6, seed: int = 0) -> dict:
     """Per method: the largest relative loss difference over ``steps`` steps and the relative norm of the
     adapter weights' difference after them, eager against graph replays (bf16 autocast, fp32 adapters)."""
     from ..inference.graphed_step import TrainStep
     from ..inference.optim import TorchOptimizer, warmup_linear_decay
     from ..models import BaRAConfig, get_bara_model
-    from .speed_setup import SpeedConfig, build_backbone, cloze_forward, make_batch
+    from .speed_setup import SpeedConfig, adapter_config, build_backbone, cloze_forward, make_batch
 
     device = torch.device(device)
     cfg = SpeedConfig()
@@ -138,7 +138,8 @@ def check_graphs_match_eager(device, shape: str = "smollm2-135m", methods=("lora
                 elif method == "blob":
                     kw.update(gate="none", weights={"name": "blob_gaussian"})
                 torch.manual_seed(seed)
-                model = get_bara_model(backbone, BaRAConfig(**kw), forward_fn=cloze_forward)
+                config = adapter_config(cfg, method) if method == "bara_singular" else BaRAConfig(**kw)
+                model = get_bara_model(backbone, config, forward_fn=cloze_forward)
                 model.dataset_size = cfg.dataset_size
                 model.ctx.expected_globals = method == "bara"
                 model.train()

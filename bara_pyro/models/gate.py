@@ -27,7 +27,10 @@ Fast path: with the amortized local guide and Bernoulli/Gamma local priors (ever
 sparsity x magnitude pair), :meth:`GlobalLocalGate.gated` runs the ``fused``, ``sample`` and
 ``mean`` modes through :mod:`~bara_pyro.models.fused_kernels` (same math and, on CPU, the same
 draws; Triton kernels on CUDA, chosen by ``ctx.gate_impl``), unless gate statistics are being
-recorded.  With the default beta_process + gamma + mean_field globals, ``BaRAModel.fused_loss``
+recorded.  The contextual gate tied to its prior (``contextual_beta_process`` with ``conditional_prior``, per
+token, no magnitude: ``bara_singular``) runs its ``fused`` mode through
+:mod:`~bara_pyro.models.fused_contextual` (:meth:`gated_scaled` also folds a weight family's per-component scale
+into it).  With the default beta_process + gamma + mean_field globals, ``BaRAModel.fused_loss``
 also draws every layer's globals in one call (``fast_globals``); under ``slab_gaussian`` weights it draws every
 adapter's gate globals and factors with :func:`~bara_pyro.models.fused_slab.slab_globals_fused`.
 """
