@@ -1,8 +1,12 @@
 """Tiny models and batches built from configs (no downloads), shared by the tests."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
@@ -97,3 +101,24 @@ def benchmark_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# where run_triton_check runs a script: the Triton interpreter on the CPU, or CUDA (skipped without it)
+TRITON_DEVICES = [pytest.param(False, id="interpreter"),
+                  pytest.param(True, id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                          reason="needs CUDA"))]
+
+
+def run_triton_check(code: str, cuda: bool) -> None:
+    """Run a Triton-kernel check script (it prints ``ok`` at its end) in a fresh process: under the Triton
+    interpreter on the CPU, or with CUDA as the default device (its ``torch.manual_seed(0)`` marks where);
+    skipped without Triton."""
+    pytest.importorskip("triton")
+    env = dict(os.environ)
+    if cuda:
+        code = code.replace("torch.manual_seed(0)", "torch.manual_seed(0); torch.set_default_device('cuda')")
+    else:
+        env["TRITON_INTERPRET"] = "1"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")

@@ -38,8 +38,14 @@ def _log1p(x):
 
 
 @triton.jit
-def _forward(h_ptr, u_ptr, pi_ptr, w_ptr, rows, m2, kr, km, temperature, R: tl.constexpr):
-    """``(x, rs, phi, w, soft, hard)`` for ``BT`` rows; padded rows and columns hold zeros."""
+def _forward(h_ptr, u_ptr, pi_ptr, w_ptr, s_ptr, out_ptr, N, temperature,
+             R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, HAS_SCALE: tl.constexpr):
+    """This program's rows and ``(x, rs, phi, w, soft, hard, s)``; padded rows and columns hold zeros.  ``s``:
+    the scales rounded to ``out_ptr``'s dtype (ones without them)."""
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    kr = tl.arange(0, RP)
+    km = kr < R
+    m2 = (rows < N)[:, None] & km[None, :]
     offs = rows[:, None] * R + kr[None, :]
     x = tl.load(h_ptr + offs, mask=m2, other=0.0).to(tl.float32)
     rs = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / R + RMS_EPS)
@@ -50,40 +56,26 @@ def _forward(h_ptr, u_ptr, pi_ptr, w_ptr, rows, m2, kr, km, temperature, R: tl.c
     u = tl.minimum(tl.maximum(tl.load(u_ptr + offs, mask=m2, other=0.5), TINY), ONE_MINUS_EPS)
     soft = tl.sigmoid((logit + tl.log(u) - _log1p(-u)) / temperature)
     hard = tl.where(soft > 0.5, 1.0, 0.0)
-    return x, rs, phi, w, soft, hard
-
-
-@triton.jit
-def _scales(s_ptr, y_ptr, kr, km, HAS_SCALE: tl.constexpr):
     if HAS_SCALE:
-        return tl.load(s_ptr + kr, mask=km, other=0.0).to(y_ptr.dtype.element_ty).to(tl.float32)
-    return tl.where(km, 1.0, 0.0)
+        s = tl.load(s_ptr + kr, mask=km, other=0.0).to(out_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        s = tl.where(km, 1.0, 0.0)
+    return kr, km, m2, offs, x, rs, phi, w, soft, hard, s
 
 
 @triton.jit
 def contextual_gate_fwd(h_ptr, u_ptr, pi_ptr, w_ptr, s_ptr, y_ptr, N, temperature,
                         R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, HAS_SCALE: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BT + tl.arange(0, BT)
-    kr = tl.arange(0, RP)
-    km = kr < R
-    m2 = (rows < N)[:, None] & km[None, :]
-    x, rs, phi, w, soft, hard = _forward(h_ptr, u_ptr, pi_ptr, w_ptr, rows, m2, kr, km, temperature, R)
-    s = _scales(s_ptr, y_ptr, kr, km, HAS_SCALE)
-    tl.store(y_ptr + rows[:, None] * R + kr[None, :], (x * hard * s[None, :]).to(y_ptr.dtype.element_ty), mask=m2)
+    kr, km, m2, offs, x, rs, phi, w, soft, hard, s = _forward(h_ptr, u_ptr, pi_ptr, w_ptr, s_ptr, y_ptr, N,
+                                                              temperature, R, RP, BT, HAS_SCALE)
+    tl.store(y_ptr + offs, (x * hard * s[None, :]).to(y_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
 def contextual_gate_bwd(h_ptr, u_ptr, pi_ptr, w_ptr, s_ptr, gy_ptr, gh_ptr, part_ptr, N, temperature,
                         R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, HAS_SCALE: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BT + tl.arange(0, BT)
-    kr = tl.arange(0, RP)
-    km = kr < R
-    m2 = (rows < N)[:, None] & km[None, :]
-    x, rs, phi, w, soft, hard = _forward(h_ptr, u_ptr, pi_ptr, w_ptr, rows, m2, kr, km, temperature, R)
-    s = _scales(s_ptr, gh_ptr, kr, km, HAS_SCALE)
-    offs = rows[:, None] * R + kr[None, :]
+    kr, km, m2, offs, x, rs, phi, w, soft, hard, s = _forward(h_ptr, u_ptr, pi_ptr, w_ptr, s_ptr, gh_ptr, N,
+                                                              temperature, R, RP, BT, HAS_SCALE)
     gy_raw = tl.load(gy_ptr + offs, mask=m2, other=0.0).to(tl.float32)
     gy = gy_raw * s[None, :]  # dL/d(x z)
     glogit = tl.where(m2, gy * x * soft * (1.0 - soft) / temperature, 0.0)  # straight-through: d soft for d z
@@ -93,7 +85,7 @@ def contextual_gate_bwd(h_ptr, u_ptr, pi_ptr, w_ptr, s_ptr, gy_ptr, gh_ptr, part
     inside = (pi >= PROB_EPS) & (pi <= ONE_MINUS_PROB_EPS)
     gpi = tl.where(inside, tl.sum(glogit, axis=0) / (p * (1.0 - p)), 0.0)
     gw = tl.sum(glogit[:, :, None] * phi[:, None, :], axis=0)  # (RP, RP): sum_t glogit_tk phi_tj
-    base = part_ptr + pid * (2 * R + R * R)
+    base = part_ptr + tl.program_id(0) * (2 * R + R * R)
     tl.store(base + kr, gpi, mask=km)
     tl.store(base + R + kr[:, None] * R + kr[None, :], gw, mask=km[:, None] & km[None, :])
     tl.store(base + R + R * R + kr, tl.sum(tl.where(m2, gy_raw * x * hard, 0.0), axis=0), mask=km)

@@ -1,14 +1,11 @@
 """The contextual gate's fused training pass (``bara_singular``) equals the gate's module path, and its Triton
 kernels equal the torch function (values and gradients)."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from builders import make_batch, make_tiny_bert
+from builders import TRITON_DEVICES, make_batch, make_tiny_bert, run_triton_check
 
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.models import fused_contextual as fc
@@ -100,17 +97,6 @@ TRITON_CHECK = textwrap.dedent("""
 
 
 
-def test_triton_kernels_match_torch_in_the_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("ok")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_triton_kernels_match_torch_on_cuda():
-    pytest.importorskip("triton")
-    code = TRITON_CHECK.replace("torch.manual_seed(0)", "torch.manual_seed(0); torch.set_default_device('cuda')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.parametrize("cuda", TRITON_DEVICES)
+def test_triton_kernels_match_torch(cuda):
+    run_triton_check(TRITON_CHECK, cuda)

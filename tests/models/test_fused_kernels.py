@@ -5,14 +5,12 @@ The reference is :meth:`GlobalLocalGate.forward` (modes ``fused``, ``mean``, ``s
 ``torch.rand((2, ...))`` call gives the gate's two consecutive draws on CPU).
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pyro
 import pytest
 import torch
+from builders import TRITON_DEVICES, run_triton_check
 
 from bara_pyro import BaRAConfig
 from bara_pyro.models import fused_kernels as fk
@@ -184,20 +182,9 @@ TRITON_CHECK = textwrap.dedent("""
 """)
 
 
-def test_triton_kernels_match_torch_in_the_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("ok")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_triton_kernels_match_torch_on_cuda():
-    pytest.importorskip("triton")
-    code = TRITON_CHECK.replace("torch.manual_seed(0)", "torch.manual_seed(0); torch.set_default_device('cuda')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.parametrize("cuda", TRITON_DEVICES)
+def test_triton_kernels_match_torch(cuda):
+    run_triton_check(TRITON_CHECK, cuda)
 
 
 @pytest.mark.slow
