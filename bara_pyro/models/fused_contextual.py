@@ -13,8 +13,8 @@ as::
 ``s`` is what a weight family multiplies the gated activations by after the gate (``singular_slab``: the
 step's draw of the singular values), folded in so that it costs no kernels of its own.
 
-``pi`` ``(r,)`` and ``w`` ``(r, r)`` are the step's draws of the layer's globals.  Op by op this is about 15
-kernels forward and 25 backward per adapter; ``impl``:
+``pi`` ``(r,)`` and ``w`` ``(r, r)`` are the step's draws of the layer's globals.  Op by op this is a few
+dozen small kernels per adapter, forward and backward; ``impl``:
 
 * ``"torch"``: the same ops as the gate's module path, the same draw (one ``torch.rand`` of ``h``'s shape), so
   on CPU the values and gradients are those of the module path bit for bit;
