@@ -12,9 +12,11 @@ with the gates and KLs in fp32, batch of ``4 examples x 2 choices = 8`` sequence
   ``bara[train.estimator=svi,train.local_kl=draw]``.  BaRA rows end in ``@IMPL``, the gate path
   measured (``reference``: per-op gate math; else a :mod:`~bara_pyro.models.fused_kernels`
   implementation of the library's fast path); ``bara_singular[adapter.weights.direction_occam=kfac]`` is the
-  singular preset with the directions' Occam factor.  Each training row also reports ``after ms``: what
-  ``fit()`` runs after each optimizer step outside the (captured) step, ``after_optimizer_step`` (e.g. the
-  Occam factor's eigenvalue refresh, SWAG's moments), amortized over the last 100 steps of a 1000-step run;
+  singular preset with the directions' Occam factor, ``bara_singular@torch`` the preset with its contextual gate
+  op by op (the ``bara_singular`` row: :mod:`~bara_pyro.models.fused_contextual`'s default, Triton on a GPU).
+  Each training row also reports ``after ms``: what ``fit()`` runs after each optimizer step outside the
+  (captured) step, ``after_optimizer_step`` (e.g. the Occam factor's eigenvalue refresh, SWAG's moments),
+  amortized over the last 100 steps of a 1000-step run;
 * peak memory of one training step (``torch.cuda.max_memory_allocated``, reset before);
 * prediction: ``bara[eval.num_samples=0]`` (posterior-mean gates) against one LoRA forward (``lora``), and
   ``bara`` (``S = 10`` samples batched as one 80-sequence pass) against one LoRA forward of the 8
