@@ -10,6 +10,7 @@ sequence's population.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -89,10 +90,14 @@ def low_rank_update(rank: int, d: int = 16, n: int = 512, noise: float = 0.3, se
                          (rank,), delta)
 
 
-def _population_updates(rank: int, d: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``V`` ``(d, 2 rank)`` orthonormal (population ``p`` uses columns ``[p rank, (p + 1) rank)``) and ``U``."""
+def _population_updates(rank: int, d: int, g: torch.Generator,
+                        orthogonal_outputs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``V`` ``(d, 2 rank)`` orthonormal (population ``p`` uses columns ``[p rank, (p + 1) rank)``) and ``U``: Gaussian
+    columns (scale 1.5), or with ``orthogonal_outputs`` orthogonal columns of the same expected length
+    ``1.5 sqrt(d)`` (the same random draws)."""
     v = torch.linalg.qr(torch.randn(d, 2 * rank, generator=g))[0]
-    return v, 1.5 * torch.randn(d, 2 * rank, generator=g)
+    u = torch.randn(d, 2 * rank, generator=g)
+    return v, (torch.linalg.qr(u)[0] * math.sqrt(d) if orthogonal_outputs else u) * 1.5
 
 
 def _two_population_inputs(population: torch.Tensor, v: torch.Tensor, rank: int, separation: float,
@@ -107,14 +112,17 @@ def _two_population_inputs(population: torch.Tensor, v: torch.Tensor, rank: int,
 
 
 def two_populations(rank: int = 2, d: int = 16, n: int = 1024, noise: float = 0.3, separation: float = 2.5,
-                    seed: int = 0) -> SyntheticData:
+                    seed: int = 0, orthogonal_outputs: bool = False) -> SyntheticData:
     """Two token populations, ``x ~ N(+/- separation * v_1, I)``: population 0 gets ``U_0 V_0^T x``, population 1
     ``U_1 V_1^T x``, two rank-``rank`` updates on disjoint orthonormal input directions ``V_0, V_1`` (``v_1`` the
-    first column of ``V_0``), so a token's population shows in its projection on the update's own inputs."""
+    first column of ``V_0``), so a token's population shows in its projection on the update's own inputs.  With
+    ``orthogonal_outputs`` the columns of ``U_0, U_1`` are orthogonal too: the two updates are disjoint sets of
+    singular components of one rank-``2 rank`` matrix (with Gaussian ``U``, an adapter with orthonormal factors
+    needs more than ``rank`` components for one of the populations)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     backbone = OneLinear(d)
-    v, u = _population_updates(rank, d, g)
+    v, u = _population_updates(rank, d, g, orthogonal_outputs)
     population = torch.randint(0, 2, (n,), generator=g)
     x, uses = _two_population_inputs(population, v, rank, separation, g)
     return SyntheticData(_rows(backbone, x, ((x @ v) * uses) @ u.T, noise, g), backbone, population, (rank, rank))
