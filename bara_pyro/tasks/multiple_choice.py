@@ -33,6 +33,7 @@ __all__ = ["MultipleChoiceTask", "SCORING_MODES"]
 
 SCORING_MODES = ("cloze", "lettered")
 LETTERS = string.ascii_uppercase
+SCORED_TOKENS_FLOOR = 4  # pad_batch pads the cloze task's scored tokens to at least this many pad_multiples
 
 
 def _special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -155,8 +156,8 @@ class MultipleChoiceTask:
         Sequences are right-padded (masked).  Cloze: the number of sequences is rounded up to a multiple of
         8 (at most ``B * width``) with one-token dummy sequences (no gate tokens) in the slots of missing
         choices, whose scores ``choice_mask`` sets to ``-inf``; the scored-token list is padded to the next
-        power of two (at least ``4 * multiple``, so that a few sizes cover a dataset; its entries cost one
-        LM-head row each) with entries of ``target_weight`` 0.  The scores are the same."""
+        power of two (at least ``SCORED_TOKENS_FLOOR * multiple``, so that a few sizes cover a dataset; its entries
+        cost one LM-head row each) with entries of ``target_weight`` 0.  The scores are the same."""
         ids, attention = batch.inputs["input_ids"], batch.inputs["attention_mask"]
         length = padded_size(ids.shape[1], multiple, minimum=2)
         ids, attention = pad_dim(ids, 1, length, self.pad_token_id), pad_dim(attention, 1, length, 0)
@@ -177,7 +178,7 @@ class MultipleChoiceTask:
             attention = torch.cat([attention, dummy_attention])
             token_mask = pad_dim(token_mask, 0, n_seq, False)
             n_tokens = extras["target_sequence"].shape[0]
-            n_padded = max(4 * multiple, 1 << max(0, n_tokens - 1).bit_length())
+            n_padded = max(SCORED_TOKENS_FLOOR * multiple, 1 << max(0, n_tokens - 1).bit_length())
             extras.update(
                 continuation_mask=torch.cat([pad_dim(extras["continuation_mask"], 1, length, False),
                                              dummy_continuation]),
