@@ -33,7 +33,7 @@ import torch
 
 from . import row_shard
 from .distributions import binary_concrete_straight_through
-from .fused_kernels import IMPLS, _clamp_open, _compiled, _interpreting, _next_pow2
+from .fused_kernels import IMPLS, _clamp_open, _compiled, _interpreting, _next_pow2, triton_module
 from .priors.contextual import context_features, shifted_logits
 
 __all__ = ["contextual_gated_local", "resolve_contextual_impl"]
@@ -51,18 +51,8 @@ def _contextual_gated_torch(h, pi, w, temperature, u, scale):
     return y if scale is None else y * scale.to(h.dtype)
 
 
-_KERNELS: list = []
-
-
 def _triton_kernels():
-    """The kernel module, built once; None when Triton is missing."""
-    if not _KERNELS:
-        try:
-            from . import _fused_triton_contextual
-        except ImportError:
-            _fused_triton_contextual = None
-        _KERNELS.append(_fused_triton_contextual)
-    return _KERNELS[0]
+    return triton_module("_fused_triton_contextual")
 
 
 def resolve_contextual_impl(impl: str, h: torch.Tensor) -> str:

@@ -315,22 +315,25 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-_KERNELS: list = []
+_KERNEL_MODULES: dict[str, object] = {}
+
+
+def triton_module(name: str):
+    """The Triton kernel module ``bara_pyro.models.<name>``, imported once; None when Triton is missing."""
+    if name not in _KERNEL_MODULES:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            _KERNEL_MODULES[name] = None
+        else:
+            import importlib
+
+            _KERNEL_MODULES[name] = importlib.import_module(f"{__package__}.{name}")
+    return _KERNEL_MODULES[name]
 
 
 def _triton_kernels():
-    """Build the kernels once; None when Triton is missing."""
-    if _KERNELS:
-        return _KERNELS[0]
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        _KERNELS.append(None)
-        return None
-    from . import _fused_triton
-
-    _KERNELS.append(_fused_triton)
-    return _fused_triton
+    return triton_module("_fused_triton")
 
 
 def _next_pow2(n: int, floor: int = 16) -> int:
