@@ -366,10 +366,10 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
 def _gate_global_kls(model, gates) -> dict[str, float]:
     """Each gate's global KL: the fused step's own per-layer values where it recorded them (``ctx.kl_gate_layers``),
     else computed gate by gate; read from the device in one transfer."""
-    recorded = model.ctx.kl_gate_layers
+    recorded = model.ctx.kl_gate_layers  # in adapter order, recorded when every adapter has a gate
     paths = [p for p, _ in gates]
-    if recorded is not None and set(recorded[0]) == set(paths):
-        return dict(zip(recorded[0], recorded[1].tolist()))
+    if recorded is not None and len(recorded) == len(model.adapter_items) == len(paths):
+        return dict(zip((p for p, _ in model.adapter_items), recorded.tolist()))
     with torch.no_grad(), pyro.validation_enabled(False):  # no argument checks: each would read a device flag
         return dict(zip(paths, _read_all([g.global_kl() for _, g in gates])))
 

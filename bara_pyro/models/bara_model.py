@@ -417,7 +417,7 @@ class BaRAModel(PyroModule):
                                                    per_layer=True)
         for (path, _), p, m in zip(self._adapter_items, pi.unbind(0), lam.unbind(0)):
             self.ctx.globals[path] = {"pi": p, "lambda": m}
-        self.ctx.kl_gate_layers = (tuple(path for path, _ in self._adapter_items), layer_kl.detach())
+        self.ctx.kl_gate_layers = layer_kl.detach()
         self.ctx.kl_global["globals"] = layer_kl.sum()
 
     # ----------------------------------------------------------------- prediction

@@ -51,8 +51,8 @@ class GateContext:
     kl_local: dict[str, torch.Tensor] = field(default_factory=dict)  # path -> unscaled masked local KL sum
     kl_local_offset: torch.Tensor | None = None  # (adapters,) local KL per real token, added to the KL at the
     #   globals' values (expected_globals: bara_globals_expected's offset), in the model's adapter order
-    kl_gate_layers: tuple[tuple[str, ...], torch.Tensor] | None = None  # fused globals: (paths, (adapters,)) each
-    #   gate's global KL at the step, detached (the training log reads it instead of recomputing it layer by layer)
+    kl_gate_layers: torch.Tensor | None = None  # fused globals: (adapters,) each gate's global KL at the step,
+    #   detached, in the model's adapter order (the training log reads it instead of recomputing it layer by layer)
     local_positions: int = 0  # positions of a local gate input (n_seq x T), for the offset when token_mask is None
     cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> {z, theta} drawn
     local_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # path -> adapter projection h the guide

@@ -146,7 +146,7 @@ def slab_globals_fused(items, ctx) -> None:
         prior_shape = torch.stack([g.magnitude_hp.shape for g in gates])
         layer_kl = layer_kl + kl_divergence(Gamma(lam_shape, lam_rate, validate_args=False),
                                             Gamma(prior_shape, prior_shape, validate_args=False)).sum(-1)
-    ctx.kl_gate_layers = (tuple(path for path, _ in items), layer_kl.detach())
+    ctx.kl_gate_layers = layer_kl.detach()
     kl = layer_kl.sum()
     rows = {name: v.unbind(0) for name, v in values.items()}  # one backward stack per site, not one per adapter
     for i, (path, _) in enumerate(items):
