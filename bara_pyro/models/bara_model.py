@@ -304,9 +304,13 @@ class BaRAModel(PyroModule):
         self.config.components.weights.fit_posterior(self, task, rows, batch_size, progress)
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        """The trainer calls this after optimizer step ``step`` (1-based); each weight family may act on it."""
+        """The trainer calls this after optimizer step ``step`` (1-based); each weight family may act on it, once for
+        all of its adapters."""
+        families: dict[int, tuple] = {}
         for _, adapter in self._adapter_items:
-            adapter.weights.after_step(adapter, step, total_steps)
+            families.setdefault(id(adapter.weights), (adapter.weights, []))[1].append(adapter)
+        for family, adapters in families.values():
+            family.after_steps(adapters, step, total_steps)
 
     @property
     def kl_is_analytic(self) -> bool:

@@ -79,9 +79,20 @@ def record_statistics(adapter, x: torch.Tensor, out: torch.Tensor, decay: float)
 
 
 @torch.no_grad()
-def refresh_statistics(adapter) -> None:
-    """Copy the running ``C`` and ``G`` to what the factor reads, with their eigenvalues (clamped at 0)."""
-    for name in _NAMES:
-        running = getattr(adapter, f"occam_{name}")
-        getattr(adapter, f"occam_{name}_used").copy_(running)
-        getattr(adapter, f"occam_{name}_eig").copy_(torch.linalg.eigvalsh(running).clamp_min(0))
+def refresh_statistics(*adapters) -> None:
+    """Copy each adapter's running ``C`` and ``G`` to what the factor reads, with their eigenvalues (clamped at 0).
+
+    Matrices of one size and device are decomposed in one batched ``eigvalsh`` call: on a GPU each call waits for
+    the device once (its error check), so a refresh of every adapter costs one wait per matrix size, not two per
+    adapter."""
+    groups: dict[tuple, list[tuple]] = {}
+    for adapter in adapters:
+        for name in _NAMES:
+            running = getattr(adapter, f"occam_{name}")
+            getattr(adapter, f"occam_{name}_used").copy_(running)
+            groups.setdefault((running.shape, running.device, running.dtype), []).append(
+                (running, getattr(adapter, f"occam_{name}_eig")))
+    for members in groups.values():
+        eig = torch.linalg.eigvalsh(torch.stack([running for running, _ in members])).clamp_min(0)
+        for (_, out), values in zip(members, eig):
+            out.copy_(values)

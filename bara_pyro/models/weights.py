@@ -132,6 +132,12 @@ class WeightFamily(Component):
     def after_step(self, adapter: "BaRAAdapter", step: int, total_steps: int) -> None:
         """Called after optimizer step ``step`` (1-based) of ``total_steps`` (e.g. to collect SWAG moments)."""
 
+    def after_steps(self, adapters: list, step: int, total_steps: int) -> None:
+        """:meth:`after_step` for every adapter of this family at once (what the model calls); a family overrides
+        it to batch work across adapters."""
+        for adapter in adapters:
+            self.after_step(adapter, step, total_steps)
+
     #: whether the training pass calls :meth:`record` (statistics a factor of the model reads)
     records_statistics = False
 

@@ -150,8 +150,11 @@ class SingularSlabWeights(WeightFamily):
                           adapter.occam_C_eig, adapter.occam_G_eig)
 
     def after_step(self, adapter, step: int, total_steps: int) -> None:
+        self.after_steps([adapter], step, total_steps)
+
+    def after_steps(self, adapters: list, step: int, total_steps: int) -> None:
         if self.direction_occam == "kfac" and step % self.occam_refresh_every == 0:
-            refresh_statistics(adapter)
+            refresh_statistics(*adapters)  # one batched eigendecomposition per matrix size
 
     # ----------------------------------------------------------------- distributions
     def posterior(self, adapter, name):

@@ -125,3 +125,29 @@ def test_config_errors_name_the_field():
         occam_config(occam_decay=1.0)
     with pytest.raises(ConfigError, match="occam_refresh_every must be a whole number"):
         occam_config(occam_refresh_every=0)
+
+
+def test_one_refresh_of_every_adapter_equals_a_refresh_of_each():
+    """The model's refresh decomposes same-sized matrices of all adapters in one batched call: the eigenvalues
+    (and the copies the factor reads) are those of one adapter at a time, and only the refresh steps refresh."""
+    torch.manual_seed(0)
+    model = get_bara_model(make_tiny_bert(), occam_config(occam_refresh_every=5))
+    fill_statistics(model)
+    with torch.no_grad():
+        for _, adapter in model.adapter_items:
+            for name in ("C", "G"):
+                running = getattr(adapter, f"occam_{name}")
+                m = torch.randn(running.shape[0], 2 * running.shape[0])
+                running.copy_(m @ m.T)
+    adapters = [a for _, a in model.adapter_items]
+    assert len(adapters) > 2
+    before = {id(a): a.occam_G_eig.clone() for a in adapters}
+    model.after_optimizer_step(4, 100)  # not a refresh step
+    assert all(torch.equal(a.occam_G_eig, before[id(a)]) for a in adapters)
+    model.after_optimizer_step(5, 100)
+    for adapter in adapters:
+        for name in ("C", "G"):
+            running = getattr(adapter, f"occam_{name}")
+            assert torch.equal(getattr(adapter, f"occam_{name}_used"), running)
+            alone = torch.linalg.eigvalsh(running).clamp_min(0)
+            torch.testing.assert_close(getattr(adapter, f"occam_{name}_eig"), alone, rtol=1e-6, atol=1e-5)
