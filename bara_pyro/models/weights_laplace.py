@@ -32,6 +32,7 @@ import functools
 import math
 import warnings
 from collections import UserDict
+from collections.abc import MutableMapping
 
 import torch
 from torch import nn
@@ -176,7 +177,8 @@ def _chunked_jacobian_backend():
 
     ``laplace-torch`` takes every output's vector-Jacobian product in one vmapped backward pass, whose memory
     grows with the square of the batch's outputs (each of the ``B x C`` passes holds the whole batch's logits
-    gradient): 348 GiB for 12 ARC rows of SmolLM2-135M.  In chunks, each pass holds a few."""
+    gradient): 348 GiB for 12 ARC rows of SmolLM2-135M.  In chunks, each pass holds a few.  Its K-FAC fit takes
+    each batch's loss from the factors' own forward pass (``laplace-torch`` runs a second one)."""
     from laplace.curvature import CurvlinopsGGN
 
     class ChunkedJacobianGGN(CurvlinopsGGN):
@@ -194,6 +196,28 @@ def _chunked_jacobian_backend():
             if self.subnetwork_indices is not None:
                 js = js[:, :, self.subnetwork_indices]
             return (js, f) if enable_backprop else (js.detach(), f.detach())
+
+        def kron(self, x, y, N: int, **kwargs):
+            """The batch's loss and K-FAC factors (``CurvlinopsGGN.kron``), the loss from the scores of the forward
+            pass that the factors come from instead of a second forward pass of the batch."""
+            from curvlinops import KFACLinearOperator
+
+            if isinstance(x, MutableMapping):
+                kwargs["batch_size_fn"] = lambda x: x[self.dict_key_x].shape[0]
+            scores = []
+            handle = self.model.register_forward_hook(lambda module, args, out: scores.append(out.detach()))
+            try:
+                linop = KFACLinearOperator(self.model, self.lossfunc, self.params, [(x, y)],
+                                           fisher_type=self._kron_fisher_type, separate_weight_and_bias=True,
+                                           check_deterministic=False, **kwargs)
+                linop.compute_kronecker_factors()
+            finally:
+                handle.remove()
+            if len(scores) != 1:
+                raise RuntimeError(f"expected one forward pass of the batch for its K-FAC factors, saw {len(scores)}")
+            kron = self._rescale_kron_factors(self._get_kron_factors(linop), len(y), N)
+            kron *= self.factor
+            return self.factor * self.lossfunc(scores[0], y), kron
 
     return ChunkedJacobianGGN
 

@@ -137,6 +137,32 @@ def test_jacobians_taken_in_chunks_equal_laplace_torchs_and_the_chunk_follows_th
     assert wl.jacobian_chunk(x["batch"], width=49152, budget=2**28) == max(1, 2**28 // (tokens * 49152))
 
 
+def test_kfac_fit_takes_one_forward_pass_per_batch_and_equals_laplace_torchs():
+    """The K-FAC fit's loss comes from the factors' own forward pass: one pass of the model per batch instead of
+    laplace-torch's two, with the same loss and Kronecker factors."""
+    from laplace.curvature import CurvlinopsGGN
+
+    import bara_pyro.models.weights_laplace as wl
+
+    model, task = _trained("kron")
+    la = laplace_of(model.config.components.weights, model)
+    x, y = _as_input(task.collate(ROWS[:8])), task.collate(ROWS[:8]).labels
+    passes = []
+    handle = la.model.register_forward_hook(lambda module, args, out: passes.append(1))
+    try:
+        loss, kron = wl._chunked_jacobian_backend()(la.model, "classification", dict_key_x="labels").kron(x, y, N=24)
+        assert len(passes) == 1
+        ref_loss, ref_kron = CurvlinopsGGN(la.model, "classification", dict_key_x="labels").kron(x, y, N=24)
+        assert len(passes) == 3
+    finally:
+        handle.remove()
+    torch.testing.assert_close(loss, ref_loss)
+    assert len(kron.kfacs) == len(ref_kron.kfacs)
+    for ours, theirs in zip(kron.kfacs, ref_kron.kfacs):
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b)
+
+
 def test_the_predictives_take_whole_batches_and_the_lora_jacobians_are_laplace_torchs(monkeypatch):
     """The linearised predictive over the LoRA factors takes its Jacobians from one backward pass of the batch
     per score column (``lora_jacobians``), with the mean and covariance that laplace-torch's backend gives, so
