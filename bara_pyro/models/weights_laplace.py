@@ -8,7 +8,10 @@ trained weights ``theta*`` of every adapter (``lora_A``, ``lora_B``; a task head
 
 with ``H`` Kronecker-factored per weight matrix (``hessian_structure: kron``, K-FAC) or diagonal (``diag``),
 and the prior precision ``delta`` set by maximising the Laplace marginal likelihood
-(``optimize_prior_precision: true``) or kept at ``prior_precision``.  Prediction with ``S`` samples uses
+(``optimize_prior_precision: true``) or kept at ``prior_precision``.  K-FAC's input factor of a layer is the mean
+of ``x x^T`` over the fit set's real tokens (padded positions left out), its gradient factor a sum over them, so
+the fit's batches (``fit_batch_size`` rows) change its speed and memory, not the posterior.  Prediction with ``S``
+samples uses
 
 * ``predictive: glm`` (the linearised predictive of the paper): ``f ~ N(f(x; theta*), J Sigma J^T)`` in
   function space, ``J`` the Jacobian of the scores in ``theta``; each sample-major copy of an example gets
@@ -91,10 +94,14 @@ class LaplaceWeights(WeightFamily):
     predictive: str = "glm"
     prior_precision: float = 1.0
     optimize_prior_precision: bool = True
+    fit_batch_size: int = 16  # rows per batch of the post-hoc fit (the fitted posterior does not depend on it)
 
     def resolve(self, config) -> None:
         self.need(config.prior == "fixed", "use it with prior: fixed (no gates)")
         check_laplace_options(self)
+        size = self.fit_batch_size
+        self.need(isinstance(size, int) and not isinstance(size, bool) and size >= 1,
+                  f"fit_batch_size must be a whole number >= 1, got {size!r}")
 
     def laplace_tensors(self, adapter) -> dict[str, torch.Tensor]:
         """The adapter's tensors the posterior covers, in the order of ``adapter.parameters()``."""
@@ -104,7 +111,9 @@ class LaplaceWeights(WeightFamily):
         install_laplace_buffers(self, adapter)
 
     def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False) -> None:
-        fit_laplace(self, model, task, rows, batch_size, progress)
+        """Fit the posterior on ``rows`` in batches of :attr:`fit_batch_size` (``batch_size``, the training batch,
+        is not used: K-FAC's factors and the diagonal GGN are sums over the fit set's tokens and rows)."""
+        fit_laplace(self, model, task, rows, self.fit_batch_size, progress)
 
     def samples_without_latent_sites(self, adapter) -> bool:
         return laplace_fitted(adapter)
@@ -197,19 +206,26 @@ def _chunked_jacobian_backend():
                 js = js[:, :, self.subnetwork_indices]
             return (js, f) if enable_backprop else (js.detach(), f.detach())
 
+        #: real (unpadded) tokens of the whole fit set, set by :func:`fit_laplace`; None: curvlinops' own input factor
+        real_tokens: int | None = None
+
         def kron(self, x, y, N: int, **kwargs):
             """The batch's loss and K-FAC factors (``CurvlinopsGGN.kron``), the loss from the scores of the forward
-            pass that the factors come from instead of a second forward pass of the batch."""
-            from curvlinops import KFACLinearOperator
-
+            pass that the factors come from instead of a second forward pass of the batch.  With
+            :attr:`real_tokens` set, each layer's input factor is taken over the batch's real tokens only
+            (:func:`_masked_kfac`), so that the fitted factors do not depend on how the rows are batched."""
             if isinstance(x, MutableMapping):
                 kwargs["batch_size_fn"] = lambda x: x[self.dict_key_x].shape[0]
             scores = []
             handle = self.model.register_forward_hook(lambda module, args, out: scores.append(out.detach()))
             try:
-                linop = KFACLinearOperator(self.model, self.lossfunc, self.params, [(x, y)],
-                                           fisher_type=self._kron_fisher_type, separate_weight_and_bias=True,
-                                           check_deterministic=False, **kwargs)
+                linop = _masked_kfac()(self.model, self.lossfunc, self.params, [(x, y)],
+                                       fisher_type=self._kron_fisher_type, separate_weight_and_bias=True,
+                                       check_deterministic=False, **kwargs)
+                mask = x["batch"].inputs.get("attention_mask") if isinstance(x, MutableMapping) else None
+                if self.real_tokens and mask is not None:
+                    linop.token_mask = mask.bool()
+                    linop.input_weight = N / (len(y) * self.real_tokens)  # laplace-torch multiplies by len(y) / N
                 linop.compute_kronecker_factors()
             finally:
                 handle.remove()
@@ -220,6 +236,50 @@ def _chunked_jacobian_backend():
             return self.factor * self.lossfunc(scores[0], y), kron
 
     return ChunkedJacobianGGN
+
+
+@functools.cache
+def _masked_kfac():
+    r"""curvlinops' ``KFACLinearOperator`` whose input factor counts real tokens only.
+
+    K-FAC (expand) treats every token of a sequence as a sample of a linear layer: its input factor is the mean of
+    ``x x^T`` over them, curvlinops' over every position of the padded batch.  A padded position's input is the
+    model's state at a padding token, arbitrary, and how many there are depends on which rows share a batch (the
+    longest sets the length).  With ``token_mask`` ``(sequences, T)`` set, a layer whose inputs are ``(sequences,
+    T, d)`` adds ``input_weight * sum_{real t} x_t x_t^T``; :func:`fit_laplace` chooses ``input_weight`` so that
+    the fitted factor is the mean over the fit set's real tokens, whatever the batches.  Padded positions add
+    nothing to the gradient factor already (the scores do not depend on them)."""
+    from curvlinops import KFACLinearOperator
+    from curvlinops.kfac import KFACType
+
+    class MaskedKFAC(KFACLinearOperator):
+        token_mask: torch.Tensor | None = None
+        input_weight: float = 1.0
+
+        def _hook_accumulate_input_covariance(self, module, inputs, module_name: str):
+            mask, x = self.token_mask, inputs[0].data.detach()
+            plain = (mask is None or len(inputs) != 1 or tuple(x.shape[:-1]) != tuple(mask.shape)
+                     or self._kfac_approx != KFACType.EXPAND or not isinstance(module, nn.Linear)
+                     or (module.bias is not None and not self._separate_weight_and_bias))
+            if plain:
+                return super()._hook_accumulate_input_covariance(module, inputs, module_name)
+            real = x[mask]  # (real tokens, d_in)
+            covariance = (real.T @ real).mul_(self.input_weight)
+            self._input_covariances = self._set_or_add_(self._input_covariances, module_name, covariance)
+
+    return MaskedKFAC
+
+
+def _real_tokens(task, rows, batch_size: int) -> int | None:
+    """Real (unpadded) tokens of ``rows`` as the fit collates them (their attention masks), or None when a batch has
+    no attention mask."""
+    total = 0
+    for data in _Batches(task, rows, batch_size, "cpu"):
+        mask = data["batch"].inputs.get("attention_mask")
+        if mask is None:
+            return None
+        total += int(mask.sum())
+    return total
 
 
 def _new_laplace(family, model, prior_precision: float):
@@ -251,6 +311,8 @@ def fit_laplace(family, model, task, rows, batch_size: int, progress: bool = Fal
         p.requires_grad_(False)
     try:
         la = _new_laplace(family, model, family.prior_precision)
+        if family.hessian_structure == "kron":
+            la.backend.real_tokens = _real_tokens(task, rows, batch_size)
         la.fit(_Batches(task, rows, batch_size, device), progress_bar=progress)
         if family.optimize_prior_precision:
             with warnings.catch_warnings(), _float32(device):  # the marginal likelihood: no link approximation

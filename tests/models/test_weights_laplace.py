@@ -40,6 +40,8 @@ def test_bad_values_are_rejected_at_config_load():
         BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "hessian_structure": "full"})
     with pytest.raises(ConfigError, match=r"predictive must be one of \['glm', 'nn'\]"):
         BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "predictive": "probit"})
+    with pytest.raises(ConfigError, match=r"fit_batch_size must be a whole number >= 1, got 0"):
+        BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "fit_batch_size": 0})
 
 
 @pytest.mark.parametrize("structure", ["kron", "diag"])
@@ -161,6 +163,38 @@ def test_kfac_fit_takes_one_forward_pass_per_batch_and_equals_laplace_torchs():
     for ours, theirs in zip(kron.kfacs, ref_kron.kfacs):
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b)
+
+
+def test_kfac_input_factor_is_the_mean_over_real_tokens_whatever_the_batches():
+    """Each layer's K-FAC input factor is the mean of ``x x^T`` over the fit set's real tokens (padded positions
+    left out), so fits in batches of 4 and of all 24 rows agree; curvlinops alone would average over every padded
+    position of each batch."""
+    model, task = _trained("kron")
+    ((_, adapter), *_) = model.adapter_items
+    inputs = {}
+    hooks = [getattr(adapter, name).register_forward_hook(
+        lambda module, args, out, name=name: inputs.__setitem__(name, args[0].detach()))
+        for name in ("lora_A", "lora_B")]
+    try:
+        batch = task.collate(ROWS)
+        with torch.no_grad():
+            model.scores(batch, mode="mean")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    real = batch.inputs["attention_mask"].bool()
+    assert 0 < int(real.sum()) < real.numel()  # the rows are padded
+    factors = {}
+    family = model.config.components.weights
+    assert family.fit_batch_size == 16
+    for batch_size in (4, 24):
+        family.fit_batch_size = batch_size
+        model.fit_posterior(task, ROWS, batch_size=8)  # the training batch size: not the fit's
+        factors[batch_size] = {name: getattr(adapter, f"laplace_{name}_kfac1").clone() for name in ("lora_A", "lora_B")}
+    for name in ("lora_A", "lora_B"):
+        x = inputs[name][real]
+        torch.testing.assert_close(factors[4][name], x.T @ x / x.shape[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(factors[4][name], factors[24][name], rtol=1e-5, atol=1e-6)
 
 
 def test_the_predictives_take_whole_batches_and_the_lora_jacobians_are_laplace_torchs(monkeypatch):
