@@ -228,7 +228,7 @@ def _train_and_evaluate(config: dict, run_dir: Path, resume: bool, progress: boo
     backbone, tokenizer, task, data = build_backbone_and_task(config, report_data=True)
     train_rows = _subset(data["train"], config["data"]["max_train_examples"])
     members = config["ensemble"]["members"]
-    models = []
+    models, graph_setups = [], []
     for m in range(members):
         out_dir = member_dir(run_dir, config, m)
         seed = member_seed(config, m)
@@ -250,8 +250,10 @@ def _train_and_evaluate(config: dict, run_dir: Path, resume: bool, progress: boo
             if progress and members > 1 and main:
                 print(f"ensemble member {m + 1}/{members}")
             with clock.measure("train_time_s"):
-                fit(model, task, train_rows, cfg_m, run_dir=out_dir,
-                    resume=resume and (out_dir / CHECKPOINT_DIR).exists(), progress=progress and main)
+                trained = fit(model, task, train_rows, cfg_m, run_dir=out_dir,
+                              resume=resume and (out_dir / CHECKPOINT_DIR).exists(), progress=progress and main)
+            if trained.graphs is not None:
+                graph_setups.append(trained.graphs)
             if main:
                 with clock.measure("train_time_s"):  # a post-hoc posterior (Laplace) counts as training time
                     model.fit_posterior(task, train_rows, batch_size=cfg_m.batch_size, progress=progress)
@@ -273,6 +275,8 @@ def _train_and_evaluate(config: dict, run_dir: Path, resume: bool, progress: boo
     metrics.update(method=config["method"], model=config["model"], dataset=config["dataset"],
                    trainable_parameters=trainable, world_size=config["train"]["world_size"],
                    machine=machine_info(device.type))
+    if graph_setups:  # per trained member: shapes captured, steps not replayed and their seconds, the first step's
+        metrics["train_graphs"] = graph_setups
     return metrics
 
 

@@ -7,7 +7,9 @@ one complete :func:`~bara_pyro.experiment.run_experiment` (what ``bara-pyro trai
 data loading, ``train.steps`` optimizer steps with the training log and checkpoints, then evaluation
 on at most ``eval_examples`` validation examples) on a real task.  The model is ``random-smollm2-135m``
 (SmolLM2-135M's shapes, random weights: no download) or the packaged ``smollm2-135m``.  Reported: the
-run's wall time, the time inside ``fit()`` (and per step), the evaluation time and validation accuracy.
+run's wall time, the time inside ``fit()`` (and per step), the evaluation time and validation accuracy; with graphs
+also the batch shapes captured, the seconds of the steps not replayed (each shape's eager warm-up and capture) and
+of the first step (first use of every kernel, Triton's compilation included).
 
 *Graphs against eager*: the same few training steps (same initialisation, same batch, same seed) run
 eagerly and replayed from a CUDA graph through :class:`~bara_pyro.inference.graphed_step.TrainStep`;
@@ -82,6 +84,10 @@ def run_fit_rows(cfg: FitSpeedConfig, log=print) -> dict:
                            "ms_per_step": 1e3 * metrics["train_time_s"] / cfg.steps,
                            "eval_s": metrics.get("eval_time_s"),
                            "val_accuracy": metrics.get("validation", {}).get("accuracy")}
+                    setup = (metrics.get("train_graphs") or [None])[0]
+                    if setup is not None:  # the steps not replayed: each shape's warm-up and capture, the first step
+                        row.update(graph_shapes=setup["shapes"], setup_steps=setup["setup_steps"],
+                                   setup_s=setup["setup_s"], first_step_s=setup["first_step_s"])
                 out.setdefault(method, {})[setting] = row
                 log(f"fit {method}/{setting}: {row}")
     finally:
@@ -93,7 +99,7 @@ def run_fit_rows(cfg: FitSpeedConfig, log=print) -> dict:
 def format_fit_table(rows: dict, steps: int) -> str:
     lines = [f"fit, end to end ({steps} steps) | ratios: to LoRA in the same setting; speed-up: eager / graphs",
              f"{'method':<8} {'setting':<7} {'wall s':>8} {'fit s':>8} {'ms/step':>8} {'xLoRA':>6} {'speedup':>7} "
-             f"{'eval s':>7} {'val acc':>7}"]
+             f"{'eval s':>7} {'val acc':>7} {'shapes':>6} {'setup s':>7} {'first s':>7}"]
     for method, by_setting in rows.items():
         for setting, row in by_setting.items():
             if "error" in row:
@@ -109,7 +115,9 @@ def format_fit_table(rows: dict, steps: int) -> str:
 
             lines.append(f"{method:<8} {setting:<7} {row['wall_s']:8.1f} {row['train_s']:8.1f} "
                          f"{row['ms_per_step']:8.1f} {f(ratio, '6.3f')} {f(speedup, '7.2f')} "
-                         f"{f(row['eval_s'], '7.1f')} {f(row['val_accuracy'], '7.3f')}")
+                         f"{f(row['eval_s'], '7.1f')} {f(row['val_accuracy'], '7.3f')} "
+                         f"{f(row.get('graph_shapes'), '6d')} {f(row.get('setup_s'), '7.2f')} "
+                         f"{f(row.get('first_step_s'), '7.2f')}")
     return "\n".join(lines)
 
 

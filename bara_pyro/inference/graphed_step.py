@@ -27,6 +27,7 @@ execution with one log line saying why.  :func:`capture` and :func:`side_stream`
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Callable
 
 import torch
@@ -128,6 +129,9 @@ class TrainStep:
         self._seen: dict[tuple, int] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
         self._told_full = False
+        # with capture on: the steps not replayed (each new shape's eager warm-ups and capture), timed with the device
+        # synchronised around them (they are few), and the first step (first use of every kernel) alone
+        self.setup_steps, self.setup_s, self.first_step_s = 0, 0.0, None
 
     @property
     def num_graphs(self) -> int:
@@ -168,6 +172,15 @@ class TrainStep:
         finally:
             model.kl_beta = held
 
+    @property
+    def setup(self) -> dict | None:
+        """With capture on: ``{"shapes", "setup_steps", "setup_s", "first_step_s"}`` (graphs captured, steps not
+        replayed and their wall time, the first step's); None otherwise."""
+        if not self.capture and not self._graphs:
+            return None
+        return {"shapes": self.num_graphs, "setup_steps": self.setup_steps, "setup_s": self.setup_s,
+                "first_step_s": self.first_step_s}
+
     def _static_step(self, batch: Batch) -> torch.Tensor:
         key = batch_signature(batch)
         entry = self._graphs.get(key)
@@ -177,6 +190,23 @@ class TrainStep:
             self.model.ctx.__dict__.update(entry.ctx_state)  # the graph's outputs, for the log row
             self.optim.step_schedule()
             return self.loss
+        if not self.capture:
+            return self._unreplayed_step(batch, key)
+        torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            return self._unreplayed_step(batch, key)
+        finally:
+            torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+            self.setup_steps += 1
+            self.setup_s += seconds
+            if self.first_step_s is None:
+                self.first_step_s = seconds
+
+    def _unreplayed_step(self, batch: Batch, key: tuple) -> torch.Tensor:
+        """A step on a shape without a graph yet: captured and replayed once enough eager steps of it ran, else
+        eager (on the side stream when capturing)."""
         if self.capture and self._seen.get(key, 0) >= self.warmup:
             if len(self._graphs) < self.max_graphs:
                 entry = self._try_capture(batch, key)

@@ -101,6 +101,9 @@ class TrainResult:
     wall_time_s: float
     history: list[dict] = field(default_factory=list)
     interrupted: bool = False
+    #: with ``train.graphs`` on a GPU: the batch shapes captured, the steps not replayed (each new shape's eager
+    #: warm-up and capture) and their wall time, and the first step's (:attr:`TrainStep.setup`)
+    graphs: dict | None = None
 
 
 def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: str | os.PathLike | None = None,
@@ -283,7 +286,8 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
         _save_checkpoint(write_dir, model, optim, step)
     if dp is not None and not aborted:  # the others wait for rank 0's files
         dp.barrier()
-    result = TrainResult(steps=step, wall_time_s=time.perf_counter() - t0, history=history, interrupted=interrupted)
+    result = TrainResult(steps=step, wall_time_s=time.perf_counter() - t0, history=history, interrupted=interrupted,
+                         graphs=train_step.setup if train_step is not None else None)
     if interrupted:
         raise KeyboardInterrupt(f"training interrupted at step {step}")
     return result
