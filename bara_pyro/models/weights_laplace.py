@@ -229,6 +229,9 @@ def _chunked_jacobian_backend():
                 linop.compute_kronecker_factors()
             finally:
                 handle.remove()
+            if linop.unmasked:
+                warnings.warn(f"K-FAC: the inputs of {len(linop.unmasked)} layers are not shaped like the batch's "
+                              "attention mask; their input factors average over every padded position", stacklevel=2)
             if len(scores) != 1:
                 raise RuntimeError(f"expected one forward pass of the batch for its K-FAC factors, saw {len(scores)}")
             kron = self._rescale_kron_factors(self._get_kron_factors(linop), len(y), N)
@@ -255,6 +258,11 @@ def _masked_kfac():
     class MaskedKFAC(KFACLinearOperator):
         token_mask: torch.Tensor | None = None
         input_weight: float = 1.0
+        unmasked: set  # layers whose inputs the mask did not fit (curvlinops' own factor), set per instance
+
+        def __init__(self, *args, **kwargs):
+            self.unmasked = set()
+            super().__init__(*args, **kwargs)
 
         def _hook_accumulate_input_covariance(self, module, inputs, module_name: str):
             mask, x = self.token_mask, inputs[0].data.detach()
@@ -262,6 +270,8 @@ def _masked_kfac():
                      or self._kfac_approx != KFACType.EXPAND or not isinstance(module, nn.Linear)
                      or (module.bias is not None and not self._separate_weight_and_bias))
             if plain:
+                if mask is not None:
+                    self.unmasked.add(module_name)
                 return super()._hook_accumulate_input_covariance(module, inputs, module_name)
             real = x[mask]  # (real tokens, d_in)
             covariance = (real.T @ real).mul_(self.input_weight)
