@@ -8,6 +8,7 @@ from bara_pyro.analysis import (
     component_usage,
     dead_components,
     effective_rank,
+    gate_confidence,
     kl_traces,
     load_run,
     log_predictive_density,
@@ -82,6 +83,26 @@ def test_component_usage_splits_the_effective_rank():
     del gates["component_norm"]
     with pytest.raises(KeyError, match="component_norm"):
         component_usage(gates)
+
+
+def test_gate_confidence_is_the_bernoulli_entropy_and_the_undecided_share():
+    """Decided gates (0 or 1) have entropy 0, a fair coin 1 (in units of log 2); p = 0.1 and 0.9 have the entropy
+    0.469 and lie outside the band [0.2, 0.8], 0.3 and 0.5 inside it."""
+    gates = dict(make_gates())
+    probs = np.zeros((3, 4, RANK))
+    probs[0] = 1.0  # layer 0: decided, on
+    probs[1] = 0.5  # layer 1: fair coins
+    probs[2, :, :2], probs[2, :, 2], probs[2, :, 3] = 0.1, 0.9, 0.3  # layer 2: mixed
+    gates["token_gate_prob"] = probs
+    conf = gate_confidence(gates)
+    h = lambda p: -(p * np.log2(p) + (1 - p) * np.log2(1 - p))  # noqa: E731
+    np.testing.assert_allclose(conf.entropy_per_layer, [0.0, 1.0, (3 * h(0.1) + h(0.3)) / 4])
+    np.testing.assert_allclose(conf.undecided_per_layer, [0.0, 1.0, 0.25])
+    assert conf.entropy == pytest.approx(conf.entropy_per_layer.mean())
+    assert conf.undecided == pytest.approx(1.25 / 3) and conf.band == 0.2
+    assert gate_confidence(gates, band=0.05).undecided_per_layer[2] == 1.0
+    with pytest.raises(ValueError, match="band"):
+        gate_confidence(gates, band=0.5)
 
 
 def test_kl_traces_bayesian_and_plain():

@@ -75,6 +75,8 @@ def test_report_content(report):
         "Dead components",
         "Effective rank",
         "Usage against size",
+        "Gate confidence",
+        "entropy / log 2",
         "elpd_loo",
         "R-hat",
         "az.summary of pi",

@@ -26,11 +26,14 @@ __all__ = [
     "DEFAULT_DEAD_THRESHOLD",
     "ComponentUsage",
     "EffectiveRank",
+    "GateConfidence",
+    "UNDECIDED_BAND",
     "KLTraces",
     "ReliabilityBins",
     "component_usage",
     "dead_components",
     "effective_rank",
+    "gate_confidence",
     "kl_traces",
     "log_predictive_density",
     "posterior_mean_lambda",
@@ -42,6 +45,8 @@ __all__ = [
 DEFAULT_DEAD_THRESHOLD = 0.01
 #: Share of its layer's largest component norm from which a component counts as carrying the update.
 DEFAULT_CARRY_THRESHOLD = 0.2
+#: Gate probabilities in ``[UNDECIDED_BAND, 1 - UNDECIDED_BAND]`` count as undecided.
+UNDECIDED_BAND = 0.2
 
 
 def _require(arrays: Mapping[str, Any], *keys: str) -> None:
@@ -178,6 +183,44 @@ def component_usage(gates: GatesLike, threshold: float = DEFAULT_CARRY_THRESHOLD
     relative = np.divide(norm, largest, out=np.zeros_like(norm), where=largest > 0)
     return ComponentUsage(usage=probs.mean(axis=1), relative_norm=relative, carrying=relative >= threshold,
                           threshold=float(threshold))
+
+
+@dataclass(frozen=True)
+class GateConfidence:
+    r"""How decided the per-token gates are: the Bernoulli entropy of each :math:`p_{ltk}` as a fraction of
+    :math:`\log 2` (0: the gate is surely on or off for that token, 1: a fair coin), and the share of
+    probabilities in the undecided band :math:`[b, 1 - b]`.
+
+    :param entropy: overall mean entropy fraction; ``entropy_per_layer`` ``(L,)``.
+    :param undecided: overall share in the band; ``undecided_per_layer`` ``(L,)``.
+    """
+
+    entropy: float
+    entropy_per_layer: np.ndarray
+    undecided: float
+    undecided_per_layer: np.ndarray
+    band: float
+
+
+def gate_confidence(gates: GatesLike, band: float = UNDECIDED_BAND) -> GateConfidence:
+    r"""Entropy and undecided share of the per-token gate probabilities ``token_gate_prob`` ``(L, n_tokens, r)``.
+
+    A gate that is undecided for a token switches its component on in about half of the posterior draws: the
+    sampled update then varies from draw to draw as under dropout, where decided gates give every draw the same
+    sparse update."""
+    gates = as_arrays(gates)
+    _require(gates, "token_gate_prob")
+    if not 0 <= band < 0.5:
+        raise ValueError(f"band must be in [0, 0.5), got {band!r}")
+    p = np.clip(np.asarray(gates["token_gate_prob"], float), 0.0, 1.0)
+    if p.shape[1] == 0:
+        raise ValueError("token_gate_prob has no tokens; the gate confidence is undefined")
+    entropy = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+                + np.where(p < 1, (1 - p) * np.log(np.where(p < 1, 1 - p, 1.0)), 0.0)) / np.log(2.0)
+    undecided = (p >= band) & (p <= 1 - band)
+    return GateConfidence(entropy=float(entropy.mean()), entropy_per_layer=entropy.mean(axis=(1, 2)),
+                          undecided=float(undecided.mean()), undecided_per_layer=undecided.mean(axis=(1, 2)),
+                          band=float(band))
 
 
 @dataclass(frozen=True)

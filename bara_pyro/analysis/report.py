@@ -27,6 +27,7 @@ from .diagnostics import (
     component_usage,
     dead_components,
     effective_rank,
+    gate_confidence,
     log_predictive_density,
     posterior_mean_pi,
 )
@@ -90,6 +91,13 @@ _TEXT = {
         "s_lt = sum_k p_ltk is the expected number of active components for token t in layer l, where p_ltk is the "
         "amortized guide's probability that gate k is on. The table compares its average over tokens with "
         "sum_k E[pi_lk], the number of components a layer expects to use a priori for a new token."
+    ),
+    "gate_confidence": (
+        "How decided the per-token gates are: the Bernoulli entropy of each gate probability p_ltk as a share of "
+        "log 2 (0: the component is surely on or surely off for that token, 1: a fair coin), and the share of gate "
+        "probabilities in the middle band. Undecided gates switch their component on in about half of the "
+        "posterior draws, so the sampled update varies from draw to draw as under dropout; decided gates give every "
+        "draw the same sparse update for a token. The effective rank counts both alike."
     ),
     "component_usage": (
         "A component can be switched off by its gate (usage near 0) or by its size (its part of the mean update near "
@@ -444,6 +452,8 @@ class _Builder:
         self.guide_quality(run, gates)
         if "token_gate_prob" in gates:
             self.effective_rank_table(run, gates)
+        if "token_gate_prob" in gates:
+            self.gate_confidence_table(gates)
         if {"token_gate_prob", "component_norm"} <= set(gates):
             self.component_usage_table(gates)
             self.add_figure(run, "component_usage", lambda: plot_component_usage(gates))
@@ -495,6 +505,20 @@ class _Builder:
             row.append(_fmt(update[name], 3) if name in update else "-")
             rows.append(row)
         doc.table(["layer", "module", "mean s_l over tokens", "sd over tokens", "sum_k E[pi_lk]", "update rank"], rows)
+
+    def gate_confidence_table(self, gates: dict[str, np.ndarray]) -> None:
+        doc = self.doc
+        confidence = gate_confidence(gates)
+        doc.heading(3, "Gate confidence")
+        doc.para(_TEXT["gate_confidence"])
+        lo, hi = confidence.band, 1 - confidence.band
+        doc.para(f"Over all layers: entropy {confidence.entropy:.3f} of log 2; {confidence.undecided:.1%} of the "
+                 f"gate probabilities in [{lo:g}, {hi:g}].")
+        names = [str(n) for n in gates["layer_names"]] if "layer_names" in gates else [
+            str(i) for i in range(len(confidence.entropy_per_layer))]
+        doc.table(["layer", "module", "entropy / log 2", f"share in [{lo:g}, {hi:g}]"],
+                  [[short, name, _fmt(e, 3), _fmt(u, 3)] for short, name, e, u in
+                   zip(short_layer_names(names), names, confidence.entropy_per_layer, confidence.undecided_per_layer)])
 
     def component_usage_table(self, gates: dict[str, np.ndarray]) -> None:
         doc = self.doc
