@@ -4,8 +4,10 @@ Reads ``BASE/seed<k>/<variant>/metrics.json`` as written by::
 
     SEED=k VARIANTS="..." bash benchmarks/bara_slab_ablation.sh BASE/seed<k>
 
-and prints one row per variant: the seeds it ran, the mean validation ACC, NLL and ECE and the mean gate rank,
-each with its standard error over seeds (``sd / sqrt(n)``), and the mean paired difference in ACC and NLL from
+and prints one row per variant: the seeds it ran, the mean validation ACC, NLL and ECE, the mean gate rank and
+the share of undecided per-token gate probabilities (in [0.2, 0.8], from ``gates.npz``:
+:func:`bara_pyro.analysis.gate_confidence`), each with its standard error over seeds (``sd / sqrt(n)``), and the
+mean paired difference in ACC and NLL from
 the reference variant (``--reference``, default ``lora``) over the seeds both ran, with its standard error.
 Seeds share the data order and the validation examples, so the paired difference removes what the seeds have in
 common and its standard error is the one to compare methods by.
@@ -36,8 +38,20 @@ def read_runs(base: Path) -> dict[str, dict[int, dict]]:
         metrics = json.loads(path.read_text())
         row = {name: metrics["validation"][name] for name in METRICS}
         row["gate_rank"] = metrics.get("effective_rank")
+        gates = path.parent / "gates.npz"
+        row["undecided"] = _undecided(gates) if gates.exists() else None
         runs.setdefault(path.parent.name, {})[int(match.group(1))] = row
     return runs
+
+
+def _undecided(gates: Path) -> float | None:
+    """The share of the run's per-token gate probabilities in the undecided band (None without them)."""
+    import numpy as np
+
+    from bara_pyro.analysis import gate_confidence
+
+    with np.load(gates, allow_pickle=False) as arrays:
+        return gate_confidence(arrays).undecided if "token_gate_prob" in arrays.files else None
 
 
 def mean_se(values: list[float]) -> tuple[float, float | None]:
@@ -56,7 +70,7 @@ def summarize(runs: dict[str, dict[int, dict]], variants: list[str], reference: 
         if not seeds:
             continue
         row = {"variant": name, "seeds": sorted(seeds)}
-        for key in (*METRICS, "gate_rank"):
+        for key in (*METRICS, "gate_rank", "undecided"):
             values = [seeds[s][key] for s in row["seeds"] if seeds[s][key] is not None]
             row[key] = mean_se(values) if values else None
         common = sorted(set(seeds) & set(ref))
@@ -75,11 +89,12 @@ def _cell(value: tuple[float, float | None] | None, scale: float = 1.0, digits: 
 
 
 def format_table(rows: list[dict], reference: str) -> str:
-    lines = ["| variant | seeds | ACC | NLL | ECE | gate rank "
-             f"| ACC - {reference} (paired) | NLL - {reference} (paired) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | seeds | ACC | NLL | ECE | gate rank | undecided gates "
+             f"| ACC - {reference} (paired) | NLL - {reference} (paired) |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['variant']} | {','.join(map(str, row['seeds']))} | {_cell(row['accuracy'])} | "
                      f"{_cell(row['nll'])} | {_cell(row['ece'])} | {_cell(row['gate_rank'], digits=2)} | "
+                     f"{_cell(row.get('undecided'), digits=2)} | "
                      f"{_cell(row['diff_accuracy'])} | {_cell(row['diff_nll'])} |")
     return "\n".join(lines)
 

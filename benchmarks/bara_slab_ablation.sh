@@ -73,6 +73,9 @@
 #   preset_moment_no_gates  the moment slab's update without gates (adapter.prior.sparsity=none)
 #   preset_moment_g2_occam  preset_moment_g2 with the directions' Laplace Occam factor
 #                     (adapter.weights.direction_occam=kfac)
+#   preset_moment_g2_c01  preset_moment_g2 with the beta process's concentration 0.1 (adapter.concentration)
+#   preset_moment_g2_ctx3  preset_moment_g2 with the context weights' prior scale 3
+#                     (adapter.prior.sparsity.context_scale=3; default 1)
 #   lora_r4           lora at rank 4 (adapter.r=4, adapter.alpha=8: the same alpha / r)
 #
 #   bash benchmarks/bara_slab_ablation.sh [OUTPUT]          # default OUTPUT: runs/bara_slab_ablation
@@ -104,7 +107,8 @@ VARIANTS=${VARIANTS:-lora bara lora_1600 bara_1600 slab slab_absolute slab_learn
           singular_ard_off_g3_ctx3 singular_ard_off_g3_ctx03 preset_temp02 preset_glr006 preset_glr02
           preset_seq preset_seq_g4 preset_lr4e-3 lora_lr4e-3 preset_c01 preset_c10
           preset_ibp_a3 preset_ibp_a4 preset_moment preset_moment_g4 preset_moment_g2 preset_moment_g2_t02 preset_moment_g175_t02
-          preset_moment_g175 preset_moment_no_gates lora_r4 preset_moment_g2_occam}
+          preset_moment_g175 preset_moment_no_gates lora_r4 preset_moment_g2_occam preset_moment_g2_c01
+          preset_moment_g2_ctx3}
 for name in $VARIANTS; do
   dir=$OUT/$name
   [ -f "$dir/metrics.json" ] && continue
@@ -172,6 +176,10 @@ for name in $VARIANTS; do
     preset_moment_no_gates) method=bara_singular; extra=(adapter.weights.slab=moment adapter.prior.sparsity=none) ;;
     preset_moment_g2_occam) method=bara_singular; extra=(adapter.weights.slab=moment adapter.gamma0=2
                             adapter.weights.direction_occam=kfac) ;;
+    preset_moment_g2_c01) method=bara_singular; extra=(adapter.weights.slab=moment adapter.gamma0=2
+                          adapter.concentration=0.1) ;;
+    preset_moment_g2_ctx3) method=bara_singular; extra=(adapter.weights.slab=moment adapter.gamma0=2
+                           adapter.prior.sparsity.context_scale=3) ;;
     lora_r4) method=lora; extra=(adapter.r=4 adapter.alpha=8) ;;
     singular_no_gates_no_kl) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off train.kl_warmup_steps=1000000000) ;;
     singular_no_gates_tau_small) method=bara_singular; extra=(adapter.prior.sparsity=none adapter.weights.ard=off adapter.weights.init_scale=0.0001) ;;
