@@ -4,7 +4,6 @@ import json
 import math
 
 import numpy as np
-
 from builders import benchmark_script
 
 
