@@ -12,8 +12,8 @@ shape and address of every tensor it touches, so in the *static* setting:
 * the KL weight :math:`\beta` and every learning rate are device tensors filled before each replay
   (the schedule steps on the host; AdamW is ``capturable``); the dataset scale :math:`N / B` is fixed
   by the static batch size;
-* the loss, the gradient norm and the count of correct predictions stay on the device; the trainer
-  reads them on log steps only (no per-step host sync);
+* the loss, the batch's log-likelihood, the gradient norm and the count of correct predictions stay on the
+  device; the trainer reads them on log steps only (no per-step host sync);
 * random draws come from the CUDA generator, whose Philox offset advances at each replay exactly as
   in an eager run of the same step, so graphs and eager steps draw the same numbers and the
   checkpointed RNG state stays valid.
@@ -98,7 +98,7 @@ class _Graph:
 
 
 class TrainStep:
-    """One optimizer step of the fused estimator: eager, static (graph-ready buffers, run eagerly), or replayed.
+    r"""One optimizer step of the fused estimator: eager, static (graph-ready buffers, run eagerly), or replayed.
 
     :param model: a :class:`~bara_pyro.models.BaRAModel` (``fused_loss``, ``kl_beta``, ``ctx``).
     :param optim: a :class:`~bara_pyro.inference.optim.TorchOptimizer` (``tensor_lr=True`` when static).
@@ -110,6 +110,10 @@ class TrainStep:
     :param correct: a device counter that each step adds its number of correct predictions to.
     :param log: where the one line about a step that cannot be captured goes.
     :param max_graphs: shapes beyond this many run eagerly (each graph keeps its input buffers).
+
+    After a step, :attr:`loglik` holds its batch's summed log-likelihood :math:`\sum_b \log p(y_b \mid \theta)` at
+    the step's draw (``parts["loglik"]`` of :meth:`~bara_pyro.models.BaRAModel.fused_loss`), on the device: in the
+    static setting a buffer that each step (and each replay of a graph) overwrites, like :attr:`loss`.
     """
 
     def __init__(self, model, optim, device, autocast=None, static: bool = False, capture: bool = False,
@@ -124,6 +128,7 @@ class TrainStep:
         self.correct = correct if correct is not None else torch.zeros((), dtype=torch.long, device=device)
         self.warmup, self.max_graphs, self.log = warmup, max_graphs, log
         self.loss = torch.zeros((), device=device)
+        self.loglik = torch.zeros((), device=device)
         self.beta = torch.ones((), device=device)
         self._graphs: dict[tuple, _Graph] = {}
         self._seen: dict[tuple, int] = {}
@@ -138,7 +143,8 @@ class TrainStep:
         return len(self._graphs)
 
     def _step(self, batch: Batch) -> torch.Tensor:
-        """Forward, loss, backward, clip, AdamW; the accuracy count.  Device work only in the static setting."""
+        """Forward, loss, backward, clip, AdamW; the accuracy count and :attr:`loglik`.  Device work only in the
+        static setting."""
         with self.autocast:
             loss, parts = self.model.fused_loss(batch)
         loss.backward()
@@ -149,7 +155,9 @@ class TrainStep:
         loss = loss.detach()
         if self.static:
             self.loss.copy_(loss)
+            self.loglik.copy_(parts["loglik"])
             return self.loss
+        self.loglik = parts["loglik"]
         return loss
 
     def __call__(self, batch: Batch, beta: float, collect_stats: bool = False) -> torch.Tensor:

@@ -212,6 +212,7 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                 log_now = (step + 1) % config.log_every == 0 or step + 1 == config.steps
                 if train_step is not None:
                     loss = train_step(batch, beta, collect_stats=log_now)
+                    loglik = train_step.loglik  # on the device: read on log steps only
                     if batch.labels.dim() == 1 and batch.labels.dtype == torch.long:
                         seen += batch.num_examples
                 else:
@@ -234,6 +235,9 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                     if scores is not None and scores.dim() == 2 and batch.labels.dtype == torch.long:
                         correct += (scores.detach().argmax(-1) == batch.labels).sum()
                         seen += batch.num_examples
+                    # the obs site's log-likelihood at the step's draw (with several particles the loss averages them)
+                    loglik = (model.likelihood.dist(scores).log_prob(batch.labels).sum()
+                              if log_now and scores is not None and elbo.num_particles == 1 else None)
                 if hasattr(model, "after_optimizer_step"):
                     model.after_optimizer_step(step + 1, config.steps)
                 step += 1
@@ -249,7 +253,8 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                     counts = [int(correct), seen] if dp is None else [c * dp.world_size for c in
                                                                        dp.mean([int(correct), seen])]
                     accuracy = float("nan") if flat is not None else counts[0] / max(counts[1], 1)  # nan: not counted
-                    row = _log_row(model, step, loss, optim, accuracy)
+                    nll = None if loglik is None else -float(loglik) / batch.num_examples
+                    row = _log_row(model, step, loss, optim, accuracy, nll)
                     if dp is not None:
                         row = _mean_over_processes(row, dp)
                     correct.zero_()
@@ -260,7 +265,10 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                             f.write(json.dumps(row) + "\n")
                     if on_log is not None:
                         on_log(row)
-                    postfix = {"elbo": f"{-row['loss']:.3g}", "acc": f"{row['accuracy']:.2f}"}
+                    postfix = {"elbo": f"{-row['loss']:.3g}"}
+                    if "nll" in row:
+                        postfix["nll"] = f"{row['nll']:.3g}"
+                    postfix["acc"] = f"{row['accuracy']:.2f}"
                     if "kl" in row:
                         postfix["kl"] = f"{row['kl']:.3g}"
                     bar.set_postfix(postfix)
@@ -309,9 +317,9 @@ def _shard_rows(model, batch, dp: DataParallel, stop: StopRequest) -> bool:
 
 
 def _mean_over_processes(row: dict, dp: DataParallel) -> dict:
-    """A log row of the global batch: each process's per-batch estimates (loss already reduced, local KL, effective
-    rank) averaged over the processes; the global KL, lr and gradient norm are the same everywhere."""
-    keys = [k for k in ("kl_local", "kl", "effective_rank") if k in row]
+    """A log row of the global batch: each process's per-batch estimates (loss already reduced, NLL, local KL,
+    effective rank) averaged over the processes; the global KL, lr and gradient norm are the same everywhere."""
+    keys = [k for k in ("nll", "kl_local", "kl", "effective_rank") if k in row]
     layers = list(row.get("kl_per_layer", {}))
     values = dp.mean([row[k] for k in keys] + [row["kl_per_layer"][p] for p in layers])
     out = {**row, **dict(zip(keys, values))}
@@ -338,10 +346,19 @@ def _delayed(schedule, delay: int):
     return schedule if not delay else (lambda step: 0.0 if step < delay else schedule(step))
 
 
-def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: float) -> dict:
+def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: float, nll: float | None = None) -> dict:
+    r"""One row of the training log, per training example (``N`` of them) for the step's batch of ``B``.
+
+    ``loss``: the step's :math:`-\mathcal{L} / N = -\frac{1}{B}\sum_b \log p(y_b \mid \theta) + \beta\,\mathrm{KL}/N`,
+    every KL term (the gates' and the weights') in ``KL``; ``nll``: :math:`-\frac{1}{B}\sum_b \log p(y_b \mid \theta)`
+    at the step's draw, so ``loss - nll`` is :math:`\beta\,\mathrm{KL}/N` (absent where the step's log-likelihood
+    is unknown: the compiled SVI step, several ELBO particles).  ``B`` is ``batch.num_examples``: sequences for
+    next-token tasks, whose log-likelihood sums their tokens as the ELBO does (a per-sequence NLL, not per token).
+    ``kl``: the gates' KL alone, :math:`(\mathrm{KL}^{global} + \frac{N}{B}\mathrm{KL}^{local}) / N`.
+    """
     n = model.dataset_size or 1
-    row = {"step": step, "loss": loss / n, "beta": model.kl_beta, "lr": optim.lr, "accuracy": accuracy,
-           "grad_norm": optim.last_grad_norm}
+    row = {"step": step, "loss": loss / n, **({"nll": nll} if nll is not None else {}), "beta": model.kl_beta,
+           "lr": optim.lr, "accuracy": accuracy, "grad_norm": optim.last_grad_norm}
     stats = model.ctx.stats
     gates = getattr(model, "gates", [])
     if gates:

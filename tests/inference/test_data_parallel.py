@@ -1,8 +1,8 @@
 """Data-parallel training on 2 CPU processes (gloo) equals 1 process on the same global batch and seed.
 
 One spawn of 2 processes trains every case below; the parent trains the same cases on 1 process and compares
-the adapters, the per-step ELBO (the mean over processes of each one's estimate) and a checkpoint written by the
-2-process run and resumed on 1 process.  The rows have different lengths, so each process pads its half of the
+the adapters, the per-step ELBO and NLL (the mean over processes of each one's estimate) and a checkpoint written
+by the 2-process run and resumed on 1 process.  The rows have different lengths, so each process pads its half of the
 batch to its own length and the per-token gate noise must be cut from the global batch's draw.
 """
 
@@ -82,7 +82,8 @@ def _train_all(run_root):
     for name, (method, overrides) in CASES.items():
         model = _model(method, task)
         result = fit(model, task, rows, _train_config(overrides, STEPS), progress=False)
-        out[name] = {"state": model.adapter_state_dict(), "loss": [r["loss"] for r in result.history]}
+        out[name] = {"state": model.adapter_state_dict(), "loss": [r["loss"] for r in result.history],
+                     "nll": [r["nll"] for r in result.history]}
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the backbone's blocks sharded across the processes (FSDP2)
         model = _model("bara", task)
@@ -140,8 +141,9 @@ def test_two_processes_train_the_same_adapter_as_one(two_process_run, tmp_path):
                                        msg=f"{name}: processes disagree on {key}")
             torch.testing.assert_close(ranks[0][name]["state"][key], value, rtol=1e-4, atol=1e-5,
                                        msg=f"{name}: {key} differs from the one-process run")
-        # -ELBO / N of each step: the mean of the two processes' estimates is the global batch's
+        # -ELBO / N and the NLL per example of each step: the mean of the two processes' estimates is the global batch's
         assert ranks[0][name]["loss"] == pytest.approx(one[name]["loss"], rel=1e-5), name
+        assert ranks[0][name]["nll"] == pytest.approx(one[name]["nll"], rel=1e-5), name
     sharded = ranks[0]["bara_draw_sharded"]  # FSDP2 on the frozen blocks changes nothing but where weights live
     assert sharded["loss"] == pytest.approx(one["bara_draw"]["loss"], rel=1e-5)
     for key, value in one["bara_draw"]["state"].items():
