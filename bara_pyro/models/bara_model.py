@@ -303,6 +303,10 @@ class BaRAModel(PyroModule):
         no-op for the others."""
         self.config.components.weights.fit_posterior(self, task, rows, batch_size, progress)
 
+    def posterior_summary(self) -> dict:
+        """What the weight family's post-hoc fit chose (e.g. Laplace's prior precision); empty for the others."""
+        return self.config.components.weights.posterior_summary(self)
+
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """The trainer calls this after optimizer step ``step`` (1-based); each weight family may act on it, once for
         all of its adapters."""

@@ -121,6 +121,11 @@ class WeightFamily(Component):
     def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False) -> None:
         """Called once after training, with the training rows: fit a post-hoc posterior (e.g. Laplace)."""
 
+    def posterior_summary(self, model) -> dict:
+        """What the post-hoc fit chose, for ``metrics.json``'s ``posterior`` (e.g. Laplace's prior precision);
+        empty when there is nothing to report."""
+        return {}
+
     def local_kl_report(self, adapter: "BaRAAdapter") -> dict[str, bool]:
         """``{local site: closed-form KL}`` for per-token sites the family samples itself (none by default)."""
         return {}

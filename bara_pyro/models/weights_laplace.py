@@ -115,6 +115,9 @@ class LaplaceWeights(WeightFamily):
         is not used: K-FAC's factors and the diagonal GGN are sums over the fit set's tokens and rows)."""
         fit_laplace(self, model, task, rows, self.fit_batch_size, progress)
 
+    def posterior_summary(self, model) -> dict:
+        return laplace_summary(self, model)
+
     def samples_without_latent_sites(self, adapter) -> bool:
         return laplace_fitted(adapter)
 
@@ -169,6 +172,17 @@ def laplace_prediction_rows(family, num_samples: int) -> int | None:
 
 def laplace_fitted(adapter) -> bool:
     return float(adapter.laplace_state[1]) > 0
+
+
+def laplace_summary(family, model) -> dict:
+    """``{"kind": "laplace", "hessian_structure", "predictive", "prior_precision", "fit_examples"}`` of a fitted
+    posterior (the prior precision after the marginal-likelihood search when it ran); ``{}`` before the fit."""
+    adapter = model.adapter_items[0][1]
+    if not laplace_fitted(adapter):
+        return {}
+    prior_precision, n_data, _ = adapter.laplace_state.tolist()
+    return {"kind": "laplace", "hessian_structure": family.hessian_structure, "predictive": family.predictive,
+            "prior_precision": prior_precision, "fit_examples": int(n_data)}
 
 
 def jacobian_chunk(batch, width: int, budget: int | None = None) -> int:

@@ -45,6 +45,7 @@ from .weights_laplace import (
     laplace_fitted,
     laplace_prediction_rows,
     laplace_sampled_scores,
+    laplace_summary,
 )
 
 __all__ = ["ProjectedSubspaceWeights"]
@@ -115,6 +116,9 @@ class ProjectedSubspaceWeights(WeightFamily):
     def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False) -> None:
         if self.posterior_kind == "laplace":
             fit_laplace(self, model, task, rows, batch_size, progress)
+
+    def posterior_summary(self, model) -> dict:
+        return laplace_summary(self, model) if self.posterior_kind == "laplace" else {}
 
     def sampled_scores(self, model, batch, num_samples: int, copied: bool = True) -> torch.Tensor:
         if self.posterior_kind == "laplace":

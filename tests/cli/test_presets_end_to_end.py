@@ -36,6 +36,12 @@ def test_preset_trains_and_evaluates(method, dataset, model, tmp_path):
     assert (metrics["effective_rank"] is not None) == (gated or method == "bayeslora")  # gates, or pruned ranks
     # the spectrum of the mean update: one per single model, none for an ensemble (one update per member)
     assert (metrics["update_rank"] is None) == (method == "ensemble")
+    # a post-hoc posterior reports what its fit chose
+    laplace = method in ("laplace_lora", "projected_subspace_laplace")
+    assert ("posterior" in saved) == laplace
+    if laplace:
+        (summary,) = saved["posterior"]
+        assert summary["kind"] == "laplace" and summary["prior_precision"] > 0 and summary["fit_examples"] == 16
     if method != "ensemble":
         assert 0.0 <= metrics["update_rank"] <= config["adapter"]["r"]
         per_layer = list(saved["update_rank_per_layer"].values())

@@ -67,11 +67,14 @@ def test_weight_space_predictive_draws_one_weight_per_copy_and_round_trips(tmp_p
     model, task = _trained("kron", predictive="nn", prior_precision=1.0, optimize=True)
     la = laplace_of(model.config.components.weights, model)
     assert float(la.prior_precision) != 1.0  # set by the marginal likelihood
+    assert model.posterior_summary() == {"kind": "laplace", "hessian_structure": "kron", "predictive": "nn",
+                                         "prior_precision": pytest.approx(float(la.prior_precision)),
+                                         "fit_examples": len(ROWS)}
     pred = predict(model, task, ROWS[:8], num_samples=3, progress=False)
     assert float((pred.sample_probs[0] - pred.sample_probs[1]).abs().max()) > 0
     model.save_pretrained(tmp_path)
     loaded = BaRAModel.from_pretrained(tiny_bert(), tmp_path, forward_fn=task.scores)
-    assert loaded.is_stochastic
+    assert loaded.is_stochastic and loaded.posterior_summary() == model.posterior_summary()
     torch.testing.assert_close(_function_variance(loaded, task), _function_variance(model, task))
     torch.testing.assert_close(predict(loaded, task, ROWS[:8], num_samples=0, progress=False).probs,
                                predict(model, task, ROWS[:8], num_samples=0, progress=False).probs)
