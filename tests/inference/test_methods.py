@@ -101,7 +101,9 @@ def test_preset_uses_the_run_config_schema(method):
     expected = {"lora": (False, 0), "lora_map": (False, 0), "mc_dropout": (False, 10), "ensemble": (False, 0),
                 "blob": (False, 10), "bara": (True, 10), "bara_sparsity_only": (True, 10),
                 "bara_global_only": (True, 10), "bara_slab": (True, 10), "bara_singular": (True, 10),
-                **{m: (False, 10) for m in OTHER_BAYESIAN}}[method]
+                **{m: (False, 10) for m in OTHER_BAYESIAN},
+                # draws of the linearised scores cost no backbone pass; ten change decisions (docs/methods.md)
+                "laplace_lora": (False, 100), "projected_subspace_laplace": (False, 100)}[method]
     assert (config.has_gate, preset["eval"]["num_samples"]) == expected
     if method == "ensemble":
         assert preset["ensemble"]["members"] == 5
