@@ -277,7 +277,7 @@ def _train_and_evaluate(config: dict, run_dir: Path, resume: bool, progress: boo
                    machine=machine_info(device.type))
     if graph_setups:  # per trained member: shapes captured, steps not replayed and their seconds, the first step's
         metrics["train_graphs"] = graph_setups
-    posterior = [m.posterior_summary() for m in models if hasattr(m, "posterior_summary")]
+    posterior = [m.posterior_summary() for m in models]
     if any(posterior):  # per member: what a post-hoc posterior's fit chose (Laplace: the prior precision)
         metrics["posterior"] = posterior
     return metrics

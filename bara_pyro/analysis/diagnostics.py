@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.special import entr
 
 from .rundir import GatesLike, as_arrays
 
@@ -215,8 +216,7 @@ def gate_confidence(gates: GatesLike, band: float = UNDECIDED_BAND) -> GateConfi
     p = np.clip(np.asarray(gates["token_gate_prob"], float), 0.0, 1.0)
     if p.shape[1] == 0:
         raise ValueError("token_gate_prob has no tokens; the gate confidence is undefined")
-    tiny = np.finfo(float).tiny  # 0 log 0 = 0
-    entropy = -(p * np.log(np.maximum(p, tiny)) + (1 - p) * np.log(np.maximum(1 - p, tiny))) / np.log(2.0)
+    entropy = (entr(p) + entr(1 - p)) / np.log(2.0)  # entr(x) = -x log x, 0 at 0
     undecided = (p >= band) & (p <= 1 - band)
     return GateConfidence(entropy=float(entropy.mean()), entropy_per_layer=entropy.mean(axis=(1, 2)),
                           undecided=float(undecided.mean()), undecided_per_layer=undecided.mean(axis=(1, 2)),
