@@ -36,13 +36,13 @@ def main(task_name: str = "arc_easy") -> None:
     for _, adapter in model.adapter_items:
         torch.nn.init.normal_(adapter.lora_B.weight, std=0.05)
     rows = data["train"].select(range(32))
-    counted = wl._real_tokens
-    for label, real_tokens in (("real tokens", counted), ("every padded position", lambda *args: None)):
-        wl._real_tokens = real_tokens
+    counted = wl._fit_set_count
+    for label, count in (("real tokens", counted), ("every padded position", lambda *args: None)):
+        wl._fit_set_count = count
         try:
             factors = {b: input_factors(model, task, rows, b) for b in BATCH_SIZES}
         finally:
-            wl._real_tokens = counted
+            wl._fit_set_count = counted
         for b in BATCH_SIZES:
             diff = max(float((x - y).abs().max() / y.abs().max()) for x, y in zip(factors[b], factors[32]))
             print(f"{label:<22} batches of {b:>2}: first input factor's trace {float(factors[b][0].trace()):8.3f}, "

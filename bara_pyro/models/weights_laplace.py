@@ -8,9 +8,11 @@ trained weights ``theta*`` of every adapter (``lora_A``, ``lora_B``; a task head
 
 with ``H`` Kronecker-factored per weight matrix (``hessian_structure: kron``, K-FAC) or diagonal (``diag``),
 and the prior precision ``delta`` set by maximising the Laplace marginal likelihood
-(``optimize_prior_precision: true``) or kept at ``prior_precision``.  K-FAC's input factor of a layer is the mean
-of ``x x^T`` over the fit set's real tokens (padded positions left out), its gradient factor a sum over them, so
-the fit's batches (``fit_batch_size`` rows) change its speed and memory, not the posterior.  Prediction with ``S``
+(``optimize_prior_precision: true``) or kept at ``prior_precision``.  K-FAC takes each token as a sample of a layer
+(``kfac_approx: expand``: its input factor is the mean of ``x x^T`` over the fit set's real tokens, padded positions
+left out, its gradient factor a sum over them) or each sequence (``reduce``: the mean input over the sequence's
+real tokens, the gradients summed over them; :func:`_masked_kfac`), so the fit's batches (``fit_batch_size``
+rows) change its speed and memory, not the posterior.  Prediction with ``S``
 samples uses
 
 * ``predictive: glm`` (the linearised predictive of the paper): ``f ~ N(f(x; theta*), J Sigma J^T)`` in
@@ -27,6 +29,8 @@ References:
         ICLR 2024.
     [2] E. Daxberger, A. Kristiadi, A. Immer, R. Eschenhagen, M. Bauer, P. Hennig. Laplace Redux -- Effortless
         Bayesian Deep Learning. NeurIPS 2021.
+    [3] R. Eschenhagen, A. Immer, R. E. Turner, F. Schneider, P. Hennig. Kronecker-Factored Approximate Curvature
+        for Modern Neural Network Architectures. NeurIPS 2023.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from .weights import WeightFamily, register_weights
 __all__ = ["LaplaceWeights", "fit_laplace", "laplace_of", "laplace_prediction_rows", "laplace_sampled_scores"]
 
 HESSIAN_STRUCTURES = ("kron", "diag")
+KFAC_APPROXIMATIONS = ("expand", "reduce")
 PREDICTIVES = ("glm", "nn")
 CHOLESKY_JITTER = 1e-9
 #: elements of the largest per-output gradient (``tokens x vocabulary``) that one vmapped Jacobian pass may hold
@@ -95,10 +100,13 @@ class LaplaceWeights(WeightFamily):
     prior_precision: float = 1.0
     optimize_prior_precision: bool = True
     fit_batch_size: int = 16  # rows per batch of the post-hoc fit (the fitted posterior does not depend on it)
+    kfac_approx: str = "expand"  # K-FAC over a sequence's tokens: "expand" (a sample each) or "reduce" (summed)
 
     def resolve(self, config) -> None:
         self.need(config.prior == "fixed", "use it with prior: fixed (no gates)")
         check_laplace_options(self)
+        self.need(self.kfac_approx in KFAC_APPROXIMATIONS,
+                  f"kfac_approx must be one of {list(KFAC_APPROXIMATIONS)}, got {self.kfac_approx!r}")
         size = self.fit_batch_size
         self.need(isinstance(size, int) and not isinstance(size, bool) and size >= 1,
                   f"fit_batch_size must be a whole number >= 1, got {size!r}")
@@ -138,8 +146,9 @@ class LaplaceWeights(WeightFamily):
 
 
 # ===================================================================== shared by the families with a Laplace posterior
-# A family using these has fields hessian_structure, predictive, prior_precision, optimize_prior_precision and a
-# method laplace_tensors(adapter) -> {name: tensor}, in the order of the adapter's trainable parameters.
+# A family using these has fields hessian_structure, predictive, prior_precision, optimize_prior_precision (and
+# kfac_approx where it allows "kron") and a method laplace_tensors(adapter) -> {name: tensor}, in the order of the
+# adapter's trainable parameters.
 
 def check_laplace_options(family, structures=HESSIAN_STRUCTURES) -> None:
     family.need(family.hessian_structure in structures,
@@ -175,13 +184,15 @@ def laplace_fitted(adapter) -> bool:
 
 
 def laplace_summary(family, model) -> dict:
-    """``{"kind": "laplace", "hessian_structure", "predictive", "prior_precision", "fit_examples"}`` of a fitted
-    posterior (the prior precision after the marginal-likelihood search when it ran); ``{}`` before the fit."""
+    """``{"kind": "laplace", "hessian_structure", ["kfac_approx",] "predictive", "prior_precision",
+    "fit_examples"}`` of a fitted posterior (the prior precision after the marginal-likelihood search when it ran;
+    ``kfac_approx`` for a K-FAC posterior); ``{}`` before the fit."""
     adapter = model.adapter_items[0][1]
     if not laplace_fitted(adapter):
         return {}
     prior_precision, n_data, _ = adapter.laplace_state.tolist()
-    return {"kind": "laplace", "hessian_structure": family.hessian_structure, "predictive": family.predictive,
+    kron = {"kfac_approx": family.kfac_approx} if family.hessian_structure == "kron" else {}
+    return {"kind": "laplace", "hessian_structure": family.hessian_structure, **kron, "predictive": family.predictive,
             "prior_precision": prior_precision, "fit_examples": int(n_data)}
 
 
@@ -220,13 +231,15 @@ def _chunked_jacobian_backend():
                 js = js[:, :, self.subnetwork_indices]
             return (js, f) if enable_backprop else (js.detach(), f.detach())
 
-        #: real (unpadded) tokens of the whole fit set, set by :func:`fit_laplace`; None: curvlinops' own input factor
-        real_tokens: int | None = None
+        #: the fit set's real (unpadded) tokens ("expand") or sequences ("reduce"), set by :func:`fit_laplace`, over
+        #: which the input factors average; None: curvlinops' own input factor
+        input_count: int | None = None
+        kfac_approx: str = "expand"
 
         def kron(self, x, y, N: int, **kwargs):
             """The batch's loss and K-FAC factors (``CurvlinopsGGN.kron``), the loss from the scores of the forward
             pass that the factors come from instead of a second forward pass of the batch.  With
-            :attr:`real_tokens` set, each layer's input factor is taken over the batch's real tokens only
+            :attr:`input_count` set, each layer's input factor is taken over the batch's real tokens only
             (:func:`_masked_kfac`), so that the fitted factors do not depend on how the rows are batched."""
             if isinstance(x, MutableMapping):
                 kwargs["batch_size_fn"] = lambda x: x[self.dict_key_x].shape[0]
@@ -235,11 +248,11 @@ def _chunked_jacobian_backend():
             try:
                 linop = _masked_kfac()(self.model, self.lossfunc, self.params, [(x, y)],
                                        fisher_type=self._kron_fisher_type, separate_weight_and_bias=True,
-                                       check_deterministic=False, **kwargs)
+                                       check_deterministic=False, kfac_approx=self.kfac_approx, **kwargs)
                 mask = x["batch"].inputs.get("attention_mask") if isinstance(x, MutableMapping) else None
-                if self.real_tokens and mask is not None:
+                if self.input_count and mask is not None:
                     linop.token_mask = mask.bool()
-                    linop.input_weight = N / (len(y) * self.real_tokens)  # laplace-torch multiplies by len(y) / N
+                    linop.input_weight = N / (len(y) * self.input_count)  # laplace-torch multiplies by len(y) / N
                 linop.compute_kronecker_factors()
             finally:
                 handle.remove()
@@ -259,13 +272,20 @@ def _chunked_jacobian_backend():
 def _masked_kfac():
     r"""curvlinops' ``KFACLinearOperator`` whose input factor counts real tokens only.
 
-    K-FAC (expand) treats every token of a sequence as a sample of a linear layer: its input factor is the mean of
-    ``x x^T`` over them, curvlinops' over every position of the padded batch.  A padded position's input is the
-    model's state at a padding token, arbitrary, and how many there are depends on which rows share a batch (the
-    longest sets the length).  With ``token_mask`` ``(sequences, T)`` set, a layer whose inputs are ``(sequences,
-    T, d)`` adds ``input_weight * sum_{real t} x_t x_t^T``; :func:`fit_laplace` chooses ``input_weight`` so that
-    the fitted factor is the mean over the fit set's real tokens, whatever the batches.  Padded positions add
-    nothing to the gradient factor already (the scores do not depend on them)."""
+    A layer applied to every token of a sequence shares its weight across them.  K-FAC "expand" treats every
+    token as a sample of the layer: its input factor is the mean of ``x_t x_t^T`` over tokens and its gradient
+    factor a sum of ``g_t g_t^T``, which leaves out the cross-token terms of the Gauss-Newton matrix (a score's
+    Jacobian is ``sum_t g_t x_t^T``).  K-FAC "reduce" takes the sequence as the sample: ``sum_t g_t x_t^T`` is
+    approximated by ``(sum_t g_t) xbar^T`` with ``xbar`` the mean input over the sequence's tokens, exact when
+    inputs or gradients agree across tokens [3]; the input factor is the mean of
+    ``xbar xbar^T`` over sequences.  curvlinops averages over every position of the padded batch, where a
+    padded position's input is the model's state at a padding token, arbitrary, and how many there are depends
+    on which rows share a batch (the longest sets the length).  With ``token_mask`` ``(sequences, T)`` set, a
+    layer whose inputs are ``(sequences, T, d)`` adds ``input_weight * sum_{real t} x_t x_t^T`` (expand) or
+    ``input_weight * sum_seq xbar xbar^T`` over real tokens (reduce); :func:`fit_laplace` chooses
+    ``input_weight`` so that the fitted factor is the mean over the fit set's real tokens or sequences, whatever
+    the batches.  Padded positions add nothing to the gradient factor already (the scores do not depend on
+    them)."""
     from curvlinops import KFACLinearOperator
     from curvlinops.kfac import KFACType
 
@@ -281,28 +301,32 @@ def _masked_kfac():
         def _hook_accumulate_input_covariance(self, module, inputs, module_name: str):
             mask, x = self.token_mask, inputs[0].data.detach()
             plain = (mask is None or len(inputs) != 1 or tuple(x.shape[:-1]) != tuple(mask.shape)
-                     or self._kfac_approx != KFACType.EXPAND or not isinstance(module, nn.Linear)
+                     or not isinstance(module, nn.Linear)
                      or (module.bias is not None and not self._separate_weight_and_bias))
             if plain:
                 if mask is not None:
                     self.unmasked.add(module_name)
                 return super()._hook_accumulate_input_covariance(module, inputs, module_name)
-            real = x[mask]  # (real tokens, d_in)
-            covariance = (real.T @ real).mul_(self.input_weight)
+            if self._kfac_approx == KFACType.EXPAND:
+                samples = x[mask]  # (real tokens, d_in)
+            else:
+                weights = mask.to(x.dtype).unsqueeze(-1)  # (sequences, T, 1)
+                samples = (weights * x).sum(1) / weights.sum(1).clamp_min(1.0)  # (sequences, d_in)
+            covariance = (samples.T @ samples).mul_(self.input_weight)
             self._input_covariances = self._set_or_add_(self._input_covariances, module_name, covariance)
 
     return MaskedKFAC
 
 
-def _real_tokens(task, rows, batch_size: int) -> int | None:
-    """Real (unpadded) tokens of ``rows`` as the fit collates them (their attention masks), or None when a batch has
-    no attention mask."""
+def _fit_set_count(task, rows, batch_size: int, kfac_approx: str = "expand") -> int | None:
+    """Real (unpadded) tokens (``kfac_approx="expand"``) or sequences (``"reduce"``) of ``rows`` as the fit collates
+    them (their attention masks), or None when a batch has no attention mask."""
     total = 0
     for data in _Batches(task, rows, batch_size, "cpu"):
         mask = data["batch"].inputs.get("attention_mask")
         if mask is None:
             return None
-        total += int(mask.sum())
+        total += int(mask.sum()) if kfac_approx == "expand" else mask.shape[0]
     return total
 
 
@@ -336,7 +360,8 @@ def fit_laplace(family, model, task, rows, batch_size: int, progress: bool = Fal
     try:
         la = _new_laplace(family, model, family.prior_precision)
         if family.hessian_structure == "kron":
-            la.backend.real_tokens = _real_tokens(task, rows, batch_size)
+            la.backend.kfac_approx = family.kfac_approx
+            la.backend.input_count = _fit_set_count(task, rows, batch_size, family.kfac_approx)
         la.fit(_Batches(task, rows, batch_size, device), progress_bar=progress)
         if family.optimize_prior_precision:
             with warnings.catch_warnings(), _float32(device):  # the marginal likelihood: no link approximation

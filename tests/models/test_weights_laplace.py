@@ -42,6 +42,8 @@ def test_bad_values_are_rejected_at_config_load():
         BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "predictive": "probit"})
     with pytest.raises(ConfigError, match=r"fit_batch_size must be a whole number >= 1, got 0"):
         BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "fit_batch_size": 0})
+    with pytest.raises(ConfigError, match=r"kfac_approx must be one of \['expand', 'reduce'\], got 'sum'"):
+        BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "kfac_approx": "sum"})
 
 
 @pytest.mark.parametrize("structure", ["kron", "diag"])
@@ -67,7 +69,8 @@ def test_weight_space_predictive_draws_one_weight_per_copy_and_round_trips(tmp_p
     model, task = _trained("kron", predictive="nn", prior_precision=1.0, optimize=True)
     la = laplace_of(model.config.components.weights, model)
     assert float(la.prior_precision) != 1.0  # set by the marginal likelihood
-    assert model.posterior_summary() == {"kind": "laplace", "hessian_structure": "kron", "predictive": "nn",
+    assert model.posterior_summary() == {"kind": "laplace", "hessian_structure": "kron", "kfac_approx": "expand",
+                                         "predictive": "nn",
                                          "prior_precision": pytest.approx(float(la.prior_precision)),
                                          "fit_examples": len(ROWS)}
     pred = predict(model, task, ROWS[:8], num_samples=3, progress=False)
@@ -168,11 +171,14 @@ def test_kfac_fit_takes_one_forward_pass_per_batch_and_equals_laplace_torchs():
             torch.testing.assert_close(a, b)
 
 
-def test_kfac_input_factor_is_the_mean_over_real_tokens_whatever_the_batches():
-    """Each layer's K-FAC input factor is the mean of ``x x^T`` over the fit set's real tokens (padded positions
-    left out), so fits in batches of 4 and of all 24 rows agree; curvlinops alone would average over every padded
-    position of each batch."""
+@pytest.mark.parametrize("kfac_approx", ["expand", "reduce"])
+def test_kfac_input_factor_is_the_mean_over_real_tokens_whatever_the_batches(kfac_approx):
+    """Each layer's K-FAC input factor is the mean of ``x x^T`` over the fit set's real tokens (expand) or of
+    ``xbar xbar^T`` over its sequences, ``xbar`` a sequence's mean input over its real tokens (reduce); padded
+    positions are left out, so fits in batches of 4 and of all 24 rows agree; curvlinops alone would average over
+    every padded position of each batch."""
     model, task = _trained("kron")
+    model.config.components.weights.kfac_approx = kfac_approx
     ((_, adapter), *_) = model.adapter_items
     inputs = {}
     hooks = [getattr(adapter, name).register_forward_hook(
@@ -194,8 +200,9 @@ def test_kfac_input_factor_is_the_mean_over_real_tokens_whatever_the_batches():
         family.fit_batch_size = batch_size
         model.fit_posterior(task, ROWS, batch_size=8)  # the training batch size: not the fit's
         factors[batch_size] = {name: getattr(adapter, f"laplace_{name}_kfac1").clone() for name in ("lora_A", "lora_B")}
+    weights = real.unsqueeze(-1).float()
     for name in ("lora_A", "lora_B"):
-        x = inputs[name][real]
+        x = inputs[name][real] if kfac_approx == "expand" else (weights * inputs[name]).sum(1) / weights.sum(1)
         torch.testing.assert_close(factors[4][name], x.T @ x / x.shape[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(factors[4][name], factors[24][name], rtol=1e-5, atol=1e-6)
 
