@@ -18,7 +18,6 @@ than the exact block-diagonal one (under-confident).
 """
 
 import argparse
-import copy
 
 import torch
 
@@ -98,8 +97,8 @@ def main() -> None:
                             for g in exact_blocks(model, task, fit_rows, blocks, args.batch_size)]}
     family = model.config.components.weights
     state = {name: buf.clone() for name, buf in model.named_buffers() if "laplace_" in name}
+    fitted = family.kfac_approx, family.optimize_prior_precision
     for approx in ("expand", "reduce"):
-        fitted = copy.copy(family)
         family.kfac_approx, family.optimize_prior_precision = approx, False
         model.fit_posterior(task, fit_rows, batch_size=args.batch_size)
         adapters = dict(model.adapter_items)
@@ -108,7 +107,7 @@ def main() -> None:
                        getattr(adapters[path], f"laplace_{name}_kfac1").double().cpu())
             + delta * torch.eye(shape.numel(), dtype=torch.float64)
             for path, name, _, shape in blocks]
-        family.kfac_approx, family.optimize_prior_precision = fitted.kfac_approx, fitted.optimize_prior_precision
+        family.kfac_approx, family.optimize_prior_precision = fitted
     for name, buf in model.named_buffers():
         if name in state:
             buf.copy_(state[name])

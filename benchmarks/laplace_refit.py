@@ -22,6 +22,7 @@ from bara_pyro.experiment import (
     load_run_config,
     member_dir,
 )
+from bara_pyro.inference.trainer import resolve_device
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     config = load_run_config(out)
     backbone, _, task, data = build_backbone_and_task(config)
-    backbone.to(config["train"]["device"] if config["train"]["device"] != "auto" else "cpu")
+    backbone.to(resolve_device(config["train"]["device"]))
     train_rows = _subset(data["train"], config["data"]["max_train_examples"])
     for m, model in enumerate(load_members(out, config, backbone, task)):
         family = model.config.components.weights
