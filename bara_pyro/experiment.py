@@ -256,7 +256,8 @@ def _train_and_evaluate(config: dict, run_dir: Path, resume: bool, progress: boo
                 graph_setups.append(trained.graphs)
             if main:
                 with clock.measure("train_time_s"):  # a post-hoc posterior (Laplace) counts as training time
-                    model.fit_posterior(task, train_rows, batch_size=cfg_m.batch_size, progress=progress)
+                    model.fit_posterior(task, train_rows, batch_size=cfg_m.batch_size, progress=progress,
+                                        validation_rows=_subset(data["validation"], config["eval"]["max_examples"]))
                 model.save_pretrained(out_dir)
                 (out_dir / DONE_MARKER).write_text("trained\n")
             if dp is not None:

@@ -2,7 +2,8 @@
 
 The trained adapters are kept (so runs compare posteriors of the same weights); the copy's ``config.yaml`` and
 saved adapter say which options its posterior was fitted with.  Options are the ``adapter.weights`` fields of
-the ``laplace`` family (docs/methods.md), e.g. ``kfac_approx=reduce`` or ``hessian_structure=diag``.
+the ``laplace`` family (docs/methods.md), e.g. ``kfac_approx=reduce``, ``hessian_structure=diag`` or
+``prior_precision_method=validation`` (on the run's validation split, ``eval.max_examples`` of it).
 
     python benchmarks/laplace_refit.py RUN_DIR OUT_DIR kfac_approx=reduce [--num-samples S] [--device cpu]
 """
@@ -16,6 +17,7 @@ import yaml
 
 from bara_pyro.experiment import (
     _subset,
+    _write_json,
     build_backbone_and_task,
     evaluate_run,
     load_members,
@@ -48,18 +50,23 @@ def main() -> None:
     backbone, _, task, data = build_backbone_and_task(config)
     backbone.to(resolve_device(config["train"]["device"]))
     train_rows = _subset(data["train"], config["data"]["max_train_examples"])
+    summaries = []
     for m, model in enumerate(load_members(out, config, backbone, task)):
         family = model.config.components.weights
         for key, value in options.items():
             setattr(family, key, value)
         family.resolve(model.config)
         model.dataset_size = len(train_rows)
-        model.fit_posterior(task, train_rows, batch_size=config["train"]["batch_size"])
+        model.fit_posterior(task, train_rows, batch_size=config["train"]["batch_size"],
+                            validation_rows=_subset(data["validation"], config["eval"]["max_examples"]))
         model.save_pretrained(member_dir(out, config, m))
-        print(json.dumps(model.posterior_summary()))
+        summaries.append(model.posterior_summary())
+        print(json.dumps(summaries[-1]))
     metrics = evaluate_run(out, num_samples=args.num_samples, progress=False)
+    metrics["posterior"] = summaries  # the refitted posteriors', not the copied run's
+    _write_json(out / "metrics.json", metrics)
     for split in config["eval"]["splits"]:
-        print(split, json.dumps({k: metrics[split][k] for k in ("accuracy", "nll", "ece", "brier")
+        print(split, json.dumps({k: metrics[split][k] for k in ("accuracy", "nll", "ece", "brier", "mean_entropy")
                                  if k in metrics.get(split, {})}))
 
 

@@ -298,10 +298,11 @@ class BaRAModel(PyroModule):
                 return True
         return False
 
-    def fit_posterior(self, task, rows, batch_size: int = 8, progress: bool = False) -> None:
-        """After training: let the weight family fit a post-hoc posterior on the training ``rows`` (Laplace); a
-        no-op for the others."""
-        self.config.components.weights.fit_posterior(self, task, rows, batch_size, progress)
+    def fit_posterior(self, task, rows, batch_size: int = 8, progress: bool = False, validation_rows=None) -> None:
+        """After training: let the weight family fit a post-hoc posterior on the training ``rows`` (Laplace; its
+        prior precision may be chosen on ``validation_rows``); a no-op for the others."""
+        self.config.components.weights.fit_posterior(self, task, rows, batch_size, progress,
+                                                      validation_rows=validation_rows)
 
     def posterior_summary(self) -> dict:
         """What the weight family's post-hoc fit chose (e.g. Laplace's prior precision); empty for the others."""

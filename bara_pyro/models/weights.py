@@ -118,8 +118,10 @@ class WeightFamily(Component):
         it."""
         return None
 
-    def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False) -> None:
-        """Called once after training, with the training rows: fit a post-hoc posterior (e.g. Laplace)."""
+    def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False,
+                      validation_rows=None) -> None:
+        """Called once after training, with the training rows (and the validation rows, for a fit that chooses a
+        hyperparameter on them): fit a post-hoc posterior (e.g. Laplace)."""
 
     def posterior_summary(self, model) -> dict:
         """What the post-hoc fit chose, for ``metrics.json``'s ``posterior`` (e.g. Laplace's prior precision);

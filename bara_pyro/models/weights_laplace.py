@@ -6,9 +6,12 @@ trained weights ``theta*`` of every adapter (``lora_A``, ``lora_B``; a task head
 
     q(theta) = N(theta*, (H + delta I)^{-1})       # H: generalised Gauss-Newton of the training NLL
 
-with ``H`` Kronecker-factored per weight matrix (``hessian_structure: kron``, K-FAC) or diagonal (``diag``),
-and the prior precision ``delta`` set by maximising the Laplace marginal likelihood
-(``optimize_prior_precision: true``) or kept at ``prior_precision``.  K-FAC takes each token as a sample of a layer
+with ``H`` Kronecker-factored per weight matrix (``hessian_structure: kron``, K-FAC) or diagonal (``diag``).
+The prior precision ``delta`` is kept at ``prior_precision`` or, with ``optimize_prior_precision: true``, chosen
+by ``prior_precision_method``: ``marglik`` maximises the Laplace marginal likelihood ``log p(D | delta)`` of the
+training rows (laplace-torch, from ``prior_precision``); ``validation`` takes the point of
+``logspace(-4, 4, 100)`` whose linearised predictive has the lowest NLL on the run's validation rows
+(:mod:`~bara_pyro.models.laplace_prior_precision`).  K-FAC takes each token as a sample of a layer
 (``kfac_approx: expand``: its input factor is the mean of ``x x^T`` over the fit set's real tokens, padded positions
 left out, its gradient factor a sum over them) or each sequence (``reduce``: the mean input over the sequence's
 real tokens, the gradients summed over them; :func:`_masked_kfac`), so the fit's batches (``fit_batch_size``
@@ -44,6 +47,7 @@ from collections.abc import MutableMapping
 import torch
 from torch import nn
 
+from .laplace_prior_precision import validation_prior_precision
 from .lora_jacobians import FACTORS, lora_jacobians
 from .weights import WeightFamily, register_weights
 
@@ -52,6 +56,7 @@ __all__ = ["LaplaceWeights", "fit_laplace", "laplace_of", "laplace_prediction_ro
 HESSIAN_STRUCTURES = ("kron", "diag")
 KFAC_APPROXIMATIONS = ("expand", "reduce")
 PREDICTIVES = ("glm", "nn")
+PRIOR_PRECISION_METHODS = ("marglik", "validation")
 CHOLESKY_JITTER = 1e-9
 #: elements of the largest per-output gradient (``tokens x vocabulary``) that one vmapped Jacobian pass may hold
 #: at once, summed over the outputs it takes together; a backward pass holds several tensors of that size
@@ -99,6 +104,7 @@ class LaplaceWeights(WeightFamily):
     predictive: str = "glm"
     prior_precision: float = 1.0
     optimize_prior_precision: bool = True
+    prior_precision_method: str = "marglik"  # how optimize_prior_precision chooses it: "marglik" or "validation"
     fit_batch_size: int = 16  # rows per batch of the post-hoc fit (the fitted posterior does not depend on it)
     kfac_approx: str = "expand"  # K-FAC over a sequence's tokens: "expand" (a sample each) or "reduce" (summed)
 
@@ -118,10 +124,11 @@ class LaplaceWeights(WeightFamily):
     def install(self, adapter) -> None:
         install_laplace_buffers(self, adapter)
 
-    def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False) -> None:
+    def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False,
+                      validation_rows=None) -> None:
         """Fit the posterior on ``rows`` in batches of :attr:`fit_batch_size` (``batch_size``, the training batch,
         is not used: K-FAC's factors and the diagonal GGN are sums over the fit set's tokens and rows)."""
-        fit_laplace(self, model, task, rows, self.fit_batch_size, progress)
+        fit_laplace(self, model, task, rows, self.fit_batch_size, progress, validation_rows)
 
     def posterior_summary(self, model) -> dict:
         return laplace_summary(self, model)
@@ -146,9 +153,9 @@ class LaplaceWeights(WeightFamily):
 
 
 # ===================================================================== shared by the families with a Laplace posterior
-# A family using these has fields hessian_structure, predictive, prior_precision, optimize_prior_precision (and
-# kfac_approx where it allows "kron") and a method laplace_tensors(adapter) -> {name: tensor}, in the order of the
-# adapter's trainable parameters.
+# A family using these has fields hessian_structure, predictive, prior_precision, optimize_prior_precision,
+# prior_precision_method (and kfac_approx where it allows "kron") and a method laplace_tensors(adapter) ->
+# {name: tensor}, in the order of the adapter's trainable parameters.
 
 def check_laplace_options(family, structures=HESSIAN_STRUCTURES) -> None:
     family.need(family.hessian_structure in structures,
@@ -157,6 +164,9 @@ def check_laplace_options(family, structures=HESSIAN_STRUCTURES) -> None:
                 f"predictive must be one of {list(PREDICTIVES)}, got {family.predictive!r}")
     family.need(family.prior_precision > 0 and math.isfinite(family.prior_precision),
                 f"prior_precision must be a positive number, got {family.prior_precision!r}")
+    family.need(family.prior_precision_method in PRIOR_PRECISION_METHODS,
+                f"prior_precision_method must be one of {list(PRIOR_PRECISION_METHODS)}, "
+                f"got {family.prior_precision_method!r}")
 
 
 def install_laplace_buffers(family, adapter) -> None:
@@ -185,15 +195,22 @@ def laplace_fitted(adapter) -> bool:
 
 def laplace_summary(family, model) -> dict:
     """``{"kind": "laplace", "hessian_structure", ["kfac_approx",] "predictive", "prior_precision",
-    "fit_examples"}`` of a fitted posterior (the prior precision after the marginal-likelihood search when it ran;
-    ``kfac_approx`` for a K-FAC posterior); ``{}`` before the fit."""
+    "prior_precision_method", "fit_examples"}`` of a fitted posterior (the prior precision after its search when one
+    ran; the method ``marglik``, ``validation`` or ``fixed``; ``kfac_approx`` for a K-FAC posterior), and after a
+    validation search in this process ``validation_nll``: ``{"examples", "prior_precision": grid, "nll": per point}``;
+    ``{}`` before the fit."""
     adapter = model.adapter_items[0][1]
     if not laplace_fitted(adapter):
         return {}
     prior_precision, n_data, _ = adapter.laplace_state.tolist()
     kron = {"kfac_approx": family.kfac_approx} if family.hessian_structure == "kron" else {}
-    return {"kind": "laplace", "hessian_structure": family.hessian_structure, **kron, "predictive": family.predictive,
-            "prior_precision": prior_precision, "fit_examples": int(n_data)}
+    method = family.prior_precision_method if family.optimize_prior_precision else "fixed"
+    out = {"kind": "laplace", "hessian_structure": family.hessian_structure, **kron, "predictive": family.predictive,
+           "prior_precision": prior_precision, "prior_precision_method": method, "fit_examples": int(n_data)}
+    curve = getattr(model, "_laplace_validation", None)
+    if method == "validation" and curve is not None:
+        out["validation_nll"] = dict(curve)
+    return out
 
 
 def jacobian_chunk(batch, width: int, budget: int | None = None) -> int:
@@ -344,15 +361,20 @@ def _new_laplace(family, model, prior_precision: float):
     return la
 
 
-def fit_laplace(family, model, task, rows, batch_size: int, progress: bool = False) -> None:
-    """Fit the posterior on ``rows`` (the task head, if any, is held fixed), optionally tune the prior precision
-    by the marginal likelihood, and keep the curvature in the adapters' buffers."""
+def fit_laplace(family, model, task, rows, batch_size: int, progress: bool = False, validation_rows=None) -> None:
+    """Fit the posterior on ``rows`` (the task head, if any, is held fixed), optionally choose the prior precision
+    (by the marginal likelihood, or on ``validation_rows`` by :func:`validation_prior_precision`), and keep the
+    curvature in the adapters' buffers."""
     from ..experiment import is_token_task
     from .errors import ConfigError
 
     if is_token_task(task):
         raise ConfigError(f"weights {family.name!r}: the Laplace posterior needs a classification task (one score "
                           "per choice); this task scores every response token over the vocabulary")
+    by_validation = family.optimize_prior_precision and family.prior_precision_method == "validation"
+    if by_validation and (validation_rows is None or len(validation_rows) == 0):
+        raise ConfigError(f"weights {family.name!r}: prior_precision_method: validation needs validation rows and "
+                          "this task has none (use prior_precision_method: marglik)")
     device = next(model.backbone.parameters()).device
     head = [p for m in model.modules_to_save.values() for p in m.parameters() if p.requires_grad]
     for p in head:  # the Laplace posterior covers the adapters' weights only
@@ -363,7 +385,14 @@ def fit_laplace(family, model, task, rows, batch_size: int, progress: bool = Fal
             la.backend.kfac_approx = family.kfac_approx
             la.backend.input_count = _fit_set_count(task, rows, batch_size, family.kfac_approx)
         la.fit(_Batches(task, rows, batch_size, device), progress_bar=progress)
-        if family.optimize_prior_precision:
+        model._laplace_validation = None
+        if by_validation:
+            batches = (x["batch"] for x in _Batches(task, validation_rows, batch_size, device))
+            chosen, grid, nll = validation_prior_precision(la, batches, functools.partial(_jacobians, la))
+            la.prior_precision = chosen
+            model._laplace_validation = {"examples": len(validation_rows), "prior_precision": grid.tolist(),
+                                         "nll": nll.tolist()}
+        elif family.optimize_prior_precision:
             with warnings.catch_warnings(), _float32(device):  # the marginal likelihood: no link approximation
                 warnings.filterwarnings("ignore", message="By default `link_approx` is `probit`")
                 la.optimize_prior_precision(method="marglik", pred_type="glm", link_approx="probit",
@@ -458,18 +487,23 @@ def _glm(la, batch) -> tuple[torch.Tensor, torch.Tensor]:
     A posterior over the adapters' LoRA factors takes ``J`` from one backward pass of the batch per score column
     (:func:`~bara_pyro.models.lora_jacobians.lora_jacobians`); any other through ``laplace-torch``'s backend.
     The forward passes run under the caller's autocast; ``J Sigma J^T`` is float32 (the posterior's dtype)."""
+    f_mu, js = _jacobians(la, batch)
+    with _float32(js.device):
+        f_var = la.functional_variance(js.to(la._dtype))
+    return f_mu.detach(), f_var.detach()
+
+
+def _jacobians(la, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAP scores ``(n, C)`` and their Jacobian ``(n, C, P)`` in the posterior's parameters (:func:`_glm`)."""
     model = la.model.model
     factors = [getattr(a, name).weight for _, a in model.adapter_items for name in FACTORS]
     found = lora_jacobians(model, batch) if [id(p) for p in la.params] == [id(t) for t in factors] else None
     if found is not None:
-        f_mu, js = found
-    else:
-        with torch.enable_grad(), warnings.catch_warnings():  # CPU attention's Jacobian: slow, not wrong
-            warnings.filterwarnings("ignore", message="There is a performance drop")
-            js, f_mu = la.backend.jacobians(_as_input(batch))
-    with _float32(js.device):
-        f_var = la.functional_variance(js.to(la._dtype))
-    return f_mu.detach(), f_var.detach()
+        return found
+    with torch.enable_grad(), warnings.catch_warnings():  # CPU attention's Jacobian: slow, not wrong
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        js, f_mu = la.backend.jacobians(_as_input(batch))
+    return f_mu, js
 
 
 def _glm_of_copies(la, model, batch, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:

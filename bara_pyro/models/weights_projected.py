@@ -18,9 +18,9 @@ and prediction draws
 
 (low rank plus diagonal); posterior-mean prediction uses :math:`\bar R`.  ``posterior_kind: laplace`` instead
 fits, after training, a diagonal Laplace posterior over every layer's ``R`` with ``laplace-torch``
-(:mod:`~bara_pyro.models.weights_laplace`: ``predictive``, ``prior_precision``, ``optimize_prior_precision``
-as there); posterior-mean prediction is then the trained ``R``.  ``posterior_kind: none`` keeps the point
-estimate (LoRA-XS).
+(:mod:`~bara_pyro.models.weights_laplace`: ``predictive``, ``prior_precision``, ``optimize_prior_precision``,
+``prior_precision_method`` as there); posterior-mean prediction is then the trained ``R``.  ``posterior_kind:
+none`` keeps the point estimate (LoRA-XS).
 
 References:
     [1] Bayesian fine-tuning in projected subspaces. arXiv:2605.07706.  K. Bałazy et al. LoRA-XS: Low-Rank
@@ -84,6 +84,7 @@ class ProjectedSubspaceWeights(WeightFamily):
     predictive: str = "glm"
     prior_precision: float = 1.0
     optimize_prior_precision: bool = True
+    prior_precision_method: str = "marglik"  # how optimize_prior_precision chooses it: "marglik" or "validation"
 
     def resolve(self, config) -> None:
         self.need(config.prior == "fixed", "use it with prior: fixed (no gates)")
@@ -113,9 +114,10 @@ class ProjectedSubspaceWeights(WeightFamily):
     def laplace_tensors(self, adapter) -> dict[str, torch.Tensor]:
         return {"lora_R": adapter.lora_R}
 
-    def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False) -> None:
+    def fit_posterior(self, model, task, rows, batch_size: int, progress: bool = False,
+                      validation_rows=None) -> None:
         if self.posterior_kind == "laplace":
-            fit_laplace(self, model, task, rows, batch_size, progress)
+            fit_laplace(self, model, task, rows, batch_size, progress, validation_rows)
 
     def posterior_summary(self, model) -> dict:
         return laplace_summary(self, model) if self.posterior_kind == "laplace" else {}

@@ -46,3 +46,17 @@ def test_preset_trains_and_evaluates(method, dataset, model, tmp_path):
         assert 0.0 <= metrics["update_rank"] <= config["adapter"]["r"]
         per_layer = list(saved["update_rank_per_layer"].values())
         assert per_layer and saved["update_rank"] == pytest.approx(sum(per_layer) / len(per_layer))
+
+
+def test_laplace_lora_can_choose_its_prior_precision_on_the_validation_split(tmp_path):
+    """With ``prior_precision_method: validation`` the run searches the prior precision on its validation split
+    (``eval.max_examples`` of it) and ``metrics.json`` says so."""
+    config = load_config(method="laplace_lora", overrides=TINY_BUDGET + [
+        "dataset=rt_sst2", "model=tiny-bert", "ensemble.members=1", "eval.num_samples=0",
+        "adapter.weights.prior_precision_method=validation"])
+    run_experiment(config, tmp_path, progress=False)
+    (summary,) = json.loads((tmp_path / "metrics.json").read_text())["posterior"]
+    curve = summary["validation_nll"]
+    assert summary["prior_precision_method"] == "validation" and curve["examples"] == 8
+    assert summary["prior_precision"] == pytest.approx(curve["prior_precision"][min(
+        range(len(curve["nll"])), key=curve["nll"].__getitem__)], rel=1e-6)

@@ -11,19 +11,22 @@ from bara_pyro.models.weights_laplace import _as_input, laplace_of
 from bara_pyro.testing import ToyTokenTask, tiny_bert, toy_rows
 
 ROWS = toy_rows(24)
+VALIDATION = toy_rows(10, seed=1)
+NOISY_VALIDATION = [{**row, "label": 1 - row["label"]} if i < 2 else row for i, row in enumerate(VALIDATION)]
 
 
-def _trained(hessian_structure="kron", predictive="glm", prior_precision=1.0, optimize=False):
+def _trained(hessian_structure="kron", predictive="glm", prior_precision=1.0, optimize=False, validation=None,
+             steps=6, **weights):
     pyro.set_rng_seed(0)
     task = ToyTokenTask()
     config = BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "hessian_structure": hessian_structure,
                                                      "predictive": predictive, "prior_precision": prior_precision,
-                                                     "optimize_prior_precision": optimize})
+                                                     "optimize_prior_precision": optimize, **weights})
     model = get_bara_model(tiny_bert(), config, forward_fn=task.scores)
-    fit(model, task, ROWS, TrainConfig(steps=6, batch_size=8, lr=5e-2, warmup_ratio=0.0, checkpoint_every=0,
+    fit(model, task, ROWS, TrainConfig(steps=steps, batch_size=8, lr=5e-2, warmup_ratio=0.0, checkpoint_every=0,
                                        estimator="fused"), progress=False)
     assert not model.is_stochastic  # no posterior before the post-hoc fit
-    model.fit_posterior(task, ROWS, batch_size=8)
+    model.fit_posterior(task, ROWS, batch_size=8, validation_rows=validation)
     return model, task
 
 
@@ -44,6 +47,13 @@ def test_bad_values_are_rejected_at_config_load():
         BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "fit_batch_size": 0})
     with pytest.raises(ConfigError, match=r"kfac_approx must be one of \['expand', 'reduce'\], got 'sum'"):
         BaRAConfig(r=4, prior="fixed", weights={"name": "laplace", "kfac_approx": "sum"})
+    for name in ("laplace", "projected_subspace"):
+        with pytest.raises(ConfigError, match=rf"weights '{name}': prior_precision_method must be one of "
+                                              r"\['marglik', 'validation'\], got 'gridsearch'"):
+            BaRAConfig(r=4, prior="fixed", weights={"name": name, "prior_precision_method": "gridsearch"})
+    # a config saved before the field existed loads with the marginal likelihood
+    assert BaRAConfig(r=4, prior="fixed", weights={"name": "laplace"}).components.weights.prior_precision_method \
+        == "marglik"
 
 
 @pytest.mark.parametrize("structure", ["kron", "diag"])
@@ -72,7 +82,7 @@ def test_weight_space_predictive_draws_one_weight_per_copy_and_round_trips(tmp_p
     assert model.posterior_summary() == {"kind": "laplace", "hessian_structure": "kron", "kfac_approx": "expand",
                                          "predictive": "nn",
                                          "prior_precision": pytest.approx(float(la.prior_precision)),
-                                         "fit_examples": len(ROWS)}
+                                         "prior_precision_method": "marglik", "fit_examples": len(ROWS)}
     pred = predict(model, task, ROWS[:8], num_samples=3, progress=False)
     assert float((pred.sample_probs[0] - pred.sample_probs[1]).abs().max()) > 0
     model.save_pretrained(tmp_path)
@@ -272,3 +282,62 @@ def test_sampled_prediction_under_bf16_autocast_draws_in_float32(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         pred = predict(model, task, ROWS[:8], num_samples=3, progress=False)
     assert autocast_on == [False] and bool(torch.isfinite(pred.sample_probs).all())
+
+
+def _validation_nll(model, task, rows, prior_precision: float) -> float:
+    """Mean NLL on ``rows`` of the glm predictive at ``prior_precision``, from the predictive's own mean and
+    covariance (laplace-torch's ``functional_variance``) and the search's fixed draws, all rows in one batch."""
+    from bara_pyro.models.laplace_prior_precision import standard_draws
+    from bara_pyro.models.weights_laplace import _glm
+
+    la = laplace_of(model.config.components.weights, model)
+    la.prior_precision = prior_precision
+    batch = task.collate(rows)
+    f_mu, f_var = _glm(la, batch)
+    z = standard_draws(f_mu.shape[-1])
+    chol = torch.linalg.cholesky(f_var + 1e-9 * torch.eye(f_var.shape[-1]))  # (n, C, C)
+    scores = f_mu + (chol @ z.view(len(z), 1, -1, 1)).squeeze(-1)  # (S, n, C): draw z_s for every row
+    probs = scores.softmax(-1).mean(0)
+    return float(-probs.gather(-1, batch.labels.view(-1, 1)).log().mean())
+
+
+@pytest.mark.parametrize("structure", ["kron", "diag"])
+def test_validation_chooses_the_grid_point_of_lowest_validation_nll(structure):
+    """``prior_precision_method: validation`` keeps the point of ``logspace(-4, 4, 100)`` whose linearised
+    predictive has the lowest NLL on the validation rows (taken in batches of 4 here), as computed point by point
+    from the predictive itself; the summary reports the method and the curve.  The MAP model, trained to fit its
+    rows, is overconfident on validation rows with two labels flipped: the best point is inside the grid."""
+    from bara_pyro.models.laplace_prior_precision import prior_precision_grid
+
+    model, task = _trained(structure, optimize=True, validation=NOISY_VALIDATION, steps=40, fit_batch_size=4,
+                           prior_precision_method="validation")
+    summary = model.posterior_summary()
+    curve = summary["validation_nll"]
+    grid = prior_precision_grid()
+    assert summary["prior_precision_method"] == "validation" and curve["examples"] == len(VALIDATION)
+    torch.testing.assert_close(torch.tensor(curve["prior_precision"], dtype=torch.float64), grid)
+    chosen = summary["prior_precision"]
+    assert 1e-4 * (1 - 1e-6) <= chosen <= 1e4 * (1 + 1e-6)
+    assert float(laplace_of(model.config.components.weights, model).prior_precision) == pytest.approx(chosen)
+    nll = torch.tensor([_validation_nll(model, task, NOISY_VALIDATION, float(d)) for d in grid],
+                       dtype=torch.float64)
+    torch.testing.assert_close(torch.tensor(curve["nll"], dtype=torch.float64), nll, rtol=1e-5, atol=1e-6)
+    best = int(nll.argmin())
+    assert 0 < best < len(grid) - 1 and float(nll[[0, -1]].min() - nll[best]) > 1e-3  # an interior minimum
+    assert chosen == pytest.approx(float(grid[best]), rel=1e-6)
+
+
+def test_marglik_is_the_default_and_ignores_the_validation_rows():
+    """The marginal-likelihood path does not look at the validation rows; a fixed prior precision is reported as
+    such; a validation search without validation rows fails before the fit."""
+    with_rows, _ = _trained("diag", optimize=True, validation=VALIDATION)
+    without, task = _trained("diag", optimize=True)
+    assert with_rows.posterior_summary() == without.posterior_summary()
+    assert without.posterior_summary()["prior_precision_method"] == "marglik"
+    assert without.posterior_summary()["prior_precision"] != pytest.approx(1.0)
+    fixed, _ = _trained("diag", optimize=False, validation=VALIDATION, prior_precision_method="validation")
+    assert fixed.posterior_summary()["prior_precision"] == pytest.approx(1.0)
+    assert fixed.posterior_summary()["prior_precision_method"] == "fixed"
+    fixed.config.components.weights.optimize_prior_precision = True
+    with pytest.raises(ConfigError, match="prior_precision_method: validation needs validation rows"):
+        fixed.fit_posterior(task, ROWS, batch_size=8, validation_rows=[])

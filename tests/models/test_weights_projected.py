@@ -3,6 +3,7 @@
 import copy
 
 import pyro
+import pytest
 import torch
 
 from bara_pyro import BaRAConfig, BaRAModel, get_bara_model
@@ -127,3 +128,28 @@ def test_snapshot_count_follows_the_buffer():
     assert _snapshot_count(adapter) == 7
     adapter.swag_count = torch.tensor(2.0)  # a new tensor in the buffer's place
     assert _snapshot_count(adapter) == 2
+
+
+def test_laplace_variant_can_choose_its_prior_precision_on_validation_rows():
+    """The cores' diagonal posterior (Jacobians through laplace-torch's backend) takes the prior precision of lowest
+    validation NLL on the grid, and its linearised predictive at that point has that NLL."""
+    from bara_pyro.models.laplace_prior_precision import glm_nll, prior_precision_grid, standard_draws
+    from bara_pyro.models.weights_laplace import _glm, laplace_of
+
+    pyro.set_rng_seed(0)
+    task = ToyTokenTask()
+    rows, validation = toy_rows(24), toy_rows(8, seed=1)
+    config = BaRAConfig(r=4, prior="fixed", weights={"name": "projected_subspace", "posterior_kind": "laplace",
+                                                     "prior_precision_method": "validation"})
+    model = get_bara_model(tiny_bert(), config, forward_fn=task.scores)
+    fit(model, task, rows, TrainConfig(steps=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, checkpoint_every=0,
+                                       estimator="fused"), progress=False)
+    model.fit_posterior(task, rows, batch_size=4, validation_rows=validation)
+    summary = model.posterior_summary()
+    curve = torch.tensor(summary["validation_nll"]["nll"])
+    assert summary["prior_precision_method"] == "validation"
+    assert summary["prior_precision"] == pytest.approx(float(prior_precision_grid()[int(curve.argmin())]), rel=1e-6)
+    batch = task.collate(validation)
+    f_mu, f_var = _glm(laplace_of(model.config.components.weights, model), batch)
+    nll = glm_nll(f_mu, f_var, batch.labels, standard_draws(f_mu.shape[-1])).mean()
+    torch.testing.assert_close(nll, curve.min().float(), rtol=1e-5, atol=1e-6)
