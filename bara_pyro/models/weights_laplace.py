@@ -387,7 +387,9 @@ def fit_laplace(family, model, task, rows, batch_size: int, progress: bool = Fal
         la.fit(_Batches(task, rows, batch_size, device), progress_bar=progress)
         model._laplace_validation = None
         if by_validation:
-            batches = (x["batch"] for x in _Batches(task, validation_rows, batch_size, device))
+            # laplace-torch's Jacobians take one row per pass (their memory grows with the square of the rows)
+            rows_per_pass = batch_size if _covers_lora_factors(la) else 1
+            batches = (x["batch"] for x in _Batches(task, validation_rows, rows_per_pass, device))
             chosen, grid, nll = validation_prior_precision(la, batches, functools.partial(_jacobians, la))
             la.prior_precision = chosen
             model._laplace_validation = {"examples": len(validation_rows), "prior_precision": grid.tolist(),
@@ -493,11 +495,17 @@ def _glm(la, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return f_mu.detach(), f_var.detach()
 
 
+def _covers_lora_factors(la) -> bool:
+    """Whether the posterior's parameters are the adapters' LoRA factors (then :func:`lora_jacobians` applies)."""
+    model = la.model.model
+    factors = [getattr(a, name).weight for _, a in model.adapter_items for name in FACTORS]
+    return [id(p) for p in la.params] == [id(t) for t in factors]
+
+
 def _jacobians(la, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """MAP scores ``(n, C)`` and their Jacobian ``(n, C, P)`` in the posterior's parameters (:func:`_glm`)."""
     model = la.model.model
-    factors = [getattr(a, name).weight for _, a in model.adapter_items for name in FACTORS]
-    found = lora_jacobians(model, batch) if [id(p) for p in la.params] == [id(t) for t in factors] else None
+    found = lora_jacobians(model, batch) if _covers_lora_factors(la) else None
     if found is not None:
         return found
     with torch.enable_grad(), warnings.catch_warnings():  # CPU attention's Jacobian: slow, not wrong
