@@ -30,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -40,7 +41,7 @@ GRID_LOG10 = (-4.0, 4.0)  # laplace-torch's log_prior_prec_min / max
 GRID_SIZE = 100  # laplace-torch's grid_size
 NUM_DRAWS = 256
 SEED = 0
-CHOLESKY_JITTER = 1e-9  # as the predictive's draws
+CHOLESKY_JITTER = 1e-9  # added to a score covariance before its Cholesky factor (here and in the predictive)
 
 
 def prior_precision_grid() -> torch.Tensor:
@@ -63,7 +64,7 @@ def glm_nll(f_mu: torch.Tensor, f_var: torch.Tensor, labels: torch.Tensor, draws
     noise = torch.einsum("ncd,sd->nsc", chol, draws.to(chol))
     f = torch.where(finite.unsqueeze(1), f_mu.unsqueeze(1) + noise, f_mu.unsqueeze(1))  # (n, S, C)
     log_p = torch.log_softmax(f, dim=-1).gather(-1, labels.view(-1, 1, 1).expand(-1, f.shape[1], 1)).squeeze(-1)
-    nll = -(torch.logsumexp(log_p, dim=1) - torch.log(torch.tensor(float(f.shape[1]))))
+    nll = -(torch.logsumexp(log_p, dim=1) - math.log(f.shape[1]))
     return torch.where(info == 0, nll, torch.full_like(nll, float("inf")))
 
 

@@ -47,7 +47,7 @@ from collections.abc import MutableMapping
 import torch
 from torch import nn
 
-from .laplace_prior_precision import validation_prior_precision
+from .laplace_prior_precision import CHOLESKY_JITTER, validation_prior_precision
 from .lora_jacobians import FACTORS, lora_jacobians
 from .weights import WeightFamily, register_weights
 
@@ -57,7 +57,6 @@ HESSIAN_STRUCTURES = ("kron", "diag")
 KFAC_APPROXIMATIONS = ("expand", "reduce")
 PREDICTIVES = ("glm", "nn")
 PRIOR_PRECISION_METHODS = ("marglik", "validation")
-CHOLESKY_JITTER = 1e-9
 #: elements of the largest per-output gradient (``tokens x vocabulary``) that one vmapped Jacobian pass may hold
 #: at once, summed over the outputs it takes together; a backward pass holds several tensors of that size
 #: (measured on SmolLM2-135M on a CPU: about 0.7 GB per output for 448 tokens)
