@@ -144,6 +144,19 @@ def test_train_config_graph_options_are_checked():
         TrainConfig(pad_multiple=0)
     with pytest.raises(ConfigError, match="graphs"):
         TrainConfig(graphs="yes")
+    with pytest.raises(ConfigError, match="jit: true .* needs estimator: svi"):
+        TrainConfig(jit=True)  # the fused estimator has no Pyro trace to compile
+
+
+def test_every_method_trains_with_the_capturable_estimator_by_default():
+    """``fit()`` captures the fused estimator's step on a GPU, never Pyro's SVI: the default and every packaged
+    preset (the baselines included) train with it unless a user asks for ``svi``."""
+    from bara_pyro.methods import load_preset, preset_names
+
+    assert TrainConfig().estimator == "fused"
+    for method in preset_names():
+        train = TrainConfig.from_dict(load_preset(method).get("train", {}))
+        assert train.estimator == "fused" and train.graphs, method
 
 
 def test_capture_needs_a_cuda_device():
