@@ -139,11 +139,12 @@ def _subset(rows, limit):
 
 
 def comparable_config(config: dict) -> dict:
-    """What makes two runs the same run: the config less the device and the number of processes it ran on (and,
-    for one model, the ensemble's member seed stride, which plays no part)."""
+    """What makes two runs the same run: the config less where and how its ELBO was computed (the device, the
+    number of processes, the estimator: ``svi`` and ``fused`` optimise the same objective, and ``jit``, which
+    compiles ``svi``) and, for one model, the ensemble's member seed stride, which plays no part."""
     out = copy.deepcopy(config)
-    out.get("train", {}).pop("device", None)
-    out.get("train", {}).pop("world_size", None)
+    for key in ("device", "world_size", "estimator", "jit"):
+        out.get("train", {}).pop(key, None)
     if out.get("ensemble", {}).get("members") == 1:
         out["ensemble"].pop("seed_stride", None)
     return out

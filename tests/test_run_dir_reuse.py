@@ -41,3 +41,15 @@ def test_no_gate_examples_means_no_gate_export(tmp_path):
     assert metrics["effective_rank"] is None and metrics["update_rank"] is None
     assert not (tmp_path / "run" / "gates.npz").exists()
     assert metrics["test"]["num_examples"] == 16
+
+
+def test_the_estimator_does_not_make_another_run():
+    """``svi`` and ``fused`` optimise the same ELBO, as the device computes it anywhere: a run saved with one is
+    the same run for the other (results of either estimator aggregate together); the learning rate is not."""
+    from bara_pyro.experiment import comparable_config
+
+    svi = load_config(method="lora", overrides=TINY + ["train.estimator=svi"])
+    fused = load_config(method="lora", overrides=TINY + ["train.estimator=fused"])
+    assert svi["train"]["estimator"] == "svi" and fused["train"]["estimator"] == "fused"
+    assert comparable_config(svi) == comparable_config(fused)
+    assert comparable_config(_config(1e-3)) != comparable_config(_config(2e-2))
