@@ -19,6 +19,7 @@ itself with its own gates.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -300,9 +301,14 @@ class BaRAModel(PyroModule):
 
     def fit_posterior(self, task, rows, batch_size: int = 8, progress: bool = False, validation_rows=None) -> None:
         """After training: let the weight family fit a post-hoc posterior on the training ``rows`` (Laplace; its
-        prior precision may be chosen on ``validation_rows``); a no-op for the others."""
-        self.config.components.weights.fit_posterior(self, task, rows, batch_size, progress,
-                                                      validation_rows=validation_rows)
+        prior precision may be chosen on ``validation_rows``); a no-op for the others.  A family whose
+        ``fit_posterior`` takes no ``validation_rows`` (written before it existed) is called without them."""
+        fit = self.config.components.weights.fit_posterior
+        params = inspect.signature(fit).parameters
+        if "validation_rows" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            fit(self, task, rows, batch_size, progress, validation_rows=validation_rows)
+        else:
+            fit(self, task, rows, batch_size, progress)
 
     def posterior_summary(self) -> dict:
         """What the weight family's post-hoc fit chose (e.g. Laplace's prior precision); empty for the others."""

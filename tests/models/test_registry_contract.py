@@ -126,3 +126,25 @@ class TestShippedContractMixinOnHorseshoe(GateContract):
 
     config = {"r": 4, "prior": {"magnitude": {"name": "horseshoe"}}, "guide": {"local": "mean_field"}}
     expect_analytic = False
+
+
+def test_a_user_family_without_validation_rows_still_fits_its_posterior():
+    """A weight family written before ``fit_posterior`` took ``validation_rows`` is called without them."""
+    from bara_pyro.models import get_bara_model
+    from bara_pyro.models.weights import PointWeights, register_weights
+
+    calls = []
+
+    class OldStylePosterior(PointWeights):
+        def fit_posterior(self, model, task, rows, batch_size, progress=False):
+            calls.append((len(rows), batch_size))
+
+    register_weights("old_style_posterior")(OldStylePosterior)
+    try:
+        config = BaRAConfig.from_dict({"r": 2, "prior": "fixed", "weights": {"name": "old_style_posterior"},
+                                       "target_modules": ["0"]})
+        model = get_bara_model(torch.nn.Sequential(torch.nn.Linear(3, 3)), config)
+        model.fit_posterior(task=None, rows=[1, 2, 3], batch_size=2, validation_rows=[4])
+    finally:
+        WEIGHTS.unregister("weights", "old_style_posterior")
+    assert calls == [(3, 2)]
