@@ -17,6 +17,8 @@ differ and are below 1000 never share a member.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import os
 from pathlib import Path
@@ -28,7 +30,21 @@ from .config_yaml import load_yaml
 from .inference.train_config import TrainConfig
 from .models.config import BaRAConfig, ConfigError
 
-__all__ = ["DEFAULTS", "load_config", "validate_config", "parse_override", "save_config", "TINY_MODELS"]
+__all__ = ["DEFAULTS", "load_config", "validate_config", "parse_override", "save_config", "TINY_MODELS",
+           "model_folders_unchecked"]
+
+_MODEL_FOLDERS_CHECKED = contextvars.ContextVar("model_folders_checked", default=True)
+
+
+@contextlib.contextmanager
+def model_folders_unchecked():
+    """Within this context a config may name a model folder that does not exist here: for reading the configs of
+    runs made on another machine (aggregating their saved results) without loading the model."""
+    token = _MODEL_FOLDERS_CHECKED.set(False)
+    try:
+        yield
+    finally:
+        _MODEL_FOLDERS_CHECKED.reset(token)
 
 TINY_MODELS = {"tiny-bert": "bert", "tiny-llama": "llama",  # random miniature backbones, for tests and smoke runs
                "random-smollm2-135m": "smollm2-135m"}  # random weights at SmolLM2-135M's shapes, for speed runs
@@ -189,6 +205,8 @@ def _check_model(config: dict) -> None:
     if name in TINY_MODELS or name in PACKAGED_MODELS or Path(name).expanduser().is_dir():
         return
     if name.startswith((os.sep, ".", "~")):  # a path, not a hub id
+        if not _MODEL_FOLDERS_CHECKED.get():
+            return
         raise ConfigError(f"model folder {name} does not exist; give a from_pretrained folder, a packaged model "
                           f"({', '.join(sorted(PACKAGED_MODELS))}) or a hub id (org/name)")
     if "/" in name:

@@ -564,3 +564,19 @@ def test_results_name_the_machine_each_run_recorded(tmp_path):
     assert results["aggregated_on"]["device"].startswith("CPU")
     line = next(ln for ln in (out / "results.md").read_text().splitlines() if ln.startswith("- machine:"))
     assert line.startswith("- machine: NVIDIA H200 (torch 2.11.0+cu130, python 3.12.3); tables aggregated on CPU")
+
+
+def test_aggregate_only_reads_runs_that_name_another_machines_model_folder(tmp_path):
+    """Runs made elsewhere name that machine's model folder; aggregating their saved results loads no model, so
+    the folder need not exist here (training with it still refuses: a one-line error)."""
+    out = tmp_path / "bench"
+    argv = quick_argv(out).copy()
+    argv[argv.index("lora,bara")] = "lora"
+    assert quality.main(argv) == 0
+    before = json.loads((out / "results.json").read_text())["aggregates"]
+    elsewhere = "/nonexistent/gpu-host/smollm2"
+    for path in [*out.rglob("config.yaml"), *out.glob("configs/*.yaml")]:
+        path.write_text(path.read_text().replace("model: tiny-llama", f"model: {elsewhere}"))
+    assert quality.main([*argv, "--model", elsewhere, "--aggregate-only"]) == 0
+    assert json.loads((out / "results.json").read_text())["aggregates"] == before
+    assert quality.main([*argv, "--model", elsewhere, "--output", str(tmp_path / "other")]) == 2

@@ -74,6 +74,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from ..experiment_config import model_folders_unchecked
 from ..machine import machine_info
 from ..timing import TIMING_NAME, SegmentClock, read_totals
 from .atomic_files import write_json
@@ -603,13 +604,15 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(shlex.quote(f"--method-set={target}:{v}") for v in values))
             print(f"chosen: {name}", file=sys.stderr)
             return 0
-        opts = options_from_args(args, argv)
-        check_options(opts)
-        if args.dry_run:
-            print_plan(opts)
-            return 0
-        with _terminate_as_interrupt():
-            results = run_benchmark(opts, execute=not args.aggregate_only)
+        # aggregating saved runs loads no model: their configs may name a model folder of the machine they ran on
+        with model_folders_unchecked() if args.aggregate_only else contextlib.nullcontext():
+            opts = options_from_args(args, argv)
+            check_options(opts)
+            if args.dry_run:
+                print_plan(opts)
+                return 0
+            with _terminate_as_interrupt():
+                results = run_benchmark(opts, execute=not args.aggregate_only)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
