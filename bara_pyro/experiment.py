@@ -287,6 +287,7 @@ def _train_and_evaluate(config: dict, run_dir: Path, resume: bool, progress: boo
 
 PREDICTIONS_NAME = "predictions.npz"  # predictions on the test split (else the last of eval.splits)
 PARTIAL_PREDICTION_PREFIX = ".partial_prediction_"  # resumable prediction passes (inference.predict's checkpoint)
+EVAL_SEED_OFFSET = 7919  # evaluation draws from train.seed + this: a stream of its own, the same at every evaluation
 
 
 def _ensemble_predict(models, task, rows, config, progress, checkpoint: Path | None = None) -> Prediction:
@@ -368,6 +369,9 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
               clock: SegmentClock | None = None) -> dict:
     ev = config["eval"]
     metrics: dict = {"num_samples": ev["num_samples"], "ensemble_members": len(models)}
+    # the predictive's draws (gates, weights, dropout masks) from a seeded stream: evaluating a run again (its trained
+    # adapter reused, or `bara-pyro evaluate`) gives the numbers of its first evaluation
+    pyro.set_rng_seed(config["train"]["seed"] + EVAL_SEED_OFFSET)
     clock = clock or SegmentClock(run_dir / TIMING_NAME, resume=False)
     with clock.measure("eval_time_s"):
         pred = _predict_splits(models, task, data, config, run_dir, progress, metrics)

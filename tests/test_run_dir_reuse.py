@@ -53,3 +53,17 @@ def test_the_estimator_does_not_make_another_run():
     assert svi["train"]["estimator"] == "svi" and fused["train"]["estimator"] == "fused"
     assert comparable_config(svi) == comparable_config(fused)
     assert comparable_config(_config(1e-3)) != comparable_config(_config(2e-2))
+
+
+def test_evaluating_a_run_again_gives_the_same_numbers(tmp_path):
+    """The sampled predictive draws from a seeded stream: a run whose adapter is reused, or evaluated again with
+    ``bara-pyro evaluate``, reports what its first evaluation reported (not only the accuracy: NLL, ECE, Brier)."""
+    from bara_pyro.experiment import evaluate_run
+
+    run = tmp_path / "run"
+    first = run_experiment(_config(1e-3), run, progress=False)
+    again = run_experiment(_config(1e-3), run, progress=False)
+    assert again["train_time_s"] == 0.0
+    assert again["test"] == first["test"]
+    evaluated = evaluate_run(run, progress=False)
+    assert evaluated["test"] == first["test"]
