@@ -150,8 +150,9 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
 
     use_svi = config.estimator == "svi"
     # CUDA graphs for the fused estimator on one GPU (the SVI path stays eager: Pyro's traces run in Python)
-    graphs = config.graphs and device.type == "cuda" and not use_svi and dp is None
-    if config.graphs and device.type == "cuda" and use_svi and progress:
+    wants_graphs = config.graphs and device.type == "cuda"
+    graphs = wants_graphs and not use_svi and dp is None
+    if wants_graphs and use_svi and progress:
         tqdm.write("train.graphs: estimator: svi runs Pyro's traces in Python, which a CUDA graph cannot hold; "
                    "training eagerly (estimator: fused is the same ELBO, captured)", file=sys.stderr)
     groups = _param_groups(model, config)
