@@ -358,7 +358,9 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
     at the step's draw, so ``loss - nll`` is :math:`\beta\,\mathrm{KL}/N` (absent where the step's log-likelihood
     is unknown: the compiled SVI step, several ELBO particles).  ``B`` is ``batch.num_examples``: sequences for
     next-token tasks, whose log-likelihood sums their tokens as the ELBO does (a per-sequence NLL, not per token).
-    ``kl``: the gates' KL alone, :math:`(\mathrm{KL}^{global} + \frac{N}{B}\mathrm{KL}^{local}) / N`.
+    ``kl``: the gates' KL alone, :math:`(\mathrm{KL}^{global} + \frac{N}{B}\mathrm{KL}^{local}) / N`.  The global
+    KLs are the fused step's own; on Pyro's SVI path they are recomputed after the optimizer step, so they are
+    those of the updated parameters, one step later than ``loss``.
     """
     n = model.dataset_size or 1
     row = {"step": step, "loss": loss / n, **({"nll": nll} if nll is not None else {}), "beta": model.kl_beta,
