@@ -214,6 +214,7 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                 beta = min(1.0, (step + 1) / config.kl_warmup_steps) if config.kl_warmup_steps else 1.0
                 model.kl_beta = beta
                 log_now = (step + 1) % config.log_every == 0 or step + 1 == config.steps
+                kl_before = None  # the SVI path's global gate KLs at the step's parameters (fused: recorded)
                 if train_step is not None:
                     loss = train_step(batch, beta, collect_stats=log_now)
                     loglik = train_step.loglik  # on the device: read on log steps only
@@ -221,6 +222,8 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                         seen += batch.num_examples
                 else:
                     model.ctx.collect_stats = log_now
+                    if log_now and getattr(model, "gates", None):
+                        kl_before = _gate_global_kls(model, model.gates)
                     with autocast:
                         try:
                             if flat is not None:
@@ -258,7 +261,7 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                                                                        dp.mean([int(correct), seen])]
                     accuracy = float("nan") if flat is not None else counts[0] / max(counts[1], 1)  # nan: not counted
                     nll = None if loglik is None else -float(loglik) / batch.num_examples
-                    row = _log_row(model, step, loss, optim, accuracy, nll)
+                    row = _log_row(model, step, loss, optim, accuracy, nll, kl_global=kl_before)
                     if dp is not None:
                         row = _mean_over_processes(row, dp)
                     correct.zero_()
@@ -350,7 +353,8 @@ def _delayed(schedule, delay: int):
     return schedule if not delay else (lambda step: 0.0 if step < delay else schedule(step))
 
 
-def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: float, nll: float | None = None) -> dict:
+def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: float, nll: float | None = None,
+             kl_global: dict[str, float] | None = None) -> dict:
     r"""One row of the training log, per training example (``N`` of them) for the step's batch of ``B``.
 
     ``loss``: the step's :math:`-\mathcal{L} / N = -\frac{1}{B}\sum_b \log p(y_b \mid \theta) + \beta\,\mathrm{KL}/N`,
@@ -359,8 +363,8 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
     is unknown: the compiled SVI step, several ELBO particles).  ``B`` is ``batch.num_examples``: sequences for
     next-token tasks, whose log-likelihood sums their tokens as the ELBO does (a per-sequence NLL, not per token).
     ``kl``: the gates' KL alone, :math:`(\mathrm{KL}^{global} + \frac{N}{B}\mathrm{KL}^{local}) / N`.  The global
-    KLs are the fused step's own; on Pyro's SVI path they are recomputed after the optimizer step, so they are
-    those of the updated parameters, one step later than ``loss``.
+    KLs (``kl_global``, per gate) are those of the step's parameters: the fused step records its own; Pyro's SVI
+    path passes them, computed before its optimizer step.
     """
     n = model.dataset_size or 1
     row = {"step": step, "loss": loss / n, **({"nll": nll} if nll is not None else {}), "beta": model.kl_beta,
@@ -368,7 +372,7 @@ def _log_row(model, step: int, loss: float, optim: TorchOptimizer, accuracy: flo
     stats = model.ctx.stats
     gates = getattr(model, "gates", [])
     if gates:
-        kl_global = _gate_global_kls(model, gates)
+        kl_global = _gate_global_kls(model, gates) if kl_global is None else kl_global
         kl_local = {p: s["kl_local"] for p, s in stats.items() if "kl_local" in s}
         fused = not kl_local
         if fused:  # fused path: the per-layer local KLs are in the context

@@ -92,6 +92,28 @@ def test_logged_nll_is_the_batch_nll_and_the_rest_of_the_loss_is_the_kl(name, es
     assert checked == [1, 2, 3]
 
 
+def test_svi_rows_give_the_global_kls_of_the_parameters_the_step_used():
+    """On Pyro's SVI path a row's global gate KL is that of the parameters its loss was computed at (those the
+    previous step left), not of the parameters its own optimizer step left."""
+    task, rows = TokenTask(), _toy_rows()
+    model, _ = _preset_model("bara_singular", task)
+    left = []
+
+    def current_kl():
+        return sum(_gate_global_kls(model, model.gates).values())
+
+    def on_log(row):
+        if left:
+            assert row["kl_global"] == pytest.approx(left[-1], rel=1e-6)
+            assert row["kl_global"] != pytest.approx(current_kl(), rel=1e-4)  # the step moved the globals
+        left.append(current_kl())
+
+    config = TrainConfig(steps=3, batch_size=8, lr=1e-2, estimator="svi", local_kl="draw", kl_warmup_steps=0,
+                         log_every=1, checkpoint_every=0, device="cpu")
+    fit(model, task, rows, config, progress=False, on_log=on_log)
+    assert len(left) == 3
+
+
 def test_the_static_step_keeps_the_log_likelihood_in_one_buffer():
     """The graph-ready step copies each step's log-likelihood into one device buffer (what a captured graph
     replays), as it does the loss."""
