@@ -96,7 +96,7 @@ class BaRAAdapter(PyroModule):
             return F.linear(x, ctx.weights[self.path][name])
         if mode == "fused":
             q = self.weights.posterior(self, name)
-            return flipout_linear(x, q.loc, q.scale)
+            return flipout_linear(x, q.loc, q.scale, ctx.row_groups)
         if mode == "sample" and self.weights.samples_factor(self, name):
             return per_sample_linear(x, self.weights.draws(self, name, ctx.num_samples))
         return F.linear(x, self.weights.mean(self, name))

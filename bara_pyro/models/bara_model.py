@@ -43,6 +43,7 @@ from .fused_kernels import bara_globals_expected, bara_globals_fused
 from .fused_slab import fits_slab_globals, slab_globals_fused
 from .host_copy import to_host
 from .likelihoods import CategoricalLikelihood
+from .row_shard import row_groups
 
 __all__ = ["BaRAModel", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME"]
 
@@ -205,6 +206,7 @@ class BaRAModel(PyroModule):
             ctx.reset(mode)
         ctx.token_mask = batch.token_mask
         n = batch.num_examples
+        ctx.row_groups = row_groups(batch.extras.get("example_index"), n)
         ctx.local_scale = (self.dataset_size or n) / n
         # a 0-dim device tensor stays one (a captured training step reads the warm-up weight from it)
         ctx.kl_beta = self.kl_beta if torch.is_tensor(self.kl_beta) else float(self.kl_beta)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 
-from .row_shard import RowShard
+from .row_shard import RowGroups, RowShard
 
 __all__ = ["GateContext", "MODES", "per_sample_linear", "rows_of_sample"]
 
@@ -63,6 +63,8 @@ class GateContext:
     plates: dict[str, pyro.plate] = field(default_factory=dict)  # local plates, built once per model/guide run
     row_shard: RowShard | None = None  # data-parallel training: this process's rows of the global batch, through
     #   which per-token gate noise is drawn (see row_shard); kept across reset()
+    row_groups: RowGroups | None = None  # the batch's rows that are one example (a multiple-choice example's choice
+    #   sequences): its per-token gate noise and flipout signs are shared by them (see row_shard); set per batch
 
     def reset(self, mode: str) -> None:
         if mode not in MODES:

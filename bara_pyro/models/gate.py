@@ -245,11 +245,13 @@ class GlobalLocalGate(PyroModule):
     def gated(self, h: torch.Tensor) -> torch.Tensor:
         """``h * gates`` in ``h``'s dtype: the fast path (module docstring) where it applies, else :meth:`forward`.
         Per-token noise is drawn through the context's data-parallel row shard, if any
-        (:mod:`~bara_pyro.models.row_shard`); per-sequence noise ``(n, 1, r)`` as one token per row."""
+        (:mod:`~bara_pyro.models.row_shard`), else, with a tied local guide, shared by the rows of one example (the
+        choices of a multiple-choice example, :meth:`_row_groups`); per-sequence noise ``(n, 1, r)`` as one token
+        per row."""
         shard = self._ctx.row_shard if self.per_token else None
         if shard is not None and self.per_sequence:
             shard = dataclasses.replace(shard, total_length=1)
-        with drawing_rows(shard):
+        with drawing_rows(shard, self._row_groups()):
             return self._gated(h)
 
     def gated_scaled(self, h: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
@@ -257,8 +259,15 @@ class GlobalLocalGate(PyroModule):
         (:mod:`~bara_pyro.models.fused_contextual`); None elsewhere (then :meth:`gated` and a separate product)."""
         if not self._contextual_fast_path():
             return None
-        with drawing_rows(self._ctx.row_shard):
+        with drawing_rows(self._ctx.row_shard, self._row_groups()):
             return self._contextual_gated(h, scale)
+
+    def _row_groups(self):
+        """The batch's example groups where the local guide is tied to the prior (no local KL: the model and the
+        guide then draw the choices of an example alike, and the ELBO stays exact); None otherwise, where a
+        per-row local KL counts each choice sequence's gates as its own."""
+        tied = self.per_token and getattr(self.local_guide, "tied_to_prior", False)
+        return self._ctx.row_groups if tied else None
 
     def _contextual_fast_path(self) -> bool:
         ctx = self._ctx

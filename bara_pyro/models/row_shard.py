@@ -15,6 +15,17 @@ The cost is ``W`` times the gate noise per process, small next to a backbone pas
 
 Only draws made inside :func:`drawing_rows` (the gates' per-token draws) are sharded; other per-row noise
 (dropout in the backbone or on the adapter input, flipout signs) is drawn per process at its own shape.
+
+``RowGroups``: rows that are one example.  A multiple-choice example scored by cloze is ``C`` sequences, one per
+choice, that repeat its context; the likelihood ``p(y | x, g) = softmax_c(score_c(g))`` compares the choices
+under one value of the example's latent variables.  With groups, row ``i`` takes the noise of its example
+``e_i``::
+
+    u = U(0, 1) of shape (E, T, r)[e]       # (n, T, r): the choices' tokens at one position share a draw
+
+so the gates of a context the choices share are equal in every choice (their hidden states are), and each
+row's gates are still marginally exact.  With a data-parallel shard the rows draw their own noise (groups are
+ignored): a run on several processes then differs from one process in these draws on such tasks.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["RowShard", "drawing_rows", "active_shard", "uniform"]
+__all__ = ["RowGroups", "RowShard", "drawing_rows", "active_shard", "uniform", "row_groups"]
 
 
 @dataclass(frozen=True)
@@ -54,18 +65,52 @@ class RowShard:
         return u.contiguous()
 
 
-_ACTIVE: list[RowShard | None] = [None]
+@dataclass(frozen=True, eq=False)
+class RowGroups:
+    """Row ``i`` of a batch belongs to example ``index[i]`` of ``count``; draws share the example's noise."""
+
+    index: torch.Tensor  # (n,) long, values in [0, count)
+    count: int
+
+    def _check(self, rows: int) -> None:
+        if rows != self.index.numel():
+            raise ValueError(f"noise for {rows} rows does not fit a batch of {self.index.numel()} rows")
+
+    def uniform(self, shape, dtype: torch.dtype, device, row_dim: int = 0) -> torch.Tensor:
+        """``U(0, 1)`` of ``shape`` (rows at ``row_dim``) with every row of one group equal."""
+        shape = tuple(shape)
+        self._check(shape[row_dim])
+        full = list(shape)
+        full[row_dim] = self.count
+        return torch.rand(full, dtype=dtype, device=device).index_select(row_dim, self.index)
+
+    def signs(self, rows: int, width: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """``(rows, width)`` random signs, equal within a group (flipout's per-example perturbation)."""
+        self._check(rows)
+        draw = torch.empty(self.count, width, dtype=dtype, device=device).bernoulli_(0.5).mul_(2).sub_(1)
+        return draw.index_select(0, self.index)
+
+
+def row_groups(example_index: torch.Tensor | None, num_examples: int) -> RowGroups | None:
+    """Groups of a batch whose rows are ``example_index``'s examples; None where every row is its own example."""
+    if example_index is None or example_index.numel() == num_examples:
+        return None
+    return RowGroups(example_index, num_examples)
+
+
+_ACTIVE: list[tuple[RowShard | None, RowGroups | None]] = [(None, None)]
 
 
 def active_shard() -> RowShard | None:
     """The shard that per-token draws use now (None: draw at the local shape)."""
-    return _ACTIVE[0]
+    return _ACTIVE[0][0]
 
 
 @contextlib.contextmanager
-def drawing_rows(shard: RowShard | None):
-    """Inside the block, :func:`uniform` (and so the gate distributions' ``rsample``) draws through ``shard``."""
-    previous, _ACTIVE[0] = _ACTIVE[0], shard
+def drawing_rows(shard: RowShard | None, groups: RowGroups | None = None):
+    """Inside the block, :func:`uniform` (and so the gate distributions' ``rsample``) draws through ``shard``,
+    else through ``groups``."""
+    previous, _ACTIVE[0] = _ACTIVE[0], (shard, groups)
     try:
         yield
     finally:
@@ -73,8 +118,10 @@ def drawing_rows(shard: RowShard | None):
 
 
 def uniform(shape, dtype: torch.dtype, device, row_dim: int = 0) -> torch.Tensor:
-    """``torch.rand(shape)``, or the active shard's block of the global draw."""
-    shard = _ACTIVE[0]
-    if shard is None:
-        return torch.rand(shape, dtype=dtype, device=device)
-    return shard.uniform(shape, dtype, device, row_dim)
+    """``torch.rand(shape)``, or the active shard's block of the global draw, or the active groups' draw."""
+    shard, groups = _ACTIVE[0]
+    if shard is not None:
+        return shard.uniform(shape, dtype, device, row_dim)
+    if groups is not None:
+        return groups.uniform(shape, dtype, device, row_dim)
+    return torch.rand(shape, dtype=dtype, device=device)

@@ -37,6 +37,7 @@ from .registry import Component, Registry
 
 if TYPE_CHECKING:
     from .adapter import BaRAAdapter
+    from .row_shard import RowGroups
 
 __all__ = [
     "WEIGHTS",
@@ -251,17 +252,24 @@ class MCDropoutWeights(WeightFamily):
         self.need(config.lora_dropout > 0, f"needs lora_dropout > 0 (e.g. 0.1), got {config.lora_dropout!r}")
 
 
-def flipout_linear(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    r"""``x W^T`` for ``W ~ N(loc, scale^2)``, pseudo-independent per sequence (flipout [2]).
+def flipout_linear(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
+                   groups: "RowGroups | None" = None) -> torch.Tensor:
+    r"""``x W^T`` for ``W ~ N(loc, scale^2)``, pseudo-independent per example (flipout [2]).
 
     .. math:: y = x\,\mu^\top + \big((x \odot s_{in})(\sigma \odot \epsilon)^\top\big) \odot s_{out}
 
     with one shared :math:`\epsilon \sim N(0, I)` and random signs :math:`s_{in}` ``(n, [1,] d_in)``,
-    :math:`s_{out}` ``(n, [1,] d_out)`` per sequence (leading dim of ``x``), shared by its tokens.
-    Each sequence's ``W`` is marginally exactly ``N(loc, scale^2)``.
+    :math:`s_{out}` ``(n, [1,] d_out)`` per sequence (leading dim of ``x``), shared by its tokens, and with
+    ``groups`` (:class:`~bara_pyro.models.row_shard.RowGroups`) by every sequence of one example (the choices
+    of a multiple-choice example are scored under one ``W``).  Each example's ``W`` is marginally exactly
+    ``N(loc, scale^2)``.
     """
     eps = torch.randn_like(loc)
-    lead = x.shape[:1] + (1,) * (x.dim() - 2)
-    s_in = torch.empty(lead + (x.shape[-1],), dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
-    s_out = torch.empty(lead + (loc.shape[0],), dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+    n, lead = x.shape[0], (x.shape[0],) + (1,) * (x.dim() - 2)
+    if groups is None:
+        s_in = torch.empty(lead + (x.shape[-1],), dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+        s_out = torch.empty(lead + (loc.shape[0],), dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+    else:
+        s_in = groups.signs(n, x.shape[-1], x.dtype, x.device).view(lead + (x.shape[-1],))
+        s_out = groups.signs(n, loc.shape[0], x.dtype, x.device).view(lead + (loc.shape[0],))
     return F.linear(x, loc) + F.linear(x * s_in, scale * eps) * s_out

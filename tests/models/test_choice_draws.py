@@ -1,0 +1,69 @@
+"""The choices of a multiple-choice example are scored under one draw of the example's latent variables.
+
+Two examples, each with three identical choices: with one draw per example the choices' scores are equal,
+while the two examples (the same text) still get different draws."""
+
+import pytest
+import torch
+
+from bara_pyro import BaRAConfig, get_bara_model
+from bara_pyro.backbones import tiny_backbone
+from bara_pyro.methods import load_preset
+from bara_pyro.models.row_shard import RowGroups, drawing_rows, uniform
+from bara_pyro.tasks import MultipleChoiceTask
+
+ROW = {"contexts": ["Question: which of these is a planet?\nAnswer:"] * 3, "continuations": [" Mars"] * 3,
+       "question": "Q?", "choices": ["Mars"] * 3, "label": 0}
+
+
+def _model(method: str, tokenizer):
+    torch.manual_seed(0)
+    backbone = tiny_backbone("causal_lm", "llama", tokenizer=tokenizer)
+    task = MultipleChoiceTask(tokenizer, scoring="cloze")
+    adapter = load_preset(method)["adapter"]
+    config = BaRAConfig.from_dict({**adapter, "r": 4, "alpha": 4, "target_modules": ["q_proj", "v_proj"]})
+    model = get_bara_model(backbone, config, forward_fn=task.scores)
+    with torch.no_grad():  # away from the start, where the update (B = 0, magnitudes 0) hides every draw
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+    return model, task
+
+
+@pytest.mark.parametrize("method", ["bara_singular", "bara_slab", "blob"])
+def test_the_choices_of_an_example_share_its_draws_in_training(method, smollm_tokenizer):
+    model, task = _model(method, smollm_tokenizer)
+    batch = task.collate([ROW, ROW])
+    _, parts = model.fused_loss(batch)
+    scores = parts["scores"]  # (2 examples, 3 choices)
+    torch.testing.assert_close(scores[:, 1:], scores[:, :1].expand(2, 2), rtol=0, atol=1e-6)
+    assert (scores[0] - scores[1]).abs().max() > 1e-4  # each example its own draw
+
+
+def test_gates_with_a_per_token_kl_keep_one_draw_per_choice_sequence(smollm_tokenizer):
+    """The ``bara`` preset's amortized guide has a KL per token and row: its rows draw their own gates."""
+    model, task = _model("bara", smollm_tokenizer)
+    _, parts = model.fused_loss(task.collate([ROW, ROW]))
+    assert (parts["scores"][:, 1:] - parts["scores"][:, :1]).abs().max() > 1e-4
+
+
+def test_the_choices_share_their_gates_in_sampled_prediction(smollm_tokenizer):
+    model, task = _model("bara_singular", smollm_tokenizer)
+    batch = task.collate([ROW] * 4)  # S = 2 sample-major copies of two examples
+    with torch.no_grad():
+        scores = model.scores(batch, mode="sample", num_samples=2)
+    torch.testing.assert_close(scores[:, 1:], scores[:, :1].expand(4, 2), rtol=0, atol=1e-6)
+    assert (scores[0] - scores[2]).abs().max() > 1e-4
+
+
+def test_row_groups_share_noise_within_a_group():
+    groups = RowGroups(torch.tensor([0, 0, 1, 1, 1]), 2)
+    with drawing_rows(None, groups):
+        u = uniform((2, 5, 3, 4), torch.float64, "cpu", row_dim=1)
+    assert u.shape == (2, 5, 3, 4)
+    for rows in ([0, 1], [2, 3, 4]):
+        for i in rows[1:]:
+            torch.testing.assert_close(u[:, i], u[:, rows[0]], rtol=0, atol=0)
+    assert (u[:, 0] != u[:, 2]).all()
+    with pytest.raises(ValueError, match="does not fit"), drawing_rows(None, groups):
+        uniform((10, 3, 4), torch.float64, "cpu")
