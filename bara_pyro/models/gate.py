@@ -266,8 +266,7 @@ class GlobalLocalGate(PyroModule):
         """The batch's example groups where the local guide is tied to the prior (no local KL: the model and the
         guide then draw the choices of an example alike, and the ELBO stays exact); None otherwise, where a
         per-row local KL counts each choice sequence's gates as its own."""
-        tied = self.per_token and getattr(self.local_guide, "tied_to_prior", False)
-        return self._ctx.row_groups if tied else None
+        return self._ctx.row_groups if self.per_token and self.tied_local else None
 
     def _contextual_fast_path(self) -> bool:
         ctx = self._ctx

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["RowGroups", "RowShard", "drawing_rows", "active_shard", "uniform", "row_groups"]
+__all__ = ["RowGroups", "RowShard", "drawing_rows", "active_shard", "uniform", "row_groups", "row_signs"]
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,16 @@ class RowGroups:
         full[row_dim] = self.count
         return torch.rand(full, dtype=dtype, device=device).index_select(row_dim, self.index)
 
-    def signs(self, rows: int, width: int, dtype: torch.dtype, device) -> torch.Tensor:
-        """``(rows, width)`` random signs, equal within a group (flipout's per-example perturbation)."""
-        self._check(rows)
-        draw = torch.empty(self.count, width, dtype=dtype, device=device).bernoulli_(0.5).mul_(2).sub_(1)
-        return draw.index_select(0, self.index)
+
+
+def row_signs(rows: int, width: int, dtype: torch.dtype, device, groups: RowGroups | None = None) -> torch.Tensor:
+    """``(rows, width)`` random signs, one row per row, or with ``groups`` equal within a group (flipout's
+    per-example perturbation)."""
+    if groups is not None:
+        groups._check(rows)
+    count = rows if groups is None else groups.count
+    draw = torch.empty(count, width, dtype=dtype, device=device).bernoulli_(0.5).mul_(2).sub_(1)
+    return draw if groups is None else draw.index_select(0, groups.index)
 
 
 def row_groups(example_index: torch.Tensor | None, num_examples: int) -> RowGroups | None:

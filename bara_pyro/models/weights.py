@@ -34,6 +34,7 @@ from pyro.nn import PyroParam
 from torch.distributions import Distribution
 
 from .registry import Component, Registry
+from .row_shard import row_signs
 
 if TYPE_CHECKING:
     from .adapter import BaRAAdapter
@@ -265,11 +266,7 @@ def flipout_linear(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
     ``N(loc, scale^2)``.
     """
     eps = torch.randn_like(loc)
-    n, lead = x.shape[0], (x.shape[0],) + (1,) * (x.dim() - 2)
-    if groups is None:
-        s_in = torch.empty(lead + (x.shape[-1],), dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
-        s_out = torch.empty(lead + (loc.shape[0],), dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
-    else:
-        s_in = groups.signs(n, x.shape[-1], x.dtype, x.device).view(lead + (x.shape[-1],))
-        s_out = groups.signs(n, loc.shape[0], x.dtype, x.device).view(lead + (loc.shape[0],))
+    lead = x.shape[:1] + (1,) * (x.dim() - 2)
+    s_in = row_signs(x.shape[0], x.shape[-1], x.dtype, x.device, groups).view(lead + (x.shape[-1],))
+    s_out = row_signs(x.shape[0], loc.shape[0], x.dtype, x.device, groups).view(lead + (loc.shape[0],))
     return F.linear(x, loc) + F.linear(x * s_in, scale * eps) * s_out
