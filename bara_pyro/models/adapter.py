@@ -60,7 +60,7 @@ class BaRAAdapter(PyroModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ctx = self._ctx
         if self.lora_dropout_p > 0 and (self.training or (self.weights.dropout_when_sampling and ctx.mode == "sample")):
-            x = F.dropout(x, self.lora_dropout_p, training=True)
+            x = self._dropout(x)
         h = self._factor("lora_A", x)
         transform, before = self._rank_transform, self._transform_before_gate
         if transform is not None and before:
@@ -81,6 +81,15 @@ class BaRAAdapter(PyroModule):
         if self._records and ctx.mode in ("fused", "model") and out.requires_grad:  # a training pass
             self.weights.record(self, x, out)
         return out
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverted dropout on the adapter input ``x`` ``(n, T, d_in)``; the rows of one example (the choices of a
+        multiple-choice example, ``ctx.row_groups``) share the mask at each position, as they share a weight draw."""
+        p, groups = self.lora_dropout_p, self._ctx.row_groups
+        if groups is None or x.dim() != 3:
+            return F.dropout(x, p, training=True)
+        keep = groups.uniform(x.shape, torch.float32, x.device) >= p
+        return x * keep.to(x.dtype) / (1 - p)
 
     def _factor(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """``x`` times factor ``name`` (transposed), with the factor drawn as the context's mode says."""

@@ -30,7 +30,7 @@ def _model(method: str, tokenizer):
     return model, task
 
 
-@pytest.mark.parametrize("method", ["bara_singular", "bara_slab", "blob"])
+@pytest.mark.parametrize("method", ["bara_singular", "bara_slab", "blob", "mc_dropout"])
 def test_the_choices_of_an_example_share_its_draws_in_training(method, smollm_tokenizer):
     model, task = _model(method, smollm_tokenizer)
     batch = task.collate([ROW, ROW])
@@ -47,8 +47,10 @@ def test_gates_with_a_per_token_kl_keep_one_draw_per_choice_sequence(smollm_toke
     assert (parts["scores"][:, 1:] - parts["scores"][:, :1]).abs().max() > 1e-4
 
 
-def test_the_choices_share_their_gates_in_sampled_prediction(smollm_tokenizer):
-    model, task = _model("bara_singular", smollm_tokenizer)
+@pytest.mark.parametrize("method", ["bara_singular", "mc_dropout"])
+def test_the_choices_share_their_draws_in_sampled_prediction(method, smollm_tokenizer):
+    model, task = _model(method, smollm_tokenizer)
+    model.eval()
     batch = task.collate([ROW] * 4)  # S = 2 sample-major copies of two examples
     with torch.no_grad():
         scores = model.scores(batch, mode="sample", num_samples=2)
