@@ -206,7 +206,8 @@ class BaRAModel(PyroModule):
             ctx.reset(mode)
         ctx.token_mask = batch.token_mask
         n = batch.num_examples
-        ctx.row_groups = row_groups(batch.extras.get("example_index"), n)
+        ctx.row_groups = row_groups(batch.extras.get("example_index"), n, self.config.choice_draws,
+                                    batch.extras.get("shared_length"))
         ctx.local_scale = (self.dataset_size or n) / n
         # a 0-dim device tensor stays one (a captured training step reads the warm-up weight from it)
         ctx.kl_beta = self.kl_beta if torch.is_tensor(self.kl_beta) else float(self.kl_beta)

@@ -45,6 +45,7 @@ from .errors import ConfigError, dataclass_from_dict
 from .guides import GUIDES, GlobalGuide, LocalGuide
 from .priors import PRIORS, GatePrior, MagnitudePrior, SparsityPrior
 from .registry import normalize_spec
+from .row_shard import CHOICE_DRAWS
 from .weights import WEIGHTS, WeightFamily
 
 __all__ = ["BaRAConfig", "ConfigError", "ResolvedComponents", "available_components"]
@@ -113,6 +114,11 @@ class BaRAConfig:
         metadata={"help": "backbone modules trained as point estimates (e.g. a new classification head); "
                           "None trains a top-level 'classifier' or 'score' module if the model has one"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
+    choice_draws: str = field(default="example", metadata={
+        "help": "how the choice sequences of a multiple-choice example share random draws (flipout signs, tied "
+                "per-token gates, dropout masks): 'example' (one draw per example and position), 'prefix' (shared "
+                "on the tokens all choices have in common, per sequence after; flipout signs per example) or "
+                "'sequence' (every sequence its own)"})
     gate: str = field(default="bara", metadata={"help": "gate type: 'bara' (gates from prior/guide) or 'none' "
                                                          "(plain LoRA; same as prior: fixed)"})
     prior: dict | str | None = field(default=None, metadata={
@@ -151,6 +157,8 @@ class BaRAConfig:
              f"gamma0 must satisfy 0 < gamma0 < r = {self.r}, got {self.gamma0!r}")
         need(isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1,
              f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        need(self.choice_draws in CHOICE_DRAWS,
+             f"choice_draws must be one of {list(CHOICE_DRAWS)}, got {self.choice_draws!r}")
         need(isinstance(self.guide_hidden, int) and self.guide_hidden >= 1,
              f"guide_hidden must be a positive integer, got {self.guide_hidden!r}")
         need(self.gate in GATE_TYPES, f"gate must be one of {list(GATE_TYPES)}, got {self.gate!r}")

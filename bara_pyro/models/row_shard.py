@@ -24,8 +24,11 @@ under one value of the example's latent variables.  With groups, row ``i`` takes
     u = U(0, 1) of shape (E, T, r)[e]       # (n, T, r): the choices' tokens at one position share a draw
 
 so the gates of a context the choices share are equal in every choice (their hidden states are), and each
-row's gates are still marginally exact.  With a data-parallel shard the rows draw their own noise (groups are
-ignored): a run on several processes then differs from one process in these draws on such tasks.
+row's gates are still marginally exact.  With a shared length (``choice_draws: prefix``) only the positions of
+the prefix that all the example's rows have in common take the example's draw; the rest of each row, whose
+tokens or contexts differ between choices, draws its own.  With a data-parallel shard the rows draw their own
+noise (groups are ignored): a run on several processes then differs from one process in these draws on such
+tasks.
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["RowGroups", "RowShard", "drawing_rows", "active_shard", "uniform", "row_groups", "row_signs"]
+__all__ = ["CHOICE_DRAWS", "RowGroups", "RowShard", "drawing_rows", "active_shard", "uniform", "row_groups",
+           "row_signs"]
+
+#: how the choice sequences of one example share random draws (``BaRAConfig.choice_draws``)
+CHOICE_DRAWS = ("example", "prefix", "sequence")
 
 
 @dataclass(frozen=True)
@@ -67,10 +74,13 @@ class RowShard:
 
 @dataclass(frozen=True, eq=False)
 class RowGroups:
-    """Row ``i`` of a batch belongs to example ``index[i]`` of ``count``; draws share the example's noise."""
+    """Row ``i`` of a batch belongs to example ``index[i]`` of ``count``; draws share the example's noise, at every
+    position, or with ``shared_length`` only at the first ``shared_length[i]`` positions of row ``i`` (the prefix
+    its example's rows have in common; later positions draw their own noise)."""
 
     index: torch.Tensor  # (n,) long, values in [0, count)
     count: int
+    shared_length: torch.Tensor | None = None  # (n,) long
 
     def _check(self, rows: int) -> None:
         if rows != self.index.numel():
@@ -82,7 +92,13 @@ class RowGroups:
         self._check(shape[row_dim])
         full = list(shape)
         full[row_dim] = self.count
-        return torch.rand(full, dtype=dtype, device=device).index_select(row_dim, self.index)
+        u = torch.rand(full, dtype=dtype, device=device).index_select(row_dim, self.index)
+        if self.shared_length is None or len(shape) - row_dim != 3:  # no token axis: one draw per example
+            return u
+        rows, length = shape[row_dim], shape[row_dim + 1]
+        shared = torch.arange(length, device=device) < self.shared_length.to(device)[:, None]  # (n, T)
+        shared = shared.view((1,) * row_dim + (rows, length, 1))
+        return torch.where(shared, u, torch.rand(shape, dtype=dtype, device=device))
 
 
 
@@ -96,11 +112,18 @@ def row_signs(rows: int, width: int, dtype: torch.dtype, device, groups: RowGrou
     return draw if groups is None else draw.index_select(0, groups.index)
 
 
-def row_groups(example_index: torch.Tensor | None, num_examples: int) -> RowGroups | None:
-    """Groups of a batch whose rows are ``example_index``'s examples; None where every row is its own example."""
-    if example_index is None or example_index.numel() == num_examples:
+def row_groups(example_index: torch.Tensor | None, num_examples: int, mode: str = "example",
+               shared_length: torch.Tensor | None = None) -> RowGroups | None:
+    """Groups of a batch whose rows are ``example_index``'s examples, as ``mode`` (:data:`CHOICE_DRAWS`) says:
+    ``example`` shares every position's draw, ``prefix`` the draws of the first ``shared_length`` positions of each
+    row, ``sequence`` none.  None where every row is its own example or nothing is shared."""
+    if mode not in CHOICE_DRAWS:
+        raise ValueError(f"choice draws must be one of {CHOICE_DRAWS}, got {mode!r}")
+    if mode == "sequence" or example_index is None or example_index.numel() == num_examples:
         return None
-    return RowGroups(example_index, num_examples)
+    if mode == "prefix" and shared_length is None:
+        raise ValueError("choice draws 'prefix' needs the batch's shared_length (multiple-choice cloze batches)")
+    return RowGroups(example_index, num_examples, shared_length if mode == "prefix" else None)
 
 
 _ACTIVE: list[tuple[RowShard | None, RowGroups | None]] = [(None, None)]

@@ -71,7 +71,8 @@ class MultipleChoiceTask:
     ``Batch.extras`` for cloze: ``continuation_mask`` ``(n_seq, T)`` bool (True on continuation
     tokens); ``target_sequence`` and ``target_position`` ``(n_tokens,)``, the coordinates of those
     tokens (precomputed so that scoring needs no host sync); ``example_index`` and ``choice_index``
-    ``(n_seq,)`` (where each sequence's score goes); ``num_choices`` ``(B,)``; ``width`` (int ``C``).
+    ``(n_seq,)`` (where each sequence's score goes); ``shared_length`` ``(n_seq,)``, the number of leading tokens
+    a sequence has in common with every other choice of its example; ``num_choices`` ``(B,)``; ``width`` (int ``C``).
     For lettered: ``last_position`` ``(B,)``, ``letter_ids`` ``(C,)``, ``choice_mask`` ``(B, C)`` bool.
     """
 
@@ -135,6 +136,7 @@ class MultipleChoiceTask:
         target_sequence, target_position = continuation_mask.nonzero(as_tuple=True)
         example_index = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(counts))
         choice_index = torch.cat([torch.arange(count) for count in counts])
+        shared_length = torch.tensor(_shared_prefix_lengths(sequences, counts), dtype=torch.long)
         return Batch(
             inputs={"input_ids": input_ids, "attention_mask": attention_mask},
             labels=labels,
@@ -145,6 +147,7 @@ class MultipleChoiceTask:
                 "target_position": target_position,
                 "example_index": example_index,
                 "choice_index": choice_index,
+                "shared_length": shared_length,
                 "num_choices": torch.tensor(counts, dtype=torch.long),
                 "width": width,
             },
@@ -187,6 +190,7 @@ class MultipleChoiceTask:
                 target_weight=(torch.arange(n_padded) < n_tokens).float(),
                 example_index=torch.cat([extras["example_index"], missing_example]),
                 choice_index=torch.cat([extras["choice_index"], missing_choice]),
+                shared_length=pad_dim(extras["shared_length"], 0, n_seq, 0),
                 choice_mask=present,
             )
         return Batch(inputs={"input_ids": ids, "attention_mask": attention}, labels=batch.labels,
@@ -293,3 +297,19 @@ def _logits_at(backbone: torch.nn.Module, inputs: dict, sequence: torch.Tensor, 
         hidden = base(**inputs).last_hidden_state  # (n_seq, T, H)
         return lm_head(hidden[sequence, position])
     return backbone(**inputs).logits[sequence, position]
+
+
+def _shared_prefix_lengths(sequences: list[list[int]], counts: list[int]) -> list[int]:
+    """Per sequence, the length of the longest prefix shared by all the sequences of its example (the example's
+    ``counts[e]`` consecutive sequences): the tokens whose hidden states are equal in every choice."""
+    out, start = [], 0
+    for count in counts:
+        group = sequences[start:start + count]
+        length = 0
+        for tokens in zip(*group):
+            if any(t != tokens[0] for t in tokens[1:]):
+                break
+            length += 1
+        out += [length] * count
+        start += count
+    return out

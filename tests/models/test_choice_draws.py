@@ -9,6 +9,7 @@ import torch
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.backbones import tiny_backbone
 from bara_pyro.methods import load_preset
+from bara_pyro.models.errors import ConfigError
 from bara_pyro.models.row_shard import RowGroups, drawing_rows, uniform
 from bara_pyro.tasks import MultipleChoiceTask
 
@@ -69,3 +70,47 @@ def test_row_groups_share_noise_within_a_group():
     assert (u[:, 0] != u[:, 2]).all()
     with pytest.raises(ValueError, match="does not fit"), drawing_rows(None, groups):
         uniform((10, 3, 4), torch.float64, "cpu")
+
+
+def test_shared_length_is_the_prefix_every_choice_of_an_example_has(smollm_tokenizer):
+    task = MultipleChoiceTask(smollm_tokenizer, scoring="cloze")
+    differ = {**ROW, "continuations": [" Mars", " Venus", " Mars"]}
+    sentences = {**ROW, "contexts": ["The trophy fits, the trophy", "The trophy fits, the suitcase"],
+                 "continuations": [" is small."] * 2, "choices": ["a", "b"]}
+    batch = task.collate([ROW, differ, sentences])
+    ids, shared = batch.inputs["input_ids"], batch.extras["shared_length"]
+    lengths = batch.inputs["attention_mask"].sum(1)
+    context = len(task.prefix_ids) + len(smollm_tokenizer(ROW["contexts"][0], add_special_tokens=False)["input_ids"])
+    assert shared[:3].tolist() == lengths[:3].tolist()  # identical choices: the whole sequence
+    assert shared[3:6].tolist() == [context] * 3  # the question, not the answers
+    first, second = ids[6], ids[7]
+    k = int(shared[6])
+    assert shared[6] == shared[7] and 0 < k < int(lengths[6])
+    assert (first[:k] == second[:k]).all() and first[k] != second[k]
+    padded = task.pad_batch(batch, 8)
+    assert padded.extras["shared_length"].shape == padded.extras["example_index"].shape
+
+
+def test_prefix_groups_share_noise_only_on_the_shared_prefix():
+    groups = RowGroups(torch.tensor([0, 0, 1]), 2, shared_length=torch.tensor([2, 2, 4]))
+    with drawing_rows(None, groups):
+        u = uniform((3, 4, 5), torch.float64, "cpu")
+    torch.testing.assert_close(u[0, :2], u[1, :2], rtol=0, atol=0)
+    assert (u[0, 2:] != u[1, 2:]).all()  # after the shared prefix each row draws its own
+
+
+@pytest.mark.parametrize("mode, equal", [("example", True), ("prefix", False), ("sequence", False)])
+def test_choice_draws_modes(mode, equal, smollm_tokenizer):
+    """Choices 0 and 2 are the same sequence, choice 1 another answer: one draw per example and position makes
+    0 and 2 score alike; 'prefix' shares only the question's draws, 'sequence' none."""
+    model, task = _model("bara_singular", smollm_tokenizer)
+    model.config.choice_draws = mode
+    row = {**ROW, "continuations": [" Mars is red", " Venus is hot", " Mars is red"]}  # scored past the question
+    _, parts = model.fused_loss(task.collate([row, row]))
+    gap = (parts["scores"][:, 0] - parts["scores"][:, 2]).abs().max()
+    assert (gap < 1e-6) if equal else (gap > 1e-4)
+
+
+def test_choice_draws_rejects_unknown_modes():
+    with pytest.raises(ConfigError, match="choice_draws must be one of"):
+        BaRAConfig(choice_draws="token")
