@@ -36,13 +36,9 @@ def _norm_and_top(grads, names: list[str], k: int = 3) -> tuple[float, list[tupl
 def split_row(model, loss: torch.Tensor) -> dict:
     """The likelihood and KL terms of the fused loss just computed (``model.ctx`` still holds the KL terms) and
     their gradients' norms, cosine and largest tensors."""
-    ctx = model.ctx
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names, params = [n for n, _ in named], [p for _, p in named]
-    zero = loss.new_zeros(())
-    kl_global = torch.stack(list(ctx.kl_global.values())).sum() if ctx.kl_global else zero
-    kl_local = torch.stack(list(ctx.kl_local.values())).sum() if ctx.kl_local else zero
-    kl_term = ctx.kl_beta * (kl_global + ctx.local_scale * kl_local)
+    kl_term = model.weighted_kl(loss)[0]
     lik_term = loss - kl_term
     g_lik = torch.autograd.grad(lik_term, params, retain_graph=True, allow_unused=True)
     g_kl = (torch.autograd.grad(kl_term, params, retain_graph=True, allow_unused=True) if kl_term.requires_grad

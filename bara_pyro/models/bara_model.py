@@ -376,14 +376,22 @@ class BaRAModel(PyroModule):
         loss = -ctx.local_scale * loglik
         parts = {"loglik": loglik.detach(), "scores": scores.detach()}
         if ctx.kl_global or ctx.kl_local:
-            zero = loglik.new_zeros(())
-            kl_global = torch.stack(list(ctx.kl_global.values())).sum() if ctx.kl_global else zero
-            kl_local = torch.stack(list(ctx.kl_local.values())).sum() if ctx.kl_local else zero
-            if ctx.kl_local_offset is not None:  # every per-token gate sees the same real tokens
-                kl_local = kl_local + ctx.kl_local_offset.sum() * self.local_token_count()
-            loss = loss + ctx.kl_beta * (kl_global + ctx.local_scale * kl_local)
+            kl_term, kl_global, kl_local = self.weighted_kl(loglik)
+            loss = loss + kl_term
             parts.update(kl_global=kl_global.detach(), kl_local=kl_local.detach())
         return loss, parts
+
+    def weighted_kl(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""The KL part of the last fused pass's loss, :math:`\beta\,[\mathrm{KL}^{global} + \frac{N}{B}
+        \mathrm{KL}^{local}]`, with both sums (0-dim, still in the graph; zeros like ``like`` where absent).
+        Returns ``(term, kl_global, kl_local)``."""
+        ctx = self.ctx
+        zero = like.new_zeros(())
+        kl_global = torch.stack(list(ctx.kl_global.values())).sum() if ctx.kl_global else zero
+        kl_local = torch.stack(list(ctx.kl_local.values())).sum() if ctx.kl_local else zero
+        if ctx.kl_local_offset is not None:  # every per-token gate sees the same real tokens
+            kl_local = kl_local + ctx.kl_local_offset.sum() * self.local_token_count()
+        return ctx.kl_beta * (kl_global + ctx.local_scale * kl_local), kl_global, kl_local
 
     def local_token_count(self):
         """Real tokens of the last batch as the per-token gates saw them (the token mask's count, else every

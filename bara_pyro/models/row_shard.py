@@ -101,7 +101,6 @@ class RowGroups:
         return torch.where(shared, u, torch.rand(shape, dtype=dtype, device=device))
 
 
-
 def row_signs(rows: int, width: int, dtype: torch.dtype, device, groups: RowGroups | None = None) -> torch.Tensor:
     """``(rows, width)`` random signs, one row per row, or with ``groups`` equal within a group (flipout's
     per-example perturbation)."""
