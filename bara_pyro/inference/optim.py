@@ -95,10 +95,12 @@ class TorchOptimizer(PyroOptim):
             self.gradient_sync(self.params)
         if self.clip_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
-            if self._grad_norm is not None and self.tensor_lr:
-                self._grad_norm.copy_(norm)  # one buffer: a graph's replays write where the trainer reads
-            else:
-                self._grad_norm = norm
+        else:  # the norm is still logged
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if self._grad_norm is not None and self.tensor_lr:
+            self._grad_norm.copy_(norm)  # one buffer: a graph's replays write where the trainer reads
+        else:
+            self._grad_norm = norm
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -108,7 +110,7 @@ class TorchOptimizer(PyroOptim):
 
     @property
     def last_grad_norm(self) -> float:
-        """Global gradient norm before clipping at the last step (nan without clipping); reading it syncs."""
+        """Global gradient norm (before any clipping) at the last step; nan before the first step; reading it syncs."""
         return float("nan") if self._grad_norm is None else float(self._grad_norm)
 
     @property
