@@ -114,7 +114,7 @@ class BaRAConfig:
         metadata={"help": "backbone modules trained as point estimates (e.g. a new classification head); "
                           "None trains a top-level 'classifier' or 'score' module if the model has one"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
-    choice_draws: str = field(default="example", metadata={
+    choice_draws: str = field(default="prefix", metadata={
         "help": "how the choice sequences of a multiple-choice example share random draws (flipout signs, tied "
                 "per-token gates, dropout masks): 'example' (one draw per example and position), 'prefix' (shared "
                 "on the tokens all choices have in common, per sequence after; flipout signs per example) or "

@@ -111,6 +111,20 @@ def test_choice_draws_modes(mode, equal, smollm_tokenizer):
     assert (gap < 1e-6) if equal else (gap > 1e-4)
 
 
+def test_prefix_is_the_default(smollm_tokenizer):
+    model, task = _model("bara_singular", smollm_tokenizer)
+    row = {**ROW, "continuations": [" Mars is red", " Venus is hot", " Mars is red"]}
+    batch = task.collate([row, row])
+    scores = {}
+    for mode in (None, "prefix", "example", "sequence"):
+        if mode is not None:
+            model.config.choice_draws = mode
+        torch.manual_seed(1)
+        scores[mode] = model.fused_loss(batch)[1]["scores"]
+    torch.testing.assert_close(scores[None], scores["prefix"], rtol=0, atol=0)
+    assert not torch.allclose(scores[None], scores["example"]) and not torch.allclose(scores[None], scores["sequence"])
+
+
 def test_choice_draws_rejects_unknown_modes():
     with pytest.raises(ConfigError, match="choice_draws must be one of"):
         BaRAConfig(choice_draws="token")
