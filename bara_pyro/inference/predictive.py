@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .interrupt import StopRequest, rng_state, set_rng_state, stop_on_signals
 
-__all__ = ["Prediction", "predict", "STOP_MESSAGE"]
+__all__ = ["Prediction", "length_order", "predict", "STOP_MESSAGE"]
 
 STOP_MESSAGE = "prediction interrupted after {done} of {total} examples; run again to continue from {path}"
 
@@ -88,10 +88,21 @@ def rows_per_pass(batch_size: int, max_rows_per_pass: int | None, num_samples: i
     return max(1, min(batch_size, max_rows_per_pass // max(num_samples, 1)))
 
 
+def length_order(task, rows: Sequence[dict]) -> list[int] | None:
+    """Row indices, the longest row (``task.row_length``) first, ties in the rows' order: batches of rows of similar
+    length carry little padding. None for a task without ``row_length``."""
+    row_length = getattr(task, "row_length", None)
+    if row_length is None:
+        return None
+    lengths = [row_length(row) for row in rows]
+    return sorted(range(len(rows)), key=lambda i: -lengths[i])
+
+
 @torch.no_grad()
 def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size: int = 32,
             record_tokens: bool = False, progress: bool = True, device: torch.device | str | None = None,
-            checkpoint: str | os.PathLike | None = None, max_rows_per_pass: int | None = None) -> Prediction:
+            checkpoint: str | os.PathLike | None = None, max_rows_per_pass: int | None = None,
+            by_length: bool = True) -> Prediction:
     r"""Posterior predictive :math:`p(y \mid x) \approx \frac{1}{S}\sum_s \mathrm{softmax}(f(x; g_s))`.
 
     ``num_samples = S > 0`` draws the gates from q: the batch's rows are repeated S times and run
@@ -114,6 +125,11 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     uninterrupted pass would have, so the result is bit for bit the uninterrupted one on the same device.
     The caller deletes the file when it no longer needs it; a file written for other rows or settings is
     ignored and overwritten.
+
+    ``by_length``: the rows are batched longest first (:func:`length_order`, for tasks with ``row_length``), so
+    that a batch pads its sequences to about their own length, and the results are returned in the rows' order:
+    the same estimator, with other draws. Not with ``record_tokens`` (whose per-token records keep the rows'
+    order).
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
@@ -127,8 +143,11 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     if family_rows is not None:  # a predictive whose memory needs fewer rows per pass (e.g. Laplace's Jacobians)
         group = min(group, family_rows)
     one_copy = model.draws_from_one_copy(num_samples)
+    order = length_order(task, rows) if by_length and not record_tokens and len(rows) > 1 else None
+    if order is not None:
+        rows = [rows[i] for i in order]
     signature = ({"rows": _rows_digest(rows), "num_samples": num_samples, "batch_size": batch_size,
-                  "record_tokens": record_tokens} if path is not None else None)
+                  "record_tokens": record_tokens, "by_length": order is not None} if path is not None else None)
     if signature is not None and group < batch_size:
         signature["rows_per_group"] = group
     saved = _load_pass(path, signature)
@@ -182,13 +201,21 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     probs, sample_probs, labels = acc["probs"], acc["sample_probs"], acc["labels"]
     prob_sum, num_tokens, token_stats = acc["prob_sum"], acc["num_tokens"], acc["token_stats"]
     num_classes = max(p.shape[-1] for p in probs)
+    probs = torch.cat([_pad_classes(p, num_classes) for p in probs])
+    labels = torch.cat(labels)
+    sample_probs = torch.cat([_pad_classes(p, num_classes) for p in sample_probs], dim=1) if num_samples else None
+    if order is not None:  # back to the rows' order
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        probs, labels = probs[inverse], labels[inverse]
+        sample_probs = sample_probs[:, inverse] if sample_probs is not None else None
     rank = {lpath: float(prob_sum[lpath].sum() / num_tokens[lpath].clamp_min(1)) for lpath in prob_sum}
     if rank:
         rank["joint"] = sum(rank.values()) / len(rank)
     return Prediction(
-        probs=torch.cat([_pad_classes(p, num_classes) for p in probs]),
-        labels=torch.cat(labels),
-        sample_probs=torch.cat([_pad_classes(p, num_classes) for p in sample_probs], dim=1) if num_samples else None,
+        probs=probs,
+        labels=labels,
+        sample_probs=sample_probs,
         effective_rank=rank,
         token_stats={lpath: {k: torch.cat(v) for k, v in rec.items()} for lpath, rec in token_stats.items()},
     )

@@ -53,6 +53,10 @@ class SequenceClassificationTask:
             token_mask=inputs["attention_mask"].bool(),
         )
 
+    def row_length(self, row: dict) -> int:
+        """The number of tokens of ``row`` (special tokens included, truncated as :meth:`collate` does)."""
+        return self.collate([row]).inputs["input_ids"].shape[-1]
+
     def pad_batch(self, batch: Batch, multiple: int) -> Batch:
         """``batch`` right-padded to a length that is a multiple of ``multiple`` (masked: the same logits)."""
         length = padded_size(batch.token_mask.shape[1], multiple)

@@ -109,6 +109,10 @@ class MultipleChoiceTask:
             return self._collate_cloze(rows, labels, counts, width)
         return self._collate_lettered(rows, labels, counts, width)
 
+    def row_length(self, row: dict) -> int:
+        """The length of ``row``'s longest sequence as :meth:`collate` builds it (the ``T`` of its batch alone)."""
+        return self.collate([row]).inputs["input_ids"].shape[-1]
+
     def _encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids without special tokens; repeated texts (shared contexts) are tokenised once."""
         unique = list(dict.fromkeys(texts))

@@ -1,0 +1,89 @@
+"""Prediction batches rows of similar length (longest first) and returns its results in the rows' order."""
+
+import pyro
+import torch
+
+from bara_pyro import BaRAConfig, get_bara_model
+from bara_pyro.backbones import tiny_backbone
+from bara_pyro.inference import predict
+from bara_pyro.inference.predictive import length_order
+from bara_pyro.tasks import MultipleChoiceTask
+
+
+class ShapeRecordingTask:
+    """Records the ``(n_seq, T)`` of every batch predict collates (``row_length`` passes through unrecorded)."""
+
+    def __init__(self, task):
+        self.task, self.shapes = task, []
+
+    def collate(self, rows):
+        batch = self.task.collate(rows)
+        self.shapes.append(tuple(batch.inputs["input_ids"].shape))
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+
+def _rows():
+    words = "the red planet in our solar system is often called mars by most people".split()
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(13):
+        n = int(torch.randint(2, len(words), (1,), generator=g))
+        question = " ".join(words[:n])
+        rows.append({"contexts": [f"Q: {question}?\nA:"] * 3, "continuations": [" Mars", " Venus is hot", " no"],
+                     "question": question, "choices": ["a", "b", "c"], "label": i % 3})
+    return rows
+
+
+def _model(tokenizer, **config):
+    torch.manual_seed(0)
+    task = MultipleChoiceTask(tokenizer, scoring="cloze")
+    config = BaRAConfig(r=4, alpha=4, target_modules=["q_proj", "v_proj"], init_gate_logit=0.0, **config)
+    model = get_bara_model(tiny_backbone("causal_lm", "llama", tokenizer=tokenizer), config, forward_fn=task.scores)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+    return model, task
+
+
+def _predict(model, task, rows, **kwargs):
+    pyro.set_rng_seed(0)
+    recorder = ShapeRecordingTask(task)
+    return predict(model, recorder, rows, batch_size=4, progress=False, **kwargs), recorder.shapes
+
+
+def test_length_order_puts_the_longest_rows_first(smollm_tokenizer):
+    task = MultipleChoiceTask(smollm_tokenizer, scoring="cloze")
+    rows = _rows()
+    order = length_order(task, rows)
+    lengths = [task.collate([rows[i]]).inputs["input_ids"].shape[-1] for i in order]
+    assert sorted(order) == list(range(len(rows))) and lengths == sorted(lengths, reverse=True)
+    assert length_order(object(), rows) is None  # a task without row_length keeps the rows' order
+
+
+def test_by_length_predicts_the_same_in_the_rows_order_with_less_padding(smollm_tokenizer):
+    model, task = _model(smollm_tokenizer)
+    rows = _rows()
+    plain, plain_shapes = _predict(model, task, rows, num_samples=0, by_length=False)
+    ordered, ordered_shapes = _predict(model, task, rows, num_samples=0)
+    assert torch.equal(ordered.labels, torch.tensor([row["label"] for row in rows]))
+    torch.testing.assert_close(ordered.probs, plain.probs, rtol=1e-5, atol=1e-6)
+    assert [t for _, t in ordered_shapes] == sorted((t for _, t in ordered_shapes), reverse=True)
+    assert sum(n * t for n, t in ordered_shapes) < sum(n * t for n, t in plain_shapes)
+    assert ordered.effective_rank.keys() == plain.effective_rank.keys()
+
+
+def test_sampled_predictions_come_back_in_the_rows_order(smollm_tokenizer):
+    """Without gates every draw is the deterministic prediction: each of the S draws of a row equals it."""
+    model, task = _model(smollm_tokenizer, gate="none")
+    rows = _rows()
+    plain, _ = _predict(model, task, rows, num_samples=0, by_length=False)
+    assert (plain.probs[:, 0].max() - plain.probs[:, 0].min()) > 1e-3  # the rows' predictions differ
+    pred, _ = _predict(model, task, rows, num_samples=3)
+    assert pred.sample_probs.shape == (3, len(rows), 3)
+    for draw in pred.sample_probs:
+        torch.testing.assert_close(draw, plain.probs, rtol=1e-5, atol=1e-6)
+    assert torch.equal(pred.labels, torch.tensor([row["label"] for row in rows]))
