@@ -27,6 +27,16 @@ def make_tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
+def move_off_init(model, scale: float = 0.3):
+    """Add ``scale`` x N(0, 1) noise to every trainable parameter, in place (returns ``model``): away from the
+    start, where the update (B = 0, magnitudes 0) hides every draw."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn_like(p))
+    return model
+
+
 def make_batch(num_examples: int = 4, seq_len: int = 7, num_labels: int = 3, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 100, (num_examples, seq_len), generator=g)

@@ -2,6 +2,7 @@
 
 import pyro
 import torch
+from builders import move_off_init
 
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.backbones import tiny_backbone
@@ -42,11 +43,7 @@ def _model(tokenizer, **config):
     task = MultipleChoiceTask(tokenizer, scoring="cloze")
     config = BaRAConfig(r=4, alpha=4, target_modules=["q_proj", "v_proj"], init_gate_logit=0.0, **config)
     model = get_bara_model(tiny_backbone("causal_lm", "llama", tokenizer=tokenizer), config, forward_fn=task.scores)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.3 * torch.randn_like(p))
-    return model, task
+    return move_off_init(model), task
 
 
 def _predict(model, task, rows, **kwargs):

@@ -5,6 +5,7 @@ while the two examples (the same text) still get different draws."""
 
 import pytest
 import torch
+from builders import move_off_init
 
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.backbones import tiny_backbone
@@ -23,12 +24,7 @@ def _model(method: str, tokenizer):
     task = MultipleChoiceTask(tokenizer, scoring="cloze")
     adapter = load_preset(method)["adapter"]
     config = BaRAConfig.from_dict({**adapter, "r": 4, "alpha": 4, "target_modules": ["q_proj", "v_proj"]})
-    model = get_bara_model(backbone, config, forward_fn=task.scores)
-    with torch.no_grad():  # away from the start, where the update (B = 0, magnitudes 0) hides every draw
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.3 * torch.randn_like(p))
-    return model, task
+    return move_off_init(get_bara_model(backbone, config, forward_fn=task.scores)), task
 
 
 @pytest.mark.parametrize("method", ["bara_singular", "bara_slab", "blob", "mc_dropout"])
