@@ -1,4 +1,5 @@
-"""benchmarks/eval_padding.py: the tokens an evaluation pass feeds per example, in data order and by length."""
+"""benchmarks/eval_padding.py: the tokens an evaluation pass feeds per example, in data order, by length and
+packed."""
 
 from builders import benchmark_script
 
@@ -23,3 +24,4 @@ def test_token_counts(smollm_tokenizer):
     shared = {id(r): int(task.collate([r]).extras["shared_length"][0]) for r in (short, long)}
     packed = sum(shared[id(r)] + int((lengths[id(r)] - shared[id(r)]).sum()) for r in rows) / 4
     assert counts["packed_prefix"] == packed < real
+    assert counts["packed"] == packed  # packed batches of two equal rows carry no padding

@@ -102,7 +102,7 @@ def length_order(task, rows: Sequence[dict]) -> list[int] | None:
 def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size: int = 32,
             record_tokens: bool = False, progress: bool = True, device: torch.device | str | None = None,
             checkpoint: str | os.PathLike | None = None, max_rows_per_pass: int | None = None,
-            by_length: bool = True) -> Prediction:
+            by_length: bool = True, pack_choices: bool = True) -> Prediction:
     r"""Posterior predictive :math:`p(y \mid x) \approx \frac{1}{S}\sum_s \mathrm{softmax}(f(x; g_s))`.
 
     ``num_samples = S > 0`` draws the gates from q: the batch's rows are repeated S times and run
@@ -130,6 +130,11 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     that a batch pads its sequences to about their own length, and the results are returned in the rows' order:
     the same estimator, with other draws. Not with ``record_tokens`` (whose per-token records keep the rows'
     order).
+
+    ``pack_choices``: a multiple-choice example's choices run as one row, the prefix they share once
+    (:mod:`~bara_pyro.tasks.packed_choices`), where the task, the backbone's attention and the model allow it
+    (``task.packs``, ``model.packs_choices``): the same scores at ``S = 0``, the same estimator with other draws at
+    ``S > 0``; gate statistics then count a shared token once.  Not with ``record_tokens``.
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
@@ -144,10 +149,14 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
         group = min(group, family_rows)
     one_copy = model.draws_from_one_copy(num_samples)
     order = length_order(task, rows) if by_length and not record_tokens and len(rows) > 1 else None
+    packs = getattr(model, "packs_choices", None)
+    pack = (pack_choices and not record_tokens and not one_copy and callable(getattr(task, "pack", None))
+            and task.packs(model.backbone) and packs is not None and packs(num_samples))
     if order is not None:
         rows = [rows[i] for i in order]
     signature = ({"rows": _rows_digest(rows), "num_samples": num_samples, "batch_size": batch_size,
-                  "record_tokens": record_tokens, "by_length": order is not None} if path is not None else None)
+                  "record_tokens": record_tokens, "by_length": order is not None, "packed": pack}
+                 if path is not None else None)
     if signature is not None and group < batch_size:
         signature["rows_per_group"] = group
     saved = _load_pass(path, signature)
@@ -172,12 +181,11 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
                     if one_copy:  # the predictive draws the S copies' scores from each row's
                         batch = task.collate(chunk).to(device)
                         scores = model.scores(batch, mode="sample", num_samples=s, copied=False)
-                    elif num_samples > 0:  # S sample-major copies: shared draws (weights, layer gates) are per copy
-                        batch = task.collate(chunk * s).to(device)
-                        scores = model.scores(batch, mode="sample", num_samples=s)
-                    else:
-                        batch = task.collate(chunk).to(device)
-                        scores = model.scores(batch, mode="mean")
+                    else:  # S > 0: S sample-major copies; shared draws (weights, layer gates) are per copy
+                        batch = task.collate(chunk * s if num_samples > 0 else chunk)
+                        batch = (task.pack(batch) if pack else batch).to(device)
+                        scores = (model.scores(batch, mode="sample", num_samples=s) if num_samples > 0
+                                  else model.scores(batch, mode="mean"))
                     # kept on the device until the pass ends: a copy to the host per batch would wait for the GPU
                     p = torch.softmax(scores.float(), dim=-1).reshape(s, len(chunk), -1)
                     sample_probs.append(p)

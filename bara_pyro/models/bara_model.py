@@ -206,8 +206,8 @@ class BaRAModel(PyroModule):
             ctx.reset(mode)
         ctx.token_mask = batch.token_mask
         n = batch.num_examples
-        ctx.row_groups = row_groups(batch.extras.get("example_index"), n, self.config.choice_draws,
-                                    batch.extras.get("shared_length"))
+        ctx.row_groups = None if batch.extras.get("packed") else row_groups(  # packed: a row is an example
+            batch.extras.get("example_index"), n, self.config.choice_draws, batch.extras.get("shared_length"))
         ctx.local_scale = (self.dataset_size or n) / n
         # a 0-dim device tensor stays one (a captured training step reads the warm-up weight from it)
         ctx.kl_beta = self.kl_beta if torch.is_tensor(self.kl_beta) else float(self.kl_beta)
@@ -478,6 +478,18 @@ class BaRAModel(PyroModule):
         predictive draws the ``S`` copies' scores in function space (e.g. Laplace's linearised predictive)."""
         return (num_samples > 0 and self._family_samples("sample")
                 and self.config.components.weights.draws_from_one_copy(num_samples))
+
+    def packs_choices(self, num_samples: int) -> bool:
+        """Whether prediction may score a multiple-choice example's choices packed in one row (the shared prefix
+        once, :mod:`~bara_pyro.tasks.packed_choices`) without changing what is estimated: no per-sequence gate
+        (its context is pooled over one choice's sequence), a weight family that allows it, and the choices'
+        per-token draws shared as a packed row shares them (``choice_draws: prefix``, or no draws: ``S = 0`` or a
+        deterministic model)."""
+        if any(a.gate is not None and a.gate.per_sequence for _, a in self._adapter_items):
+            return False
+        if not self.config.components.weights.packs_choices():
+            return False
+        return num_samples == 0 or self.config.choice_draws == "prefix" or not self.is_stochastic
 
     def gate_statistics(self) -> dict[str, dict[str, torch.Tensor]]:
         """Statistics recorded by the last forward pass when ``ctx.collect_stats`` was set."""

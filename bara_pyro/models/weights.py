@@ -114,6 +114,12 @@ class WeightFamily(Component):
         row once (a predictive in function space), so that prediction collates and runs each row once."""
         return False
 
+    def packs_choices(self) -> bool:
+        """Whether prediction may score a multiple-choice example's choices packed in one row
+        (:mod:`~bara_pyro.tasks.packed_choices`); False for a predictive that takes the Jacobians of an unpacked
+        batch's scores."""
+        return True
+
     def prediction_rows(self, num_samples: int) -> int | None:
         """At most this many examples per sampled prediction pass (e.g. 1 when a pass takes each output's Jacobian,
         whose memory grows with the square of the outputs in it); None: ``eval.max_rows_per_pass`` alone bounds

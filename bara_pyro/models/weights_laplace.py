@@ -141,6 +141,9 @@ class LaplaceWeights(WeightFamily):
     def draws_from_one_copy(self, num_samples: int) -> bool:
         return self.predictive == "glm"
 
+    def packs_choices(self) -> bool:
+        return False  # the linearised predictive takes the Jacobians of an unpacked batch's scores
+
     def prediction_rows(self, num_samples: int) -> int | None:
         return None  # the Jacobians of the LoRA factors take a backward pass of the batch per score column
 

@@ -137,6 +137,9 @@ class ProjectedSubspaceWeights(WeightFamily):
     def draws_from_one_copy(self, num_samples: int) -> bool:
         return self.posterior_kind == "laplace" and self.predictive == "glm"
 
+    def packs_choices(self) -> bool:
+        return self.posterior_kind != "laplace"  # Laplace's predictive takes an unpacked batch's Jacobians
+
     # ----------------------------------------------------------------- SWAG moments
     def after_step(self, adapter, step: int, total_steps: int) -> None:
         if self.posterior_kind != "swag":

@@ -28,6 +28,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .base import Batch, pad_dim, padded_size
+from .packed_choices import ATTENTION_IMPLEMENTATIONS, pack_choices
 
 __all__ = ["MultipleChoiceTask", "SCORING_MODES"]
 
@@ -112,6 +113,19 @@ class MultipleChoiceTask:
     def row_length(self, row: dict) -> int:
         """The length of ``row``'s longest sequence as :meth:`collate` builds it (the ``T`` of its batch alone)."""
         return self.collate([row]).inputs["input_ids"].shape[-1]
+
+    def packs(self, backbone: torch.nn.Module) -> bool:
+        """Whether :meth:`pack` batches can be scored with ``backbone``: cloze scoring and an attention implementation
+        that takes a 4D mask (:data:`~bara_pyro.tasks.packed_choices.ATTENTION_IMPLEMENTATIONS`)."""
+        implementation = getattr(getattr(backbone, "config", None), "_attn_implementation", None)
+        return self.scoring == "cloze" and implementation in ATTENTION_IMPLEMENTATIONS
+
+    def pack(self, batch: Batch) -> Batch:
+        """A cloze batch with each example's choices in one row (:func:`~bara_pyro.tasks.packed_choices.pack_choices`):
+        the same scores from fewer positions."""
+        if self.scoring != "cloze":
+            raise ValueError("only cloze batches can be packed")
+        return pack_choices(batch, self.pad_token_id)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids without special tokens; repeated texts (shared contexts) are tokenised once."""
@@ -244,12 +258,20 @@ class MultipleChoiceTask:
         positions for cloze, the last real position for lettered), so memory and time grow with the
         scored tokens, not with ``n_seq * T * V``."""
         extras = batch.extras
-        if self.scoring == "cloze":
+        inputs = batch.inputs
+        if extras.get("packed"):
+            sequence = extras["example_index"][extras["target_sequence"]]
+            position = extras["packed_source"]
+            if backbone.config._attn_implementation == "eager":  # an additive mask
+                dtype = backbone.get_input_embeddings().weight.dtype
+                inputs = {**inputs, "attention_mask": torch.zeros((), dtype=dtype).masked_fill(
+                    ~inputs["attention_mask"], torch.finfo(dtype).min)}
+        elif self.scoring == "cloze":
             sequence, position = extras["target_sequence"], extras["target_position"] - 1
         else:
             sequence = torch.arange(batch.inputs["input_ids"].shape[0], device=extras["last_position"].device)
             position = extras["last_position"]
-        logits = _logits_at(backbone, batch.inputs, sequence, position)  # (n_positions, V)
+        logits = _logits_at(backbone, inputs, sequence, position)  # (n_positions, V)
         if self.scoring == "cloze":
             return self._cloze_scores(logits, batch)
         letter_logits = logits[:, extras["letter_ids"]]  # (B, C)
@@ -260,15 +282,19 @@ class MultipleChoiceTask:
         """``predicting``: ``(n_tokens, V)`` logits at the positions that predict continuation tokens."""
         extras = batch.extras
         input_ids = batch.inputs["input_ids"]
-        # Continuation token t is predicted at position t - 1.
-        sequence, position = extras["target_sequence"], extras["target_position"]
+        # Continuation token t is predicted at position t - 1 (of its sequence; packed: the column before it in
+        # its choice).
+        sequence = extras["target_sequence"]
         logits = predicting
         predicting = predicting.float()
-        targets = input_ids[sequence, position]  # (n_tokens,)
+        if extras.get("packed"):
+            targets = input_ids[extras["example_index"][sequence], extras["packed_target"]]
+        else:
+            targets = input_ids[sequence, extras["target_position"]]  # (n_tokens,)
         token_log_lik = predicting.gather(-1, targets[:, None]).squeeze(-1) - predicting.logsumexp(-1)
         if "target_weight" in extras:  # a padded batch (pad_batch): padding entries weigh 0
             token_log_lik = token_log_lik * extras["target_weight"]
-        n_seq = input_ids.shape[0]
+        n_seq = extras["example_index"].shape[0]
         total = torch.zeros(n_seq, dtype=token_log_lik.dtype, device=logits.device).index_add(
             0, sequence, token_log_lik
         )

@@ -1,0 +1,114 @@
+"""A multiple-choice example's choices packed in one row score as they do unpacked, at fewer positions."""
+
+import pyro
+import pytest
+import torch
+from builders import move_off_init
+
+from bara_pyro import BaRAConfig, get_bara_model
+from bara_pyro.backbones import tiny_backbone
+from bara_pyro.inference import predict
+from bara_pyro.tasks import MultipleChoiceTask
+
+
+def _rows():
+    """Questions of several lengths; some choices share their first continuation word (a scored token inside the
+    shared prefix), one example has two choices, the others three."""
+    words = "the red planet in our solar system is often called mars by most people".split()
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(9):
+        n = int(torch.randint(2, len(words), (1,), generator=g))
+        question = " ".join(words[:n])
+        continuations = [" the red one", " the blue one", " Venus"] if i % 2 else [" Mars", " Venus is hot", " no"]
+        count = 2 if i == 4 else 3
+        rows.append({"contexts": [f"Q: {question}?\nA:"] * count, "continuations": continuations[:count],
+                     "question": question, "choices": ["a", "b", "c"][:count], "label": i % count})
+    return rows
+
+
+def _backbone(tokenizer, implementation):
+    backbone = tiny_backbone("causal_lm", "llama", tokenizer=tokenizer).eval()
+    backbone.config._attn_implementation = implementation
+    return backbone
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_packed_scores_equal_unpacked_scores(smollm_tokenizer, implementation):
+    task = MultipleChoiceTask(smollm_tokenizer, scoring="cloze")
+    backbone = _backbone(smollm_tokenizer, implementation)
+    batch = task.collate(_rows())
+    packed = task.pack(batch)
+    assert task.packs(backbone)
+    assert packed.inputs["input_ids"].shape[0] == batch.num_examples
+    assert packed.token_mask.sum() < batch.token_mask.sum()  # the shared prefixes once
+    with torch.no_grad():
+        expected, actual = task.scores(backbone, batch), task.scores(backbone, packed)
+    assert torch.equal(expected.isinf(), actual.isinf())
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_packed_row_holds_each_choice_once(smollm_tokenizer):
+    task = MultipleChoiceTask(smollm_tokenizer, scoring="cloze")
+    rows = _rows()
+    batch, packed = task.collate(rows), task.pack(task.collate(rows))
+    for e in range(len(rows)):
+        sequences = (batch.extras["example_index"] == e).nonzero().flatten()
+        shared = int(batch.extras["shared_length"][sequences[0]])
+        row = packed.inputs["input_ids"][e]
+        position = packed.inputs["position_ids"][e]
+        mask = packed.inputs["attention_mask"][e, 0]
+        column = shared
+        for s in sequences:
+            tokens = batch.inputs["input_ids"][s][batch.token_mask[s]]
+            rest = len(tokens) - shared
+            assert torch.equal(row[:shared], tokens[:shared])
+            assert torch.equal(row[column:column + rest], tokens[shared:])
+            assert torch.equal(position[column:column + rest], torch.arange(shared, len(tokens)))
+            # a choice's tokens see the shared prefix and their own choice, not the other choices
+            seen = mask[column + rest - 1]
+            assert seen[:shared].all() and seen[column:column + rest].all() and seen.sum() == len(tokens)
+            column += rest
+        assert not packed.token_mask[e, column:].any()
+
+
+def _model(tokenizer, **config):
+    torch.manual_seed(0)
+    task = MultipleChoiceTask(tokenizer, scoring="cloze")
+    config = BaRAConfig(r=4, alpha=4, target_modules=["q_proj", "v_proj"], init_gate_logit=0.0, **config)
+    model = get_bara_model(tiny_backbone("causal_lm", "llama", tokenizer=tokenizer), config, forward_fn=task.scores)
+    return move_off_init(model), task
+
+
+def test_predict_packs_where_the_draws_allow_it(smollm_tokenizer):
+    model, task = _model(smollm_tokenizer)  # tied per-token gates, choice_draws: prefix
+    rows = _rows()
+    assert model.packs_choices(0) and model.packs_choices(3)
+    pyro.set_rng_seed(0)
+    packed = predict(model, task, rows, num_samples=0, batch_size=4, progress=False)
+    pyro.set_rng_seed(0)
+    unpacked = predict(model, task, rows, num_samples=0, batch_size=4, progress=False, pack_choices=False)
+    torch.testing.assert_close(packed.probs, unpacked.probs, atol=1e-5, rtol=1e-5)
+    assert torch.equal(packed.labels, unpacked.labels)
+    # a shared token counted once: fewer tokens behind the same kind of rank estimate
+    sampled = predict(model, task, rows, num_samples=3, batch_size=4, progress=False)
+    assert sampled.sample_probs.shape == (3, len(rows), 3)
+    torch.testing.assert_close(sampled.probs.sum(-1), torch.ones(len(rows)))
+    example, _ = _model(smollm_tokenizer, choice_draws="example")
+    assert example.packs_choices(0) and not example.packs_choices(3)  # its continuations share draws
+    per_sequence, _ = _model(smollm_tokenizer, guide={"local": {"name": "conditional_prior", "per": "sequence"}},
+                             prior={"sparsity": {"name": "contextual_beta_process"}})
+    assert not per_sequence.packs_choices(0)  # a per-sequence gate pools one choice's context
+
+
+def test_packed_sampling_shares_the_prefix_draws(smollm_tokenizer):
+    """At S > 0 with choice_draws: prefix, packed and unpacked prediction draw the same gates in distribution: the
+    averaged probabilities agree to Monte Carlo error."""
+    model, task = _model(smollm_tokenizer)
+    rows = _rows()
+    pyro.set_rng_seed(1)
+    packed = predict(model, task, rows, num_samples=200, batch_size=9, progress=False)
+    pyro.set_rng_seed(2)
+    unpacked = predict(model, task, rows, num_samples=200, batch_size=9, progress=False, pack_choices=False)
+    spread = unpacked.sample_probs.std(0) / 200 ** 0.5
+    assert ((packed.probs - unpacked.probs).abs() < 5 * spread + 1e-4).all()
