@@ -1,8 +1,8 @@
 """Tokens an evaluation pass feeds the backbone per example on the cloze tasks, against the tokens it must score:
-batches in the data's order, batches of similar length (``predict``'s ``by_length``), the same with each example's
-choices packed in one row, the prefix they share once (``pack_choices``; both are the defaults), and packing
-without padding (the bound).  Token counts, not times: no model weights are loaded (the packaged SmolLM2 tokenizer
-only).
+batches in the data's order, batches of similar length (``predict``'s ``by_length``), each example's choices packed
+in one row, the prefix they share once, in batches of similar packed length (``pack_choices``; both are the
+defaults), and packing without padding (the bound).  Token counts, not times: no model weights are loaded (the
+packaged SmolLM2 tokenizer only).
 
     python benchmarks/eval_padding.py [--datasets winogrande_s arc_challenge arc_easy openbookqa boolq]
         [--split test] [--batch-size 32]
@@ -37,9 +37,9 @@ def token_counts(task: MultipleChoiceTask, rows: list[dict], batch_size: int) ->
         real += int(lengths.sum())
         packed += shared + int((lengths - shared).sum())
     n = len(rows)
-    order = length_order(task, rows)
-    return {"real": real / n, "data_order": padded(list(range(n))) / n, "by_length": padded(order) / n,
-            "packed": padded(order, pack=True) / n, "packed_prefix": packed / n}
+    return {"real": real / n, "data_order": padded(list(range(n))) / n,
+            "by_length": padded(length_order(task, rows)) / n,
+            "packed": padded(length_order(task, rows, packed=True), pack=True) / n, "packed_prefix": packed / n}
 
 
 def main() -> None:

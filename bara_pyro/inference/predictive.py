@@ -88,10 +88,10 @@ def rows_per_pass(batch_size: int, max_rows_per_pass: int | None, num_samples: i
     return max(1, min(batch_size, max_rows_per_pass // max(num_samples, 1)))
 
 
-def length_order(task, rows: Sequence[dict]) -> list[int] | None:
-    """Row indices, the longest row (``task.row_length``) first, ties in the rows' order: batches of rows of similar
-    length carry little padding. None for a task without ``row_length``."""
-    row_length = getattr(task, "row_length", None)
+def length_order(task, rows: Sequence[dict], packed: bool = False) -> list[int] | None:
+    """Row indices, the longest row (``task.row_length``, or ``task.packed_length`` for packed batches) first, ties in
+    the rows' order: batches of rows of similar length carry little padding. None for a task without it."""
+    row_length = getattr(task, "packed_length" if packed else "row_length", None)
     if row_length is None:
         return None
     lengths = [row_length(row) for row in rows]
@@ -148,10 +148,10 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     if family_rows is not None:  # a predictive whose memory needs fewer rows per pass (e.g. Laplace's Jacobians)
         group = min(group, family_rows)
     one_copy = model.draws_from_one_copy(num_samples)
-    order = length_order(task, rows) if by_length and not record_tokens and len(rows) > 1 else None
     packs = getattr(model, "packs_choices", None)
     pack = (pack_choices and not record_tokens and not one_copy and callable(getattr(task, "pack", None))
             and task.packs(model.backbone) and packs is not None and packs(num_samples))
+    order = length_order(task, rows, packed=pack) if by_length and not record_tokens and len(rows) > 1 else None
     if order is not None:
         rows = [rows[i] for i in order]
     signature = ({"rows": _rows_digest(rows), "num_samples": num_samples, "batch_size": batch_size,

@@ -114,6 +114,12 @@ class MultipleChoiceTask:
         """The length of ``row``'s longest sequence as :meth:`collate` builds it (the ``T`` of its batch alone)."""
         return self.collate([row]).inputs["input_ids"].shape[-1]
 
+    def packed_length(self, row: dict) -> int:
+        """The length of ``row``'s packed row (:meth:`pack`): its shared prefix once and each choice's rest."""
+        batch = self.collate([row])
+        shared = int(batch.extras["shared_length"][0])
+        return shared + int((batch.token_mask.sum(-1) - shared).sum())
+
     def packs(self, backbone: torch.nn.Module) -> bool:
         """Whether :meth:`pack` batches can be scored with ``backbone``: cloze scoring and an attention implementation
         that takes a 4D mask (:data:`~bara_pyro.tasks.packed_choices.ATTENTION_IMPLEMENTATIONS`)."""

@@ -112,3 +112,9 @@ def test_packed_sampling_shares_the_prefix_draws(smollm_tokenizer):
     unpacked = predict(model, task, rows, num_samples=200, batch_size=9, progress=False, pack_choices=False)
     spread = unpacked.sample_probs.std(0) / 200 ** 0.5
     assert ((packed.probs - unpacked.probs).abs() < 5 * spread + 1e-4).all()
+
+
+def test_packed_length_is_the_width_of_the_packed_row(smollm_tokenizer):
+    task = MultipleChoiceTask(smollm_tokenizer, scoring="cloze")
+    for row in _rows():
+        assert task.packed_length(row) == task.pack(task.collate([row])).inputs["input_ids"].shape[-1]
