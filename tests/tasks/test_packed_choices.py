@@ -7,7 +7,10 @@ from builders import move_off_init
 
 from bara_pyro import BaRAConfig, get_bara_model
 from bara_pyro.backbones import tiny_backbone
+from bara_pyro.experiment import _adapter_config, build_backbone_and_task, task_likelihood
+from bara_pyro.experiment_config import load_config
 from bara_pyro.inference import predict
+from bara_pyro.methods import preset_names
 from bara_pyro.tasks import MultipleChoiceTask
 
 
@@ -118,3 +121,22 @@ def test_packed_length_is_the_width_of_the_packed_row(smollm_tokenizer):
     task = MultipleChoiceTask(smollm_tokenizer, scoring="cloze")
     for row in _rows():
         assert task.packed_length(row) == task.pack(task.collate([row])).inputs["input_ids"].shape[-1]
+
+
+@pytest.mark.parametrize("method", [m for m in preset_names() if m != "ensemble"])
+def test_every_preset_predicts_the_same_packed(method):
+    """At S = 0 packed prediction equals unpacked for every method; Laplace's linearised predictive does not pack."""
+    config = load_config(method=method, overrides=["model=tiny-llama", "dataset=arc_easy", "task.scoring=cloze"])
+    backbone, _, task, data = build_backbone_and_task(config)
+    torch.manual_seed(0)
+    model = get_bara_model(backbone, _adapter_config(config, 0), forward_fn=task.scores,
+                           likelihood=task_likelihood(task))
+    for _, adapter in model.adapter_items:
+        torch.nn.init.normal_(adapter.lora_B.weight, std=0.05)
+    rows = list(data["test"])[:6]
+    packed = predict(model, task, rows, num_samples=0, batch_size=3, progress=False)
+    unpacked = predict(model, task, rows, num_samples=0, batch_size=3, progress=False, pack_choices=False)
+    torch.testing.assert_close(packed.probs, unpacked.probs, atol=1e-5, rtol=1e-5)
+    assert model.packs_choices(2) == ("laplace" not in method)
+    sampled = predict(model, task, rows, num_samples=2, batch_size=3, progress=False)
+    torch.testing.assert_close(sampled.probs.sum(-1), torch.ones(len(rows)))
