@@ -87,6 +87,7 @@ def test_classification_collate_and_scores():
         assert scores.shape == (3, 2)
         single = model(**tokenizer(rows[1]["text"], return_tensors="pt")).logits
     torch.testing.assert_close(scores[1:2], single, atol=1e-5, rtol=1e-5)
+    assert task.row_lengths(rows) == [task.collate([row]).inputs["input_ids"].shape[-1] for row in rows] != [16] * 3
 
 
 def test_cloze_collate(tokenizer):

@@ -89,12 +89,12 @@ def rows_per_pass(batch_size: int, max_rows_per_pass: int | None, num_samples: i
 
 
 def length_order(task, rows: Sequence[dict], packed: bool = False) -> list[int] | None:
-    """Row indices, the longest row (``task.row_length``, or ``task.packed_length`` for packed batches) first, ties in
-    the rows' order: batches of rows of similar length carry little padding. None for a task without it."""
-    row_length = getattr(task, "packed_length" if packed else "row_length", None)
-    if row_length is None:
+    """Row indices, the longest row (``task.row_lengths``, of the packed rows with ``packed``) first, ties in the rows'
+    order: batches of rows of similar length carry little padding. None for a task without ``row_lengths``."""
+    row_lengths = getattr(task, "row_lengths", None)
+    if row_lengths is None:
         return None
-    lengths = [row_length(row) for row in rows]
+    lengths = row_lengths(list(rows), packed=packed)
     return sorted(range(len(rows)), key=lambda i: -lengths[i])
 
 
@@ -126,7 +126,7 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
     The caller deletes the file when it no longer needs it; a file written for other rows or settings is
     ignored and overwritten.
 
-    ``by_length``: the rows are batched longest first (:func:`length_order`, for tasks with ``row_length``), so
+    ``by_length``: the rows are batched longest first (:func:`length_order`, for tasks with ``row_lengths``), so
     that a batch pads its sequences to about their own length, and the results are returned in the rows' order:
     the same estimator, with other draws. Not with ``record_tokens`` (whose per-token records keep the rows'
     order).

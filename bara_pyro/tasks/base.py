@@ -82,8 +82,9 @@ class Task(Protocol):
         """
         ...
 
-    # Optional: ``row_length(row) -> int``, the length ``T`` of ``collate([row])``, by which prediction batches rows
-    # of similar length (:func:`bara_pyro.inference.predictive.length_order`).
+    # Optional: ``row_lengths(rows, packed=False) -> list[int]``, each row's length ``T`` in ``collate([row])`` (with
+    # ``packed``, in ``pack(collate([row]))``), by which prediction batches rows of similar length
+    # (:func:`bara_pyro.inference.predictive.length_order`).
     # Optional: ``pad_batch(batch, multiple) -> Batch``, the same batch with lengths padded up to multiples of
     # ``multiple`` (padding masked out, the same scores), so that a captured training step (CUDA graphs) meets
     # few distinct shapes; see :mod:`bara_pyro.inference.graphed_step`.

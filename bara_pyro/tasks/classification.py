@@ -53,9 +53,11 @@ class SequenceClassificationTask:
             token_mask=inputs["attention_mask"].bool(),
         )
 
-    def row_length(self, row: dict) -> int:
-        """The number of tokens of ``row`` (special tokens included, truncated as :meth:`collate` does)."""
-        return self.collate([row]).inputs["input_ids"].shape[-1]
+    def row_lengths(self, rows: list[dict], packed: bool = False) -> list[int]:
+        """Per row, its number of tokens (special tokens included, truncated as :meth:`collate` does): the ``T`` of
+        ``collate([row])``.  ``packed`` changes nothing (one sequence per row)."""
+        return [n for start in range(0, len(rows), 1024)
+                for n in self.collate(rows[start:start + 1024]).token_mask.sum(-1).tolist()]
 
     def pad_batch(self, batch: Batch, multiple: int) -> Batch:
         """``batch`` right-padded to a length that is a multiple of ``multiple`` (masked: the same logits)."""

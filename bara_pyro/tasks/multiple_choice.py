@@ -34,6 +34,7 @@ __all__ = ["MultipleChoiceTask", "SCORING_MODES"]
 
 SCORING_MODES = ("cloze", "lettered")
 LETTERS = string.ascii_uppercase
+LENGTH_CHUNK = 256  # rows tokenised at once by row_lengths
 SCORED_TOKENS_FLOOR = 4  # pad_batch pads the cloze task's scored tokens to at least this many pad_multiples
 
 
@@ -110,15 +111,23 @@ class MultipleChoiceTask:
             return self._collate_cloze(rows, labels, counts, width)
         return self._collate_lettered(rows, labels, counts, width)
 
-    def row_length(self, row: dict) -> int:
-        """The length of ``row``'s longest sequence as :meth:`collate` builds it (the ``T`` of its batch alone)."""
-        return self.collate([row]).inputs["input_ids"].shape[-1]
-
-    def packed_length(self, row: dict) -> int:
-        """The length of ``row``'s packed row (:meth:`pack`): its shared prefix once and each choice's rest."""
-        batch = self.collate([row])
-        shared = int(batch.extras["shared_length"][0])
-        return shared + int((batch.token_mask.sum(-1) - shared).sum())
+    def row_lengths(self, rows: list[dict], packed: bool = False) -> list[int]:
+        """Per row, the ``T`` of ``collate([row])`` (its longest choice sequence), or with ``packed`` the width of its
+        packed row (:meth:`pack`: the shared prefix once and each choice's rest); rows tokenised a chunk at a time."""
+        out = []
+        for start in range(0, len(rows), LENGTH_CHUNK):
+            batch = self.collate(rows[start:start + LENGTH_CHUNK])
+            lengths, example = batch.token_mask.sum(-1), batch.extras["example_index"]
+            if packed:
+                shared = batch.extras["shared_length"]
+                first = torch.cumsum(batch.extras["num_choices"], 0) - batch.extras["num_choices"]
+                per_row = shared[first] + torch.zeros(batch.num_examples, dtype=torch.long).index_add(
+                    0, example, lengths - shared)
+            else:
+                per_row = torch.zeros(batch.num_examples, batch.extras["width"], dtype=torch.long).index_put(
+                    (example, batch.extras["choice_index"]), lengths).amax(-1)
+            out += per_row.tolist()
+        return out
 
     def packs(self, backbone: torch.nn.Module) -> bool:
         """Whether :meth:`pack` batches can be scored with ``backbone``: cloze scoring and an attention implementation

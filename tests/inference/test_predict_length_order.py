@@ -12,7 +12,7 @@ from bara_pyro.tasks import MultipleChoiceTask
 
 
 class ShapeRecordingTask:
-    """Records the ``(n_seq, T)`` of every batch predict collates (``row_length`` passes through unrecorded)."""
+    """Records the ``(n_seq, T)`` of every batch predict collates (``row_lengths`` passes through unrecorded)."""
 
     def __init__(self, task):
         self.task, self.shapes = task, []
@@ -58,7 +58,7 @@ def test_length_order_puts_the_longest_rows_first(smollm_tokenizer):
     order = length_order(task, rows)
     lengths = [task.collate([rows[i]]).inputs["input_ids"].shape[-1] for i in order]
     assert sorted(order) == list(range(len(rows))) and lengths == sorted(lengths, reverse=True)
-    assert length_order(object(), rows) is None  # a task without row_length keeps the rows' order
+    assert length_order(object(), rows) is None  # a task without row_lengths keeps the rows' order
 
 
 def test_by_length_predicts_the_same_in_the_rows_order_with_less_padding(smollm_tokenizer):

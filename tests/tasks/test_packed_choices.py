@@ -117,10 +117,13 @@ def test_packed_sampling_shares_the_prefix_draws(smollm_tokenizer):
     assert ((packed.probs - unpacked.probs).abs() < 5 * spread + 1e-4).all()
 
 
-def test_packed_length_is_the_width_of_the_packed_row(smollm_tokenizer):
+def test_row_lengths_are_the_widths_of_each_rows_batch(smollm_tokenizer, monkeypatch):
     task = MultipleChoiceTask(smollm_tokenizer, scoring="cloze")
-    for row in _rows():
-        assert task.packed_length(row) == task.pack(task.collate([row])).inputs["input_ids"].shape[-1]
+    rows = _rows()
+    monkeypatch.setattr("bara_pyro.tasks.multiple_choice.LENGTH_CHUNK", 4)  # chunks of rows, the last one short
+    assert task.row_lengths(rows) == [task.collate([row]).inputs["input_ids"].shape[-1] for row in rows]
+    assert task.row_lengths(rows, packed=True) == [task.pack(task.collate([row])).inputs["input_ids"].shape[-1]
+                                                   for row in rows]
 
 
 @pytest.mark.parametrize("method", [m for m in preset_names() if m != "ensemble"])
