@@ -482,14 +482,18 @@ class BaRAModel(PyroModule):
     def packs_choices(self, num_samples: int) -> bool:
         """Whether prediction may score a multiple-choice example's choices packed in one row (the shared prefix
         once, :mod:`~bara_pyro.tasks.packed_choices`) without changing what is estimated: no per-sequence gate
-        (its context is pooled over one choice's sequence), a weight family that allows it, and the choices'
-        per-token draws shared as a packed row shares them (``choice_draws: prefix``, or no draws: ``S = 0`` or a
-        deterministic model)."""
-        if any(a.gate is not None and a.gate.per_sequence for _, a in self._adapter_items):
+        (its context is pooled over one choice's sequence), a weight family that allows it, and at ``S > 0`` the
+        choices' per-token draws shared as a packed row shares them (``choice_draws: prefix`` with gates tied to
+        their conditional prior; a guide with a per-token KL draws per sequence)."""
+        items = [a for _, a in self._adapter_items]
+        if any(a.gate is not None and a.gate.per_sequence for a in items):
             return False
-        if not self.config.components.weights.packs_choices():
+        if not self.config.components.weights.packs_choices(num_samples):
             return False
-        return num_samples == 0 or self.config.choice_draws == "prefix" or not self.is_stochastic
+        if num_samples == 0 or not self.is_stochastic:
+            return True
+        return self.config.choice_draws == "prefix" and all(
+            a.gate is None or not a.gate.per_token or a.gate.tied_local for a in items)
 
     def gate_statistics(self) -> dict[str, dict[str, torch.Tensor]]:
         """Statistics recorded by the last forward pass when ``ctx.collect_stats`` was set."""

@@ -114,10 +114,11 @@ class WeightFamily(Component):
         row once (a predictive in function space), so that prediction collates and runs each row once."""
         return False
 
-    def packs_choices(self) -> bool:
-        """Whether prediction may score a multiple-choice example's choices packed in one row
-        (:mod:`~bara_pyro.tasks.packed_choices`); False for a predictive that takes the Jacobians of an unpacked
-        batch's scores."""
+    def packs_choices(self, num_samples: int) -> bool:
+        """Whether prediction with ``num_samples`` draws may score a multiple-choice example's choices packed in one
+        row (:mod:`~bara_pyro.tasks.packed_choices`) and estimate the same thing: False for a predictive that takes
+        the Jacobians of an unpacked batch's scores, or at ``S > 0`` for per-token noise drawn per choice sequence
+        (packed, the choices' shared tokens would share it)."""
         return True
 
     def prediction_rows(self, num_samples: int) -> int | None:

@@ -83,6 +83,9 @@ class AdaptiveNoiseWeights(WeightFamily):
                             self.prior_scale).expand(torch.Size(shape)).to_event(1)
             return {"xi": pyro.sample(f"{adapter.path}.xi", p if mask is None else p.mask(mask))}
 
+    def packs_choices(self, num_samples: int) -> bool:
+        return num_samples == 0  # xi is drawn per token of each choice sequence
+
     def rank_transform(self, adapter, h: torch.Tensor) -> torch.Tensor:
         ctx = adapter._ctx
         mode = ctx.mode

@@ -141,7 +141,7 @@ class LaplaceWeights(WeightFamily):
     def draws_from_one_copy(self, num_samples: int) -> bool:
         return self.predictive == "glm"
 
-    def packs_choices(self) -> bool:
+    def packs_choices(self, num_samples: int) -> bool:
         return False  # the linearised predictive takes the Jacobians of an unpacked batch's scores
 
     def prediction_rows(self, num_samples: int) -> int | None:

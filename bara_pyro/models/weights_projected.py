@@ -137,7 +137,7 @@ class ProjectedSubspaceWeights(WeightFamily):
     def draws_from_one_copy(self, num_samples: int) -> bool:
         return self.posterior_kind == "laplace" and self.predictive == "glm"
 
-    def packs_choices(self) -> bool:
+    def packs_choices(self, num_samples: int) -> bool:
         return self.posterior_kind != "laplace"  # Laplace's predictive takes an unpacked batch's Jacobians
 
     # ----------------------------------------------------------------- SWAG moments

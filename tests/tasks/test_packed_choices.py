@@ -13,6 +13,8 @@ from bara_pyro.inference import predict
 from bara_pyro.methods import preset_names
 from bara_pyro.tasks import MultipleChoiceTask
 
+UNPACKED_WHEN_SAMPLING = {"bara", "bara_sparsity_only", "balora", "laplace_lora", "projected_subspace_laplace"}
+
 
 def _rows():
     """Questions of several lengths; some choices share their first continuation word (a scored token inside the
@@ -83,8 +85,11 @@ def _model(tokenizer, **config):
     return move_off_init(model), task
 
 
+TIED = {"guide": {"local": {"name": "conditional_prior"}}, "prior": {"sparsity": {"name": "contextual_beta_process"}}}
+
+
 def test_predict_packs_where_the_draws_allow_it(smollm_tokenizer):
-    model, task = _model(smollm_tokenizer)  # tied per-token gates, choice_draws: prefix
+    model, task = _model(smollm_tokenizer, **TIED)  # per-token gates tied to their prior, choice_draws: prefix
     rows = _rows()
     assert model.packs_choices(0) and model.packs_choices(3)
     pyro.set_rng_seed(0)
@@ -93,12 +98,13 @@ def test_predict_packs_where_the_draws_allow_it(smollm_tokenizer):
     unpacked = predict(model, task, rows, num_samples=0, batch_size=4, progress=False, pack_choices=False)
     torch.testing.assert_close(packed.probs, unpacked.probs, atol=1e-5, rtol=1e-5)
     assert torch.equal(packed.labels, unpacked.labels)
-    # a shared token counted once: fewer tokens behind the same kind of rank estimate
     sampled = predict(model, task, rows, num_samples=3, batch_size=4, progress=False)
     assert sampled.sample_probs.shape == (3, len(rows), 3)
     torch.testing.assert_close(sampled.probs.sum(-1), torch.ones(len(rows)))
-    example, _ = _model(smollm_tokenizer, choice_draws="example")
+    example, _ = _model(smollm_tokenizer, choice_draws="example", **TIED)
     assert example.packs_choices(0) and not example.packs_choices(3)  # its continuations share draws
+    amortized, _ = _model(smollm_tokenizer)  # a per-token KL: the gates are drawn per choice sequence
+    assert amortized.packs_choices(0) and not amortized.packs_choices(3)
     per_sequence, _ = _model(smollm_tokenizer, guide={"local": {"name": "conditional_prior", "per": "sequence"}},
                              prior={"sparsity": {"name": "contextual_beta_process"}})
     assert not per_sequence.packs_choices(0)  # a per-sequence gate pools one choice's context
@@ -107,7 +113,7 @@ def test_predict_packs_where_the_draws_allow_it(smollm_tokenizer):
 def test_packed_sampling_shares_the_prefix_draws(smollm_tokenizer):
     """At S > 0 with choice_draws: prefix, packed and unpacked prediction draw the same gates in distribution: the
     averaged probabilities agree to Monte Carlo error."""
-    model, task = _model(smollm_tokenizer)
+    model, task = _model(smollm_tokenizer, **TIED)
     rows = _rows()
     pyro.set_rng_seed(1)
     packed = predict(model, task, rows, num_samples=200, batch_size=9, progress=False)
@@ -128,7 +134,9 @@ def test_row_lengths_are_the_widths_of_each_rows_batch(smollm_tokenizer, monkeyp
 
 @pytest.mark.parametrize("method", [m for m in preset_names() if m != "ensemble"])
 def test_every_preset_predicts_the_same_packed(method):
-    """At S = 0 packed prediction equals unpacked for every method; Laplace's linearised predictive does not pack."""
+    """At S = 0 packed prediction equals unpacked for every method.  At S > 0 the methods whose per-token draws are
+    made per choice sequence (a guide with a per-token KL, BaLoRA's noise) and Laplace's linearised predictive do not
+    pack."""
     config = load_config(method=method, overrides=["model=tiny-llama", "dataset=arc_easy", "task.scoring=cloze"])
     backbone, _, task, data = build_backbone_and_task(config)
     torch.manual_seed(0)
@@ -140,6 +148,6 @@ def test_every_preset_predicts_the_same_packed(method):
     packed = predict(model, task, rows, num_samples=0, batch_size=3, progress=False)
     unpacked = predict(model, task, rows, num_samples=0, batch_size=3, progress=False, pack_choices=False)
     torch.testing.assert_close(packed.probs, unpacked.probs, atol=1e-5, rtol=1e-5)
-    assert model.packs_choices(2) == ("laplace" not in method)
+    assert model.packs_choices(2) == (method not in UNPACKED_WHEN_SAMPLING)
     sampled = predict(model, task, rows, num_samples=2, batch_size=3, progress=False)
     torch.testing.assert_close(sampled.probs.sum(-1), torch.ones(len(rows)))
