@@ -37,6 +37,38 @@ def move_off_init(model, scale: float = 0.3):
     return model
 
 
+def question_rows(count: int, mixed: bool = False) -> list[dict]:
+    """``count`` cloze rows whose questions are prefixes of one sentence, of random lengths (seed 0), three choices
+    each.  ``mixed``: the odd rows' choices share their first continuation word (a scored token inside the shared
+    prefix) and row 4 has two choices."""
+    words = "the red planet in our solar system is often called mars by most people".split()
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(count):
+        n = int(torch.randint(2, len(words), (1,), generator=g))
+        question = " ".join(words[:n])
+        continuations = ([" the red one", " the blue one", " Venus"] if mixed and i % 2 else
+                         [" Mars", " Venus is hot", " no"])
+        choices = 2 if mixed and i == 4 else 3
+        rows.append({"contexts": [f"Q: {question}?\nA:"] * choices, "continuations": continuations[:choices],
+                     "question": question, "choices": ["a", "b", "c"][:choices], "label": i % choices})
+    return rows
+
+
+def tiny_cloze_model(tokenizer, **config):
+    """``(model, task)``: a BaRA model (r = 4 on the query and value projections, inclusion probability 0.5, the
+    other settings ``config``) on a tiny Llama, moved off its start, and the cloze task it scores."""
+    from bara_pyro import BaRAConfig, get_bara_model
+    from bara_pyro.backbones import tiny_backbone
+    from bara_pyro.tasks import MultipleChoiceTask
+
+    torch.manual_seed(0)
+    task = MultipleChoiceTask(tokenizer, scoring="cloze")
+    config = BaRAConfig(r=4, alpha=4, target_modules=["q_proj", "v_proj"], init_gate_logit=0.0, **config)
+    model = get_bara_model(tiny_backbone("causal_lm", "llama", tokenizer=tokenizer), config, forward_fn=task.scores)
+    return move_off_init(model), task
+
+
 def make_batch(num_examples: int = 4, seq_len: int = 7, num_labels: int = 3, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 100, (num_examples, seq_len), generator=g)

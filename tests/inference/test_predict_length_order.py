@@ -2,10 +2,8 @@
 
 import pyro
 import torch
-from builders import move_off_init
+from builders import question_rows, tiny_cloze_model
 
-from bara_pyro import BaRAConfig, get_bara_model
-from bara_pyro.backbones import tiny_backbone
 from bara_pyro.inference import predict
 from bara_pyro.inference.predictive import length_order
 from bara_pyro.tasks import MultipleChoiceTask
@@ -26,26 +24,6 @@ class ShapeRecordingTask:
         return getattr(self.task, name)
 
 
-def _rows():
-    words = "the red planet in our solar system is often called mars by most people".split()
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for i in range(13):
-        n = int(torch.randint(2, len(words), (1,), generator=g))
-        question = " ".join(words[:n])
-        rows.append({"contexts": [f"Q: {question}?\nA:"] * 3, "continuations": [" Mars", " Venus is hot", " no"],
-                     "question": question, "choices": ["a", "b", "c"], "label": i % 3})
-    return rows
-
-
-def _model(tokenizer, **config):
-    torch.manual_seed(0)
-    task = MultipleChoiceTask(tokenizer, scoring="cloze")
-    config = BaRAConfig(r=4, alpha=4, target_modules=["q_proj", "v_proj"], init_gate_logit=0.0, **config)
-    model = get_bara_model(tiny_backbone("causal_lm", "llama", tokenizer=tokenizer), config, forward_fn=task.scores)
-    return move_off_init(model), task
-
-
 def _predict(model, task, rows, **kwargs):
     pyro.set_rng_seed(0)
     recorder = ShapeRecordingTask(task)
@@ -54,7 +32,7 @@ def _predict(model, task, rows, **kwargs):
 
 def test_length_order_puts_the_longest_rows_first(smollm_tokenizer):
     task = MultipleChoiceTask(smollm_tokenizer, scoring="cloze")
-    rows = _rows()
+    rows = question_rows(13)
     order = length_order(task, rows)
     lengths = [task.collate([rows[i]]).inputs["input_ids"].shape[-1] for i in order]
     assert sorted(order) == list(range(len(rows))) and lengths == sorted(lengths, reverse=True)
@@ -62,8 +40,8 @@ def test_length_order_puts_the_longest_rows_first(smollm_tokenizer):
 
 
 def test_by_length_predicts_the_same_in_the_rows_order_with_less_padding(smollm_tokenizer):
-    model, task = _model(smollm_tokenizer)
-    rows = _rows()
+    model, task = tiny_cloze_model(smollm_tokenizer)
+    rows = question_rows(13)
     plain, plain_shapes = _predict(model, task, rows, num_samples=0, by_length=False)
     ordered, ordered_shapes = _predict(model, task, rows, num_samples=0)
     assert torch.equal(ordered.labels, torch.tensor([row["label"] for row in rows]))
@@ -75,8 +53,8 @@ def test_by_length_predicts_the_same_in_the_rows_order_with_less_padding(smollm_
 
 def test_sampled_predictions_come_back_in_the_rows_order(smollm_tokenizer):
     """Without gates every draw is the deterministic prediction: each of the S draws of a row equals it."""
-    model, task = _model(smollm_tokenizer, gate="none")
-    rows = _rows()
+    model, task = tiny_cloze_model(smollm_tokenizer, gate="none")
+    rows = question_rows(13)
     plain, _ = _predict(model, task, rows, num_samples=0, by_length=False)
     assert (plain.probs[:, 0].max() - plain.probs[:, 0].min()) > 1e-3  # the rows' predictions differ
     pred, _ = _predict(model, task, rows, num_samples=3)

@@ -3,9 +3,9 @@
 import pyro
 import pytest
 import torch
-from builders import move_off_init
+from builders import question_rows, tiny_cloze_model
 
-from bara_pyro import BaRAConfig, get_bara_model
+from bara_pyro import get_bara_model
 from bara_pyro.backbones import tiny_backbone
 from bara_pyro.experiment import _adapter_config, build_backbone_and_task, task_likelihood
 from bara_pyro.experiment_config import load_config
@@ -17,19 +17,7 @@ UNPACKED_WHEN_SAMPLING = {"bara", "bara_sparsity_only", "balora", "laplace_lora"
 
 
 def _rows():
-    """Questions of several lengths; some choices share their first continuation word (a scored token inside the
-    shared prefix), one example has two choices, the others three."""
-    words = "the red planet in our solar system is often called mars by most people".split()
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for i in range(9):
-        n = int(torch.randint(2, len(words), (1,), generator=g))
-        question = " ".join(words[:n])
-        continuations = [" the red one", " the blue one", " Venus"] if i % 2 else [" Mars", " Venus is hot", " no"]
-        count = 2 if i == 4 else 3
-        rows.append({"contexts": [f"Q: {question}?\nA:"] * count, "continuations": continuations[:count],
-                     "question": question, "choices": ["a", "b", "c"][:count], "label": i % count})
-    return rows
+    return question_rows(9, mixed=True)
 
 
 def _backbone(tokenizer, implementation):
@@ -77,19 +65,11 @@ def test_a_packed_row_holds_each_choice_once(smollm_tokenizer):
         assert not packed.token_mask[e, column:].any()
 
 
-def _model(tokenizer, **config):
-    torch.manual_seed(0)
-    task = MultipleChoiceTask(tokenizer, scoring="cloze")
-    config = BaRAConfig(r=4, alpha=4, target_modules=["q_proj", "v_proj"], init_gate_logit=0.0, **config)
-    model = get_bara_model(tiny_backbone("causal_lm", "llama", tokenizer=tokenizer), config, forward_fn=task.scores)
-    return move_off_init(model), task
-
-
 TIED = {"guide": {"local": {"name": "conditional_prior"}}, "prior": {"sparsity": {"name": "contextual_beta_process"}}}
 
 
 def test_predict_packs_where_the_draws_allow_it(smollm_tokenizer):
-    model, task = _model(smollm_tokenizer, **TIED)  # per-token gates tied to their prior, choice_draws: prefix
+    model, task = tiny_cloze_model(smollm_tokenizer, **TIED)  # gates tied to their prior, choice_draws: prefix
     rows = _rows()
     assert model.packs_choices(0) and model.packs_choices(3)
     pyro.set_rng_seed(0)
@@ -101,19 +81,20 @@ def test_predict_packs_where_the_draws_allow_it(smollm_tokenizer):
     sampled = predict(model, task, rows, num_samples=3, batch_size=4, progress=False)
     assert sampled.sample_probs.shape == (3, len(rows), 3)
     torch.testing.assert_close(sampled.probs.sum(-1), torch.ones(len(rows)))
-    example, _ = _model(smollm_tokenizer, choice_draws="example", **TIED)
+    example, _ = tiny_cloze_model(smollm_tokenizer, choice_draws="example", **TIED)
     assert example.packs_choices(0) and not example.packs_choices(3)  # its continuations share draws
-    amortized, _ = _model(smollm_tokenizer)  # a per-token KL: the gates are drawn per choice sequence
+    amortized, _ = tiny_cloze_model(smollm_tokenizer)  # a per-token KL: the gates are drawn per choice sequence
     assert amortized.packs_choices(0) and not amortized.packs_choices(3)
-    per_sequence, _ = _model(smollm_tokenizer, guide={"local": {"name": "conditional_prior", "per": "sequence"}},
-                             prior={"sparsity": {"name": "contextual_beta_process"}})
+    per_sequence, _ = tiny_cloze_model(smollm_tokenizer, guide={"local": {"name": "conditional_prior",
+                                                                          "per": "sequence"}},
+                                       prior={"sparsity": {"name": "contextual_beta_process"}})
     assert not per_sequence.packs_choices(0)  # a per-sequence gate pools one choice's context
 
 
 def test_packed_sampling_shares_the_prefix_draws(smollm_tokenizer):
     """At S > 0 with choice_draws: prefix, packed and unpacked prediction draw the same gates in distribution: the
     averaged probabilities agree to Monte Carlo error."""
-    model, task = _model(smollm_tokenizer, **TIED)
+    model, task = tiny_cloze_model(smollm_tokenizer, **TIED)
     rows = _rows()
     pyro.set_rng_seed(1)
     packed = predict(model, task, rows, num_samples=200, batch_size=9, progress=False)
