@@ -29,13 +29,8 @@ def token_counts(task: MultipleChoiceTask, rows: list[dict], batch_size: int) ->
         batches = (task.collate([rows[i] for i in order[k:k + batch_size]]) for k in range(0, len(order), batch_size))
         return sum((task.pack(b) if pack else b).inputs["input_ids"].numel() for b in batches)
 
-    real = packed = 0
-    for row in rows:
-        batch = task.collate([row])
-        lengths = batch.token_mask.sum(-1)
-        shared = int(batch.extras["shared_length"][0])
-        real += int(lengths.sum())
-        packed += shared + int((lengths - shared).sum())
+    real = sum(int(task.collate([row]).token_mask.sum()) for row in rows)
+    packed = sum(task.row_lengths(rows, packed=True))
     n = len(rows)
     return {"real": real / n, "data_order": padded(list(range(n))) / n,
             "by_length": padded(length_order(task, rows)) / n,

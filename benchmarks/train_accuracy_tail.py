@@ -8,11 +8,11 @@ each method and task.  A method with training noise logs its accuracy under its 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+from bara_pyro.analysis.rundir import read_train_log
 
 
 def tail_accuracy(run_dir: str | Path, from_step: int) -> float:
@@ -23,8 +23,7 @@ def tail_accuracy(run_dir: str | Path, from_step: int) -> float:
         path = run_dir / "train_log.jsonl.gz"
     if not path.exists():
         raise SystemExit(f"error: {run_dir} has no train_log.jsonl[.gz]")
-    with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_train_log(path)
     values = [r["accuracy"] for r in rows if r.get("step", 0) > from_step and r.get("accuracy") is not None]
     if not values:
         raise SystemExit(f"error: {path} logs no accuracy after step {from_step}")

@@ -21,6 +21,7 @@ never as object arrays: they are loaded with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Mapping
@@ -64,12 +65,13 @@ def as_arrays(obj: GatesLike, filename: str = "gates.npz") -> Mapping[str, Any]:
 
 
 def read_train_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read ``train_log.jsonl`` (one JSON object per line).
+    """Read ``train_log.jsonl`` (one JSON object per line; gzip-compressed when the name ends in ``.gz``).
 
     Blank lines are skipped; a truncated *last* line (a trainer still writing) is dropped, a
     malformed line anywhere else raises :class:`ValueError` with its line number.
     """
-    lines = Path(path).read_text().splitlines()
+    path = Path(path)
+    lines = (gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()).splitlines()
     rows: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .base import Batch, pad_dim, padded_size
-from .packed_choices import ATTENTION_IMPLEMENTATIONS, pack_choices
+from .packed_choices import ATTENTION_IMPLEMENTATIONS, pack_choices, packed_widths
 
 __all__ = ["MultipleChoiceTask", "SCORING_MODES"]
 
@@ -117,15 +117,11 @@ class MultipleChoiceTask:
         out = []
         for start in range(0, len(rows), LENGTH_CHUNK):
             batch = self.collate(rows[start:start + LENGTH_CHUNK])
-            lengths, example = batch.token_mask.sum(-1), batch.extras["example_index"]
             if packed:
-                shared = batch.extras["shared_length"]
-                first = torch.cumsum(batch.extras["num_choices"], 0) - batch.extras["num_choices"]
-                per_row = shared[first] + torch.zeros(batch.num_examples, dtype=torch.long).index_add(
-                    0, example, lengths - shared)
+                per_row = packed_widths(batch)
             else:
                 per_row = torch.zeros(batch.num_examples, batch.extras["width"], dtype=torch.long).index_put(
-                    (example, batch.extras["choice_index"]), lengths).amax(-1)
+                    (batch.extras["example_index"], batch.extras["choice_index"]), batch.token_mask.sum(-1)).amax(-1)
             out += per_row.tolist()
         return out
 

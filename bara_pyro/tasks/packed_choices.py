@@ -22,10 +22,18 @@ import torch
 
 from .base import Batch
 
-__all__ = ["ATTENTION_IMPLEMENTATIONS", "pack_choices", "packed_attention_mask"]
+__all__ = ["ATTENTION_IMPLEMENTATIONS", "pack_choices", "packed_attention_mask", "packed_widths"]
 
 #: backbone attention implementations that take an arbitrary 4D mask (flash attention does not)
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def packed_widths(batch: Batch) -> torch.Tensor:
+    """``(B,)`` the width of each example's packed row: its shared prefix once plus each choice's rest."""
+    ex = batch.extras
+    rest = batch.token_mask.sum(-1) - ex["shared_length"]  # (n_seq,)
+    first = torch.cumsum(ex["num_choices"], 0) - ex["num_choices"]  # (B,) each example's first sequence
+    return ex["shared_length"][first] + rest.new_zeros(batch.num_examples).index_add(0, ex["example_index"], rest)
 
 
 def pack_choices(batch: Batch, pad_token_id: int) -> Batch:
@@ -56,7 +64,7 @@ def pack_choices(batch: Batch, pad_token_id: int) -> Batch:
     real = t < lengths[:, None]
     # the shared tokens from the example's first sequence, each rest from its own
     keep = real & ((t >= shared[:, None]) | (torch.arange(n_seq) == first[example])[:, None])
-    width = int((shared + rest.new_zeros(num_examples).index_add(0, example, rest)[example]).max())
+    width = int(packed_widths(batch).max())
     seq_rows, seq_cols = keep.nonzero(as_tuple=True)
     row, col = example[seq_rows], column[seq_rows, seq_cols]
     packed_ids = torch.full((num_examples, width), pad_token_id, dtype=ids.dtype)
