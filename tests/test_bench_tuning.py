@@ -73,3 +73,12 @@ def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path, capsys):
     assert "lora@lr=0.0003/arc_easy/seed1" in printed and "lora@lr=0.001/arc_easy/seed1" in printed
     assert "2 runs (2 trainings of 1000 steps)" in printed
     assert not out.exists()
+
+
+def test_a_null_grid_value_reaches_the_config_as_none(tmp_path):
+    base, args = _base(tmp_path, "--lrs", "0.001", "--grid", "lora:train.clip_norm=null,1.0")
+    grid, points = tuning.grid_options(base, args.lrs, tuning._parse_grids(args.grid), [1])
+    assert sorted(p for p in points if p.startswith("lora")) == ["lora@lr=0.001,clip_norm=1",
+                                                                 "lora@lr=0.001,clip_norm=null"]
+    clips = {s.method: s.config["train"]["clip_norm"] for s in quality.plan_runs(grid) if s.method.startswith("lora")}
+    assert clips == {"lora@lr=0.001,clip_norm=null": None, "lora@lr=0.001,clip_norm=1": 1.0}

@@ -37,6 +37,9 @@ HIGHER_IS_BETTER = {"accuracy"}
 
 
 def _fmt(value) -> str:
+    """A grid value as an override reads it back (YAML: ``None`` is ``null``)."""
+    if value is None:
+        return "null"
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
