@@ -82,3 +82,19 @@ def test_a_null_grid_value_reaches_the_config_as_none(tmp_path):
                                                                  "lora@lr=0.001,clip_norm=null"]
     clips = {s.method: s.config["train"]["clip_norm"] for s in quality.plan_runs(grid) if s.method.startswith("lora")}
     assert clips == {"lora@lr=0.001,clip_norm=null": None, "lora@lr=0.001,clip_norm=1": 1.0}
+
+
+def test_test_in_grid_takes_the_tuning_seeds_final_runs_from_the_grid(tmp_path, capsys):
+    out = tmp_path / "tuned"
+    argv = ["--quick", "--methods", "lora", "--tasks", "winogrande_s", "--seeds", "1", "--lrs", "1e-4,1e-2",
+            "--test-in-grid", "--output", str(out)]
+    assert tuning.main(argv) == 0
+    assert "taken from the grid (the same config and seed): lora/winogrande_s/seed1" in capsys.readouterr().out
+    chosen = json.loads((out / "results.json").read_text())["tuning"]["choices"][0]["values"]["train.lr"]
+    grid_run = out / "grid" / "runs" / f"lora@lr={chosen:g}" / "winogrande_s" / "seed1"
+    final_run = out / "runs" / "lora" / "winogrande_s" / "seed1"
+    grid_metrics = json.loads((grid_run / "metrics.json").read_text())
+    assert set(grid_metrics) >= {"validation", "test"}
+    assert json.loads((final_run / "metrics.json").read_text()) == grid_metrics
+    # the final stage trained nothing: its log is the grid run's, byte for byte
+    assert (final_run / "train_log.jsonl").read_bytes() == (grid_run / "train_log.jsonl").read_bytes()

@@ -11,7 +11,10 @@ Protocol (the test split chooses nothing):
    (default NLL; lower is better, accuracy higher), averaged over the tuning seeds.
 3. *Final.*  The quality benchmark (``bara-pyro bench quality``, every seed, validation and test)
    with the chosen values as per-task overrides.  ``results.md`` gets two more sections: the chosen
-   values and the whole grid's validation table; ``results.json`` a ``tuning`` entry.
+   values and the whole grid's validation table; ``results.json`` a ``tuning`` entry.  With
+   ``--test-in-grid`` the grid runs evaluate the test split too (the choice still reads validation
+   alone) and the final stage takes each tuning seed's chosen run from the grid instead of training it
+   again: the same config and seed.
 
 Every other option is ``bench quality``'s (``--methods``, ``--tasks``, ``--steps``, ``--workers``, ...).
 The PEFT anchor check keeps its own settings (lr 1e-4, 1000 steps).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from . import quality, quality_options
 from .atomic_files import write_json
 
 __all__ = ["GRID_LRS", "SHARES_CHOICE", "grid_points", "point_name", "grid_options", "select", "final_options",
-           "tuning_markdown", "main"]
+           "reuse_grid_runs", "tuning_markdown", "main"]
 
 GRID_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 SHARES_CHOICE = {"ensemble": "lora"}  # method -> the method whose chosen values it takes
@@ -58,9 +62,10 @@ def _overrides(point: dict) -> list[str]:
     return [f"{k}={_fmt(v)}" for k, v in point.items()]
 
 
-def grid_options(base: quality_options.Options, lrs, grids, seeds: list[int]) -> tuple[quality_options.Options, dict]:
-    """The grid stage as ``bench quality`` options (one variant per method and point, validation only, in
-    ``<output>/grid``) and ``{variant name: (method, point)}``."""
+def grid_options(base: quality_options.Options, lrs, grids, seeds: list[int],
+                 test_in_grid: bool = False) -> tuple[quality_options.Options, dict]:
+    """The grid stage as ``bench quality`` options (one variant per method and point, validation only unless
+    ``test_in_grid``, in ``<output>/grid``) and ``{variant name: (method, point)}``."""
     opts = copy.deepcopy(base)
     points = {}
     for method in base.methods:
@@ -73,7 +78,7 @@ def grid_options(base: quality_options.Options, lrs, grids, seeds: list[int]) ->
     opts.method_overrides = {name: [*base.method_overrides.get(method, []), *_overrides(point)]
                              for name, (method, point) in points.items()}
     opts.seeds = list(seeds)
-    opts.overrides = [*base.overrides, "eval.splits=[validation]"]
+    opts.overrides = [*base.overrides, "eval.splits=[validation, test]" if test_in_grid else "eval.splits=[validation]"]
     opts.ood = False
     opts.output = base.output / "grid"
     opts.targets_for = next((n for n, (m, _) in points.items() if base.preset(m) == "bara"), base.targets_for)
@@ -116,6 +121,29 @@ def final_options(base: quality_options.Options, choices: dict) -> quality_optio
             if (source, task) in choices:
                 opts.task_overrides[(method, task)] = _overrides(choices[(source, task)])
     return opts
+
+
+def reuse_grid_runs(final: quality_options.Options, grid: quality_options.Options, choices: dict) -> list[str]:
+    """Copy into ``final``'s folder each run of the grid that is a final run already: the chosen point of its
+    method and task, at a final seed, with the test split evaluated and a config equal to the final run's.
+    Returns the copied runs' names; a final run that has started is left alone."""
+    from ..experiment import comparable_config, load_run_config
+
+    copied = []
+    for spec in quality.plan_runs(final):
+        if (spec.method, spec.task) not in choices or spec.run_dir.exists():
+            continue
+        name = point_name(spec.method, choices[(spec.method, spec.task)])
+        source = grid.output / "runs" / name / spec.task / f"seed{spec.seed}"
+        try:
+            has_test = "test" in json.loads((source / "metrics.json").read_text())
+            same = comparable_config(load_run_config(source)) == comparable_config(spec.config)
+        except (OSError, ValueError):
+            continue
+        if has_test and same:
+            shutil.copytree(source, spec.run_dir)
+            copied.append(spec.name)
+    return copied
 
 
 def tuning_markdown(choices: dict, table: dict, metric: str, tasks: list[str], lrs, grids, seeds) -> str:
@@ -174,6 +202,9 @@ def build_parser():
                    help="seeds of the grid runs (default: the first seed)")
     t.add_argument("--select-metric", default="nll", choices=list(quality.METRICS))
     t.add_argument("--grid-only", action="store_true", help="run the grid and print the choices; no final runs")
+    t.add_argument("--test-in-grid", action="store_true",
+                   help="grid runs evaluate the test split too (never read for the choice); the final stage takes "
+                        "the tuning seeds' chosen runs from the grid instead of training them again")
     return p
 
 
@@ -190,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if stray:
             raise ConfigError(f"--grid names method(s) {stray} that are not in --methods {base.methods}")
         seeds = args.tune_seeds or base.seeds[:1]
-        grid, points = grid_options(base, args.lrs, grids, seeds)
+        grid, points = grid_options(base, args.lrs, grids, seeds, test_in_grid=args.test_in_grid)
         quality_options.check_options(grid)
         if args.dry_run:
             quality.print_plan(grid)
@@ -204,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(text)
                 return 0
             final = final_options(base, choices)
+            if args.test_in_grid:
+                copied = reuse_grid_runs(final, grid, choices)
+                if copied:
+                    print(f"taken from the grid (the same config and seed): {', '.join(copied)}")
             results = quality.run_benchmark(final, execute=not args.aggregate_only)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
