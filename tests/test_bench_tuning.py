@@ -98,3 +98,4 @@ def test_test_in_grid_takes_the_tuning_seeds_final_runs_from_the_grid(tmp_path, 
     assert json.loads((final_run / "metrics.json").read_text()) == grid_metrics
     # the final stage trained nothing: its log is the grid run's, byte for byte
     assert (final_run / "train_log.jsonl").read_bytes() == (grid_run / "train_log.jsonl").read_bytes()
+    assert "- command: `python -m bara_pyro.bench.tuning --quick" in (out / "results.md").read_text()

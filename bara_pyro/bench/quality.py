@@ -502,7 +502,7 @@ def _run_benchmark(opts: Options, log, execute: bool, clock: SegmentClock | None
     rank_budget = next((s.config["adapter"]["r"] for s in specs if s.method == opts.targets_for), None)
     results = {
         "benchmark": "quality",
-        "command": "bara-pyro bench quality " + shlex.join(opts.argv),
+        "command": f"{opts.program} " + shlex.join(opts.argv),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_info(opts.device),
         "code": code_version(),

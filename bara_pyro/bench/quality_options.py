@@ -39,6 +39,7 @@ class Options:
     ood_sets: list[str]
     quick: bool
     argv: list[str] = field(default_factory=list)
+    program: str = "bara-pyro bench quality"  # the command that ran, as results.md names it
     variants: dict[str, str] = field(default_factory=dict)  # method name -> the preset it starts from
     method_overrides: dict[str, list[str]] = field(default_factory=dict)  # method name -> its own --set values
     task_overrides: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (method, task) -> --set (tuning)

@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         base = quality_options.options_from_args(args, argv)
+        base.program = "python -m bara_pyro.bench.tuning"
         quality_options.check_options(base)
         grids = _parse_grids(args.grid)
         stray = sorted(set(grids) - set(base.methods))
