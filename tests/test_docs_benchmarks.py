@@ -174,3 +174,28 @@ def test_section7_tables_and_ranks_are_the_lr1e3_runs():
     assert f"{min(ranks):.2f}-{max(ranks):.2f} over the tasks (mean {sum(ranks) / 6:.2f})" in docs
     assert f"per layer {min(layers):.2f}-{max(layers):.2f}" in docs
     assert f"{min(updates):.2f}-{max(updates):.2f} directions per layer" in docs
+
+
+TUNED_DIR = ROOT / "benchmarks" / "results" / "quality_h100_2026-12-07_tuned"
+
+
+def test_section15_tables_are_the_tuned_results_md():
+    """Section 15: the grid's validation NLL and the test cells at the chosen rates, as results.md gives them."""
+    docs, results = DOCS.read_text(), (TUNED_DIR / "results.md").read_text()
+    docs = docs[docs.index("### 15. "):]
+    grid_rows = [[c.strip() for c in line.strip("|").split("|")] for line in
+                 results.split("### Grid: validation NLL")[1].splitlines() if line.startswith("| lora |")
+                 or line.startswith("| bara_singular |")]
+    documented = _table_rows(docs, "| validation NLL |")
+    names = {"lora": "LoRA", "bara_singular": "`bara_singular`"}
+    assert len(grid_rows) == len(documented) == 6
+    for method, point, *cells in grid_rows:
+        lr = {"lr=0.0003": "3e-4", "lr=0.001": "1e-3", "lr=0.003": "3e-3"}[point]
+        assert documented[f"{names[method]}, {lr}"] == cells, (method, point)
+    tests = {title: _table_rows(_results_section(results, title), "| Method |")
+             for title in ("ACC (%), test", "NLL, test", "ECE (%), test")}
+    chosen = _table_rows(docs, "| test, at the chosen rate (ACC % / NLL / ECE %) |")
+    for docs_row, method in (("LoRA, chosen by validation NLL", "LoRA (MLE)"),
+                             ("`bara_singular`, chosen by either", "BaRA (singular directions)")):
+        expected = [" / ".join(cells) for cells in zip(*(tests[t][method] for t in tests))]
+        assert chosen[docs_row] == expected, docs_row
