@@ -97,3 +97,86 @@ def test_a_stopped_job_is_reported_as_stopped(local_ray, tmp_path):
     assert outcome["stopped"]["status"] == "stopped"
     assert outcome["stopped"]["error"] == "stopped at step 474 (checkpoint kept); run the same command to resume"
     assert "stopped at step 474 (checkpoint kept)" in lines[0]
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """``import ray`` fails, as where Ray is not installed."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+
+
+def test_without_ray_the_jobs_run_as_local_subprocesses_on_the_least_shared_gpu(no_ray, tmp_path):
+    """4 at once on 2 GPUs: each job sees one GPU, never more than 2 jobs share one; a failure is reported."""
+    code = ("import os, time; print('gpu=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'none'), time.time()); "
+            "time.sleep(0.5); print('end', time.time())")
+    jobs = [(f"job{i}", None, [sys.executable, "-c", code], tmp_path / f"job{i}.log") for i in range(8)]
+    jobs.append(("bad", None, [sys.executable, "-c", "import sys; print('broken'); sys.exit(3)"], tmp_path / "bad.log"))
+    lines = []
+    t0 = time.perf_counter()
+    outcome = scheduler.execute(jobs, workers=4, log=lines.append, gpus=[0, 1])
+    assert lines[0] == "Ray is not installed: up to 4 runs at once as local subprocesses"
+    assert time.perf_counter() - t0 < 8 * 0.5  # not one after another
+    assert outcome["bad"]["status"] == "failed" and "exit status 3" in outcome["bad"]["error"]
+    assert all(outcome[f"job{i}"]["status"] == "ok" for i in range(8)), outcome
+    spans = {"0": [], "1": []}
+    for i in range(8):
+        log_lines = (tmp_path / f"job{i}.log").read_text().split("\n")
+        start = next(line for line in log_lines if line.startswith("gpu="))
+        end = next(line for line in log_lines if line.startswith("end"))
+        spans[start.split()[0][4:]].append((float(start.split()[1]), float(end.split()[1])))
+    assert len(spans["0"]) + len(spans["1"]) == 8
+    for intervals in spans.values():
+        for t, _ in intervals:
+            assert sum(a <= t < b for a, b in intervals) <= 2
+
+
+@pytest.mark.parametrize("path", ["local", "ray"])
+def test_a_job_out_of_cuda_memory_is_queued_again_with_fewer_at_once(path, request, monkeypatch, tmp_path):
+    """The first try prints torch's out-of-memory error and fails; the second, queued again, succeeds; from then on
+    fewer jobs start at once than were running when it failed."""
+    if path == "ray":
+        request.getfixturevalue("local_ray")
+    else:
+        monkeypatch.setitem(sys.modules, "ray", None)
+    marker = tmp_path / "tried"
+    oom = (f"import pathlib, sys, time; m = pathlib.Path({str(marker)!r}); time.sleep(0.3)\n"
+           "if not m.exists():\n    m.write_text('1'); print('torch.OutOfMemoryError: CUDA out of memory.'); "
+           "sys.exit(1)\nprint('fine')")
+    jobs = [("oom", None, [sys.executable, "-c", oom], tmp_path / "oom.log")]
+    jobs += [(f"job{i}", None, [sys.executable, "-c", "import time; time.sleep(0.6)"], tmp_path / f"job{i}.log")
+             for i in range(2)]
+    lines = []
+    outcome = scheduler.execute(jobs, workers=3, log=lines.append, gpus=[], gpu_share=0.0)
+    assert outcome["oom"]["status"] == "ok" and "fine" in (tmp_path / "oom.log").read_text()
+    assert "oom ran out of GPU memory: queued again (at most 2 runs at once from now on)" in lines
+    never = [(f"never{i}", None, [sys.executable, "-c", "print('torch.OutOfMemoryError'); raise SystemExit(1)"],
+              tmp_path / f"never{i}.log") for i in range(1)]
+    lines = []
+    outcome = scheduler.execute(never, workers=2, log=lines.append, gpus=[], gpu_share=0.0)
+    assert outcome["never0"]["status"] == "failed"  # retried MAX_OOM_RETRIES times, then reported
+    assert sum("ran out of GPU memory" in line for line in lines) == scheduler.MAX_OOM_RETRIES
+
+
+def test_an_interrupted_local_driver_stops_its_running_jobs_with_sigterm(no_ray, tmp_path):
+    code = ("import pathlib, signal, sys, time\n"
+            f"out = pathlib.Path({str(tmp_path / 'out')!r})\n"
+            "def stop(signum, frame):\n    out.write_text('stopped'); sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, stop)\nprint('started', flush=True)\ntime.sleep(60)\n"
+            "out.write_text('ran to the end')\n")
+    log0 = tmp_path / "job0.log"
+
+    def interrupt_once_job0_runs():
+        deadline = time.time() + 60
+        while "started" not in (log0.read_text() if log0.exists() else "") and time.time() < deadline:
+            time.sleep(0.2)
+        raise KeyboardInterrupt
+
+    jobs = [("job0", None, [sys.executable, "-c", code], log0),
+            ("job1", None, [sys.executable, "-c", "pass"], tmp_path / "job1.log")]
+    t0 = time.perf_counter()
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        scheduler.execute(jobs, workers=2, log=lines.append, gpus=[], before_job={"job1": interrupt_once_job0_runs})
+    assert (tmp_path / "out").read_text() == "stopped" and time.perf_counter() - t0 < 55
+    assert any(line.startswith("job0 stopped before it saved any progress; run the same command to resume")
+               for line in lines), lines

@@ -25,7 +25,8 @@ deviation is recorded)::
 
 Every run is one :func:`~bara_pyro.experiment.run_experiment` call in its own run directory
 ``<output>/runs/<method>/<task>/seed<k>``; with ``--workers K > 1`` K runs execute at once as Ray tasks
-(:mod:`~bara_pyro.bench.scheduler`: a local Ray instance, or the cluster at ``--address``), each running
+(:mod:`~bara_pyro.bench.scheduler`: a local Ray instance, or the cluster at ``--address``; local subprocesses
+where Ray is not installed), each running
 ``python -m bara_pyro.cli train --config <output>/configs/<...>.yaml`` with ``--gpu-share`` of a GPU (default:
 the GPUs divided evenly among the K runs; ``--gpus`` chooses a local instance's GPUs).  ``--variant NAME=PRESET`` adds a
 method that starts from a packaged preset and ``--method-set METHOD:KEY=VALUE`` gives one method its own
@@ -308,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="'auto' (default; cuda when available), 'cuda', 'cpu', ...")
     p.add_argument("--workers", type=int, default=1,
                    help="runs at once: 1 runs them in this process in turn; K > 1 (or --address) runs them as Ray "
-                        "tasks, at most K at once")
+                        "tasks, at most K at once (without Ray installed: K local subprocesses, each on the visible "
+                        "GPU fewest of them share)")
     p.add_argument("--gpus", type=csv_list(int),
                    help="GPU indices a local Ray instance spreads the runs over (default: every visible GPU)")
     p.add_argument("--gpu-share", type=float, metavar="F",

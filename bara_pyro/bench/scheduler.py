@@ -18,11 +18,18 @@ for them.
 
 On a cluster, every node needs this package installed and the benchmark's output folder on a shared
 filesystem (the tasks read and write the run directories).
+
+Without Ray installed (and no cluster address), ``workers > 1`` runs the same commands as local subprocesses,
+at most ``workers`` at once, each given the visible GPU that the fewest running jobs share
+(``CUDA_VISIBLE_DEVICES``); Ctrl-C stops them as above.  On either path a job that fails because CUDA ran out
+of memory is queued again (at most :data:`MAX_OOM_RETRIES` times; it resumes from its checkpoint), and from
+then on fewer jobs run at once than were running when it failed.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import shlex
 import signal
 import subprocess
@@ -39,6 +46,8 @@ __all__ = ["execute", "visible_gpus", "default_gpu_share", "run_logged"]
 Job = tuple[str, Callable[[], None], "list[str] | Callable[[], list[str]] | None", Path]
 
 MAX_RETRIES = 2  # re-runs of a task whose worker process or node died (not of a job that failed)
+MAX_OOM_RETRIES = 2  # re-runs of a job that failed because CUDA ran out of memory
+OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError")
 STOP_TIMEOUT_S = 120  # how long a cancelled job's subprocess may take to checkpoint before it is killed
 OBJECT_STORE_BYTES = 80 * 1024**2  # the jobs pass nothing through Ray's object store (Ray's minimum is 75 MiB)
 
@@ -134,7 +143,39 @@ def execute(jobs: list[Job], workers: int, log: Callable[[str], None] = print, g
     """
     if workers == 1 and address is None:
         return _execute_here(jobs, log, before_job or {})
+    if address is None and not _ray_installed():
+        log(f"Ray is not installed: up to {workers} runs at once as local subprocesses")
+        return _execute_local(jobs, workers, log, visible_gpus() if gpus is None else gpus, before_job or {})
     return _execute_ray(jobs, workers, log, gpus, before_job or {}, address, gpu_share)
+
+
+def _ray_installed() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _Admission:
+    """How many jobs may start: at most ``workers`` at once, lowered to the number running when one ran out of
+    CUDA memory; such a job is queued again, at most ``MAX_OOM_RETRIES`` times."""
+
+    def __init__(self, workers: int, log):
+        self.limit, self.retries, self.log = workers, {}, log
+
+    def retry(self, job: Job, result: dict, running: int, pending: list) -> bool:
+        """Queue ``job`` again (True) when ``result`` failed for lack of CUDA memory and it may still be retried;
+        ``running``: the jobs that were running when it failed, itself included."""
+        name = job[0]
+        out_of_memory = result["status"] == "failed" and any(m in (result["error"] or "") for m in OOM_MARKERS)
+        if not out_of_memory or self.retries.get(name, 0) >= MAX_OOM_RETRIES:
+            return False
+        self.retries[name] = self.retries.get(name, 0) + 1
+        self.limit = max(1, min(self.limit, running - 1))
+        pending.append(job)
+        self.log(f"{name} ran out of GPU memory: queued again (at most {self.limit} runs at once from now on)")
+        return True
 
 
 def _report(outcome: dict, name: str, result: dict, total: int, log) -> None:
@@ -184,11 +225,13 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
         stop_flag = ray.remote(num_cpus=0)(_StopFlag).remote()
         outcome: dict[str, dict] = {}
         pending = list(jobs)
-        running: dict = {}  # object ref -> (name, start time)
+        running: dict = {}  # object ref -> (job, start time)
+        admission = _Admission(workers, log)
         try:
             while pending or running:
-                while pending and len(running) < workers:
-                    name, _, command, log_path = pending.pop(0)
+                while pending and len(running) < admission.limit:
+                    job = pending.pop(0)
+                    name, _, command, log_path = job
                     t0 = time.perf_counter()
                     try:
                         if name in before_job:
@@ -197,12 +240,13 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
                         _report(outcome, name, {"status": "failed", "error": _error_line(exc), "time_s": 0.0},
                                 len(jobs), log)
                         continue
-                    running[task.remote(command, log_path, env, stop_flag)] = (name, t0)
+                    running[task.remote(command, log_path, env, stop_flag)] = (job, t0)
                 if not running:
                     continue
                 done, _ = ray.wait(list(running), num_returns=1)
                 for ref in done:
-                    name, t0 = running.pop(ref)
+                    job, t0 = running.pop(ref)
+                    name = job[0]
                     try:
                         ray.get(ref)
                         result = {"status": "ok", "error": None}
@@ -212,20 +256,85 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
                                   else {"status": "failed", "error": _error_line(cause)})
                     except ray.exceptions.RayError as exc:  # the worker died more often than it may be retried
                         result = {"status": "failed", "error": _error_line(exc)}
+                    if admission.retry(job, result, len(running) + 1, pending):
+                        continue
                     result["time_s"] = time.perf_counter() - t0
                     _report(outcome, name, result, len(jobs), log)
         except KeyboardInterrupt:
             ray.get(stop_flag.set.remote())  # each running task sends SIGTERM to its run, which checkpoints and exits
             ray.wait(list(running), num_returns=len(running), timeout=STOP_TIMEOUT_S + 10)
-            log_paths = {job[0]: job[3] for job in jobs}
-            for name, t0 in running.values():  # what each stopped run kept, from its log
-                text = log_paths[name].read_text(errors="replace") if log_paths[name].exists() else ""
-                log(f"{name} {stop_message(text)} ({time.perf_counter() - t0:.0f} s)")
+            _log_stopped(running.values(), log)
             raise
         return outcome
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _log_stopped(running, log) -> None:
+    """What each stopped run kept, from its log (``running``: ``(job, start time)`` pairs)."""
+    for (name, _, _, log_path), t0 in running:
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        log(f"{name} {stop_message(text)} ({time.perf_counter() - t0:.0f} s)")
+
+
+def _run_reporting(job: Job, env: dict, stop: threading.Event, finished: queue.Queue) -> None:
+    """One local job's thread: run its command, then put ``(name, result)`` on ``finished``."""
+    name, _, command, log_path = job
+    try:
+        run_logged(command() if callable(command) else list(command), log_path, env, stop.is_set)
+        result = {"status": "ok", "error": None}
+    except (RunStopped, KeyboardInterrupt) as exc:
+        result = {"status": "stopped", "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
+        result = {"status": "failed", "error": _error_line(exc)}
+    finished.put((name, result))
+
+
+def _execute_local(jobs: list[Job], workers: int, log, gpus: list[int] | None, before_job: dict) -> dict[str, dict]:
+    """The jobs' commands as local subprocesses, at most ``workers`` at once (a thread waits on each), each on the
+    GPU of ``gpus`` that the fewest running jobs share."""
+    env = {**os.environ, **_job_env(workers)}
+    stop, finished = threading.Event(), queue.Queue()
+    outcome: dict[str, dict] = {}
+    pending = list(jobs)
+    running: dict[str, tuple] = {}  # name -> (job, start time, GPU or None, thread)
+    admission = _Admission(workers, log)
+    try:
+        while pending or running:
+            while pending and len(running) < admission.limit:
+                job = pending.pop(0)
+                t0 = time.perf_counter()
+                try:
+                    if job[0] in before_job:
+                        before_job[job[0]]()
+                except Exception as exc:  # noqa: BLE001 - reported like a failed run
+                    _report(outcome, job[0], {"status": "failed", "error": _error_line(exc), "time_s": 0.0},
+                            len(jobs), log)
+                    continue
+                gpu = min(gpus, key=lambda g: sum(r[2] == g for r in running.values())) if gpus else None
+                job_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": str(gpu)}
+                thread = threading.Thread(target=_run_reporting, args=(job, job_env, stop, finished), daemon=True)
+                running[job[0]] = (job, t0, gpu, thread)
+                thread.start()
+            if not running:
+                continue
+            try:
+                name, result = finished.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            job, t0, _, _ = running.pop(name)
+            if admission.retry(job, result, len(running) + 1, pending):
+                continue
+            result["time_s"] = time.perf_counter() - t0
+            _report(outcome, name, result, len(jobs), log)
+    except KeyboardInterrupt:
+        stop.set()  # each running job sends SIGTERM to its run, which checkpoints and exits
+        for _, _, _, thread in running.values():
+            thread.join(timeout=STOP_TIMEOUT_S + 10)
+        _log_stopped([(job, t0) for job, t0, _, _ in running.values()], log)
+        raise
+    return outcome
 
 
 def _signal_handlers() -> dict:
