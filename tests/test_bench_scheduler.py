@@ -19,26 +19,32 @@ def test_a_failed_job_is_reported_and_the_others_finish(local_ray, tmp_path):
     assert local_ray.is_initialized()  # an instance it did not start is left running
 
 
-def test_runs_share_the_gpus_as_asked(local_ray, tmp_path):
-    """4 runs at once on 2 GPUs: a share of 0.5 each, so Ray gives every run one GPU and never more than 2 runs
-    the same GPU at a time (which GPU is Ray's choice); the command is built when the job starts (a callable)."""
-    code = ("import os, time; print('gpu=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'none'), time.time()); "
-            "time.sleep(0.5); print('end', time.time())")
-    jobs = [(f"job{i}", None, lambda code=code: [sys.executable, "-c", code], tmp_path / f"job{i}.log")
-            for i in range(8)]
-    assert scheduler.default_gpu_share(workers=4, num_gpus=2) == 0.5
-    outcome = scheduler.execute(jobs, workers=4, log=lambda msg: None)
-    assert all(o["status"] == "ok" for o in outcome.values()), outcome
+GPU_PROBE = ("import os, time; print('gpu=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'none'), time.time()); "
+             "time.sleep(0.5); print('end', time.time())")
+
+
+def _assert_two_per_gpu(tmp_path, count: int) -> None:
+    """Each of the ``count`` GPU_PROBE jobs saw exactly one of GPUs 0 and 1, and never three ran at once on one."""
     spans = {"0": [], "1": []}
-    for i in range(8):
+    for i in range(count):
         lines = (tmp_path / f"job{i}.log").read_text().split("\n")
         start = next(line for line in lines if line.startswith("gpu="))
         end = next(line for line in lines if line.startswith("end"))
         spans[start.split()[0][4:]].append((float(start.split()[1]), float(end.split()[1])))
-    assert sum(len(v) for v in spans.values()) == 8  # every run saw exactly one of the two GPUs
-    for intervals in spans.values():  # never three jobs at once on one GPU
+    assert sum(len(v) for v in spans.values()) == count
+    for intervals in spans.values():
         for t, _ in intervals:
             assert sum(a <= t < b for a, b in intervals) <= 2
+
+
+def test_runs_share_the_gpus_as_asked(local_ray, tmp_path):
+    """4 runs at once on 2 GPUs: a share of 0.5 each, so Ray gives every run one GPU and never more than 2 runs
+    the same GPU at a time (which GPU is Ray's choice); the command is built when the job starts (a callable)."""
+    jobs = [(f"job{i}", None, lambda: [sys.executable, "-c", GPU_PROBE], tmp_path / f"job{i}.log") for i in range(8)]
+    assert scheduler.default_gpu_share(workers=4, num_gpus=2) == 0.5
+    outcome = scheduler.execute(jobs, workers=4, log=lambda msg: None)
+    assert all(o["status"] == "ok" for o in outcome.values()), outcome
+    _assert_two_per_gpu(tmp_path, 8)
 
 
 def test_one_worker_runs_the_jobs_here_in_order(tmp_path):
@@ -57,9 +63,19 @@ def test_default_gpu_share(workers, gpus, share):
     assert scheduler.default_gpu_share(workers, gpus) == pytest.approx(share)
 
 
-def test_an_interrupted_driver_stops_its_running_jobs_with_sigterm(local_ray, tmp_path):
+def _use_path(path: str, request, monkeypatch) -> None:
+    """Schedule through the local Ray instance (``ray``) or as local subprocesses, as without Ray (``local``)."""
+    if path == "ray":
+        request.getfixturevalue("local_ray")
+    else:
+        monkeypatch.setitem(sys.modules, "ray", None)
+
+
+@pytest.mark.parametrize("path", ["ray", "local"])
+def test_an_interrupted_driver_stops_its_running_jobs_with_sigterm(path, request, monkeypatch, tmp_path):
     """Ctrl-C in the driver (here raised by the second job's hook once the first job runs): the running job's
     subprocess gets SIGTERM (a training checkpoints then) and the driver waits for it before re-raising."""
+    _use_path(path, request, monkeypatch)
     code = ("import pathlib, signal, sys, time\n"
             f"out = pathlib.Path({str(tmp_path / 'out')!r})\n"
             "def stop(signum, frame):\n    out.write_text('stopped'); sys.exit(0)\n"
@@ -78,7 +94,7 @@ def test_an_interrupted_driver_stops_its_running_jobs_with_sigterm(local_ray, tm
     t0 = time.perf_counter()
     lines = []
     with pytest.raises(KeyboardInterrupt):
-        scheduler.execute(jobs, workers=2, log=lines.append, gpu_share=0.0,
+        scheduler.execute(jobs, workers=2, log=lines.append, gpu_share=0.0, gpus=[],
                           before_job={"job1": interrupt_once_job0_runs})
     assert (tmp_path / "out").read_text() == "stopped" and time.perf_counter() - t0 < 55
     assert any(line.startswith("job0 stopped before it saved any progress; run the same command to resume")
@@ -107,9 +123,7 @@ def no_ray(monkeypatch):
 
 def test_without_ray_the_jobs_run_as_local_subprocesses_on_the_least_shared_gpu(no_ray, tmp_path):
     """4 at once on 2 GPUs: each job sees one GPU, never more than 2 jobs share one; a failure is reported."""
-    code = ("import os, time; print('gpu=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'none'), time.time()); "
-            "time.sleep(0.5); print('end', time.time())")
-    jobs = [(f"job{i}", None, [sys.executable, "-c", code], tmp_path / f"job{i}.log") for i in range(8)]
+    jobs = [(f"job{i}", None, [sys.executable, "-c", GPU_PROBE], tmp_path / f"job{i}.log") for i in range(8)]
     jobs.append(("bad", None, [sys.executable, "-c", "import sys; print('broken'); sys.exit(3)"], tmp_path / "bad.log"))
     lines = []
     t0 = time.perf_counter()
@@ -118,26 +132,14 @@ def test_without_ray_the_jobs_run_as_local_subprocesses_on_the_least_shared_gpu(
     assert time.perf_counter() - t0 < 8 * 0.5  # not one after another
     assert outcome["bad"]["status"] == "failed" and "exit status 3" in outcome["bad"]["error"]
     assert all(outcome[f"job{i}"]["status"] == "ok" for i in range(8)), outcome
-    spans = {"0": [], "1": []}
-    for i in range(8):
-        log_lines = (tmp_path / f"job{i}.log").read_text().split("\n")
-        start = next(line for line in log_lines if line.startswith("gpu="))
-        end = next(line for line in log_lines if line.startswith("end"))
-        spans[start.split()[0][4:]].append((float(start.split()[1]), float(end.split()[1])))
-    assert len(spans["0"]) + len(spans["1"]) == 8
-    for intervals in spans.values():
-        for t, _ in intervals:
-            assert sum(a <= t < b for a, b in intervals) <= 2
+    _assert_two_per_gpu(tmp_path, 8)
 
 
 @pytest.mark.parametrize("path", ["local", "ray"])
 def test_a_job_out_of_cuda_memory_is_queued_again_with_fewer_at_once(path, request, monkeypatch, tmp_path):
     """The first try prints torch's out-of-memory error and fails; the second, queued again, succeeds; from then on
     fewer jobs start at once than were running when it failed."""
-    if path == "ray":
-        request.getfixturevalue("local_ray")
-    else:
-        monkeypatch.setitem(sys.modules, "ray", None)
+    _use_path(path, request, monkeypatch)
     marker = tmp_path / "tried"
     oom = (f"import pathlib, sys, time; m = pathlib.Path({str(marker)!r}); time.sleep(0.3)\n"
            "if not m.exists():\n    m.write_text('1'); print('torch.OutOfMemoryError: CUDA out of memory.'); "
@@ -156,27 +158,3 @@ def test_a_job_out_of_cuda_memory_is_queued_again_with_fewer_at_once(path, reque
     assert outcome["never0"]["status"] == "failed"  # retried MAX_OOM_RETRIES times, then reported
     assert sum("ran out of GPU memory" in line for line in lines) == scheduler.MAX_OOM_RETRIES
 
-
-def test_an_interrupted_local_driver_stops_its_running_jobs_with_sigterm(no_ray, tmp_path):
-    code = ("import pathlib, signal, sys, time\n"
-            f"out = pathlib.Path({str(tmp_path / 'out')!r})\n"
-            "def stop(signum, frame):\n    out.write_text('stopped'); sys.exit(0)\n"
-            "signal.signal(signal.SIGTERM, stop)\nprint('started', flush=True)\ntime.sleep(60)\n"
-            "out.write_text('ran to the end')\n")
-    log0 = tmp_path / "job0.log"
-
-    def interrupt_once_job0_runs():
-        deadline = time.time() + 60
-        while "started" not in (log0.read_text() if log0.exists() else "") and time.time() < deadline:
-            time.sleep(0.2)
-        raise KeyboardInterrupt
-
-    jobs = [("job0", None, [sys.executable, "-c", code], log0),
-            ("job1", None, [sys.executable, "-c", "pass"], tmp_path / "job1.log")]
-    t0 = time.perf_counter()
-    lines = []
-    with pytest.raises(KeyboardInterrupt):
-        scheduler.execute(jobs, workers=2, log=lines.append, gpus=[], before_job={"job1": interrupt_once_job0_runs})
-    assert (tmp_path / "out").read_text() == "stopped" and time.perf_counter() - t0 < 55
-    assert any(line.startswith("job0 stopped before it saved any progress; run the same command to resume")
-               for line in lines), lines
