@@ -47,6 +47,10 @@ class TrainConfig:
     pad_multiple: int = field(default=64, metadata={
         "help": "with graphs: sequence lengths and scored-token counts are padded up to a multiple of this "
                 "(fewer shapes, fewer graphs; padding costs its share of compute)"})
+    pack_choices: bool = field(default=False, metadata={
+        "help": "multiple-choice cloze tasks, fused estimator: each example's choices train as one row, the prefix "
+                "they share fed once (as prediction packs them), where the model's draws allow it (the same loss "
+                "without draws); fewer tokens per step"})
     local_kl: str = field(default="draw", metadata={
         "help": "'draw': each per-token gate KL at one draw of the layer's globals pi, lambda from q "
                 "(TraceMeanField_ELBO's estimate); 'expected': its expectation under q(pi) q(lambda) in closed "
@@ -93,7 +97,7 @@ class TrainConfig:
              f"clip_norm must be a positive number or null, got {self.clip_norm!r}")
         need(isinstance(self.shard_backbone, bool),
              f"shard_backbone must be true or false, got {self.shard_backbone!r}")
-        for name in ("jit", "graphs"):
+        for name in ("jit", "graphs", "pack_choices", "bf16"):
             need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
         need(isinstance(self.deterministic, bool), f"deterministic must be true or false, got {self.deterministic!r}")
         need(self.estimator in ESTIMATORS, f"estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}")

@@ -93,6 +93,26 @@ class DataOrder:
         return [int(self._perm(j // self.n)[j % self.n]) for j in range(start, start + self.batch_size)]
 
 
+def _train_packing(config: TrainConfig, task, model, dp) -> tuple[bool, str | None]:
+    """``(pack, why not)``: whether ``train.pack_choices`` packs each example's choices in one row, and if it was
+    asked for but cannot, why.  Packing is used where it computes the same loss: the fused estimator, a task and
+    backbone that pack (``task.packs``), one process, and a model whose draws a packed row shares as the unpacked
+    choices do (``model.packs_choices(1)``: no per-sequence gate, per-token draws shared on the prefix)."""
+    if not config.pack_choices:
+        return False, None
+    if config.estimator != "fused":
+        return False, "only the fused estimator trains packed rows"
+    if not callable(getattr(task, "pack", None)) or not task.packs(model.backbone):
+        return False, "the task is not multiple-choice cloze, or the backbone's attention takes no 4D mask"
+    if dp is not None:
+        return False, "a data-parallel run splits a batch's choice sequences over its processes"
+    packs = getattr(model, "packs_choices", None)
+    if packs is None or not packs(1):
+        return False, ("the model draws per choice sequence (a per-sequence gate, a per-token gate KL, or "
+                       "choice_draws other than prefix)")
+    return True, None
+
+
 @dataclass
 class TrainResult:
     """What :func:`fit` returns: the steps taken, the wall time and the training log's rows (``history``)."""
@@ -189,6 +209,9 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     # the CPU wait for the GPU and lose the overlap of kernel launches with execution.
     correct = torch.zeros((), dtype=torch.long, device=device)
     pad = getattr(task, "pad_batch", None) if graphs else None
+    pack, why_not = _train_packing(config, task, model, dp)
+    if why_not is not None and progress:
+        tqdm.write(f"train.pack_choices: training unpacked: {why_not}", file=sys.stderr)
     train_step = None if use_svi else TrainStep(model, optim, device, autocast, static=graphs, capture=graphs,
                                                 correct=correct, log=lambda msg: tqdm.write(msg, file=sys.stderr))
     seen = 0
@@ -206,7 +229,9 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
                 if dp is not None:
                     indices = indices[dp.local_rows(config.batch_size)]
                 batch = task.collate([train_rows[i] for i in indices])
-                if pad is not None:
+                if pack:
+                    batch = task.pack_padded(batch, config.pad_multiple) if pad is not None else task.pack(batch)
+                elif pad is not None:
                     batch = pad(batch, config.pad_multiple)
                 batch = batch.to(device)
                 if dp is not None and _shard_rows(model, batch, dp, stop):

@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .base import Batch, pad_dim, padded_size
-from .packed_choices import ATTENTION_IMPLEMENTATIONS, pack_choices, packed_widths
+from .packed_choices import ATTENTION_IMPLEMENTATIONS, pack_choices, packed_widths, pad_packed_width
 
 __all__ = ["MultipleChoiceTask", "SCORING_MODES"]
 
@@ -137,6 +137,14 @@ class MultipleChoiceTask:
         if self.scoring != "cloze":
             raise ValueError("only cloze batches can be packed")
         return pack_choices(batch, self.pad_token_id)
+
+    def pack_padded(self, batch: Batch, multiple: int) -> Batch:
+        """A cloze batch packed for a captured training step: :meth:`pad_batch`'s padding (sequence slots, the
+        scored-token list), each example's choices in one row (:meth:`pack`), the rows' width rounded up to a
+        multiple of ``multiple``.  The same scores as :meth:`pad_batch`'s batch."""
+        packed = self.pack(self.pad_batch(batch, multiple))
+        width = padded_size(packed.inputs["input_ids"].shape[1], multiple, minimum=2)
+        return pad_packed_width(packed, width, self.pad_token_id)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids without special tokens; repeated texts (shared contexts) are tokenised once."""

@@ -22,7 +22,7 @@ import torch
 
 from .base import Batch
 
-__all__ = ["ATTENTION_IMPLEMENTATIONS", "pack_choices", "packed_attention_mask", "packed_widths"]
+__all__ = ["ATTENTION_IMPLEMENTATIONS", "pack_choices", "packed_attention_mask", "packed_widths", "pad_packed_width"]
 
 #: backbone attention implementations that take an arbitrary 4D mask (flash attention does not)
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -45,7 +45,8 @@ def pack_choices(batch: Batch, pad_token_id: int) -> Batch:
     unpacked ones that place scores (``example_index``, ``choice_index``, ``num_choices``, ``width``,
     ``continuation_mask``, ``target_sequence``), plus ``packed_target`` and ``packed_source`` ``(n_tokens,)``: the
     packed columns of each scored token and of the token that predicts it, in row ``example_index[target_sequence]``;
-    ``packed``: True.
+    ``packed``: True.  A batch padded for a captured step (``pad_batch``: its ``target_weight`` and ``choice_mask``,
+    which are kept) packs too: its dummy sequences have no real tokens and take no columns.
     """
     ex = batch.extras
     ids = batch.inputs["input_ids"]
@@ -82,7 +83,7 @@ def pack_choices(batch: Batch, pad_token_id: int) -> Batch:
         token_mask=segment >= 0,
         extras={
             **{k: ex[k] for k in ("example_index", "choice_index", "num_choices", "width", "continuation_mask",
-                                  "target_sequence")},
+                                  "target_sequence", "target_weight", "choice_mask") if k in ex},
             "packed_target": column[target_sequence, target_position],
             "packed_source": column[target_sequence, target_position - 1],
             "packed": True,
@@ -100,3 +101,24 @@ def packed_attention_mask(segment: torch.Tensor) -> torch.Tensor:
     key, query = segment[:, None, :], segment[:, :, None]
     mask = causal & ((key == query) | (key == 0)) & (key >= 0) & (query >= 0)
     return mask | torch.eye(width, dtype=torch.bool)
+
+
+def pad_packed_width(batch: Batch, width: int, pad_token_id: int) -> Batch:
+    """The packed ``batch`` with its rows extended to ``width`` columns: padding ids, position 0, masked out of
+    ``token_mask``, and in the attention mask each new position attends to itself only (no empty attention row)."""
+    ids = batch.inputs["input_ids"]
+    extra = width - ids.shape[1]
+    if extra <= 0:
+        return batch
+    num_rows = ids.shape[0]
+    mask = batch.inputs["attention_mask"][:, 0]  # (B, W, W)
+    grown = torch.eye(width, dtype=torch.bool).repeat(num_rows, 1, 1)
+    grown[:, : mask.shape[1], : mask.shape[2]] = mask
+    pad = ids.new_full((num_rows, extra), pad_token_id)
+    return Batch(
+        inputs={"input_ids": torch.cat([ids, pad], 1), "attention_mask": grown[:, None],
+                "position_ids": torch.cat([batch.inputs["position_ids"], torch.zeros_like(pad)], 1)},
+        labels=batch.labels,
+        token_mask=torch.cat([batch.token_mask, torch.zeros_like(pad, dtype=torch.bool)], 1),
+        extras=batch.extras,
+    )

@@ -41,6 +41,22 @@ def test_packed_scores_equal_unpacked_scores(smollm_tokenizer, implementation):
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_a_batch_packed_for_the_captured_step_scores_as_its_padded_batch(smollm_tokenizer, implementation):
+    """pack_padded: pad_batch's padding (dummy sequences, weighted scored tokens), packed, width a multiple of 16."""
+    task = MultipleChoiceTask(smollm_tokenizer, scoring="cloze")
+    backbone = _backbone(smollm_tokenizer, implementation)
+    batch = task.collate(_rows())
+    padded, packed = task.pad_batch(batch, 16), task.pack_padded(batch, 16)
+    assert packed.inputs["input_ids"].shape[1] % 16 == 0
+    assert packed.token_mask.sum() == task.pack(batch).token_mask.sum()  # the padding adds no real token
+    assert padded.extras["choice_mask"].logical_not().any()  # row 4 has a missing choice: a dummy sequence
+    with torch.no_grad():
+        expected, actual = task.scores(backbone, padded), task.scores(backbone, packed)
+    assert torch.equal(expected.isinf(), actual.isinf())
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_a_packed_row_holds_each_choice_once(smollm_tokenizer):
     task = MultipleChoiceTask(smollm_tokenizer, scoring="cloze")
     rows = _rows()
