@@ -86,3 +86,28 @@ def test_a_switch_that_is_not_true_or_false_is_refused(name):
 
     with pytest.raises(ConfigError, match=f"{name} must be true or false, got 'maybe'"):
         TrainConfig(**{name: "maybe"})
+
+
+def test_a_stochastic_models_packed_loss_has_the_unpacked_loss_distribution(smollm_tokenizer):
+    """Tied gates with choice_draws: prefix (what bara_singular trains with): the packed row draws the shared prefix's
+    gates once and each choice's own, as the unpacked choices share them, so the loss over 200 draws has the same
+    mean (to Monte Carlo error) and spread."""
+    from builders import tiny_cloze_model
+
+    model, task = tiny_cloze_model(smollm_tokenizer, choice_draws="prefix",
+                                   guide={"local": {"name": "conditional_prior"}},
+                                   prior={"sparsity": {"name": "contextual_beta_process"}})
+    assert model.packs_choices(1)
+    batch = task.collate(question_rows(6, mixed=True))
+    model.dataset_size, model.kl_beta = 6, 1.0
+    model.train()
+    losses = {}
+    with torch.no_grad():
+        for pack in (False, True):
+            pyro.set_rng_seed(int(pack))
+            b = task.pack(batch) if pack else batch
+            losses[pack] = torch.stack([model.fused_loss(b)[0] for _ in range(200)])
+    unpacked, packed = losses[False], losses[True]
+    assert unpacked.std() > 0  # the draws move the loss
+    assert (packed.mean() - unpacked.mean()).abs() < 4 * unpacked.std() * (2 / 200) ** 0.5
+    assert 0.7 < float(packed.std() / unpacked.std()) < 1.4
