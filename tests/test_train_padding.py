@@ -20,3 +20,4 @@ def test_token_counts(smollm_tokenizer):
     assert counts["captured"] == 3 * 16
     assert counts["packed_unpadded"] == shared + own < 3 * length
     assert counts["packed"] == (16 if shared + own <= 16 else 32)
+    assert counts["captured_shapes"] == counts["packed_shapes"] == 1  # the same rows every step: one shape
