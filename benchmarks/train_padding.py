@@ -1,4 +1,4 @@
-"""Tokens a training step feeds the backbone per example on the cloze tasks, against what packing would feed:
+"""Tokens a training step feeds the backbone per example on the cloze tasks, unpacked and packed (pack_choices):
 ``fit()``'s batches (the seeded data order, ``train.batch_size`` examples) as the captured step pads them
 (``task.pad_batch``: lengths to a multiple of ``train.pad_multiple``, the sequences to a multiple of 8 with
 one-token dummies in missing choices' slots), the same batches unpadded, and each example's choices packed in one
