@@ -157,25 +157,43 @@ def _ray_installed() -> bool:
     return True
 
 
-class _Admission:
-    """How many jobs may start: at most ``workers`` at once, lowered to the number running when one ran out of
-    CUDA memory; such a job is queued again, at most ``MAX_OOM_RETRIES`` times."""
+class _Dispatch:
+    """The queue of a run of jobs: which job starts next (its ``before_job`` hook run here; a failing hook reports the
+    job as failed), at most ``limit`` at once (``workers``, lowered to fewer than were running when a job ran out of
+    CUDA memory; such a job is queued again, at most ``MAX_OOM_RETRIES`` times), and the outcome of each."""
 
-    def __init__(self, workers: int, log):
-        self.limit, self.retries, self.log = workers, {}, log
+    def __init__(self, jobs: list[Job], workers: int, before_job: dict, log):
+        self.pending, self.limit, self.before_job, self.log = list(jobs), workers, before_job, log
+        self.total, self.retries, self.outcome = len(jobs), {}, {}
 
-    def retry(self, job: Job, result: dict, running: int, pending: list) -> bool:
-        """Queue ``job`` again (True) when ``result`` failed for lack of CUDA memory and it may still be retried;
-        ``running``: the jobs that were running when it failed, itself included."""
+    def next_job(self, running: int) -> tuple[Job, float] | None:
+        """The next job to start while fewer than ``limit`` run (``running`` do), its hook run, and its start time
+        (before the hook); None: none now."""
+        while self.pending and running < self.limit:
+            job, t0 = self.pending.pop(0), time.perf_counter()
+            try:
+                if job[0] in self.before_job:
+                    self.before_job[job[0]]()
+            except Exception as exc:  # noqa: BLE001 - reported like a failed run
+                _report(self.outcome, job[0], {"status": "failed", "error": _error_line(exc), "time_s": 0.0},
+                        self.total, self.log)
+                continue
+            return job, t0
+        return None
+
+    def finish(self, job: Job, result: dict, t0: float, running: int) -> None:
+        """Record ``job``'s ``result`` or, when it failed for lack of CUDA memory and may still be retried, queue it
+        again; ``running``: the jobs that were running when it ended, itself included."""
         name = job[0]
         out_of_memory = result["status"] == "failed" and any(m in (result["error"] or "") for m in OOM_MARKERS)
-        if not out_of_memory or self.retries.get(name, 0) >= MAX_OOM_RETRIES:
-            return False
-        self.retries[name] = self.retries.get(name, 0) + 1
-        self.limit = max(1, min(self.limit, running - 1))
-        pending.append(job)
-        self.log(f"{name} ran out of GPU memory: queued again (at most {self.limit} runs at once from now on)")
-        return True
+        if out_of_memory and self.retries.get(name, 0) < MAX_OOM_RETRIES:
+            self.retries[name] = self.retries.get(name, 0) + 1
+            self.limit = max(1, min(self.limit, running - 1))
+            self.pending.append(job)
+            self.log(f"{name} ran out of GPU memory: queued again (at most {self.limit} runs at once from now on)")
+            return
+        result["time_s"] = time.perf_counter() - t0
+        _report(self.outcome, name, result, self.total, self.log)
 
 
 def _report(outcome: dict, name: str, result: dict, total: int, log) -> None:
@@ -223,30 +241,18 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
         task = ray.remote(num_cpus=1, num_gpus=gpu_share, max_retries=MAX_RETRIES, max_calls=0)(_run_task)
         env = _job_env(workers)
         stop_flag = ray.remote(num_cpus=0)(_StopFlag).remote()
-        outcome: dict[str, dict] = {}
-        pending = list(jobs)
+        dispatch = _Dispatch(jobs, workers, before_job, log)
         running: dict = {}  # object ref -> (job, start time)
-        admission = _Admission(workers, log)
         try:
-            while pending or running:
-                while pending and len(running) < admission.limit:
-                    job = pending.pop(0)
-                    name, _, command, log_path = job
-                    t0 = time.perf_counter()
-                    try:
-                        if name in before_job:
-                            before_job[name]()
-                    except Exception as exc:  # noqa: BLE001 - reported like a failed run
-                        _report(outcome, name, {"status": "failed", "error": _error_line(exc), "time_s": 0.0},
-                                len(jobs), log)
-                        continue
-                    running[task.remote(command, log_path, env, stop_flag)] = (job, t0)
+            while dispatch.pending or running:
+                while (started := dispatch.next_job(len(running))) is not None:
+                    _, _, command, log_path = started[0]
+                    running[task.remote(command, log_path, env, stop_flag)] = started
                 if not running:
                     continue
                 done, _ = ray.wait(list(running), num_returns=1)
                 for ref in done:
                     job, t0 = running.pop(ref)
-                    name = job[0]
                     try:
                         ray.get(ref)
                         result = {"status": "ok", "error": None}
@@ -256,16 +262,13 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
                                   else {"status": "failed", "error": _error_line(cause)})
                     except ray.exceptions.RayError as exc:  # the worker died more often than it may be retried
                         result = {"status": "failed", "error": _error_line(exc)}
-                    if admission.retry(job, result, len(running) + 1, pending):
-                        continue
-                    result["time_s"] = time.perf_counter() - t0
-                    _report(outcome, name, result, len(jobs), log)
+                    dispatch.finish(job, result, t0, len(running) + 1)
         except KeyboardInterrupt:
             ray.get(stop_flag.set.remote())  # each running task sends SIGTERM to its run, which checkpoints and exits
             ray.wait(list(running), num_returns=len(running), timeout=STOP_TIMEOUT_S + 10)
             _log_stopped(running.values(), log)
             raise
-        return outcome
+        return dispatch.outcome
     finally:
         if started_here:
             ray.shutdown()
@@ -296,22 +299,12 @@ def _execute_local(jobs: list[Job], workers: int, log, gpus: list[int] | None, b
     GPU of ``gpus`` that the fewest running jobs share."""
     env = {**os.environ, **_job_env(workers)}
     stop, finished = threading.Event(), queue.Queue()
-    outcome: dict[str, dict] = {}
-    pending = list(jobs)
+    dispatch = _Dispatch(jobs, workers, before_job, log)
     running: dict[str, tuple] = {}  # name -> (job, start time, GPU or None, thread)
-    admission = _Admission(workers, log)
     try:
-        while pending or running:
-            while pending and len(running) < admission.limit:
-                job = pending.pop(0)
-                t0 = time.perf_counter()
-                try:
-                    if job[0] in before_job:
-                        before_job[job[0]]()
-                except Exception as exc:  # noqa: BLE001 - reported like a failed run
-                    _report(outcome, job[0], {"status": "failed", "error": _error_line(exc), "time_s": 0.0},
-                            len(jobs), log)
-                    continue
+        while dispatch.pending or running:
+            while (started := dispatch.next_job(len(running))) is not None:
+                job, t0 = started
                 gpu = min(gpus, key=lambda g: sum(r[2] == g for r in running.values())) if gpus else None
                 job_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": str(gpu)}
                 thread = threading.Thread(target=_run_reporting, args=(job, job_env, stop, finished), daemon=True)
@@ -324,17 +317,14 @@ def _execute_local(jobs: list[Job], workers: int, log, gpus: list[int] | None, b
             except queue.Empty:
                 continue
             job, t0, _, _ = running.pop(name)
-            if admission.retry(job, result, len(running) + 1, pending):
-                continue
-            result["time_s"] = time.perf_counter() - t0
-            _report(outcome, name, result, len(jobs), log)
+            dispatch.finish(job, result, t0, len(running) + 1)
     except KeyboardInterrupt:
         stop.set()  # each running job sends SIGTERM to its run, which checkpoints and exits
         for _, _, _, thread in running.values():
             thread.join(timeout=STOP_TIMEOUT_S + 10)
         _log_stopped([(job, t0) for job, t0, _, _ in running.values()], log)
         raise
-    return outcome
+    return dispatch.outcome
 
 
 def _signal_handlers() -> dict:

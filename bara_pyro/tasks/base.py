@@ -16,7 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Batch", "Task", "pad_dim", "padded_size"]
+__all__ = ["LENGTH_CHUNK", "Batch", "Task", "pad_dim", "padded_size"]
+
+LENGTH_CHUNK = 256  # rows collated at once by a task's row_lengths
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .base import Batch, pad_dim, padded_size
+from .base import LENGTH_CHUNK, Batch, pad_dim, padded_size
 
 __all__ = ["SequenceClassificationTask"]
 
@@ -56,8 +56,8 @@ class SequenceClassificationTask:
     def row_lengths(self, rows: list[dict], packed: bool = False) -> list[int]:
         """Per row, its number of tokens (special tokens included, truncated as :meth:`collate` does): the ``T`` of
         ``collate([row])``.  ``packed`` changes nothing (one sequence per row)."""
-        return [n for start in range(0, len(rows), 1024)
-                for n in self.collate(rows[start:start + 1024]).token_mask.sum(-1).tolist()]
+        return [n for start in range(0, len(rows), LENGTH_CHUNK)
+                for n in self.collate(rows[start:start + LENGTH_CHUNK]).token_mask.sum(-1).tolist()]
 
     def pad_batch(self, batch: Batch, multiple: int) -> Batch:
         """``batch`` right-padded to a length that is a multiple of ``multiple`` (masked: the same logits)."""

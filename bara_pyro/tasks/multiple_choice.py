@@ -27,14 +27,13 @@ import string
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .base import Batch, pad_dim, padded_size
-from .packed_choices import ATTENTION_IMPLEMENTATIONS, pack_choices, packed_widths, pad_packed_width
+from .base import LENGTH_CHUNK, Batch, pad_dim, padded_size
+from .packed_choices import ATTENTION_IMPLEMENTATIONS, pack_choices, packed_widths
 
 __all__ = ["MultipleChoiceTask", "SCORING_MODES"]
 
 SCORING_MODES = ("cloze", "lettered")
 LETTERS = string.ascii_uppercase
-LENGTH_CHUNK = 256  # rows tokenised at once by row_lengths
 SCORED_TOKENS_FLOOR = 4  # pad_batch pads the cloze task's scored tokens to at least this many pad_multiples
 
 
@@ -131,20 +130,18 @@ class MultipleChoiceTask:
         implementation = getattr(getattr(backbone, "config", None), "_attn_implementation", None)
         return self.scoring == "cloze" and implementation in ATTENTION_IMPLEMENTATIONS
 
-    def pack(self, batch: Batch) -> Batch:
-        """A cloze batch with each example's choices in one row (:func:`~bara_pyro.tasks.packed_choices.pack_choices`):
-        the same scores from fewer positions."""
+    def pack(self, batch: Batch, multiple: int = 1) -> Batch:
+        """A cloze batch with each example's choices in one row (:func:`~bara_pyro.tasks.packed_choices.pack_choices`,
+        the rows' width a multiple of ``multiple``): the same scores from fewer positions."""
         if self.scoring != "cloze":
             raise ValueError("only cloze batches can be packed")
-        return pack_choices(batch, self.pad_token_id)
+        return pack_choices(batch, self.pad_token_id, multiple)
 
     def pack_padded(self, batch: Batch, multiple: int) -> Batch:
         """A cloze batch packed for a captured training step: :meth:`pad_batch`'s padding (sequence slots, the
         scored-token list), each example's choices in one row (:meth:`pack`), the rows' width rounded up to a
         multiple of ``multiple``.  The same scores as :meth:`pad_batch`'s batch."""
-        packed = self.pack(self.pad_batch(batch, multiple))
-        width = padded_size(packed.inputs["input_ids"].shape[1], multiple, minimum=2)
-        return pad_packed_width(packed, width, self.pad_token_id)
+        return self.pack(self.pad_batch(batch, multiple), multiple)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids without special tokens; repeated texts (shared contexts) are tokenised once."""

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import Batch
+from .base import Batch, padded_size
 
-__all__ = ["ATTENTION_IMPLEMENTATIONS", "pack_choices", "packed_attention_mask", "packed_widths", "pad_packed_width"]
+__all__ = ["ATTENTION_IMPLEMENTATIONS", "pack_choices", "packed_attention_mask", "packed_widths"]
 
 #: backbone attention implementations that take an arbitrary 4D mask (flash attention does not)
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -36,9 +36,9 @@ def packed_widths(batch: Batch) -> torch.Tensor:
     return ex["shared_length"][first] + rest.new_zeros(batch.num_examples).index_add(0, ex["example_index"], rest)
 
 
-def pack_choices(batch: Batch, pad_token_id: int) -> Batch:
+def pack_choices(batch: Batch, pad_token_id: int, multiple: int = 1) -> Batch:
     """The cloze ``batch`` (``n_seq`` sequences of ``T`` tokens, :class:`MultipleChoiceTask`'s extras) as ``B`` packed
-    rows of ``W`` tokens.
+    rows of ``W`` tokens: the longest packed row's width, rounded up to a multiple of ``multiple``.
 
     Inputs: ``input_ids`` and ``position_ids`` ``(B, W)``, ``attention_mask`` ``(B, 1, W, W)`` bool (True: may
     attend; a padding position attends to itself only).  ``token_mask`` ``(B, W)``: real tokens.  Extras: the
@@ -65,7 +65,7 @@ def pack_choices(batch: Batch, pad_token_id: int) -> Batch:
     real = t < lengths[:, None]
     # the shared tokens from the example's first sequence, each rest from its own
     keep = real & ((t >= shared[:, None]) | (torch.arange(n_seq) == first[example])[:, None])
-    width = int(packed_widths(batch).max())
+    width = padded_size(int(packed_widths(batch).max()), multiple)
     seq_rows, seq_cols = keep.nonzero(as_tuple=True)
     row, col = example[seq_rows], column[seq_rows, seq_cols]
     packed_ids = torch.full((num_examples, width), pad_token_id, dtype=ids.dtype)
@@ -102,23 +102,3 @@ def packed_attention_mask(segment: torch.Tensor) -> torch.Tensor:
     mask = causal & ((key == query) | (key == 0)) & (key >= 0) & (query >= 0)
     return mask | torch.eye(width, dtype=torch.bool)
 
-
-def pad_packed_width(batch: Batch, width: int, pad_token_id: int) -> Batch:
-    """The packed ``batch`` with its rows extended to ``width`` columns: padding ids, position 0, masked out of
-    ``token_mask``, and in the attention mask each new position attends to itself only (no empty attention row)."""
-    ids = batch.inputs["input_ids"]
-    extra = width - ids.shape[1]
-    if extra <= 0:
-        return batch
-    num_rows = ids.shape[0]
-    mask = batch.inputs["attention_mask"][:, 0]  # (B, W, W)
-    grown = torch.eye(width, dtype=torch.bool).repeat(num_rows, 1, 1)
-    grown[:, : mask.shape[1], : mask.shape[2]] = mask
-    pad = ids.new_full((num_rows, extra), pad_token_id)
-    return Batch(
-        inputs={"input_ids": torch.cat([ids, pad], 1), "attention_mask": grown[:, None],
-                "position_ids": torch.cat([batch.inputs["position_ids"], torch.zeros_like(pad)], 1)},
-        labels=batch.labels,
-        token_mask=torch.cat([batch.token_mask, torch.zeros_like(pad, dtype=torch.bool)], 1),
-        extras=batch.extras,
-    )
