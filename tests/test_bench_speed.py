@@ -143,3 +143,15 @@ def test_preset_variant_row_and_the_after_step_cost():
     after = {name: rows["eager"]["after_step_ms"] for name, rows in train.items()}
     assert after[speed_setup.SINGULAR_OCCAM] > after["bara_singular"] >= 0
     assert "after ms" in speed.format_table(result)
+
+
+def test_no_gpu_is_one_error_line(capsys, monkeypatch):
+    """``bara-pyro bench speed`` on a machine without CUDA: an ``error:`` line and status 2, no traceback."""
+    import torch
+
+    from bara_pyro.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "speed", "--device", "cuda", "--shapes", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the speed benchmark needs a CUDA device") and "Traceback" not in err

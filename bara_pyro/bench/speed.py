@@ -348,7 +348,9 @@ def _run_speed_benchmark(cfg: SpeedConfig, log, partial_out: Path | None) -> dic
 
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("the speed benchmark needs a CUDA device (or --device cpu for a smoke run)")
+        from ..models.config import ConfigError
+
+        raise ConfigError("the speed benchmark needs a CUDA device (or --device cpu for a smoke run)")
     pyro.enable_validation(False)  # distribution argument checks sync the GPU and cannot be captured
     dtype = torch.bfloat16 if (cfg.bf16 and device.type == "cuda") else torch.float32
     import transformers
@@ -559,4 +561,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..cli import main as cli_main
+
+    sys.exit(cli_main(["bench", "speed", *sys.argv[1:]]))
