@@ -155,3 +155,19 @@ def test_no_gpu_is_one_error_line(capsys, monkeypatch):
     assert main(["bench", "speed", "--device", "cuda", "--shapes", "tiny"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: the speed benchmark needs a CUDA device") and "Traceback" not in err
+
+
+def test_show_prints_the_fit_table_with_the_replayed_steps_cost(tmp_path, capsys):
+    """``--show``: a saved result's fit table; ``replay ms`` leaves out each shape's warm-up and capture steps."""
+    row = {"wall_s": 20.0, "train_s": 12.0, "ms_per_step": 40.0, "eval_s": 0.2, "val_accuracy": 0.3,
+           "graph_shapes": 3, "setup_steps": 10, "setup_s": 2.0, "first_step_s": 1.0}
+    rows = {"lora": {"graphs": row, "eager": {**row, "setup_steps": None}}}
+    result = {"device": "GPU X", "date": "2026-01-01", "table": [], "fit": {"config": {"steps": 210}, "rows": rows}}
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps(result))
+    assert speed.main(["--show", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    graphs = next(line for line in lines if line.startswith("lora     graphs"))
+    eager = next(line for line in lines if line.startswith("lora     eager"))
+    assert graphs.split()[-1] == "50.0"  # (12 - 2) s over 200 replayed steps
+    assert eager.split()[-1] == "-"

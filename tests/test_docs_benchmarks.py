@@ -199,3 +199,23 @@ def test_section15_tables_are_the_tuned_results_md():
                              ("`bara_singular`, chosen by either", "BaRA (singular directions)")):
         expected = [" / ".join(cells) for cells in zip(*(tests[t][method] for t in tests))]
         assert chosen[docs_row] == expected, docs_row
+
+
+PACKING_DIR = ROOT / "benchmarks" / "results" / "speed_fit_h100_2026-12-07_packing"
+
+
+def test_packed_training_gpu_table_is_the_result_files():
+    """"Training: tokens per step": each setting's fit time and replayed-step time are its result file's."""
+    from bara_pyro.bench.fit_speed import _replay_ms
+
+    documented = _table_rows(DOCS.read_text(), "| setting | LoRA fit s |")
+    files = {"fp32, unpacked (the suite)": "fp32_unpacked", "fp32, packed": "fp32_packed",
+             "TF32 matrix products, packed": "tf32_packed", "bf16 autocast, packed": "bf16_packed"}
+    assert set(documented) == set(files)
+    for label, name in files.items():
+        fit = json.loads((PACKING_DIR / f"{name}.json").read_text())["fit"]
+        steps = fit["config"]["steps"]
+        lora, bara = (fit["rows"][m]["graphs"] for m in ("lora", "bara_singular"))
+        expected = [f"{lora['train_s']:.1f}", f"{_replay_ms(lora, steps):.1f}", f"{bara['train_s']:.1f}",
+                    f"{_replay_ms(bara, steps):.1f}", f"{_replay_ms(bara, steps) / _replay_ms(lora, steps):.2f}"]
+        assert documented[label] == expected, label

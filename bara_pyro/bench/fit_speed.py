@@ -96,10 +96,21 @@ def run_fit_rows(cfg: FitSpeedConfig, log=print) -> dict:
     return out
 
 
+def _replay_ms(row: dict, steps: int) -> float | None:
+    """Milliseconds per replayed step (graphs): the fit time less the setup steps' over the other steps."""
+    setup_steps, setup_s = row.get("setup_steps"), row.get("setup_s")
+    if setup_steps is None or setup_s is None or steps <= setup_steps:
+        return None
+    return 1000.0 * (row["train_s"] - setup_s) / (steps - setup_steps)
+
+
 def format_fit_table(rows: dict, steps: int) -> str:
+    """The fit rows as a text table.  ``ms/step``: the time inside ``fit()`` over every step; ``replay ms``: with
+    graphs, over the replayed steps only (``(fit s - setup s) / (steps - setup steps)``: without each shape's eager
+    warm-up and capture), the step's cost in a long run."""
     lines = [f"fit, end to end ({steps} steps) | ratios: to LoRA in the same setting; speed-up: eager / graphs",
              f"{'method':<8} {'setting':<7} {'wall s':>8} {'fit s':>8} {'ms/step':>8} {'xLoRA':>6} {'speedup':>7} "
-             f"{'eval s':>7} {'val acc':>7} {'shapes':>6} {'setup s':>7} {'first s':>7}"]
+             f"{'eval s':>7} {'val acc':>7} {'shapes':>6} {'setup s':>7} {'first s':>7} {'replay ms':>9}"]
     for method, by_setting in rows.items():
         for setting, row in by_setting.items():
             if "error" in row:
@@ -117,7 +128,7 @@ def format_fit_table(rows: dict, steps: int) -> str:
                          f"{row['ms_per_step']:8.1f} {f(ratio, '6.3f')} {f(speedup, '7.2f')} "
                          f"{f(row['eval_s'], '7.1f')} {f(row['val_accuracy'], '7.3f')} "
                          f"{f(row.get('graph_shapes'), '6d')} {f(row.get('setup_s'), '7.2f')} "
-                         f"{f(row.get('first_step_s'), '7.2f')}")
+                         f"{f(row.get('first_step_s'), '7.2f')} {f(_replay_ms(row, steps), '9.1f')}")
     return "\n".join(lines)
 
 

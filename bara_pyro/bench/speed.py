@@ -491,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "CUBLAS_WORKSPACE_CONFIG); compare with a run without it for the cost")
     p.add_argument("--relabel", nargs="+", metavar="JSON",
                    help="rewrite result files of older versions with today's row names (preset names), then exit")
+    p.add_argument("--show", nargs="+", metavar="JSON", help="print the tables of saved result files, then exit")
     f = p.add_argument_group("fit, end to end (bench.fit_speed): real training runs, eager and graphs")
     f.add_argument("--fit", action="store_true", help="add the fit rows and the graphs-against-eager check")
     f.add_argument("--fit-only", action="store_true", help="only the fit rows and the check (no step rows)")
@@ -507,6 +508,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.show:
+        for path in args.show:
+            result = load_result(path)
+            print(f"== {path} ({result.get('device')}, {result.get('date')})")
+            if result.get("table"):
+                print(format_table(result))
+            if "fit" in result:
+                from .fit_speed import format_fit_table
+
+                print(format_fit_table(result["fit"]["rows"], result["fit"]["config"]["steps"]))
+        return 0
     if args.relabel:
         for path in args.relabel:
             Path(path).write_text(json.dumps(load_result(path), indent=1))
