@@ -58,6 +58,9 @@ class TrainConfig:
     log_every: int = field(default=10, metadata={"help": "steps between training-log rows"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints (0: only at the end)"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast on GPU (gates and KLs stay fp32)"})
+    tf32: bool = field(default=False, metadata={
+        "help": "fp32 matrix products on TF32 tensor cores while training (torch.backends.cuda.matmul.allow_tf32, "
+                "restored after; Ampere or newer GPUs): faster, with 10-bit mantissas in the products' inputs"})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', ..."})
     shard_backbone: bool = field(default=False, metadata={
         "help": "data-parallel runs: shard the frozen backbone's transformer blocks across the processes (FSDP2 "
@@ -97,7 +100,7 @@ class TrainConfig:
              f"clip_norm must be a positive number or null, got {self.clip_norm!r}")
         need(isinstance(self.shard_backbone, bool),
              f"shard_backbone must be true or false, got {self.shard_backbone!r}")
-        for name in ("jit", "graphs", "pack_choices", "bf16"):
+        for name in ("jit", "graphs", "pack_choices", "bf16", "tf32"):
             need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
         need(isinstance(self.deterministic, bool), f"deterministic must be true or false, got {self.deterministic!r}")
         need(self.estimator in ESTIMATORS, f"estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}")

@@ -113,6 +113,20 @@ def _train_packing(config: TrainConfig, task, model, dp) -> tuple[bool, str | No
     return True, None
 
 
+@contextlib.contextmanager
+def _tf32_matmul(enabled: bool):
+    """``train.tf32``: CUDA fp32 matrix products on TF32 tensor cores inside the block, the previous setting after."""
+    if not enabled:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 @dataclass
 class TrainResult:
     """What :func:`fit` returns: the steps taken, the wall time and the training log's rows (``history``)."""
@@ -223,7 +237,7 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     stop = StopRequest()
     model.train()  # the backbone's dropout too, as in any fine-tuning run; its weights stay frozen
     try:
-        with stop_on_signals(stop), deterministic_algorithms(config.deterministic):
+        with stop_on_signals(stop), deterministic_algorithms(config.deterministic), _tf32_matmul(config.tf32):
             while step < config.steps and (dp is not None or not stop.requested):  # processes stop together
                 indices = order.indices(step)
                 if dp is not None:
