@@ -57,8 +57,9 @@ import torch
 
 from ..inference.graphed_step import on_side_stream
 from ..models import get_bara_model
+from ..models.config import ConfigError
 from ..tasks.base import Batch
-from .fit_speed import FIT_METHODS
+from .fit_speed import FIT_METHODS, format_fit_table
 from .speed_checks import check_gate_impls, tune_triton
 from .speed_results import default_output, format_row, format_table, load_result, relabel, table_rows
 from .speed_setup import (  # re-exported: the benchmark's shapes, rows and settings
@@ -348,8 +349,6 @@ def _run_speed_benchmark(cfg: SpeedConfig, log, partial_out: Path | None) -> dic
 
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from ..models.config import ConfigError
-
         raise ConfigError("the speed benchmark needs a CUDA device (or --device cpu for a smoke run)")
     pyro.enable_validation(False)  # distribution argument checks sync the GPU and cannot be captured
     dtype = torch.bfloat16 if (cfg.bf16 and device.type == "cuda") else torch.float32
@@ -506,18 +505,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _print_tables(result: dict) -> None:
+    """The step rows' table and, when the result has them, the fit rows' (formatted now: today's columns)."""
+    print(format_table(result))
+    if "fit" in result:
+        print("\n" + format_fit_table(result["fit"]["rows"], result["fit"]["config"]["steps"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     if args.show:
         for path in args.show:
             result = load_result(path)
             print(f"== {path} ({result.get('device')}, {result.get('date')})")
-            if result.get("table"):
-                print(format_table(result))
-            if "fit" in result:
-                from .fit_speed import format_fit_table
-
-                print(format_fit_table(result["fit"]["rows"], result["fit"]["config"]["steps"]))
+            _print_tables(result)
         return 0
     if args.relabel:
         for path in args.relabel:
@@ -536,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else None
     result = run_speed_benchmark(cfg, partial_out=out.with_name(out.stem + ".partial.json") if out else None)
     if args.fit or args.fit_only:
-        from .fit_speed import FitSpeedConfig, check_graphs_match_eager, format_fit_table, run_fit_rows
+        from .fit_speed import FitSpeedConfig, check_graphs_match_eager, run_fit_rows
 
         device = torch.device(cfg.device)
         if device.type == "cuda" and not args.no_check:
@@ -565,14 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     out = out or default_output(result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(format_table(result))
-    if "fit" in result:
-        print("\n" + result["fit"]["table"])
+    _print_tables(result)
     print(f"\nwrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    from ..cli import main as cli_main
-
-    sys.exit(cli_main(["bench", "speed", *sys.argv[1:]]))
+    sys.exit(main())
