@@ -78,7 +78,7 @@ def test_quick_benchmark_with_ood_writes_results_and_resumes(tmp_path, capsys):
     assert results["ood"]["accuracy"]["bara"][OOD_SET]["n"] == 1
 
     targets = {t["target"]: t["status"] for t in results["targets"]}
-    assert set(targets) == {"ece", "nll", "accuracy", "effective_rank"}
+    assert set(targets) == {"ece", "nll", "accuracy", "effective_rank", "nll_every_baseline", "ece_every_baseline"}
     # BLoB was not run: not below LoRA already misses the target; below it, the LoRA part is met
     bara_nll, lora_nll = (agg["test"]["nll"][m]["mean"]["mean"] for m in ("bara", "lora"))
     assert targets["nll"] == ("met against LoRA; BLoB not run" if bara_nll < lora_nll else "missed")
@@ -100,8 +100,10 @@ def test_quick_benchmark_with_ood_writes_results_and_resumes(tmp_path, capsys):
     assert f"- code: bara_pyro {results['code']['version']}, package files sha256 `" in md and "unknown" not in md
     assert results["segments"] == 1 and "invocations" not in md
     target_lines = [line for line in md.splitlines() if line.startswith("- BaRA's")]
-    assert len(target_lines) == 4
-    assert sum("**met**" in line or "**missed**" in line for line in target_lines) == 3
+    assert len(target_lines) == 6
+    assert sum("**met**" in line or "**missed**" in line for line in target_lines[:4]) == 3
+    # against every baseline, of which only LoRA ran
+    assert all("**met against the 1 that ran**" in line or "**missed**" in line for line in target_lines[4:])
 
     # the same command again: every run and OOD evaluation is already there, nothing is redone
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*metrics.json")}
@@ -454,6 +456,11 @@ def test_aggregates_anchor_and_targets_from_synthetic_runs():
     # 0.4 points below LoRA on five tasks but 9.5 on ARC-E: 1.92 below on average
     assert targets["accuracy"]["status"] == "missed" and "-1.92 points" in targets["accuracy"]["detail"]
     assert targets["effective_rank"]["status"] == "met" and "r / 2 = 4" in targets["effective_rank"]["detail"]
+    # ECE 3% below LoRA's 10% and BLoB's 5%, with MAP, MC-dropout and the ensemble not run
+    assert targets["ece_every_baseline"]["status"] == "met against the 2 that ran"
+    assert targets["ece_every_baseline"]["detail"] == ("BaRA 3.00% vs LoRA (MLE) 10.00%, BLoB 5.00%; not run on "
+                                                       "every task: MAP, MC-dropout, Ensemble")
+    assert targets["nll_every_baseline"]["status"] == "missed"  # 0.68 above BLoB's 0.66
 
     anchor = {row["task"]: row for row in res["anchor"]}
     assert set(anchor) == set(quality.PEFT_LORA_ANCHOR)  # WG-M has no peft figure
@@ -489,6 +496,30 @@ def test_aggregates_anchor_and_targets_from_synthetic_runs():
         res = quality.aggregate(shifted, ["lora", "bara"], TASKS, rank_budget=8)
         (nll,) = [t for t in res["targets"] if t["target"] == "nll"]
         assert nll["status"] == status and "BLoB was not run" in nll["detail"]
+
+
+def test_below_every_baseline_is_met_only_when_every_baseline_ran():
+    """The every-baseline targets: met when BaRA's mean is below each of the five baselines'; one baseline at or
+    below it misses; a baseline missing on one task counts as not run."""
+    base = [r for r in synthetic_records() if r["method"] in ("lora", "bara")]
+    others = [{**r, "method": m} for m in ("lora_map", "mc_dropout", "ensemble", "blob")
+              for r in synthetic_records() if r["method"] == "lora"]  # each at LoRA's NLL 0.70, above BaRA's
+    methods = ["lora", "lora_map", "mc_dropout", "ensemble", "blob", "bara"]
+    res = quality.aggregate(base + others, methods, TASKS, rank_budget=8)
+    targets = {t["target"]: t for t in res["targets"]}
+    assert targets["nll_every_baseline"]["status"] == "met"
+    assert "MC-dropout 0.7000" in targets["nll_every_baseline"]["detail"]
+    equal = [{**r, "metrics": {**r["metrics"], "test": {**r["metrics"]["test"], "nll": 0.68}}}
+             if r["method"] == "ensemble" else r for r in others]
+    res = quality.aggregate(base + equal, methods, TASKS, rank_budget=8)
+    assert {t["target"]: t["status"] for t in res["targets"]}["nll_every_baseline"] == "missed"
+    partial = [r for r in others if not (r["method"] == "blob" and r["task"] == "boolq")]
+    res = quality.aggregate(base + partial, methods, TASKS, rank_budget=8)
+    (target,) = [t for t in res["targets"] if t["target"] == "nll_every_baseline"]
+    assert target["status"] == "met against the 4 that ran" and target["detail"].endswith("not run on every task: BLoB")
+    res = quality.aggregate(base, ["lora", "bara"], TASKS, rank_budget=8, target_method="bara_singular")
+    (target,) = [t for t in res["targets"] if t["target"] == "ece_every_baseline"]
+    assert target["status"] == "not evaluated"
 
 
 def test_anchor_skips_runs_evaluated_on_validation_only():

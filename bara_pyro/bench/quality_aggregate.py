@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .quality_protocol import ANCHOR_SEED, METRICS, OOD_TRAIN_TASK, PEFT_LORA_ANCHOR, TARGETS
+from .quality_protocol import ANCHOR_SEED, BASELINES, METHOD_LABELS, METRICS, OOD_TRAIN_TASK, PEFT_LORA_ANCHOR, TARGETS
 
 __all__ = ["aggregate", "anchor_check", "check_targets", "target_label"]
 
@@ -118,7 +118,32 @@ def check_targets(aggregates: dict, rank_budget: float | None, method: str = "ba
     else:
         add("effective_rank", "met" if b <= rank_budget / 2 else "missed",
             f"{name} {b:.2f} vs r / 2 = {rank_budget / 2:g}")
+    for metric, table, unit in (("nll", nll, 1.0), ("ece", ece, 100.0)):
+        out.append(_below_every_baseline(f"{metric}_every_baseline", name, _mean(table, method),
+                                         {m: _mean(table, m) for m in BASELINES}, unit))
     return out
+
+
+def _below_every_baseline(key: str, name: str, value: float | None, baselines: dict, unit: float) -> dict:
+    """Target ``key``: ``value`` (the BaRA method's across-task mean) below each baseline's that ran on every task.
+
+    Met only when every baseline ran; with some missing, below the others is "met against the N that ran".
+    """
+    ran = {m: v for m, v in baselines.items() if v is not None}
+    missing = [m for m in baselines if m not in ran]
+    if value is None or not ran:
+        status, detail = "not evaluated", f"needs {name} and at least one baseline on every task"
+    else:
+        above = [m for m, v in ran.items() if not value < v]
+        fmt = (lambda v: f"{unit * v:.4f}") if unit == 1.0 else (lambda v: f"{unit * v:.2f}%")
+        detail = f"{name} {fmt(value)} vs " + ", ".join(f"{METHOD_LABELS[m]} {fmt(v)}" for m, v in ran.items())
+        if missing:
+            detail += "; not run on every task: " + ", ".join(METHOD_LABELS[m] for m in missing)
+        if above:
+            status = "missed"
+        else:
+            status = "met" if not missing else f"met against the {len(ran)} that ran"
+    return {"target": key, "description": TARGETS[key], "status": status, "detail": detail}
 
 
 def anchor_check(records: list[dict], aggregates: dict, tasks: list[str]) -> list[dict]:

@@ -3,9 +3,9 @@ and BaRA's targets (:mod:`bara_pyro.bench.quality` documents the protocol as a w
 
 from __future__ import annotations
 
-__all__ = ["ANCHOR_SEED", "METHODS", "METRICS", "MMLU_OOD_SETS", "MODEL", "MODEL_SELECTION", "OOD_SETS",
-           "OOD_TRAIN_TASK", "PEFT_LORA_ANCHOR", "PROTOCOL_NAME", "PROTOCOL_OVERRIDES", "QUICK", "QUICK_CAPS",
-           "QUICK_OVERRIDES", "SEEDS", "STEPS", "TARGETS", "TASKS"]
+__all__ = ["ANCHOR_SEED", "BASELINES", "METHOD_LABELS", "METHODS", "METRICS", "MMLU_OOD_SETS", "MODEL",
+           "MODEL_SELECTION", "OOD_SETS", "OOD_TRAIN_TASK", "PEFT_LORA_ANCHOR", "PROTOCOL_NAME",
+           "PROTOCOL_OVERRIDES", "QUICK", "QUICK_CAPS", "QUICK_OVERRIDES", "SEEDS", "STEPS", "TARGETS", "TASKS"]
 
 PROTOCOL_NAME = "the Bayesian-LoRA small-scale protocol"
 MODEL = "smollm2-135m"
@@ -65,7 +65,17 @@ TARGETS = {
     "nll": "BaRA's NLL below both LoRA (MLE)'s and BLoB's",
     "accuracy": "BaRA's accuracy no more than 0.5 points below LoRA (MLE)'s",
     "effective_rank": "BaRA's joint effective rank at most r / 2",
+    "nll_every_baseline": "BaRA's NLL below every baseline's (LoRA (MLE), MAP, MC-dropout, ensemble, BLoB)",
+    "ece_every_baseline": "BaRA's ECE below every baseline's (LoRA (MLE), MAP, MC-dropout, ensemble, BLoB)",
 }
+BASELINES = ("lora", "lora_map", "mc_dropout", "ensemble", "blob")  # what the every-baseline targets compare with
+METHOD_LABELS = {"lora": "LoRA (MLE)", "lora_map": "MAP", "mc_dropout": "MC-dropout", "ensemble": "Ensemble",
+                 "blob": "BLoB", "bara": "BaRA", "bara_sparsity_only": "BaRA (sparsity only)",
+                 "bara_global_only": "BaRA (global only)", "bara_slab": "BaRA (spike-and-slab)",
+                 "bara_singular": "BaRA (singular directions)",
+                 "bayesian_lora": "Bayesian-LoRA", "bayeslora": "BayesLoRA", "balora": "BaLoRA (from its abstract)",
+                 "projected_subspace": "Projected subspace (SWAG)",
+                 "projected_subspace_laplace": "Projected subspace (Laplace)", "laplace_lora": "Laplace-LoRA"}
 MODEL_SELECTION = ("No early stopping or checkpoint selection: every method is evaluated at its final training step. "
                    "Hyperparameters are the presets' unless a --method-set says otherwise; such values come from a "
                    "sweep of --variant methods ranked on the validation split (--best-variant). The test split "

@@ -12,20 +12,13 @@ import subprocess
 from pathlib import Path
 
 from .quality_aggregate import target_label
-from .quality_protocol import ANCHOR_SEED, METRICS, PROTOCOL_NAME, TASKS
+from .quality_protocol import ANCHOR_SEED, METHOD_LABELS, METRICS, PROTOCOL_NAME, TASKS
 
 __all__ = ["format_markdown", "code_version", "git_commit", "effective_overrides", "METHOD_LABELS",
            "TASK_LABELS", "METRIC_LABELS"]
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
-METHOD_LABELS = {"lora": "LoRA (MLE)", "lora_map": "MAP", "mc_dropout": "MC-dropout", "ensemble": "Ensemble",
-                 "blob": "BLoB", "bara": "BaRA", "bara_sparsity_only": "BaRA (sparsity only)",
-                 "bara_global_only": "BaRA (global only)", "bara_slab": "BaRA (spike-and-slab)",
-                 "bara_singular": "BaRA (singular directions)",
-                 "bayesian_lora": "Bayesian-LoRA", "bayeslora": "BayesLoRA", "balora": "BaLoRA (from its abstract)",
-                 "projected_subspace": "Projected subspace (SWAG)",
-                 "projected_subspace_laplace": "Projected subspace (Laplace)", "laplace_lora": "Laplace-LoRA"}
 TASK_LABELS = {"winogrande_s": "WG-S", "winogrande_m": "WG-M", "arc_challenge": "ARC-C", "arc_easy": "ARC-E",
                "openbookqa": "OBQA", "boolq": "BoolQ", "mmlu_high_school_psychology": "MMLU HS psych.",
                "mmlu_miscellaneous": "MMLU misc."}
