@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 SUITE_MD = ROOT / "benchmarks" / "results" / "quality_h200x4_2026-11-22" / "suite" / "results.md"
 LOCAL_KL_MD = ROOT / "benchmarks" / "results" / "quality_h200x2_2026-11-22_local_kl" / "suite_lkl" / "results.md"
+TUNED_DIR = ROOT / "benchmarks" / "results" / "quality_h100_2026-12-07_tuned"
 
 
 def _table_rows(text: str, header_start: str) -> dict[str, list[str]]:
@@ -31,7 +32,8 @@ def _results_section(text: str, title: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("section, results_md", [("### 3. ", SUITE_MD), ("### 4. ", LOCAL_KL_MD)])
+@pytest.mark.parametrize("section, results_md", [("### 3. ", SUITE_MD), ("### 4. ", LOCAL_KL_MD),
+                                                 ("### 16. ", TUNED_DIR / "results.md")])
 def test_suite_tables_in_docs_match_results_md(section, results_md):
     docs, results = DOCS.read_text(), results_md.read_text()
     docs = docs[docs.index(section):]  # the section's own tables come first from here
@@ -176,8 +178,6 @@ def test_section7_tables_and_ranks_are_the_lr1e3_runs():
     assert f"{min(updates):.2f}-{max(updates):.2f} directions per layer" in docs
 
 
-TUNED_DIR = ROOT / "benchmarks" / "results" / "quality_h100_2026-12-07_tuned"
-
 
 def test_section15_tables_are_the_tuned_results_md():
     """Section 15: the grid's validation NLL and the test cells at the chosen rates, as results.md gives them."""
@@ -201,6 +201,20 @@ def test_section15_tables_are_the_tuned_results_md():
         assert chosen[docs_row] == expected, docs_row
 
 
+def test_section16_baseline_grid_is_the_tuned_grid():
+    """Section 16: the baselines' validation NLL at each grid point, as results.md's grid table gives it."""
+    docs, results = DOCS.read_text(), (TUNED_DIR / "results.md").read_text()
+    documented = _table_rows(docs[docs.index("### 16. "):], "| validation NLL, baselines |")
+    names = {"lora_map": "MAP", "mc_dropout": "MC-dropout", "blob": "BLoB"}
+    grid_rows = [[c.strip() for c in line.strip("|").split("|")] for line in
+                 results.split("### Grid: validation NLL")[1].splitlines()
+                 if any(line.startswith(f"| {m} |") for m in names)]
+    assert len(grid_rows) == len(documented) == 9
+    for method, point, *cells in grid_rows:
+        lr = {"lr=0.0003": "3e-4", "lr=0.001": "1e-3", "lr=0.003": "3e-3"}[point]
+        assert documented[f"{names[method]}, {lr}"] == cells, (method, point)
+
+
 PACKING_DIR = ROOT / "benchmarks" / "results" / "speed_fit_h100_2026-12-07_packing"
 
 
@@ -218,4 +232,24 @@ def test_packed_training_gpu_table_is_the_result_files():
         lora, bara = (fit["rows"][m]["graphs"] for m in ("lora", "bara_singular"))
         expected = [f"{lora['train_s']:.1f}", f"{_replay_ms(lora, steps):.1f}", f"{bara['train_s']:.1f}",
                     f"{_replay_ms(bara, steps):.1f}", f"{_replay_ms(bara, steps) / _replay_ms(lora, steps):.2f}"]
+        assert documented[label] == expected, label
+
+TF32_DIR = ROOT / "benchmarks" / "results" / "speed_fit_h100_2026-12-07_tf32_setting"
+
+
+def test_tf32_setting_table_is_the_result_files():
+    """"Training: tokens per step": the replayed-step times with TF32 by the environment and by `train.tf32`."""
+    from bara_pyro.bench.fit_speed import _replay_ms
+
+    documented = _table_rows(DOCS.read_text(), "| TF32 by |")
+    files = {"`TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1`": "tf32_env_override_packed",
+             "`train.tf32=true`": "tf32_setting_packed",
+             "`train.tf32=true`, the machine's first run": "tf32_setting_packed_first"}
+    assert set(documented) == set(files)
+    for label, name in files.items():
+        fit = json.loads((TF32_DIR / f"{name}.json").read_text())["fit"]
+        overrides = fit["config"]["overrides"]
+        assert "train.pack_choices=true" in overrides and ("train.tf32=true" in overrides) == ("env" not in name)
+        steps = fit["config"]["steps"]
+        expected = [f"{_replay_ms(fit['rows'][m]['graphs'], steps):.1f}" for m in ("lora", "bara_singular")]
         assert documented[label] == expected, label
