@@ -304,6 +304,21 @@ def test_only_identical_finished_runs_are_reused(tmp_path):
     assert quality_members.reusable_members(ensemble, unfinished) == {}
 
 
+def test_dry_run_counts_no_member_from_a_finished_run_without_weights(tmp_path, capsys):
+    """--dry-run's count of members that reuse a one-model run: a finished LoRA run of the plan counts with its
+    weights and not without them (as a grid run copied without them), since the member then trains."""
+    argv = ["--quick", "--methods", "lora,ensemble", "--tasks", "winogrande_s", "--seeds", "1",
+            "--output", str(tmp_path)]
+    opts = quality_options.options_from_args(quality.build_parser().parse_args(argv), argv)
+    lora, _ = quality.plan_runs(opts)
+    _fake_finished_run(lora.run_dir, lora.config)
+    quality.print_plan(opts)
+    assert "1 ensemble member(s) can reuse" in capsys.readouterr().out
+    (lora.run_dir / "adapter_model.safetensors").unlink()
+    quality.print_plan(opts)
+    assert "can reuse" not in capsys.readouterr().out
+
+
 def test_ensemble_assembled_from_member_predictions_equals_evaluating_it(tmp_path, capsys):
     """An ensemble whose members all finished as one-model runs (with their predictions, without their weights)
     is assembled from those files, in distribution and OOD, and equals the same ensemble trained and evaluated

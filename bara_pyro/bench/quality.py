@@ -229,10 +229,19 @@ def _progress_rank(spec: RunSpec) -> int:
 
 
 def _count_reusable_members(specs: list[RunSpec], output: Path) -> int:
-    """How many ensemble members equal a one-model run of the plan or one finished in ``output`` (for --dry-run)."""
-    from ..experiment import member_dir
+    """How many ensemble members equal a one-model run of the plan or one finished in ``output`` (for --dry-run).
 
-    singles = [member_training(s.config, 0) for s in specs if s.config["ensemble"]["members"] == 1]
+    A finished one-model run counts only with its adapter's weights: one copied without them (e.g. a grid run
+    whose weights were not kept) cannot stand in for a member, which then trains.
+    """
+    from ..experiment import member_dir
+    from ..models.bara_model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+
+    def source(spec: RunSpec) -> bool:
+        return _run_status(spec) != "done" or all((spec.run_dir / name).is_file()
+                                                  for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME))
+
+    singles = [member_training(s.config, 0) for s in specs if s.config["ensemble"]["members"] == 1 and source(s)]
     count = 0
     for spec in specs:
         members = spec.config["ensemble"]["members"]
