@@ -75,6 +75,25 @@ def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_dry_run_after_the_grid_plans_the_final_runs_and_writes_nothing(tmp_path, capsys):
+    """Once the grid has finished, --dry-run also prints the final runs at the chosen values, the tuning seed's
+    runs that --test-in-grid takes from the grid counted as finished, and leaves the output folder as it was."""
+    out = tmp_path / "tuned"
+    grid_argv = ["--quick", "--methods", "lora", "--tasks", "winogrande_s", "--seeds", "1", "--lrs", "1e-4,1e-2",
+                 "--test-in-grid", "--output", str(out)]
+    assert tuning.main([*grid_argv, "--grid-only"]) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    capsys.readouterr()
+    argv = [*grid_argv, "--seeds", "1,2", "--dry-run"]
+    assert tuning.main(argv) == 0
+    printed = capsys.readouterr().out
+    final = printed.split("the final runs, each method at its chosen values:")[1]
+    assert "lora/winogrande_s/seed1" in final and "lora/winogrande_s/seed2" in final
+    assert "2 runs (2 trainings of 3 steps), 0 OOD evaluations; finished: 1 runs" in final
+    assert "1 of them taken from the grid (the same config and seed)" in final
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before and not (out / "runs").exists()
+
+
 def test_a_null_grid_value_reaches_the_config_as_none(tmp_path):
     base, args = _base(tmp_path, "--lrs", "0.001", "--grid", "lora:train.clip_norm=null,1.0")
     grid, points = tuning.grid_options(base, args.lrs, tuning._parse_grids(args.grid), [1])

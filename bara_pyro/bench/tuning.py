@@ -16,6 +16,9 @@ Protocol (the test split chooses nothing):
    alone) and the final stage takes each tuning seed's chosen run from the grid instead of training it
    again: the same config and seed.
 
+``--dry-run`` trains nothing: it prints the grid's runs and, once the grid has finished, the final runs at the
+chosen values (those the final stage would take from the grid counted as finished).
+
 Every other option is ``bench quality``'s (``--methods``, ``--tasks``, ``--steps``, ``--workers``, ...).
 The PEFT anchor check keeps its own settings (lr 1e-4, 1000 steps).
 """
@@ -25,15 +28,17 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from . import quality, quality_options
 from .atomic_files import write_json
 
 __all__ = ["GRID_LRS", "SHARES_CHOICE", "grid_points", "point_name", "grid_options", "select", "final_options",
-           "reuse_grid_runs", "tuning_markdown", "main"]
+           "reuse_grid_runs", "print_final_plan", "tuning_markdown", "main"]
 
 GRID_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 SHARES_CHOICE = {"ensemble": "lora"}  # method -> the method whose chosen values it takes
@@ -146,6 +151,22 @@ def reuse_grid_runs(final: quality_options.Options, grid: quality_options.Option
     return copied
 
 
+def print_final_plan(final: quality_options.Options, grid: quality_options.Options, choices: dict,
+                     test_in_grid: bool) -> None:
+    """``--dry-run`` once the grid has finished: the final runs as the final stage would find them, the grid runs it
+    would take (``--test-in-grid``) counted as finished.  Nothing is written to the output folder: the preview
+    runs in a temporary folder holding links to the finished final runs and copies of the grid runs it takes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        preview = copy.deepcopy(final)
+        preview.output = Path(tmp)
+        if (final.output / "runs").is_dir():
+            shutil.copytree(final.output.resolve() / "runs", preview.output / "runs", copy_function=os.symlink)
+        taken = reuse_grid_runs(preview, grid, choices) if test_in_grid else []
+        quality.print_plan(preview)
+    if taken:
+        print(f"{len(taken)} of them taken from the grid (the same config and seed)")
+
+
 def tuning_markdown(choices: dict, table: dict, metric: str, tasks: list[str], lrs, grids, seeds) -> str:
     label = quality.METRIC_LABELS.get(metric, (metric, 1.0, 3))
     name, scale, digits = label
@@ -226,7 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         quality_options.check_options(grid)
         if args.dry_run:
             quality.print_plan(grid)
-            print("the final runs (each method at its chosen values) are planned when the grid has finished")
+            choices, _ = select(grid, points, args.select_metric)
+            tuned = {(method, task) for method, _ in points.values() for task in base.tasks}
+            if not tuned <= set(choices):
+                print("the final runs (each method at its chosen values) are planned when the grid has finished")
+                return 0
+            print("\nthe final runs, each method at its chosen values:")
+            print_final_plan(final_options(base, choices), grid, choices, args.test_in_grid)
             return 0
         with quality._terminate_as_interrupt():
             quality.run_benchmark(grid, execute=not args.aggregate_only)
