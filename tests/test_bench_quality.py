@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -266,6 +267,37 @@ def test_ensemble_member_0_is_the_lora_run_of_its_seed(tmp_path, capsys):
     assert metrics[0]["test"] == metrics[1]["test"] == metrics[2]["test"]
     lora_log = (one_call / "runs/lora/winogrande_s/seed1/train_log.jsonl").read_text()
     assert all((d / "member_0/train_log.jsonl").read_text() == lora_log for d in ensembles.values())
+
+
+def test_parallel_workers_train_ensemble_members_as_runs_of_their_own(tmp_path, monkeypatch):
+    """With workers, member 1 of the ensemble trains as a one-model run of its own (member 0 is the LoRA run of
+    the seed), the ensemble starts after both and copies them: the same ensemble as one worker training it whole,
+    to float rounding (the workers' subprocesses run one thread each); only the benchmark's runs are in the
+    results."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # local subprocesses
+    quick = ["--quick", "--methods", "lora,ensemble", "--tasks", "winogrande_s", "--seeds", "1", *SMALL]
+    parallel, serial = tmp_path / "parallel", tmp_path / "serial"
+    assert quality.main([*quick, "--workers", "2", "--output", str(parallel)]) == 0
+    assert quality.main([*quick, "--output", str(serial)]) == 0
+    member_run = parallel / "runs/ensemble_members/winogrande_s/seed1001"
+    assert (member_run / "metrics.json").exists() and not (serial / "runs/ensemble_members").exists()
+    ensemble = parallel / "runs/ensemble/winogrande_s/seed1"
+    assert (ensemble / "member_1/reused_from").read_text().strip() == "runs/ensemble_members/winogrande_s/seed1001"
+    assert (ensemble / "member_0/reused_from").read_text().strip() == "runs/lora/winogrande_s/seed1"
+    copied = load_file(str(ensemble / "member_1/adapter_model.safetensors"))
+    trained = load_file(str(member_run / "adapter_model.safetensors"))
+    assert all(torch.equal(copied[k], trained[k]) for k in trained)
+    for name in ("member_0", "member_1"):
+        a, b = (load_file(str(out / "runs/ensemble/winogrande_s/seed1" / name / "adapter_model.safetensors"))
+                for out in (parallel, serial))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], msg=f"{name} {k}")
+    results = json.loads((parallel / "results.json").read_text())
+    assert [(r["method"], r["status"]) for r in results["runs"]] == [("lora", "ok"), ("ensemble", "ok")]
+    metrics = [json.loads((out / "runs/ensemble/winogrande_s/seed1/metrics.json").read_text())["test"]
+               for out in (parallel, serial)]
+    assert metrics[0] == pytest.approx(metrics[1], rel=1e-4)
 
 
 def _fake_finished_run(run_dir, config):

@@ -158,3 +158,19 @@ def test_a_job_out_of_cuda_memory_is_queued_again_with_fewer_at_once(path, reque
     assert outcome["never0"]["status"] == "failed"  # retried MAX_OOM_RETRIES times, then reported
     assert sum("ran out of GPU memory" in line for line in lines) == scheduler.MAX_OOM_RETRIES
 
+
+def test_a_job_starts_after_the_jobs_it_waits_for_and_later_ones_meanwhile(no_ray, tmp_path):
+    """``after``: the second job starts only once the first has ended (it finds the first one's file), while the
+    third, listed after it, starts meanwhile (the second finds the third's file too)."""
+    first, third = tmp_path / "first", tmp_path / "third"
+    slow_first = f"import pathlib, time; time.sleep(1.0); pathlib.Path({str(first)!r}).write_text('done')"
+    check = (f"import pathlib, sys; sys.exit(0 if pathlib.Path({str(first)!r}).exists() "
+             f"and pathlib.Path({str(third)!r}).exists() else 1)")
+    jobs = [("first", None, [sys.executable, "-c", slow_first], tmp_path / "first.log"),
+            ("second", None, [sys.executable, "-c", check], tmp_path / "second.log"),
+            ("third", None, [sys.executable, "-c", f"import pathlib; pathlib.Path({str(third)!r}).write_text('x')"],
+             tmp_path / "third.log")]
+    outcome = scheduler.execute(jobs, workers=2, log=lambda msg: None, gpus=[], gpu_share=0.0,
+                                after={"second": {"first", "not a job here"}})
+    assert {name: o["status"] for name, o in outcome.items()} == {"first": "ok", "second": "ok", "third": "ok"}
+    assert list(outcome) == ["third", "first", "second"]

@@ -38,7 +38,9 @@ finished start first, then those that resume, then new ones, longest first); a f
 reported (``results.json``/``results.md`` and ``<output>/logs/``) and the others go on.  An ensemble member
 whose training equals a finished one-model run in ``<output>/runs`` (member 0 and the LoRA run of the same
 seed) is copied from it instead of trained again (``member_<m>/reused_from`` names the source); such
-ensembles start after the other runs so that their sources can finish first.  When every member of an
+ensembles start after those runs have ended.  With several workers, the other members also train as one-model
+runs of their own (``runs/<method>_members/<task>/seed<member seed>``, validation split only), so that the
+workers share an ensemble's trainings, and the ensemble copies them.  When every member of an
 ensemble equals such a run that saved its deterministic test predictions (``predictions.npz``, one eval
 split, ``eval.num_samples = 0``), the ensemble is instead assembled from those files, without loading a
 model (``metrics.json``'s ``assembled_from`` names them): the mixture of the members' predictives, the
@@ -190,6 +192,43 @@ def plan_runs(opts: Options) -> list[RunSpec]:
 # ---------------------------------------------------------------------------------------- execution
 
 
+MEMBER_RUNS_SUFFIX = "_members"
+
+
+def member_runs(ensembles: list[RunSpec], pending: list[RunSpec], output: Path) -> list[RunSpec]:
+    """One-model runs that train the ``ensembles``' members apart, so that parallel workers share an ensemble's
+    trainings instead of one worker training them in turn.
+
+    Member ``m`` of an ensemble becomes a run with the member's seed in ``runs/<method>_members/<task>/``, its
+    config the ensemble's with one member (evaluated on the validation split only); the ensemble, which starts
+    after it, copies its weights (:func:`~bara_pyro.bench.quality_members.reuse_single_runs_as_members`) and
+    evaluates.  Members already trained or reusable, or that a pending one-model run trains (member 0 and the
+    LoRA run of the seed), get none; nor does one whose folder holds a run with another config.
+    """
+    import copy
+
+    from ..experiment import member_dir, member_seed
+
+    singles = [member_training(s.config, 0) for s in pending if s.config["ensemble"]["members"] == 1]
+    out = []
+    for spec in ensembles:
+        reusable = reusable_members(spec, output)
+        for m in range(spec.config["ensemble"]["members"]):
+            if (m in reusable or member_done(member_dir(spec.run_dir, spec.config, m))
+                    or member_training(spec.config, m) in singles):
+                continue
+            config, seed = copy.deepcopy(spec.config), member_seed(spec.config, m)
+            config["ensemble"]["members"], config["train"]["seed"] = 1, seed
+            config["eval"]["splits"] = ["validation"]
+            method = spec.method + MEMBER_RUNS_SUFFIX
+            stem = f"{method}__{spec.task}__seed{seed}"
+            run = RunSpec(method, spec.task, seed, config, output / "runs" / method / spec.task / f"seed{seed}",
+                          output / "configs" / f"{stem}.yaml", output / "logs" / f"{stem}.log")
+            if _saved_config_conflict(run) is None and _run_status(run) != "done":
+                out.append(run)
+    return out
+
+
 def _saved_config_conflict(spec: RunSpec) -> str | None:
     """A message when the run directory holds a run with another config (never mix two protocols)."""
     path = spec.run_dir / "config.yaml"
@@ -295,12 +334,13 @@ def _ood_command(run_dir: Path, ood_sets: list[str]) -> list[str]:
             "--ood-sets", ",".join(ood_sets)]
 
 
-def _execute(jobs: list, opts: Options, log, before_job: dict | None = None) -> dict[str, dict]:
+def _execute(jobs: list, opts: Options, log, before_job: dict | None = None,
+             after: dict | None = None) -> dict[str, dict]:
     """Run the jobs (:func:`~bara_pyro.bench.scheduler.execute`): in this process, or as Ray tasks that each ask
     for ``--gpu-share`` of a GPU (none with ``--device cpu`` or ``cuda:N``)."""
     share = opts.gpu_share if opts.device == "auto" or opts.device == "cuda" else 0.0
     return execute(jobs, opts.workers, log, gpus=opts.gpus, before_job=before_job, address=opts.address,
-                   gpu_share=share)
+                   gpu_share=share, after=after)
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -453,11 +493,15 @@ def _run_benchmark(opts: Options, log, execute: bool, clock: SegmentClock | None
         resumed = sum(_run_status(s) == "partial" for s in pending)
         ensembles = [s for s in pending if s.config["ensemble"]["members"] > 1]
         reused = sum(reuse_single_runs_as_members(s, opts.output, log) for s in ensembles)
-        # an ensemble with a member that a pending one-model run will train starts after the other runs and
+        members = member_runs(ensembles, pending, opts.output) if opts.workers > 1 or opts.address else []
+        pending += members
+        # an ensemble with a member that a pending one-model run will train starts after that run has ended and
         # looks for finished ones again when it starts (before_job): then it reuses them instead of retraining
-        singles = [member_training(s.config, 0) for s in pending if s.config["ensemble"]["members"] == 1]
-        waits = {s.name for s in ensembles
-                 if any(member_training(s.config, m) in singles for m in range(s.config["ensemble"]["members"]))}
+        singles = {s.name: member_training(s.config, 0) for s in pending if s.config["ensemble"]["members"] == 1}
+        after = {s.name: {name for name, training in singles.items()
+                          if any(member_training(s.config, m) == training
+                                 for m in range(s.config["ensemble"]["members"]))} for s in ensembles}
+        waits = {name for name, names in after.items() if names}
         before_job = {s.name: (lambda s=s: reuse_single_runs_as_members(s, opts.output, log)) for s in ensembles}
         jobs = []
         for spec in sorted(pending, key=lambda s: (s.name in waits, _progress_rank(s), -s.cost)):
@@ -468,12 +512,16 @@ def _run_benchmark(opts: Options, log, execute: bool, clock: SegmentClock | None
                                     for s in specs)
         if opts.workers > 1 and (jobs or need_ood):
             _prepare_assets(specs, pending, opts.ood_sets if need_ood else [])
-        done = len(specs) - len(jobs) - sum(o["status"] != "ok" for o in outcome.values())
+        done = len(specs) - (len(jobs) - len(members)) - sum(o["status"] != "ok" for o in outcome.values())
         log(f"quality benchmark: {len(specs)} runs ({done} already finished, {len(jobs)} to run of which {resumed} "
             f"resume from a checkpoint; {opts.workers} at a time) -> {opts.output}"
-            + (f"; {reused} ensemble member(s) reused from identical one-model runs" if reused else ""))
+            + (f"; {reused} ensemble member(s) reused from identical one-model runs" if reused else "")
+            + (f"; {len(members)} ensemble member(s) train as runs of their own (runs/*{MEMBER_RUNS_SUFFIX}/), "
+               f"each ensemble after its members" if members else ""))
         ran_here = bool(jobs)
-        outcome.update(_execute(jobs, opts, log, before_job=before_job))
+        outcome.update(_execute(jobs, opts, log, before_job=before_job, after=after))
+        for spec in members:  # not the benchmark's runs: their outcome is their ensemble's
+            outcome.pop(spec.name, None)
         if opts.ood:
             ood_jobs, ood_outcome_failed = [], {}
             for spec in specs:

@@ -134,19 +134,22 @@ class _StopFlag:
 
 def execute(jobs: list[Job], workers: int, log: Callable[[str], None] = print, gpus: list[int] | None = None,
             before_job: dict[str, Callable[[], None]] | None = None, address: str | None = None,
-            gpu_share: float | None = None) -> dict[str, dict]:
+            gpu_share: float | None = None, after: dict[str, set[str]] | None = None) -> dict[str, dict]:
     """Run the jobs; returns ``{name: {status: 'ok' | 'failed' | 'stopped', error, time_s}}`` (see the module
     docstring; 'stopped': a signal stopped the run, which kept its progress).
 
     :param gpus: GPU indices a local Ray instance may use (default: every visible one); ignored on a cluster.
     :param gpu_share: GPUs per job (default :func:`default_gpu_share` over the GPUs Ray has).
+    :param after: ``{name: names}``: a job starts only once those of ``names`` that are jobs here have ended (each
+        must come before it in ``jobs``); meanwhile later jobs may start.
     """
+    after = {name: {n for n in names if n in {job[0] for job in jobs}} for name, names in (after or {}).items()}
     if workers == 1 and address is None:
-        return _execute_here(jobs, log, before_job or {})
+        return _execute_here(jobs, log, before_job or {})  # in order: each job's predecessors have ended
     if address is None and not _ray_installed():
         log(f"Ray is not installed: up to {workers} runs at once as local subprocesses")
-        return _execute_local(jobs, workers, log, visible_gpus() if gpus is None else gpus, before_job or {})
-    return _execute_ray(jobs, workers, log, gpus, before_job or {}, address, gpu_share)
+        return _execute_local(jobs, workers, log, visible_gpus() if gpus is None else gpus, before_job or {}, after)
+    return _execute_ray(jobs, workers, log, gpus, before_job or {}, address, gpu_share, after)
 
 
 def _ray_installed() -> bool:
@@ -162,15 +165,19 @@ class _Dispatch:
     job as failed), at most ``limit`` at once (``workers``, lowered to fewer than were running when a job ran out of
     CUDA memory; such a job is queued again, at most ``MAX_OOM_RETRIES`` times), and the outcome of each."""
 
-    def __init__(self, jobs: list[Job], workers: int, before_job: dict, log):
+    def __init__(self, jobs: list[Job], workers: int, before_job: dict, log, after: dict | None = None):
         self.pending, self.limit, self.before_job, self.log = list(jobs), workers, before_job, log
-        self.total, self.retries, self.outcome = len(jobs), {}, {}
+        self.total, self.retries, self.outcome, self.after = len(jobs), {}, {}, after or {}
 
     def next_job(self, running: int) -> tuple[Job, float] | None:
-        """The next job to start while fewer than ``limit`` run (``running`` do), its hook run, and its start time
-        (before the hook); None: none now."""
-        while self.pending and running < self.limit:
-            job, t0 = self.pending.pop(0), time.perf_counter()
+        """The next job to start while fewer than ``limit`` run (``running`` do): the first pending one whose
+        ``after`` jobs have all ended, its hook run, and its start time (before the hook); None: none now."""
+        while running < self.limit:
+            ready = next((i for i, job in enumerate(self.pending)
+                          if self.after.get(job[0], set()) <= self.outcome.keys()), None)
+            if ready is None and (running or not self.pending):
+                return None
+            job, t0 = self.pending.pop(ready or 0), time.perf_counter()  # nothing runs: never wait forever
             try:
                 if job[0] in self.before_job:
                     self.before_job[job[0]]()
@@ -225,7 +232,8 @@ def _execute_here(jobs: list[Job], log, before_job: dict) -> dict[str, dict]:
     return outcome
 
 
-def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, address, gpu_share) -> dict[str, dict]:
+def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, address, gpu_share,
+                 after: dict | None = None) -> dict[str, dict]:
     import ray
 
     started_here = not ray.is_initialized()
@@ -241,7 +249,7 @@ def _execute_ray(jobs: list[Job], workers: int, log, gpus, before_job: dict, add
         task = ray.remote(num_cpus=1, num_gpus=gpu_share, max_retries=MAX_RETRIES, max_calls=0)(_run_task)
         env = _job_env(workers)
         stop_flag = ray.remote(num_cpus=0)(_StopFlag).remote()
-        dispatch = _Dispatch(jobs, workers, before_job, log)
+        dispatch = _Dispatch(jobs, workers, before_job, log, after)
         running: dict = {}  # object ref -> (job, start time)
         try:
             while dispatch.pending or running:
@@ -294,12 +302,13 @@ def _run_reporting(job: Job, env: dict, stop: threading.Event, finished: queue.Q
     finished.put((name, result))
 
 
-def _execute_local(jobs: list[Job], workers: int, log, gpus: list[int] | None, before_job: dict) -> dict[str, dict]:
+def _execute_local(jobs: list[Job], workers: int, log, gpus: list[int] | None, before_job: dict,
+                   after: dict | None = None) -> dict[str, dict]:
     """The jobs' commands as local subprocesses, at most ``workers`` at once (a thread waits on each), each on the
     GPU of ``gpus`` that the fewest running jobs share."""
     env = {**os.environ, **_job_env(workers)}
     stop, finished = threading.Event(), queue.Queue()
-    dispatch = _Dispatch(jobs, workers, before_job, log)
+    dispatch = _Dispatch(jobs, workers, before_job, log, after)
     running: dict[str, tuple] = {}  # name -> (job, start time, GPU or None, thread)
     try:
         while dispatch.pending or running:
