@@ -215,6 +215,30 @@ def test_section16_baseline_grid_is_the_tuned_grid():
         assert documented[f"{names[method]}, {lr}"] == cells, (method, point)
 
 
+def test_section16_near_uniform_runs_and_five_task_ece_are_the_run_files():
+    """Section 16's WG-S entropies and accuracies at 3e-3, and the mean test ECE over the five other tasks."""
+    docs = DOCS.read_text()
+    docs = docs[docs.index("### 16. "):docs.index("## KL ablation")]
+    grid = TUNED_DIR / "grid" / "runs"
+
+    def test_metrics(run_dir):
+        return json.loads((run_dir / "seed1" / "metrics.json").read_text())["test"]
+
+    runs = [test_metrics(grid / f"{m}@lr=0.003" / "winogrande_s") for m in ("mc_dropout", "lora_map")]
+    assert f"entropy {runs[0]['mean_entropy']:.3f} and {runs[1]['mean_entropy']:.3f} nats" in docs
+    assert f"accuracy {100 * runs[0]['accuracy']:.1f} and {100 * runs[1]['accuracy']:.1f} %" in docs
+    assert f"NLL {runs[0]['nll']:.3f} and {runs[1]['nll']:.3f}" in docs
+    bara = test_metrics(grid / "bara_singular@lr=0.003" / "winogrande_s")
+    assert f"entropy {bara['mean_entropy']:.3f}\n  and accuracy {100 * bara['accuracy']:.1f} %" in docs
+    others = [t for t in SUITE_ORDER if t != "winogrande_s"]
+    ece = {m: 100 * sum(test_metrics(TUNED_DIR / "runs" / m / t)["ece"] for t in others) / len(others)
+           for m in ("lora", "lora_map", "mc_dropout", "blob", "bara_singular")}
+    assert min(ece, key=ece.get) == "bara_singular"
+    documented = re.search(r"mean ECE is the lowest of the five methods: ([\d.]+) %\s+against ([\d.]+) \(MC-dropout\), "
+                           r"([\d.]+) \(BLoB\), ([\d.]+) \(MAP\) and ([\d.]+) % \(LoRA\)", docs).groups()
+    assert documented == tuple(f"{ece[m]:.2f}" for m in ("bara_singular", "mc_dropout", "blob", "lora_map", "lora"))
+
+
 PACKING_DIR = ROOT / "benchmarks" / "results" / "speed_fit_h100_2026-12-07_packing"
 
 
