@@ -391,6 +391,10 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
         np.savez(run_dir / "gates.npz", **gates)
         metrics["effective_rank"] = rank.pop("joint", None)
         metrics["effective_rank_per_layer"] = rank
+        if "token_row" in gates:
+            from .analysis.diagnostics import token_rank_spread
+
+            metrics["token_rank_spread"] = token_rank_spread(gates)
     metrics["update_rank"], metrics["update_rank_per_layer"] = None, {}
     # an ensemble has one update per member; a gated update's mean needs the exported gates
     if len(models) == 1 and (gates is not None or not gated):
@@ -447,8 +451,8 @@ def read_prediction(arrays, prefix: str = "") -> Prediction:
 
 def export_gates(model, task, tokenizer, rows, train_rows, config, progress: bool = False) -> dict:
     """Arrays for ``gates.npz``: q(pi), q(lambda) parameters (L, r); per-token q(z=1) and E[g] on ``rows``
-    (L, n_tokens, r); each component's norm in the mean update (L, r); one example's token-level gate map; PSIS
-    log importance weights of the globals."""
+    (L, n_tokens, r) and each token's sequence (n_tokens,); each component's norm in the mean update (L, r); one
+    example's token-level gate map; PSIS log importance weights of the globals."""
     gates = [(p, a.gate) for p, a in model.adapter_items if a.gate is not None]
     out: dict = {"layer_names": np.asarray([p for p, _ in gates])}
     for key in ("pi_alpha", "pi_beta", "lambda_shape", "lambda_rate"):
@@ -465,6 +469,7 @@ def export_gates(model, task, tokenizer, rows, train_rows, config, progress: boo
     if pred.token_stats:
         out["token_gate_prob"] = np.stack([pred.token_stats[p]["token_prob"].numpy() for p, _ in gates])
         out["token_expected_gate"] = np.stack([pred.token_stats[p]["token_expected_gate"].numpy() for p, _ in gates])
+        out["token_row"] = pred.token_stats[gates[0][0]]["token_row"].numpy()  # every layer sees the same tokens
     out["_effective_rank"] = dict(pred.effective_rank)
     from .analysis.update_spectrum import component_norms
 

@@ -79,7 +79,11 @@ def test_quick_benchmark_with_ood_writes_results_and_resumes(tmp_path, capsys):
     assert results["ood"]["accuracy"]["bara"][OOD_SET]["n"] == 1
 
     targets = {t["target"]: t["status"] for t in results["targets"]}
-    assert set(targets) == {"ece", "nll", "accuracy", "effective_rank", "nll_every_baseline", "ece_every_baseline"}
+    assert set(targets) == {"ece", "nll", "accuracy", "effective_rank", "rank_structure", "nll_every_baseline",
+                            "ece_every_baseline"}
+    assert targets["rank_structure"] in ("met", "missed")  # the BaRA run's per-layer ranks and token gates
+    assert agg["token_rank_spread"]["bara"]["openbookqa"]["mean"] >= 0
+    assert agg["layer_rank_range"]["bara"]["openbookqa"]["mean"] >= 0
     # BLoB was not run: not below LoRA already misses the target; below it, the LoRA part is met
     bara_nll, lora_nll = (agg["test"]["nll"][m]["mean"]["mean"] for m in ("bara", "lora"))
     assert targets["nll"] == ("met against LoRA; BLoB not run" if bara_nll < lora_nll else "missed")
@@ -101,10 +105,11 @@ def test_quick_benchmark_with_ood_writes_results_and_resumes(tmp_path, capsys):
     assert f"- code: bara_pyro {results['code']['version']}, package files sha256 `" in md and "unknown" not in md
     assert results["segments"] == 1 and "invocations" not in md
     target_lines = [line for line in md.splitlines() if line.startswith("- BaRA's")]
-    assert len(target_lines) == 6
-    assert sum("**met**" in line or "**missed**" in line for line in target_lines[:4]) == 3
+    assert len(target_lines) == 7
+    assert sum("**met**" in line or "**missed**" in line for line in target_lines[:5]) == 4
     # against every baseline, of which only LoRA ran
-    assert all("**met against the 1 that ran**" in line or "**missed**" in line for line in target_lines[4:])
+    assert all("**met against the 1 that ran**" in line or "**missed**" in line for line in target_lines[5:])
+    assert md_table(md, "Within-sequence token-rank spread")[1][0] == "BaRA"
 
     # the same command again: every run and OOD evaluation is already there, nothing is redone
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*metrics.json")}
@@ -482,9 +487,12 @@ def synthetic_records():
                 test = {k: values[k] + jitter for k in ("accuracy", "nll", "ece", "brier")}
                 if method == "lora" and task == "arc_easy":
                     test["accuracy"] = 0.691 + jitter  # on the anchor
+                gated = {} if values["effective_rank"] is None else {
+                    "effective_rank_per_layer": {"layer0": 3.0, "layer1": 4.0 + jitter},  # range 1 +- 0.01
+                    "token_rank_spread": 0.2 + jitter}
                 records.append({"method": method, "task": task, "seed": seed, "status": "ok",
                                 "metrics": {"test": test, "validation": test,
-                                            "effective_rank": values["effective_rank"]}})
+                                            "effective_rank": values["effective_rank"], **gated}})
     return records
 
 
@@ -503,6 +511,15 @@ def test_aggregates_anchor_and_targets_from_synthetic_runs():
     # 0.4 points below LoRA on five tasks but 9.5 on ARC-E: 1.92 below on average
     assert targets["accuracy"]["status"] == "missed" and "-1.92 points" in targets["accuracy"]["detail"]
     assert targets["effective_rank"]["status"] == "met" and "r / 2 = 4" in targets["effective_rank"]["detail"]
+    assert targets["rank_structure"]["status"] == "met"
+    assert targets["rank_structure"]["detail"] == ("BaRA: per-layer rank range 1.00-1.00 (target > 0.5), "
+                                                   "within-sequence token-rank spread 0.200-0.200 (target > 0.1) "
+                                                   "over the tasks")
+    flat = [{**r, "metrics": {**r["metrics"], "token_rank_spread": 0.0}}
+            if r["method"] == "bara" and r["task"] == "boolq" else r for r in records]
+    (structure,) = [t for t in quality.aggregate(flat, ["lora", "blob", "bara"], TASKS, rank_budget=8)["targets"]
+                    if t["target"] == "rank_structure"]
+    assert structure["status"] == "missed" and structure["detail"].endswith("; short on boolq")
     # ECE 3% below LoRA's 10% and BLoB's 5%, with MAP, MC-dropout and the ensemble not run
     assert targets["ece_every_baseline"]["status"] == "met against the 2 that ran"
     assert targets["ece_every_baseline"]["detail"] == ("BaRA 3.00% vs LoRA (MLE) 10.00%, BLoB 5.00%; not run on "

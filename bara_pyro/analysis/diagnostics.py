@@ -40,6 +40,7 @@ __all__ = [
     "posterior_mean_lambda",
     "posterior_mean_pi",
     "reliability_bins",
+    "token_rank_spread",
 ]
 
 #: Usage below which a component counts as switched off (used when gates.npz has no ``dead_threshold``).
@@ -128,6 +129,28 @@ def effective_rank(gates: GatesLike) -> EffectiveRank:
         per_token=per_layer_token.mean(axis=0),
         per_layer_token=per_layer_token,
     )
+
+
+def token_rank_spread(gates: GatesLike) -> float:
+    r"""How much the per-token rank varies within a sequence: the standard deviation over a sequence's tokens of
+    :math:`\sum_k p_{ltk}`, averaged over the sequences with two or more tokens and over the layers.
+
+    Needs ``token_gate_prob`` ``(L, n_tokens, r)`` and ``token_row`` ``(n_tokens,)`` (each token's sequence).  0 for
+    gates that are the same at every token of a sequence (per-layer or per-sequence gates).
+    """
+    gates = as_arrays(gates)
+    _require(gates, "token_gate_prob", "token_row")
+    ranks = np.asarray(gates["token_gate_prob"], float).sum(axis=-1)  # (L, n_tokens)
+    _, row, count = np.unique(np.asarray(gates["token_row"]), return_inverse=True, return_counts=True)
+    several = count >= 2
+    if not several.any():
+        raise ValueError("no sequence has two tokens; the within-sequence spread is undefined")
+    stds = []
+    for layer in ranks:
+        mean = np.bincount(row, weights=layer) / count
+        var = np.bincount(row, weights=(layer - mean[row]) ** 2) / count
+        stds.append(np.sqrt(var)[several].mean())
+    return float(np.mean(stds))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ A run directory holds (only the first two are required)::
                         beta, lr, kl_per_layer
     predictions.npz    probs (N, C), labels (N,), sample_loglik (S, N)?, sample_probs (S, N, C)?
     gates.npz          layer_names (L,), pi_alpha / pi_beta / lambda_shape / lambda_rate (L, r),
-                        token_gate_prob / token_expected_gate (L, n_tokens, r), component_norm (L, r),
+                        token_gate_prob / token_expected_gate (L, n_tokens, r), token_row (n_tokens,)?,
+                        component_norm (L, r),
                         example_tokens (T,), example_gate_prob (L, T, r), log_importance_weights (S,),
                         dead_threshold?
 

@@ -6,7 +6,17 @@ from __future__ import annotations
 import math
 import statistics
 
-from .quality_protocol import ANCHOR_SEED, BASELINES, METHOD_LABELS, METRICS, OOD_TRAIN_TASK, PEFT_LORA_ANCHOR, TARGETS
+from .quality_protocol import (
+    ANCHOR_SEED,
+    BASELINES,
+    LAYER_RANK_RANGE,
+    METHOD_LABELS,
+    METRICS,
+    OOD_TRAIN_TASK,
+    PEFT_LORA_ANCHOR,
+    TARGETS,
+    TOKEN_RANK_SPREAD,
+)
 
 __all__ = ["aggregate", "anchor_check", "check_targets", "target_label"]
 
@@ -50,8 +60,11 @@ def _metric_value(split: str, metric: str):
         if record["task"] != task or record["status"] != "ok":
             return None
         m = record.get("metrics") or {}
-        if metric == "effective_rank":
-            return m.get("effective_rank")
+        if metric in ("effective_rank", "token_rank_spread"):
+            return m.get(metric)
+        if metric == "layer_rank_range":  # the spread of the per-layer ranks: max - min
+            ranks = list((m.get("effective_rank_per_layer") or {}).values())
+            return max(ranks) - min(ranks) if len(ranks) > 1 else None
         return (m.get(split) or {}).get(metric)
     return value
 
@@ -118,10 +131,30 @@ def check_targets(aggregates: dict, rank_budget: float | None, method: str = "ba
     else:
         add("effective_rank", "met" if b <= rank_budget / 2 else "missed",
             f"{name} {b:.2f} vs r / 2 = {rank_budget / 2:g}")
+    out.append(_rank_structure(name, method, aggregates))
     for metric, table, unit in (("nll", nll, 1.0), ("ece", ece, 100.0)):
         out.append(_below_every_baseline(f"{metric}_every_baseline", name, _mean(table, method),
                                          {m: _mean(table, m) for m in BASELINES}, unit))
     return out
+
+
+def _rank_structure(name: str, method: str, aggregates: dict) -> dict:
+    """Target ``rank_structure``: on every task (mean over seeds) the per-layer ranks span more than
+    :data:`LAYER_RANK_RANGE` components and the per-token rank's spread within a sequence exceeds
+    :data:`TOKEN_RANK_SPREAD`."""
+    layers, tokens = (aggregates[k].get(method) or {} for k in ("layer_rank_range", "token_rank_spread"))
+    cells = [(task, layers[task], tokens.get(task)) for task in layers if task != "mean"]
+    if not cells or any(layer is None or token is None for _, layer, token in cells):
+        status, detail = "not evaluated", f"needs {name}'s per-layer ranks and token gates on every task"
+    else:
+        low = [t for t, layer, token in cells
+               if layer["mean"] <= LAYER_RANK_RANGE or token["mean"] <= TOKEN_RANK_SPREAD]
+        status = "missed" if low else "met"
+        detail = (f"{name}: per-layer rank range {min(c[1]['mean'] for c in cells):.2f}-"
+                  f"{max(c[1]['mean'] for c in cells):.2f} (target > {LAYER_RANK_RANGE:g}), within-sequence "
+                  f"token-rank spread {min(c[2]['mean'] for c in cells):.3f}-{max(c[2]['mean'] for c in cells):.3f} "
+                  f"(target > {TOKEN_RANK_SPREAD:g}) over the tasks" + (f"; short on {', '.join(low)}" if low else ""))
+    return {"target": "rank_structure", "description": TARGETS["rank_structure"], "status": status, "detail": detail}
 
 
 def _below_every_baseline(key: str, name: str, value: float | None, baselines: dict, unit: float) -> dict:
@@ -178,7 +211,8 @@ def aggregate(records: list[dict], methods: list[str], tasks: list[str], ood_set
     """Aggregates (mean +- std over seeds per method x task, plus the across-task mean), OOD, anchor, targets."""
     aggregates = {split: {m: _table(records, methods, tasks, _metric_value(split, m)) for m in METRICS}
                   for split in ("test", "validation")}
-    aggregates["effective_rank"] = _table(records, methods, tasks, _metric_value("test", "effective_rank"))
+    for key in ("effective_rank", "layer_rank_range", "token_rank_spread"):
+        aggregates[key] = _table(records, methods, tasks, _metric_value("test", key))
     out = {"aggregates": aggregates}
     if ood_sets:
         id_cols = ["in_distribution", *ood_sets]

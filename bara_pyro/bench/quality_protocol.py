@@ -3,9 +3,10 @@ and BaRA's targets (:mod:`bara_pyro.bench.quality` documents the protocol as a w
 
 from __future__ import annotations
 
-__all__ = ["ANCHOR_SEED", "BASELINES", "METHOD_LABELS", "METHODS", "METRICS", "MMLU_OOD_SETS", "MODEL",
-           "MODEL_SELECTION", "OOD_SETS", "OOD_TRAIN_TASK", "PEFT_LORA_ANCHOR", "PROTOCOL_NAME",
-           "PROTOCOL_OVERRIDES", "QUICK", "QUICK_CAPS", "QUICK_OVERRIDES", "SEEDS", "STEPS", "TARGETS", "TASKS"]
+__all__ = ["ANCHOR_SEED", "BASELINES", "LAYER_RANK_RANGE", "METHOD_LABELS", "METHODS", "METRICS", "MMLU_OOD_SETS",
+           "MODEL", "MODEL_SELECTION", "OOD_SETS", "OOD_TRAIN_TASK", "PEFT_LORA_ANCHOR", "PROTOCOL_NAME",
+           "PROTOCOL_OVERRIDES", "QUICK", "QUICK_CAPS", "QUICK_OVERRIDES", "SEEDS", "STEPS", "TARGETS", "TASKS",
+           "TOKEN_RANK_SPREAD"]
 
 PROTOCOL_NAME = "the Bayesian-LoRA small-scale protocol"
 MODEL = "smollm2-135m"
@@ -65,9 +66,13 @@ TARGETS = {
     "nll": "BaRA's NLL below both LoRA (MLE)'s and BLoB's",
     "accuracy": "BaRA's accuracy no more than 0.5 points below LoRA (MLE)'s",
     "effective_rank": "BaRA's joint effective rank at most r / 2",
+    "rank_structure": "BaRA's ranks have structure: per-layer ranks that differ and per-token ranks that vary "
+                      "within a sequence, on every task",
     "nll_every_baseline": "BaRA's NLL below every baseline's (LoRA (MLE), MAP, MC-dropout, ensemble, BLoB)",
     "ece_every_baseline": "BaRA's ECE below every baseline's (LoRA (MLE), MAP, MC-dropout, ensemble, BLoB)",
 }
+LAYER_RANK_RANGE = 0.5  # rank_structure: the per-layer ranks are not all within this many components of each other
+TOKEN_RANK_SPREAD = 0.1  # rank_structure: the per-token rank's mean standard deviation within a sequence exceeds it
 BASELINES = ("lora", "lora_map", "mc_dropout", "ensemble", "blob")  # what the every-baseline targets compare with
 METHOD_LABELS = {"lora": "LoRA (MLE)", "lora_map": "MAP", "mc_dropout": "MC-dropout", "ensemble": "Ensemble",
                  "blob": "BLoB", "bara": "BaRA", "bara_sparsity_only": "BaRA (sparsity only)",

@@ -24,6 +24,8 @@ TASK_LABELS = {"winogrande_s": "WG-S", "winogrande_m": "WG-M", "arc_challenge": 
                "mmlu_miscellaneous": "MMLU misc."}
 METRIC_LABELS = {"accuracy": ("ACC (%)", 100.0, 1), "nll": ("NLL", 1.0, 3), "ece": ("ECE (%)", 100.0, 1),
                  "brier": ("Brier", 1.0, 3), "effective_rank": ("Joint effective rank", 1.0, 2),
+                 "layer_rank_range": ("Per-layer rank range", 1.0, 2),
+                 "token_rank_spread": ("Within-sequence token-rank spread", 1.0, 3),
                  "auroc_entropy": ("OOD AUROC of predictive entropy (%)", 100.0, 1),
                  "auroc_mutual_information": ("OOD AUROC of mutual information (%)", 100.0, 1)}
 
@@ -135,6 +137,13 @@ def format_markdown(results: dict) -> str:
     if gated:
         lines += ["## Joint effective rank (gated methods; expected number of active components per layer)", ""]
         lines += _md_table(agg["effective_rank"], gated, tasks, "effective_rank", n_seeds) + [""]
+        for key, what in (("layer_rank_range", "the largest per-layer effective rank less the smallest"),
+                          ("token_rank_spread", "standard deviation of the per-token rank over a sequence's tokens, "
+                                                "mean over sequences and layers")):
+            table = agg.get(key) or {}
+            if any(v is not None for m in gated for v in table.get(m, {}).values()):
+                lines += [f"## {METRIC_LABELS[key][0]} ({what})", ""]
+                lines += _md_table(table, gated, tasks, key, n_seeds) + [""]
 
     ood = results.get("ood")
     if ood:

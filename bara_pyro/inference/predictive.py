@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .interrupt import StopRequest, rng_state, set_rng_state, stop_on_signals
 
-__all__ = ["Prediction", "length_order", "predict", "STOP_MESSAGE"]
+__all__ = ["Prediction", "append_token_stats", "length_order", "predict", "STOP_MESSAGE"]
 
 STOP_MESSAGE = "prediction interrupted after {done} of {total} examples; run again to continue from {path}"
 
@@ -98,6 +98,18 @@ def length_order(task, rows: Sequence[dict], packed: bool = False) -> list[int] 
     return sorted(range(len(rows)), key=lambda i: -lengths[i])
 
 
+def append_token_stats(token_stats: dict, rows_seen: dict, lpath: str, stats: dict, to_cpu: bool = False) -> None:
+    """Add one batch's per-token gate statistics of layer ``lpath`` to ``token_stats``: ``token_prob`` and
+    ``token_expected_gate`` ``(tokens, r)`` and ``token_row`` ``(tokens,)``, each token's sequence numbered across the
+    batches (``rows_seen[lpath]``: the sequences before this batch)."""
+    rec = token_stats.setdefault(lpath, {"token_prob": [], "token_expected_gate": [], "token_row": []})
+    move = (lambda t: t.cpu()) if to_cpu else (lambda t: t)
+    rec["token_prob"].append(move(stats["token_prob"]))
+    rec["token_expected_gate"].append(move(stats["token_expected_gate"]))
+    rec["token_row"].append(move(stats["token_row"]) + rows_seen.get(lpath, 0))
+    rows_seen[lpath] = rows_seen.get(lpath, 0) + stats["num_rows"]
+
+
 @torch.no_grad()
 def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size: int = 32,
             record_tokens: bool = False, progress: bool = True, device: torch.device | str | None = None,
@@ -161,7 +173,7 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
         signature["rows_per_group"] = group
     saved = _load_pass(path, signature)
     acc = saved["acc"] if saved else {"probs": [], "sample_probs": [], "labels": [], "prob_sum": {},
-                                      "num_tokens": {}, "token_stats": {}}
+                                      "num_tokens": {}, "token_stats": {}, "token_rows_seen": {}}
     first = saved["next_start"] if saved else 0
     if saved:
         set_rng_state(saved["rng"])
@@ -195,9 +207,7 @@ def predict(model, task, rows: Sequence[dict], num_samples: int = 10, batch_size
                         prob_sum[lpath] = prob_sum.get(lpath, 0) + st["prob_sum"]
                         num_tokens[lpath] = num_tokens.get(lpath, 0) + st["num_tokens"]
                         if record_tokens:
-                            rec = token_stats.setdefault(lpath, {"token_prob": [], "token_expected_gate": []})
-                            rec["token_prob"].append(st["token_prob"])
-                            rec["token_expected_gate"].append(st["token_expected_gate"])
+                            append_token_stats(token_stats, acc.setdefault("token_rows_seen", {}), lpath, st)
                 if stop.requested or (path is not None and done == len(rows)):
                     _save_pass(path, {"signature": signature, "next_start": done, "acc": _move(acc, "cpu"),
                                       "rng": rng_state()})

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .predictive import rows_per_pass
+from .predictive import append_token_stats, rows_per_pass
 
 __all__ = ["TokenPrediction", "predict_tokens"]
 
@@ -72,7 +72,7 @@ def predict_tokens(models, task, rows: Sequence[dict], num_samples: int | Sequen
         model.eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("nll", "confidence", "correct", "entropy", "brier",
                                                              "mutual_information", "sequence", "sample_loglik")}
-    prob_sum, num_tokens, token_stats = {}, {}, {}
+    prob_sum, num_tokens, token_stats, rows_seen = {}, {}, {}, {}
     ctx = models[0].ctx
     offset = 0
     ctx.collect_stats, ctx.record_tokens = True, record_tokens
@@ -90,9 +90,7 @@ def predict_tokens(models, task, rows: Sequence[dict], num_samples: int | Sequen
                         prob_sum[lpath] = prob_sum.get(lpath, 0) + st["prob_sum"].cpu()
                         num_tokens[lpath] = num_tokens.get(lpath, 0) + st["num_tokens"].cpu()
                         if record_tokens:
-                            rec = token_stats.setdefault(lpath, {"token_prob": [], "token_expected_gate": []})
-                            rec["token_prob"].append(st["token_prob"].cpu())
-                            rec["token_expected_gate"].append(st["token_expected_gate"].cpu())
+                            append_token_stats(token_stats, rows_seen, lpath, st, to_cpu=True)
                 mask = batch.extras["response_mask"]  # (copies * B, L); copies share one layout
                 log_probs = torch.log_softmax(scores[mask].float(), dim=-1)  # (copies * n_tok, V), sample-major
                 log_probs = log_probs.reshape(copies, -1, log_probs.shape[-1])

@@ -484,6 +484,10 @@ class GlobalLocalGate(PyroModule):
                 keep = weights.reshape(-1) > 0
                 stats["token_prob"] = probs.reshape(-1, self.r)[keep]
                 stats["token_expected_gate"] = gate.reshape(-1, self.r)[keep]
+                # each kept token's sequence: the batch row of ``(rows, positions, r)`` (a 2-D ``h`` is one row)
+                rows = probs.shape[0] if probs.dim() > 2 else 1
+                row = torch.arange(rows, device=probs.device).repeat_interleave(probs[..., 0].numel() // rows)
+                stats["token_row"], stats["num_rows"] = row[keep], rows
             ctx.stats[self.path] = stats
 
 
