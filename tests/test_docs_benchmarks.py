@@ -234,6 +234,10 @@ def test_section16_near_uniform_runs_and_five_task_ece_are_the_run_files():
     ece = {m: 100 * sum(test_metrics(TUNED_DIR / "runs" / m / t)["ece"] for t in others) / len(others)
            for m in ("lora", "lora_map", "mc_dropout", "blob", "bara_singular")}
     assert min(ece, key=ece.get) == "bara_singular"
+    ranges = _table_rows(_results_section((TUNED_DIR / "results.md").read_text(), "Per-layer rank range (the "
+                                          "largest per-layer effective rank less the smallest)"), "| Method |")
+    cells = [float(c) for c in ranges["BaRA (singular directions)"][:-1]]
+    assert f"per-layer ranks span {min(cells):.2f}-{max(cells):.2f} components per task" in docs
     documented = re.search(r"mean ECE is the lowest of the five methods: ([\d.]+) %\s+against ([\d.]+) \(MC-dropout\), "
                            r"([\d.]+) \(BLoB\), ([\d.]+) \(MAP\) and ([\d.]+) % \(LoRA\)", docs).groups()
     assert documented == tuple(f"{ece[m]:.2f}" for m in ("bara_singular", "mc_dropout", "blob", "lora_map", "lora"))
