@@ -143,7 +143,8 @@ def execute(jobs: list[Job], workers: int, log: Callable[[str], None] = print, g
     :param after: ``{name: names}``: a job starts only once those of ``names`` that are jobs here have ended (each
         must come before it in ``jobs``); meanwhile later jobs may start.
     """
-    after = {name: {n for n in names if n in {job[0] for job in jobs}} for name, names in (after or {}).items()}
+    names_here = {job[0] for job in jobs}
+    after = {name: set(names) & names_here for name, names in (after or {}).items()}
     if workers == 1 and address is None:
         return _execute_here(jobs, log, before_job or {})  # in order: each job's predecessors have ended
     if address is None and not _ray_installed():
