@@ -45,6 +45,7 @@ def make_gates(seed: int = 0, n_tokens: int = 12, n_weights: int = 400) -> dict[
         "lambda_shape": shape,
         "lambda_rate": rate,
         "token_gate_prob": token_prob,
+        "token_row": np.repeat(np.arange(n_tokens // 4 + 1), 4)[:n_tokens],  # sequences of 4 tokens
         "token_expected_gate": token_prob * (shape / rate)[:, None, :],
         "component_norm": norm,
         "example_tokens": np.asarray(TOKENS),

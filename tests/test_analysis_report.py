@@ -10,6 +10,7 @@ import pytest
 from _analysis_runs import assert_not_blank, ink_fractions, make_gates, make_run_dir
 
 from bara_pyro.analysis import write_report
+from bara_pyro.analysis.diagnostics import token_rank_spread
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
@@ -89,6 +90,8 @@ def test_report_content(report):
     assert "| sum_k E[pi_lk] | update rank |" in md and "| 1.75 |" in md  # per layer, from metrics.json
     assert md.count("| mc_dropout |") == 3  # metrics, lppd/LOO and compare tables; it has no gates section
     assert "| lora |" in md and md.count("| lora |") == 1  # no sample_loglik: metrics table only
+    spread = token_rank_spread(make_gates(seed=0))  # the first bara run's gates: sequences of 4 tokens
+    assert f"within a sequence a token's rank differs from the sequence's mean by {spread:.3f} components" in md
 
 
 def test_single_run_report_explains_missing_rhat(tmp_path):

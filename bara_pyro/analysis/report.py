@@ -30,6 +30,7 @@ from .diagnostics import (
     gate_confidence,
     log_predictive_density,
     posterior_mean_pi,
+    token_rank_spread,
 )
 from .plots import (
     plot_component_usage,
@@ -494,6 +495,10 @@ class _Builder:
         text = f"Joint effective rank s = {er.overall:.3f} of r = {rank} over {er.per_token.size} tokens"
         if reported is not None:
             text += f" (metrics.json reports {_fmt(reported)})"
+        if "token_row" in gates:
+            text += (f"; within a sequence a token's rank differs from the sequence's mean by "
+                     f"{token_rank_spread(gates):.3f} components (standard deviation over the sequence's tokens, "
+                     f"mean over sequences and layers; 0 when gates are shared by a sequence)")
         doc.para(text + ".")
         names = [str(n) for n in gates["layer_names"]]
         prior_rank = posterior_mean_pi(gates).sum(axis=1) if {"pi_alpha", "pi_beta"} <= set(gates) else None
