@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the names, for type checkers and the API site; at run time 
         posterior_mean_lambda,
         posterior_mean_pi,
         reliability_bins,
+        token_rank_spread,
     )
     from .plots import (
         plot_component_usage,
@@ -102,6 +103,7 @@ __all__ = [
     "spectral_effective_rank",
     "summary",
     "token_gate_dataset",
+    "token_rank_spread",
     "update_ranks",
     "update_singular_values",
     "write_report",

@@ -53,6 +53,7 @@ from bara_pyro.analysis import (
     psis_khat,
     reliability_bins,
     short_layer_names,
+    token_rank_spread,
 )
 from bara_pyro.demo import DEMO_OVERRIDES, format_table
 from bara_pyro.experiment import run_experiment
@@ -150,6 +151,16 @@ spread = per_token.max() - per_token.min()
 print(f"spread between the tokens: {spread:.4f} components; "
       + ("less than a tenth of a component: the gates treat these tokens alike" if spread < 0.1
          else "the gates use a different number of components for different tokens"))
+
+# %% [markdown]
+# One sentence is a small sample. Over every recorded sentence, `token_rank_spread` is the standard deviation
+# of the per-token rank $\sum_k p_{ltk}$ within a sentence, averaged over the sentences and the layers: 0 when
+# every token of a sentence uses the same number of components, as gates shared by a sentence would.
+
+# %%
+sentences = len(np.unique(gates["token_row"]))
+print(f"within-sentence spread of the per-token rank over {sentences} sentences: "
+      f"{token_rank_spread(gates):.4f} components")
 
 # %% [markdown]
 # The gates count the components that are on, not how much of the update they carry: a component whose
