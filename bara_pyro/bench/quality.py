@@ -87,6 +87,7 @@ from .quality_aggregate import aggregate
 from .quality_members import (
     assemble_ensemble,
     assemble_ensemble_ood,
+    holds_weights,
     member_done,
     member_prediction_sources,
     member_training,
@@ -204,8 +205,9 @@ def member_runs(ensembles: list[RunSpec], pending: list[RunSpec], output: Path) 
     Member ``m`` of an ensemble becomes a run with the member's seed in ``runs/<method>_members/<task>/``, its
     config the ensemble's with one member (evaluated on the validation split only); the ensemble, which starts
     after it, copies its weights (:func:`~bara_pyro.bench.quality_members.reuse_single_runs_as_members`) and
-    evaluates.  Members already trained or reusable, or that a pending one-model run trains (member 0 and the
-    LoRA run of the seed), get none; nor does one whose folder holds a run with another config.
+    evaluates.  Members already trained (call it after the finished runs were copied into the members), or that
+    a pending one-model run trains (member 0 and the LoRA run of the seed), get none; nor does one whose folder
+    holds a run with another config.
     """
     import copy
 
@@ -214,10 +216,8 @@ def member_runs(ensembles: list[RunSpec], pending: list[RunSpec], output: Path) 
     singles = [member_training(s.config, 0) for s in pending if s.config["ensemble"]["members"] == 1]
     out = []
     for spec in ensembles:
-        reusable = reusable_members(spec, output)
         for m in range(spec.config["ensemble"]["members"]):
-            if (m in reusable or member_done(member_dir(spec.run_dir, spec.config, m))
-                    or member_training(spec.config, m) in singles):
+            if member_done(member_dir(spec.run_dir, spec.config, m)) or member_training(spec.config, m) in singles:
                 continue
             config, seed = copy.deepcopy(spec.config), member_seed(spec.config, m)
             config["ensemble"]["members"], config["train"]["seed"] = 1, seed
@@ -276,13 +276,9 @@ def _count_reusable_members(specs: list[RunSpec], output: Path) -> int:
     whose weights were not kept) cannot stand in for a member, which then trains.
     """
     from ..experiment import member_dir
-    from ..models.bara_model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
-    def source(spec: RunSpec) -> bool:
-        return _run_status(spec) != "done" or all((spec.run_dir / name).is_file()
-                                                  for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME))
-
-    singles = [member_training(s.config, 0) for s in specs if s.config["ensemble"]["members"] == 1 and source(s)]
+    singles = [member_training(s.config, 0) for s in specs if s.config["ensemble"]["members"] == 1
+               and (_run_status(s) != "done" or holds_weights(s.run_dir))]
     count = 0
     for spec in specs:
         members = spec.config["ensemble"]["members"]

@@ -15,7 +15,7 @@ from .quality_ood import OOD_PREDICTIONS_NAME, ood_done, write_ood
 if TYPE_CHECKING:
     from .quality import RunSpec
 
-__all__ = ["MEMBER_EVAL_KEYS", "assemble_ensemble", "assemble_ensemble_ood", "member_done",
+__all__ = ["MEMBER_EVAL_KEYS", "assemble_ensemble", "assemble_ensemble_ood", "holds_weights", "member_done",
            "member_prediction_sources", "member_training", "reusable_members", "reuse_single_runs_as_members"]
 
 
@@ -44,17 +44,24 @@ def member_done(member_dir: Path) -> bool:
     return (member_dir / DONE_MARKER).exists() and (member_dir / ADAPTER_WEIGHTS_NAME).exists()
 
 
+def holds_weights(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an adapter (its config and weights) that an ensemble member can be copied from."""
+    from ..models.bara_model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+
+    return all((run_dir / name).is_file() for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME))
+
+
 def _finished_single_runs(output: Path, task: str, seed: int, needed: tuple[str, ...] | None = None
                           ) -> list[tuple[Path, dict]]:
     """``(run_dir, config)`` of this benchmark's finished one-model runs of ``task`` with ``seed`` (any method)
     that hold the files ``needed`` (default: the adapter's config and weights) besides metrics and config."""
     from ..experiment import load_run_config
-    from ..models.bara_model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
-    needed = ("metrics.json", "config.yaml", *(needed or (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)))
+    needed_here = ("metrics.json", "config.yaml", *(needed or ()))
     out = []
     for run_dir in sorted((output / "runs").glob(f"*/{task}/seed{seed}")):
-        if not all((run_dir / name).is_file() for name in needed):
+        weights_missing = needed is None and not holds_weights(run_dir)
+        if weights_missing or not all((run_dir / name).is_file() for name in needed_here):
             continue
         try:
             config = load_run_config(run_dir)
