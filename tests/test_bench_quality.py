@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 import sys
 
 import pytest
@@ -586,6 +587,26 @@ def test_below_every_baseline_is_met_only_when_every_baseline_ran():
     assert target["status"] == "not evaluated"
 
 
+def test_below_every_baseline_compares_on_the_seeds_both_ran():
+    """A baseline that ran fewer seeds is compared with BaRA on those seeds only: an ensemble of seed 1 alone just
+    below BaRA's seed-1 NLL (0.67) misses the target, just above it meets it, though BaRA's mean over its three
+    seeds (0.68) is above both."""
+    base = [r for r in synthetic_records() if r["method"] in ("lora", "bara")]
+    others = [{**r, "method": m} for m in ("lora_map", "mc_dropout", "blob")
+              for r in synthetic_records() if r["method"] == "lora"]
+    bara_seed1 = [r for r in base if r["method"] == "bara" and r["seed"] == 1]
+    methods = ["lora", "lora_map", "mc_dropout", "ensemble", "blob", "bara"]
+    at_seed1 = statistics.fmean(r["metrics"]["test"]["nll"] for r in bara_seed1)
+    for shift, status in ((-0.001, "missed"), (0.001, "met")):
+        ensemble = [{**r, "method": "ensemble", "metrics": {**r["metrics"], "test": {
+            **r["metrics"]["test"], "nll": r["metrics"]["test"]["nll"] + shift}}} for r in bara_seed1]
+        res = quality.aggregate(base + others + ensemble, methods, TASKS, rank_budget=8)
+        (target,) = [t for t in res["targets"] if t["target"] == "nll_every_baseline"]
+        assert target["status"] == status
+        assert f"Ensemble {at_seed1 + shift:.4f} (on seed 1, where BaRA {at_seed1:.4f})" in target["detail"]
+        assert "MAP 0.7000," in target["detail"]  # same seeds as BaRA: the tables' means, no seed note
+
+
 def test_anchor_skips_runs_evaluated_on_validation_only():
     """LoRA runs without test metrics (``eval.splits=[validation]``) leave the anchor rows empty, not a crash."""
     records = [{**r, "metrics": {"validation": r["metrics"]["validation"], "effective_rank": None}}
@@ -675,3 +696,16 @@ def test_aggregate_only_reads_runs_that_name_another_machines_model_folder(tmp_p
     assert quality.main([*argv, "--model", elsewhere, "--aggregate-only"]) == 0
     assert json.loads((out / "results.json").read_text())["aggregates"] == before
     assert quality.main([*argv, "--model", elsewhere, "--output", str(tmp_path / "other")]) == 2
+
+
+def test_aggregate_only_reports_no_wall_time_without_the_runs_timing(tmp_path):
+    """Aggregating runs made elsewhere (no ``timing.json`` in the output) reports no wall time rather than the
+    seconds the aggregation took; with the timing of the calls that ran them it reports theirs."""
+    from bara_pyro.bench import quality_report
+
+    times = quality._bench_times(None, tmp_path)
+    assert times["wall_time_s"] is None
+    assert quality_report._wall_time_line(times).startswith("- wall time: not recorded")
+    (tmp_path / quality.TIMING_NAME).write_text(json.dumps({"wall_time_s": 1309.5, "segments": 1}))
+    times = quality._bench_times(None, tmp_path)
+    assert quality_report._wall_time_line(times) == "- wall time: 21.8 min"

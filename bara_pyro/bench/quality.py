@@ -74,7 +74,6 @@ import shlex
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -460,20 +459,19 @@ def run_benchmark(opts: Options, log=_log, execute: bool = True) -> dict:
             clock.close()
 
 
-def _bench_times(clock: SegmentClock | None, output: Path, t0: float) -> dict:
+def _bench_times(clock: SegmentClock | None, output: Path) -> dict:
     if clock is not None:
         return {"wall_time_s": clock.total("wall_time_s"), "segments": clock.segments}
     prior = read_totals(output / TIMING_NAME)  # aggregate-only: the calls that ran the runs
     if "wall_time_s" in prior:
         return {"wall_time_s": prior["wall_time_s"], "segments": prior.get("segments", 1)}
-    return {"wall_time_s": time.perf_counter() - t0, "segments": 1}
+    return {"wall_time_s": None, "segments": 0}  # the runs were made elsewhere: no time to report
 
 
 def _run_benchmark(opts: Options, log, execute: bool, clock: SegmentClock | None) -> dict:
     from ..experiment import assembled_from
     from ..experiment_config import save_config
 
-    t0 = time.perf_counter()
     specs = plan_runs(opts)
     opts.output.mkdir(parents=True, exist_ok=True)
     outcome: dict[str, dict] = {}
@@ -573,7 +571,7 @@ def _run_benchmark(opts: Options, log, execute: bool, clock: SegmentClock | None
         "runs": records,
         **aggregate(records, opts.methods, opts.tasks, opts.ood_sets if opts.ood else None, rank_budget,
                     opts.targets_for),
-        **_bench_times(clock, opts.output, t0),
+        **_bench_times(clock, opts.output),
     }
     previous = opts.output / "results.json"
     run_machines = _run_machines(records)

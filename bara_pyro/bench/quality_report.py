@@ -75,6 +75,8 @@ def _code_line(results: dict) -> str:
 
 def _wall_time_line(results: dict) -> str:
     segments = results.get("segments", 1)
+    if results.get("wall_time_s") is None:
+        return "- wall time: not recorded (aggregated from runs made elsewhere; each run's timing.json has its own)"
     text = f"- wall time: {results['wall_time_s'] / 60:.1f} min"
     return text + (f" (over {segments} invocations of the command)" if segments > 1 else "")
 
