@@ -11,6 +11,7 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 SUITE_MD = ROOT / "benchmarks" / "results" / "quality_h200x4_2026-11-22" / "suite" / "results.md"
 LOCAL_KL_MD = ROOT / "benchmarks" / "results" / "quality_h200x2_2026-11-22_local_kl" / "suite_lkl" / "results.md"
 TUNED_DIR = ROOT / "benchmarks" / "results" / "quality_h100_2026-12-07_tuned"
+TUNED_SEED1_MD = TUNED_DIR / "results_seed1.md"  # sections 15-16: the tuned suite's seed 1 alone
 
 
 def _table_rows(text: str, header_start: str) -> dict[str, list[str]]:
@@ -33,7 +34,8 @@ def _results_section(text: str, title: str) -> str:
 
 
 @pytest.mark.parametrize("section, results_md", [("### 3. ", SUITE_MD), ("### 4. ", LOCAL_KL_MD),
-                                                 ("### 16. ", TUNED_DIR / "results.md")])
+                                                 ("### 16. ", TUNED_SEED1_MD),
+                                                 ("### 17. ", TUNED_DIR / "results.md")])
 def test_suite_tables_in_docs_match_results_md(section, results_md):
     docs, results = DOCS.read_text(), results_md.read_text()
     docs = docs[docs.index(section):]  # the section's own tables come first from here
@@ -181,7 +183,7 @@ def test_section7_tables_and_ranks_are_the_lr1e3_runs():
 
 def test_section15_tables_are_the_tuned_results_md():
     """Section 15: the grid's validation NLL and the test cells at the chosen rates, as results.md gives them."""
-    docs, results = DOCS.read_text(), (TUNED_DIR / "results.md").read_text()
+    docs, results = DOCS.read_text(), TUNED_SEED1_MD.read_text()
     docs = docs[docs.index("### 15. "):]
     grid_rows = [[c.strip() for c in line.strip("|").split("|")] for line in
                  results.split("### Grid: validation NLL")[1].splitlines() if line.startswith("| lora |")
@@ -203,7 +205,7 @@ def test_section15_tables_are_the_tuned_results_md():
 
 def test_section16_baseline_grid_is_the_tuned_grid():
     """Section 16: the baselines' validation NLL at each grid point, as results.md's grid table gives it."""
-    docs, results = DOCS.read_text(), (TUNED_DIR / "results.md").read_text()
+    docs, results = DOCS.read_text(), TUNED_SEED1_MD.read_text()
     documented = _table_rows(docs[docs.index("### 16. "):], "| validation NLL, baselines |")
     names = {"lora_map": "MAP", "mc_dropout": "MC-dropout", "blob": "BLoB"}
     grid_rows = [[c.strip() for c in line.strip("|").split("|")] for line in
@@ -234,7 +236,7 @@ def test_section16_near_uniform_runs_and_five_task_ece_are_the_run_files():
     ece = {m: 100 * sum(test_metrics(TUNED_DIR / "runs" / m / t)["ece"] for t in others) / len(others)
            for m in ("lora", "lora_map", "mc_dropout", "blob", "bara_singular")}
     assert min(ece, key=ece.get) == "bara_singular"
-    ranges = _table_rows(_results_section((TUNED_DIR / "results.md").read_text(), "Per-layer rank range (the "
+    ranges = _table_rows(_results_section(TUNED_SEED1_MD.read_text(), "Per-layer rank range (the "
                                           "largest per-layer effective rank less the smallest)"), "| Method |")
     cells = [float(c) for c in ranges["BaRA (singular directions)"][:-1]]
     assert f"per-layer ranks span {min(cells):.2f}-{max(cells):.2f} components per task" in docs
@@ -281,3 +283,65 @@ def test_tf32_setting_table_is_the_result_files():
         steps = fit["config"]["steps"]
         expected = [f"{_replay_ms(fit['rows'][m]['graphs'], steps):.1f}" for m in ("lora", "bara_singular")]
         assert documented[label] == expected, label
+
+
+def test_section17_brier_rank_and_ood_tables_are_the_two_seed_results_md():
+    """Section 17: the Brier, rank-structure and OOD tables are results.md's, cell for cell, and the targets'
+    figures quoted in its first bullet are results.md's target lines."""
+    docs, results = DOCS.read_text(), (TUNED_DIR / "results.md").read_text()
+    docs = docs[docs.index("### 17. "):docs.index("## KL ablation")]
+    for docs_header, title in (("| Brier |", "## Brier, test"),
+                               ("| per-layer rank range |", "## Per-layer rank range"),
+                               ("| token-rank spread |", "## Within-sequence token-rank spread"),
+                               ("| OOD ECE (%) |", "### OOD ECE (%)"),
+                               ("| OOD AUROC, predictive entropy (%) |", "### OOD AUROC of predictive entropy (%)")):
+        produced = _table_rows(results.split(f"\n{title}")[1], "| Method |")
+        assert _table_rows(docs, docs_header) == produced, title
+    nll = re.search(r"nll_every_baseline.*|BaRA's NLL below every baseline's.*", results).group(0)
+    ece = re.search(r"BaRA's ECE below every baseline's.*", results).group(0)
+    assert "**met** (BaRA (bara_singular) 0.9222 vs LoRA (MLE) 0.9987, MAP 0.9437, MC-dropout 0.9387, Ensemble " \
+           "0.9425 (on seed 2, where BaRA (bara_singular) 0.9351), BLoB 0.9486)" in nll
+    assert "BaRA 0.922 against MC-dropout\n  0.939, MAP 0.944, BLoB 0.949 and LoRA 0.999" in docs
+    assert "ensemble's 0.942 on seed 2, where\n  BaRA's is 0.935" in docs
+    figures = re.search(r"\(BaRA \(bara_singular\) ([\d.]+)% vs LoRA \(MLE\) ([\d.]+)%, MAP ([\d.]+)%, MC-dropout "
+                        r"([\d.]+)%, Ensemble ([\d.]+)% \(on seed 2, where BaRA \(bara_singular\) ([\d.]+)%\), BLoB "
+                        r"([\d.]+)%\)", ece).groups()
+    bara, lora, map_, mc, ens, bara2, blob = figures
+    assert f"{bara} % against {mc} (MC-dropout), {map_} (MAP), {blob} (BLoB)\n  and {lora} % (LoRA)" in docs
+    assert f"ensemble's {ens} % on seed 2 (BaRA {bara2} %)" in docs
+    acc = re.search(r"accuracy no more than 0.5 points below LoRA \(MLE\)'s: \*\*met\*\* .*?: ([-+][\d.]+) points",
+                    results).group(1)
+    assert f"{acc} points over both seeds" in docs
+
+
+def test_section17_seed_figures_and_costs_are_the_run_files():
+    """Section 17's single-seed figures and each method's range of run wall times come from the run folders."""
+    docs = DOCS.read_text()
+    docs = docs[docs.index("### 17. "):docs.index("## KL ablation")]
+    runs = TUNED_DIR / "runs"
+
+    def test_metrics(method, task, seed):
+        return json.loads((runs / method / task / f"seed{seed}" / "metrics.json").read_text())["test"]
+
+    def mean_accuracy(method):
+        return 100 * sum(test_metrics(method, t, 2)["accuracy"] for t in SUITE_ORDER) / len(SUITE_ORDER)
+
+    assert f"seed 2 alone: {mean_accuracy('bara_singular'):.1f} against {mean_accuracy('lora'):.1f} %" in docs
+    arc = [test_metrics("bara_singular", "arc_challenge", s) for s in (1, 2)]
+    assert f"{100 * arc[0]['accuracy']:.1f} % at seed 1, {100 * arc[1]['accuracy']:.1f} % at seed 2" in docs
+    lora_arc = test_metrics("lora", "arc_challenge", 2)["nll"]
+    assert f"({arc[0]['nll']:.3f}, {arc[1]['nll']:.3f}) stays below LoRA's at seed 2 ({lora_arc:.3f})" in docs
+    wgs = [test_metrics("mc_dropout", "winogrande_s", s) for s in (2, 1)]
+    assert (f"entropy {wgs[0]['mean_entropy']:.3f} nats and ECE {100 * wgs[0]['ece']:.1f} % (seed 1: "
+            f"{wgs[1]['mean_entropy']:.3f} and {100 * wgs[1]['ece']:.1f} %)") in docs
+    for label, method, pattern in (("LoRA", "lora", "*/seed2"), ("MAP", "lora_map", "*/seed2"),
+                                   ("MC-dropout", "mc_dropout", "*/seed2"), ("BLoB", "blob", "*/seed2"),
+                                   ("BaRA", "bara_singular", "*/seed2"),
+                                   ("ensemble members", "ensemble_members", "*/seed*"),
+                                   ("an ensemble, which copies its members and evaluates\n  them on both splits,",
+                                    "ensemble", "*/seed2")):
+        times = [json.loads(p.read_text())["wall_time_s"] for p in (runs / method).glob(f"{pattern}/timing.json")]
+        assert len(times) == (24 if method == "ensemble_members" else 6), method
+        assert f"{label} {min(times):.0f}-{max(times):.0f} s" in docs, label
+    total = json.loads((TUNED_DIR / "timing_seed2.json").read_text())["wall_time_s"]
+    assert f"in {total / 60:.1f} min (`timing_seed2.json`)" in docs
