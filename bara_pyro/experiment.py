@@ -392,9 +392,11 @@ def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, 
         metrics["effective_rank"] = rank.pop("joint", None)
         metrics["effective_rank_per_layer"] = rank
         if "token_row" in gates:
-            from .analysis.diagnostics import token_rank_spread
+            from .analysis.diagnostics import token_rank_spread_per_layer
 
-            metrics["token_rank_spread"] = token_rank_spread(gates)
+            spread = token_rank_spread_per_layer(gates)
+            metrics["token_rank_spread"] = float(spread.mean())
+            metrics["token_rank_spread_per_layer"] = dict(zip(map(str, gates["layer_names"]), spread.tolist()))
     metrics["update_rank"], metrics["update_rank_per_layer"] = None, {}
     # an ensemble has one update per member; a gated update's mean needs the exported gates
     if len(models) == 1 and (gates is not None or not gated):

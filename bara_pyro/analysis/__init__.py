@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # the names, for type checkers and the API site; at run time 
         posterior_mean_pi,
         reliability_bins,
         token_rank_spread,
+        token_rank_spread_per_layer,
     )
     from .plots import (
         plot_component_usage,
@@ -104,6 +105,7 @@ __all__ = [
     "summary",
     "token_gate_dataset",
     "token_rank_spread",
+    "token_rank_spread_per_layer",
     "update_ranks",
     "update_singular_values",
     "write_report",

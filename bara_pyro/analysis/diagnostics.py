@@ -41,6 +41,7 @@ __all__ = [
     "posterior_mean_pi",
     "reliability_bins",
     "token_rank_spread",
+    "token_rank_spread_per_layer",
 ]
 
 #: Usage below which a component counts as switched off (used when gates.npz has no ``dead_threshold``).
@@ -131,9 +132,9 @@ def effective_rank(gates: GatesLike) -> EffectiveRank:
     )
 
 
-def token_rank_spread(gates: GatesLike) -> float:
-    r"""How much the per-token rank varies within a sequence: the standard deviation over a sequence's tokens of
-    :math:`\sum_k p_{ltk}`, averaged over the sequences with two or more tokens and over the layers.
+def token_rank_spread_per_layer(gates: GatesLike) -> np.ndarray:
+    r"""How much the per-token rank varies within a sequence, layer by layer: ``(L,)``, for layer ``l`` the standard
+    deviation over a sequence's tokens of :math:`\sum_k p_{ltk}`, averaged over the sequences with two or more tokens.
 
     Needs ``token_gate_prob`` ``(L, n_tokens, r)`` and ``token_row`` ``(n_tokens,)`` (each token's sequence).  0 for
     gates that are the same at every token of a sequence (per-layer or per-sequence gates).
@@ -150,7 +151,13 @@ def token_rank_spread(gates: GatesLike) -> float:
         mean = np.bincount(row, weights=layer) / count
         var = np.bincount(row, weights=(layer - mean[row]) ** 2) / count
         stds.append(np.sqrt(var)[several].mean())
-    return float(np.mean(stds))
+    return np.asarray(stds)
+
+
+def token_rank_spread(gates: GatesLike) -> float:
+    """The within-sequence spread of the per-token rank (:func:`token_rank_spread_per_layer`), averaged over the
+    layers."""
+    return float(np.mean(token_rank_spread_per_layer(gates)))
 
 
 @dataclass(frozen=True)
