@@ -345,3 +345,34 @@ def test_section17_seed_figures_and_costs_are_the_run_files():
         assert f"{label} {min(times):.0f}-{max(times):.0f} s" in docs, label
     total = json.loads((TUNED_DIR / "timing_seed2.json").read_text())["wall_time_s"]
     assert f"in {total / 60:.1f} min (`timing_seed2.json`)" in docs
+
+
+def test_section17_regime_table_is_training_regime_over_the_run_folders(monkeypatch):
+    """Section 17's regime table: ``benchmarks/training_regime.py``'s passes, LoRA's late training accuracy and each
+    method's calibration gap over seeds 1 and 2."""
+    from builders import benchmark_script
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the script imports train_accuracy_tail beside it
+    regime = benchmark_script("training_regime")
+    docs = DOCS.read_text()
+    docs = docs[docs.index("### 17. "):docs.index("## KL ablation")]
+    lines = [line.strip() for line in docs.splitlines()]
+    start = lines.index("| task | passes | LoRA training accuracy | gap: LoRA | MAP | MC-dropout | BLoB | BaRA |")
+    documented = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        documented[cells[0]] = cells[1:]
+    sizes, names = {}, dict(zip(SUITE_ORDER, ["WG-S", "ARC-C", "ARC-E", "WG-M", "OBQA", "BoolQ"]))
+    assert list(documented) == list(names.values())
+    for task, label in names.items():
+        rows = {m: [regime.run_regime(TUNED_DIR / "runs" / m / task / f"seed{s}", 800, sizes) for s in (1, 2)]
+                for m in ("lora", "lora_map", "mc_dropout", "blob", "bara_singular")}
+
+        def mean(method, key, rows=rows):
+            return sum(r[key] for r in rows[method]) / 2
+
+        expected = [f"{mean('lora', 'passes'):.1f}", f"{mean('lora', 'train_accuracy'):.2f}",
+                    *(f"{mean(m, 'gap'):+.3f}" for m in rows)]
+        assert documented[label] == expected, label
