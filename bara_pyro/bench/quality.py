@@ -56,7 +56,7 @@ row must reproduce it within seed noise.  Targets for BaRA against LoRA (MLE), a
 (:data:`TARGETS`): ECE <= 40% of LoRA's; NLL below LoRA's and BLoB's; accuracy at most 0.5 points
 below LoRA's; joint effective rank <= r / 2, with per-layer ranks more than 0.5 apart and the per-token rank
 varying within a sequence on every task; NLL and ECE each below every baseline's (LoRA, MAP, MC-dropout,
-ensemble, BLoB).
+ensemble, BLoB), each on the seeds the two ran.
 
 The parts: the protocol's constants (:mod:`~bara_pyro.bench.quality_protocol`), the options and their checks
 (:mod:`~bara_pyro.bench.quality_options`), ensemble members taken from finished runs
