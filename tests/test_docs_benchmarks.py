@@ -396,3 +396,18 @@ def test_model_md_context_scale_figures_are_the_run_files():
             f"{m[1]['token_rank_spread']:.3f} at 3, with validation NLL {m[0]['validation']['nll']:.3f} and "
             f"{m[1]['validation']['nll']:.3f} and gate rank {m[0]['effective_rank']:.2f} and "
             f"{m[1]['effective_rank']:.2f}") in flat
+
+
+def test_where_the_numbers_stand_is_section17s_mean_column():
+    """The quality section's summary table: each method's six-task test means, as section 17's results.md has them."""
+    docs, results = DOCS.read_text(), (TUNED_DIR / "results.md").read_text()
+    summary = _table_rows(docs[docs.index("**Where the numbers stand.**"):], "| six-task mean, test |")
+    titles = ("ACC (%), test", "NLL, test", "ECE (%), test", "Brier, test")
+    tables = [_table_rows(_results_section(results, t), "| Method |") for t in titles]
+    assert list(summary) == list(tables[0])
+    for method, cells in summary.items():
+        assert cells == [t[method][-1] for t in tables], method
+    rank = _table_rows(_results_section(results, "Joint effective rank (gated methods; expected number of active "
+                                                 "components per layer)"), "| Method |")
+    mean_rank = rank["BaRA (singular directions)"][-1].split()[0]
+    assert f"at a joint effective rank of {mean_rank} of 8" in docs
