@@ -19,8 +19,8 @@ _spec.loader.exec_module(run_tutorials)
 SOURCES = run_tutorials.tutorial_sources()
 
 
-def test_the_three_tutorials_are_found():
-    assert [s.name[:2] for s in SOURCES] == ["01", "02", "03"]
+def test_the_four_tutorials_are_found():
+    assert [s.name[:2] for s in SOURCES] == ["01", "02", "03", "04"]
 
 
 def _outputs(notebook) -> str:
