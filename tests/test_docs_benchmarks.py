@@ -373,23 +373,30 @@ def test_section17_regime_table_is_training_regime_over_the_run_folders(monkeypa
 
 
 def test_model_md_context_scale_figures_are_the_run_files():
-    """docs/model.md's within-sentence bullet: the suite's spread range and the two WG-S runs' metrics."""
+    """docs/model.md's within-sentence bullet: the suite's spread range, and its table of the WinoGrande-S runs is
+    their metrics.json."""
     text = (ROOT / "docs" / "model.md").read_text()
+    flat = " ".join(text.split())
     results = (TUNED_DIR / "results.md").read_text()
     row = _table_rows(_results_section(results, "Within-sequence token-rank spread (standard deviation of the "
                                                 "per-token rank over a sequence's tokens, mean over sequences "
                                                 "and layers)"), "| Method |")["BaRA (singular directions)"]
     spreads = [float(c.split()[0]) for c in row[:-1]]
-    flat = " ".join(text.split())
     assert f"{min(spreads):.3f}-{max(spreads):.3f} components per task" in flat
     assert sum(v <= 0.1 for v in spreads) == 4 and "below the 0.1 of the rank-structure target on four of six" in flat
     runs = ROOT / "benchmarks" / "results" / "context_scale_winogrande_s_cpu_2026-12-07"
-    m = [json.loads((runs / f"scale{s}" / "metrics.json").read_text()) for s in (1, 3)]
-    assert all(x["validation"]["num_examples"] == 200 for x in m)
-    assert (f"the spread is {m[0]['token_rank_spread']:.3f} at the preset's scale 1 and "
-            f"{m[1]['token_rank_spread']:.3f} at 3, with validation NLL {m[0]['validation']['nll']:.3f} and "
-            f"{m[1]['validation']['nll']:.3f} and gate rank {m[0]['effective_rank']:.2f} and "
-            f"{m[1]['effective_rank']:.2f}") in flat
+    section = text[text.index("* **Within a sentence, on SmolLM2"):]
+    documented = _table_rows("\n".join(line.strip() for line in section.splitlines()), "| run | spread |")
+    names = {"scale 1 (preset), seed 0": "scale1_seed0", "scale 3, seed 0": "scale3_seed0",
+             "scale 1 (preset), seed 1": "scale1_seed1", "scale 3, seed 1": "scale3_seed1",
+             "scale 1 with the directions' Occam factor, seed 0": "occam_seed0"}
+    assert list(documented) == list(names)
+    for label, folder in names.items():
+        m = json.loads((runs / folder / "metrics.json").read_text())
+        config = (runs / folder / "config.yaml").read_text()
+        assert m["validation"]["num_examples"] == 200 and f"seed: {folder[-1]}" in config
+        assert documented[label] == [f"{m['token_rank_spread']:.3f}", f"{m['validation']['nll']:.3f}",
+                                     f"{m['validation']['ece']:.3f}", f"{m['effective_rank']:.2f}"], label
 
 
 def test_where_the_numbers_stand_is_section17s_mean_column():
