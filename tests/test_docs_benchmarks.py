@@ -85,10 +85,15 @@ LR1E3_DIR = ROOT / "benchmarks" / "results" / "quality_h200_2026-12-04_lr1e-3"
 SUITE_ORDER = ["winogrande_s", "arc_challenge", "arc_easy", "winogrande_m", "openbookqa", "boolq"]
 
 
+def _test_split(task_dir: Path, seed: int = 1) -> dict:
+    """The test-split metrics of the run ``<task_dir>/seed<seed>`` (its metrics.json)."""
+    return json.loads((task_dir / f"seed{seed}" / "metrics.json").read_text())["test"]
+
+
 def _lora_seed1_row(metric: str) -> list[str]:
     """Section 3's LoRA (MLE) seed-1 test values, formatted as the results tables format them."""
     runs = ROOT / "benchmarks" / "results" / "quality_h200x4_2026-11-22" / "suite" / "runs" / "lora"
-    values = [json.loads((runs / task / "seed1" / "metrics.json").read_text())["test"][metric] for task in SUITE_ORDER]
+    values = [_test_split(runs / task)[metric] for task in SUITE_ORDER]
     scale, fmt = (1.0, "{:.3f}") if metric == "nll" else (100.0, "{:.1f}")
     return [fmt.format(scale * v) for v in values] + [fmt.format(scale * sum(values) / len(values))]
 
@@ -222,10 +227,7 @@ def test_section16_near_uniform_runs_and_five_task_ece_are_the_run_files():
     docs = DOCS.read_text()
     docs = docs[docs.index("### 16. "):docs.index("## KL ablation")]
     grid = TUNED_DIR / "grid" / "runs"
-
-    def test_metrics(run_dir):
-        return json.loads((run_dir / "seed1" / "metrics.json").read_text())["test"]
-
+    test_metrics = _test_split
     runs = [test_metrics(grid / f"{m}@lr=0.003" / "winogrande_s") for m in ("mc_dropout", "lora_map")]
     assert f"entropy {runs[0]['mean_entropy']:.3f} and {runs[1]['mean_entropy']:.3f} nats" in docs
     assert f"accuracy {100 * runs[0]['accuracy']:.1f} and {100 * runs[1]['accuracy']:.1f} %" in docs
@@ -321,7 +323,7 @@ def test_section17_seed_figures_and_costs_are_the_run_files():
     runs = TUNED_DIR / "runs"
 
     def test_metrics(method, task, seed):
-        return json.loads((runs / method / task / f"seed{seed}" / "metrics.json").read_text())["test"]
+        return _test_split(runs / method / task, seed)
 
     def mean_accuracy(method):
         return 100 * sum(test_metrics(method, t, 2)["accuracy"] for t in SUITE_ORDER) / len(SUITE_ORDER)

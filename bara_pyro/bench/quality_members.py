@@ -57,11 +57,10 @@ def _finished_single_runs(output: Path, task: str, seed: int, needed: tuple[str,
     that hold the files ``needed`` (default: the adapter's config and weights) besides metrics and config."""
     from ..experiment import load_run_config
 
-    needed_here = ("metrics.json", "config.yaml", *(needed or ()))
+    files = ("metrics.json", "config.yaml", *(needed or ()))
     out = []
     for run_dir in sorted((output / "runs").glob(f"*/{task}/seed{seed}")):
-        weights_missing = needed is None and not holds_weights(run_dir)
-        if weights_missing or not all((run_dir / name).is_file() for name in needed_here):
+        if not all((run_dir / name).is_file() for name in files) or (needed is None and not holds_weights(run_dir)):
             continue
         try:
             config = load_run_config(run_dir)
