@@ -12,6 +12,8 @@ SUITE_MD = ROOT / "benchmarks" / "results" / "quality_h200x4_2026-11-22" / "suit
 LOCAL_KL_MD = ROOT / "benchmarks" / "results" / "quality_h200x2_2026-11-22_local_kl" / "suite_lkl" / "results.md"
 TUNED_DIR = ROOT / "benchmarks" / "results" / "quality_h100_2026-12-07_tuned"
 TUNED_SEED1_MD = TUNED_DIR / "results_seed1.md"  # sections 15-16: the tuned suite's seed 1 alone
+TUNED_SEED12_MD = TUNED_DIR / "results_seed12.md"  # section 17: seeds 1-2
+OCCAM_DIR = ROOT / "benchmarks" / "results" / "quality_h100_2026-12-07_direction_occam"
 
 
 def _table_rows(text: str, header_start: str) -> dict[str, list[str]]:
@@ -35,7 +37,7 @@ def _results_section(text: str, title: str) -> str:
 
 @pytest.mark.parametrize("section, results_md", [("### 3. ", SUITE_MD), ("### 4. ", LOCAL_KL_MD),
                                                  ("### 16. ", TUNED_SEED1_MD),
-                                                 ("### 17. ", TUNED_DIR / "results.md")])
+                                                 ("### 17. ", TUNED_SEED12_MD), ("### 18. ", TUNED_DIR / "results.md")])
 def test_suite_tables_in_docs_match_results_md(section, results_md):
     docs, results = DOCS.read_text(), results_md.read_text()
     docs = docs[docs.index(section):]  # the section's own tables come first from here
@@ -290,8 +292,8 @@ def test_tf32_setting_table_is_the_result_files():
 def test_section17_brier_rank_and_ood_tables_are_the_two_seed_results_md():
     """Section 17: the Brier, rank-structure and OOD tables are results.md's, cell for cell, and the targets'
     figures quoted in its first bullet are results.md's target lines."""
-    docs, results = DOCS.read_text(), (TUNED_DIR / "results.md").read_text()
-    docs = docs[docs.index("### 17. "):docs.index("## KL ablation")]
+    docs, results = DOCS.read_text(), TUNED_SEED12_MD.read_text()
+    docs = docs[docs.index("### 17. "):docs.index("### 18. ")]
     for docs_header, title in (("| Brier |", "## Brier, test"),
                                ("| per-layer rank range |", "## Per-layer rank range"),
                                ("| token-rank spread |", "## Within-sequence token-rank spread"),
@@ -319,7 +321,7 @@ def test_section17_brier_rank_and_ood_tables_are_the_two_seed_results_md():
 def test_section17_seed_figures_and_costs_are_the_run_files():
     """Section 17's single-seed figures and each method's range of run wall times come from the run folders."""
     docs = DOCS.read_text()
-    docs = docs[docs.index("### 17. "):docs.index("## KL ablation")]
+    docs = docs[docs.index("### 17. "):docs.index("### 18. ")]
     runs = TUNED_DIR / "runs"
 
     def test_metrics(method, task, seed):
@@ -357,7 +359,7 @@ def test_section17_regime_table_is_training_regime_over_the_run_folders(monkeypa
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the script imports train_accuracy_tail beside it
     regime = benchmark_script("training_regime")
     docs = DOCS.read_text()
-    docs = docs[docs.index("### 17. "):docs.index("## KL ablation")]
+    docs = docs[docs.index("### 17. "):docs.index("### 18. ")]
     dedented = "\n".join(line.strip() for line in docs.splitlines())  # the table sits inside a bullet
     documented = _table_rows(dedented, "| task | passes | LoRA training accuracy | gap: LoRA |")
     sizes, names = {}, dict(zip(SUITE_ORDER, ["WG-S", "ARC-C", "ARC-E", "WG-M", "OBQA", "BoolQ"]))
@@ -373,6 +375,107 @@ def test_section17_regime_table_is_training_regime_over_the_run_folders(monkeypa
                     *(f"{mean(m, 'gap'):+.3f}" for m in rows)]
         assert documented[label] == expected, label
 
+def _section18() -> str:
+    docs = DOCS.read_text()
+    return docs[docs.index("### 18. "):docs.index("## KL ablation")]
+
+
+def test_section18_rank_ood_tables_and_targets_are_the_three_seed_results_md():
+    """Section 18: the Brier, rank and OOD tables are results.md's, cell for cell, and the first bullet quotes its
+    target lines."""
+    docs, results = _section18(), (TUNED_DIR / "results.md").read_text()
+    for docs_header, title in (("| Brier |", "## Brier, test"),
+                               ("| joint effective rank |", "## Joint effective rank"),
+                               ("| per-layer rank range |", "## Per-layer rank range"),
+                               ("| token-rank spread |", "## Within-sequence token-rank spread"),
+                               ("| OOD ECE (%) |", "### OOD ECE (%)"),
+                               ("| OOD AUROC, predictive entropy (%) |", "### OOD AUROC of predictive entropy (%)")):
+        produced = _table_rows(results.split(f"\n{title}")[1], "| Method |")
+        assert _table_rows(docs, docs_header) == produced, title
+    flat = " ".join(docs.split())
+    nll = re.search(r"BaRA's NLL below every baseline's.*", results).group(0)
+    figures = re.search(r"\*\*met\*\* \(BaRA \(bara_singular\) ([\d.]+) vs LoRA \(MLE\) ([\d.]+), MAP ([\d.]+), "
+                        r"MC-dropout ([\d.]+), Ensemble ([\d.]+) \(on seed 2, where BaRA \(bara_singular\) ([\d.]+)\), "
+                        r"BLoB ([\d.]+)\)", nll).groups()
+    bara, lora, map_, mc, ens, bara2, blob = figures
+    assert (f"BaRA {bara} against MAP {map_}, MC-dropout {mc}, BLoB {blob} and LoRA {lora}, and against the "
+            f"ensemble's {ens} on seed 2, where BaRA's is {bara2}") in flat
+    ece = re.search(r"BaRA's ECE below every baseline's.*", results).group(0)
+    figures = re.search(r"\*\*met\*\* \(BaRA \(bara_singular\) ([\d.]+)% vs LoRA \(MLE\) ([\d.]+)%, MAP ([\d.]+)%, "
+                        r"MC-dropout ([\d.]+)%, Ensemble ([\d.]+)% \(on seed 2, where BaRA \(bara_singular\) "
+                        r"([\d.]+)%\), BLoB ([\d.]+)%\)", ece).groups()
+    bara, lora, map_, mc, ens, bara2, blob = figures
+    assert (f"{bara} % against {map_} (MAP), {mc} (MC-dropout), {blob} (BLoB) and {lora} % (LoRA), and against "
+            f"the ensemble's {ens} % on seed 2 (BaRA {bara2} %)") in flat
+    acc = re.search(r"accuracy no more than 0.5 points below LoRA \(MLE\)'s: \*\*met\*\* .*?: ([-+][\d.]+) points",
+                    results).group(1)
+    assert f"{acc} points over three seeds" in flat
+    structure = re.search(r"per-layer rank range ([\d.]+-[\d.]+) \(target > 0.5\), within-sequence token-rank "
+                          r"spread ([\d.]+-[\d.]+) \(target > 0.1\) over the tasks; short on ([a-z_, ]+)\)",
+                          results).groups()
+    assert f"span {structure[0]} components per task" in flat and f"is {structure[1]} (seeds 2-3)" in flat
+    assert structure[2] == "winogrande_s, arc_challenge, arc_easy" and "below 0.1 on WG-S, ARC-C and ARC-E" in flat
+
+
+def test_section18_seed_pairs_arc_and_costs_are_the_run_files():
+    """Section 18's per-seed paired differences, BaRA's ARC-C figures and the run wall times come from the runs."""
+    flat = " ".join(_section18().split())
+    runs = TUNED_DIR / "runs"
+
+    def six_task(method, seed, metric):
+        return sum(_test_split(runs / method / task, seed)[metric] for task in SUITE_ORDER) / len(SUITE_ORDER)
+
+    def paired(other, metric):
+        return [six_task("bara_singular", s, metric) - six_task(other, s, metric) for s in (1, 2, 3)]
+
+    for other in ("lora", "lora_map", "mc_dropout", "blob"):
+        assert all(d < 0 for d in paired(other, "nll")), other
+    for other in ("lora", "lora_map", "blob"):
+        assert all(d < 0 for d in paired(other, "ece")), other
+    nll_mc, ece_mc = paired("mc_dropout", "nll"), [100 * d for d in paired("mc_dropout", "ece")]
+    assert "against MC-dropout " + ", ".join(f"{d:.3f}" for d in nll_mc) + " at seeds 1, 2, 3" in flat
+    assert f"seeds 2 and 3 ({ece_mc[1]:.1f} and {ece_mc[2]:.1f} points), above it at seed 1 ({ece_mc[0]:+.1f})" in flat
+    ece_map = [100 * d for d in paired("lora_map", "ece")]
+    assert f"seed-1 and seed-3 margins are {-ece_map[0]:.1f} and {-ece_map[2]:.1f} points" in flat
+    arc = [_test_split(runs / "bara_singular" / "arc_challenge", s) for s in (1, 2, 3)]
+    assert ", ".join(f"{100 * m['accuracy']:.1f}" for m in arc[:2]) + f" and {100 * arc[2]['accuracy']:.1f} %" in flat
+    assert "(" + ", ".join(f"{m['nll']:.3f}" for m in arc) + ")" in flat
+    labels = {"lora": "LoRA", "lora_map": "MAP", "mc_dropout": "MC-dropout", "blob": "BLoB", "bara_singular": "BaRA"}
+    for method, label in labels.items():
+        times = [json.loads(p.read_text())["wall_time_s"] for p in (runs / method).glob("*/seed3/timing.json")]
+        assert len(times) == 6 and f"{label} {min(times):.0f}-{max(times):.0f} s" in flat, method
+    total = json.loads((TUNED_DIR / "timing_seed3.json").read_text())["wall_time_s"]
+    assert f"in {total / 60:.1f} min (`timing_seed3.json`)" in flat
+
+
+def test_section18_occam_tables_are_the_grid_runs():
+    """Section 18's Occam-factor tables: validation NLL, spread and rank of the two grids' seed-1 runs."""
+    docs = "\n".join(line.strip() for line in _section18().splitlines())
+    preset, occam = TUNED_DIR / "grid" / "runs", OCCAM_DIR / "grid" / "runs"
+
+    def cells(root, key):
+        ms = [json.loads((root / task / "seed1" / "metrics.json").read_text()) for task in SUITE_ORDER]
+        value = {"nll": lambda m: f"{m['validation']['nll']:.3f}", "spread": lambda m: f"{m['token_rank_spread']:.3f}",
+                 "rank": lambda m: f"{m['effective_rank']:.2f}"}[key]
+        return [value(m) for m in ms]
+
+    nll = _table_rows(docs, "| validation NLL, seed 1 |")
+    other = _table_rows(docs, "| seed 1 |")
+    for lr, name in (("0.0003", "3e-4"), ("0.001", "1e-3")):
+        assert nll[f"preset, lr {name}"] == cells(preset / f"bara_singular@lr={lr}", "nll")
+        assert nll[f"Occam factor, lr {name}"] == cells(occam / f"sing_occam@lr={lr}", "nll")
+        assert other[f"Occam factor: token-rank spread, lr {name}"] == cells(occam / f"sing_occam@lr={lr}", "spread")
+        assert other[f"Occam factor: effective rank, lr {name}"] == cells(occam / f"sing_occam@lr={lr}", "rank")
+        assert other[f"preset: effective rank, lr {name}"] == cells(preset / f"bara_singular@lr={lr}", "rank")
+        config = (occam / f"sing_occam@lr={lr}" / "openbookqa" / "seed1" / "config.yaml").read_text()
+        assert "direction_occam: kfac" in config, config
+    model = " ".join((ROOT / "docs" / "model.md").read_text().split())
+    spread = [float(v) for v in cells(occam / "sing_occam@lr=0.001", "spread")]
+    obqa = SUITE_ORDER.index("openbookqa")
+    assert sum(v > 0.1 for v in spread) == 5 and "lifts the spread above 0.1 on five of them at lr 1e-3" in model
+    assert (f"({cells(occam / 'sing_occam@lr=0.001', 'nll')[obqa]} against "
+            f"{cells(preset / 'bara_singular@lr=0.001', 'nll')[obqa]})") in model
+
 
 def test_model_md_context_scale_figures_are_the_run_files():
     """docs/model.md's within-sentence bullet: the suite's spread range, and its table of the WinoGrande-S runs is
@@ -385,7 +488,7 @@ def test_model_md_context_scale_figures_are_the_run_files():
                                                 "and layers)"), "| Method |")["BaRA (singular directions)"]
     spreads = [float(c.split()[0]) for c in row[:-1]]
     assert f"{min(spreads):.3f}-{max(spreads):.3f} components per task" in flat
-    assert sum(v <= 0.1 for v in spreads) == 4 and "below the 0.1 of the rank-structure target on four of six" in flat
+    assert sum(v <= 0.1 for v in spreads) == 3 and "below the 0.1 of the rank-structure target on three of six" in flat
     runs = ROOT / "benchmarks" / "results" / "context_scale_winogrande_s_cpu_2026-12-07"
     section = text[text.index("* **Within a sentence, on SmolLM2"):]
     documented = _table_rows("\n".join(line.strip() for line in section.splitlines()), "| run | spread |")
