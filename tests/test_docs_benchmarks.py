@@ -489,6 +489,15 @@ def test_model_md_context_scale_figures_are_the_run_files():
     spreads = [float(c.split()[0]) for c in row[:-1]]
     assert f"{min(spreads):.3f}-{max(spreads):.3f} components per task" in flat
     assert sum(v <= 0.1 for v in spreads) == 3 and "below the 0.1 of the rank-structure target on three of six" in flat
+    per_layer = [json.loads((TUNED_DIR / "runs" / "bara_singular" / task / "seed3" / "metrics.json").read_text())
+                 ["token_rank_spread_per_layer"] for task in SUITE_ORDER]
+    varying = [sum(v > 0.1 for v in layers.values()) for layers in per_layer]
+    largest = [max(layers.values()) for layers in per_layer]
+    assert all(len(layers) == 60 for layers in per_layer)
+    assert f"{min(varying)}-{max(varying)} of the 60 layers per task have a spread above 0.1" in flat
+    assert f"the largest {min(largest):.2f}-{max(largest):.2f} components" in flat
+    assert all(sum(v > 0.1 for n, v in layers.items() if n.endswith("v_proj"))
+               > sum(v > 0.1 for n, v in layers.items() if n.endswith("q_proj")) for layers in per_layer)
     runs = ROOT / "benchmarks" / "results" / "context_scale_winogrande_s_cpu_2026-12-07"
     section = text[text.index("* **Within a sentence, on SmolLM2"):]
     documented = _table_rows("\n".join(line.strip() for line in section.splitlines()), "| run | spread |")
