@@ -469,9 +469,17 @@ def test_section18_occam_tables_are_the_grid_runs():
         assert other[f"preset: effective rank, lr {name}"] == cells(preset / f"bara_singular@lr={lr}", "rank")
         config = (occam / f"sing_occam@lr={lr}" / "openbookqa" / "seed1" / "config.yaml").read_text()
         assert "direction_occam: kfac" in config, config
+    flat = " ".join(docs.split())
+    low = [float(o) - float(p) for o, p in zip(cells(occam / "sing_occam@lr=0.0003", "nll"),
+                                                cells(preset / "bara_singular@lr=0.0003", "nll"))]
+    obqa = SUITE_ORDER.index("openbookqa")
+    assert max(round(abs(d), 3) for i, d in enumerate(low) if i != obqa) == 0.006
+    assert f"the Occam factor is {low[obqa]:.3f} worse on OBQA" in flat
+    accuracy = [json.loads((root / "openbookqa" / "seed1" / "metrics.json").read_text())["validation"]["accuracy"]
+                for root in (occam / "sing_occam@lr=0.001", preset / "bara_singular@lr=0.001")]
+    assert f"accuracy {100 * accuracy[0]:.1f} against {100 * accuracy[1]:.1f} %" in flat
     model = " ".join((ROOT / "docs" / "model.md").read_text().split())
     spread = [float(v) for v in cells(occam / "sing_occam@lr=0.001", "spread")]
-    obqa = SUITE_ORDER.index("openbookqa")
     assert sum(v > 0.1 for v in spread) == 5 and "lifts the spread above 0.1 on five of them at lr 1e-3" in model
     assert (f"({cells(occam / 'sing_occam@lr=0.001', 'nll')[obqa]} against "
             f"{cells(preset / 'bara_singular@lr=0.001', 'nll')[obqa]})") in model
