@@ -290,8 +290,8 @@ def test_tf32_setting_table_is_the_result_files():
 
 
 def test_section17_brier_rank_and_ood_tables_are_the_two_seed_results_md():
-    """Section 17: the Brier, rank-structure and OOD tables are results.md's, cell for cell, and the targets'
-    figures quoted in its first bullet are results.md's target lines."""
+    """Section 17: the Brier, rank-structure and OOD tables are results_seed12.md's, cell for cell, and the
+    targets' figures quoted in its first bullet are its target lines."""
     docs, results = DOCS.read_text(), TUNED_SEED12_MD.read_text()
     docs = docs[docs.index("### 17. "):docs.index("### 18. ")]
     for docs_header, title in (("| Brier |", "## Brier, test"),
@@ -374,6 +374,7 @@ def test_section17_regime_table_is_training_regime_over_the_run_folders(monkeypa
         expected = [f"{mean('lora', 'passes'):.1f}", f"{mean('lora', 'train_accuracy'):.2f}",
                     *(f"{mean(m, 'gap'):+.3f}" for m in rows)]
         assert documented[label] == expected, label
+
 
 def _section18() -> str:
     docs = DOCS.read_text()
