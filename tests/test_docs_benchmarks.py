@@ -289,28 +289,41 @@ def test_tf32_setting_table_is_the_result_files():
         assert documented[label] == expected, label
 
 
+# docs/benchmarks.md's headers of a tuned suite's Brier, rank-structure and OOD tables, and results.md's titles
+RANK_OOD_TABLES = (("| Brier |", "## Brier, test"), ("| per-layer rank range |", "## Per-layer rank range"),
+                   ("| token-rank spread |", "## Within-sequence token-rank spread"),
+                   ("| OOD ECE (%) |", "### OOD ECE (%)"),
+                   ("| OOD AUROC, predictive entropy (%) |", "### OOD AUROC of predictive entropy (%)"))
+
+
+def _assert_tables_are_results_md(docs: str, results: str, tables) -> None:
+    """Each docs table (by its header) equals the results.md table under ``title``, cell for cell."""
+    for docs_header, title in tables:
+        produced = _table_rows(results.split(f"\n{title}")[1], "| Method |")
+        assert _table_rows(docs, docs_header) == produced, title
+
+
+def _every_baseline_figures(results: str, metric: str) -> tuple[str, ...]:
+    """The figures of results.md's "BaRA's METRIC below every baseline's" target line (NLL or ECE, ECE in %):
+    BaRA, LoRA (MLE), MAP, MC-dropout, the ensemble, BaRA on the ensemble's seed 2, BLoB."""
+    line = re.search(rf"BaRA's {metric} below every baseline's.*", results).group(0)
+    n = r"([\d.]+)" + ("%" if metric == "ECE" else "")
+    return re.search(rf"\*\*met\*\* \(BaRA \(bara_singular\) {n} vs LoRA \(MLE\) {n}, MAP {n}, MC-dropout {n}, "
+                     rf"Ensemble {n} \(on seed 2, where BaRA \(bara_singular\) {n}\), BLoB {n}\)", line).groups()
+
+
 def test_section17_brier_rank_and_ood_tables_are_the_two_seed_results_md():
     """Section 17: the Brier, rank-structure and OOD tables are results_seed12.md's, cell for cell, and the
     targets' figures quoted in its first bullet are its target lines."""
     docs, results = DOCS.read_text(), TUNED_SEED12_MD.read_text()
     docs = docs[docs.index("### 17. "):docs.index("### 18. ")]
-    for docs_header, title in (("| Brier |", "## Brier, test"),
-                               ("| per-layer rank range |", "## Per-layer rank range"),
-                               ("| token-rank spread |", "## Within-sequence token-rank spread"),
-                               ("| OOD ECE (%) |", "### OOD ECE (%)"),
-                               ("| OOD AUROC, predictive entropy (%) |", "### OOD AUROC of predictive entropy (%)")):
-        produced = _table_rows(results.split(f"\n{title}")[1], "| Method |")
-        assert _table_rows(docs, docs_header) == produced, title
+    _assert_tables_are_results_md(docs, results, RANK_OOD_TABLES)
     nll = re.search(r"nll_every_baseline.*|BaRA's NLL below every baseline's.*", results).group(0)
-    ece = re.search(r"BaRA's ECE below every baseline's.*", results).group(0)
     assert "**met** (BaRA (bara_singular) 0.9222 vs LoRA (MLE) 0.9987, MAP 0.9437, MC-dropout 0.9387, Ensemble " \
            "0.9425 (on seed 2, where BaRA (bara_singular) 0.9351), BLoB 0.9486)" in nll
     assert "BaRA 0.922 against MC-dropout\n  0.939, MAP 0.944, BLoB 0.949 and LoRA 0.999" in docs
     assert "ensemble's 0.942 on seed 2, where\n  BaRA's is 0.935" in docs
-    figures = re.search(r"\(BaRA \(bara_singular\) ([\d.]+)% vs LoRA \(MLE\) ([\d.]+)%, MAP ([\d.]+)%, MC-dropout "
-                        r"([\d.]+)%, Ensemble ([\d.]+)% \(on seed 2, where BaRA \(bara_singular\) ([\d.]+)%\), BLoB "
-                        r"([\d.]+)%\)", ece).groups()
-    bara, lora, map_, mc, ens, bara2, blob = figures
+    bara, lora, map_, mc, ens, bara2, blob = _every_baseline_figures(results, "ECE")
     assert f"{bara} % against {mc} (MC-dropout), {map_} (MAP), {blob} (BLoB)\n  and {lora} % (LoRA)" in docs
     assert f"ensemble's {ens} % on seed 2 (BaRA {bara2} %)" in docs
     acc = re.search(r"accuracy no more than 0.5 points below LoRA \(MLE\)'s: \*\*met\*\* .*?: ([-+][\d.]+) points",
@@ -385,27 +398,13 @@ def test_section18_rank_ood_tables_and_targets_are_the_three_seed_results_md():
     """Section 18: the Brier, rank and OOD tables are results.md's, cell for cell, and the first bullet quotes its
     target lines."""
     docs, results = _section18(), (TUNED_DIR / "results.md").read_text()
-    for docs_header, title in (("| Brier |", "## Brier, test"),
-                               ("| joint effective rank |", "## Joint effective rank"),
-                               ("| per-layer rank range |", "## Per-layer rank range"),
-                               ("| token-rank spread |", "## Within-sequence token-rank spread"),
-                               ("| OOD ECE (%) |", "### OOD ECE (%)"),
-                               ("| OOD AUROC, predictive entropy (%) |", "### OOD AUROC of predictive entropy (%)")):
-        produced = _table_rows(results.split(f"\n{title}")[1], "| Method |")
-        assert _table_rows(docs, docs_header) == produced, title
+    _assert_tables_are_results_md(docs, results, (("| joint effective rank |", "## Joint effective rank"),
+                                                  *RANK_OOD_TABLES))
     flat = " ".join(docs.split())
-    nll = re.search(r"BaRA's NLL below every baseline's.*", results).group(0)
-    figures = re.search(r"\*\*met\*\* \(BaRA \(bara_singular\) ([\d.]+) vs LoRA \(MLE\) ([\d.]+), MAP ([\d.]+), "
-                        r"MC-dropout ([\d.]+), Ensemble ([\d.]+) \(on seed 2, where BaRA \(bara_singular\) ([\d.]+)\), "
-                        r"BLoB ([\d.]+)\)", nll).groups()
-    bara, lora, map_, mc, ens, bara2, blob = figures
+    bara, lora, map_, mc, ens, bara2, blob = _every_baseline_figures(results, "NLL")
     assert (f"BaRA {bara} against MAP {map_}, MC-dropout {mc}, BLoB {blob} and LoRA {lora}, and against the "
             f"ensemble's {ens} on seed 2, where BaRA's is {bara2}") in flat
-    ece = re.search(r"BaRA's ECE below every baseline's.*", results).group(0)
-    figures = re.search(r"\*\*met\*\* \(BaRA \(bara_singular\) ([\d.]+)% vs LoRA \(MLE\) ([\d.]+)%, MAP ([\d.]+)%, "
-                        r"MC-dropout ([\d.]+)%, Ensemble ([\d.]+)% \(on seed 2, where BaRA \(bara_singular\) "
-                        r"([\d.]+)%\), BLoB ([\d.]+)%\)", ece).groups()
-    bara, lora, map_, mc, ens, bara2, blob = figures
+    bara, lora, map_, mc, ens, bara2, blob = _every_baseline_figures(results, "ECE")
     assert (f"{bara} % against {map_} (MAP), {mc} (MC-dropout), {blob} (BLoB) and {lora} % (LoRA), and against "
             f"the ensemble's {ens} % on seed 2 (BaRA {bara2} %)") in flat
     acc = re.search(r"accuracy no more than 0.5 points below LoRA \(MLE\)'s: \*\*met\*\* .*?: ([-+][\d.]+) points",
