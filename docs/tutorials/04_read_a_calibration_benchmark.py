@@ -254,15 +254,15 @@ summary = pd.DataFrame({"mean over layers": {t: np.mean(list(v.values())) for t,
                         "layers above 0.1": {t: sum(x > 0.1 for x in v.values()) for t, v in spread.items()},
                         "largest": {t: max(v.values()) for t, v in spread.items()}}).loc[TASKS]
 print(summary.round(3))
-assert (summary["largest"] > 0.3).all() and (summary["layers above 0.1"] < 40).all()
+assert (summary["largest"] > 0.3).all() and summary.loc["winogrande_s", "layers above 0.1"] == 8
 assert list(summary.index[summary["mean over layers"] < 0.1]) == ["winogrande_s", "arc_challenge"]
 
 # %% [markdown]
-# Where the rank varies within a sentence, it varies in a few layers: on every task some layer's token rank
-# moves by more than 0.3 of a component across a sentence, while most layers give every token nearly the same
-# number. The mean over the 60 layers, which the suite's rank-structure target reads, dilutes that; at this
-# seed it is below 0.1 on WinoGrande-S and ARC-Challenge (averaged over seeds 2 and 3, on three tasks:
-# docs/benchmarks.md, section 18).
+# The variation is uneven across layers: on every task some layer's token rank moves by more than 0.3 of a
+# component across a sentence, while other layers give every token nearly the same number (spread below 0.1; on
+# WinoGrande-S all but 8 of the 60). The mean over the 60 layers, which the suite's rank-structure target reads,
+# dilutes that; at this seed it is below 0.1 on WinoGrande-S and ARC-Challenge (averaged over seeds 2 and 3, on
+# three tasks: docs/benchmarks.md, section 18).
 
 # %% [markdown]
 # ## 6. Out of distribution
