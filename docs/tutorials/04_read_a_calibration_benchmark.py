@@ -14,8 +14,8 @@
 # A table of accuracy, NLL, ECE and Brier score for six fine-tuning methods on six tasks looks like a ranking.
 # Reading it well takes a few questions: what each score rewards, whether the models are over- or
 # under-confident, whether a difference is larger than the seed-to-seed spread, and what a Bayesian method did
-# that a point estimate did not. This notebook asks them of the suite in docs/benchmarks.md (quality section
-# 17): SmolLM2-135M fine-tuned on six multiple-choice tasks by LoRA (MLE), MAP, MC-dropout, BLoB, a deep
+# that a point estimate did not. This notebook asks them of the suite in docs/benchmarks.md (quality sections
+# 17-18): SmolLM2-135M fine-tuned on six multiple-choice tasks by LoRA (MLE), MAP, MC-dropout, BLoB, a deep
 # ensemble and BaRA (`bara_singular`), each with its learning rate chosen on the validation split, seeds 1-3
 # (the ensemble seed 2 only).
 #
@@ -179,8 +179,8 @@ assert (six_task["ECE, BaRA - MC-dropout"] < 0).sum() == 2
 # %% [markdown]
 # BaRA's NLL is below MC-dropout's at all three seeds. Its ECE is above at seed 1 and below at seeds 2 and 3.
 # If the two methods were equally good, all three paired differences would share a sign one time in four
-# (two-sided), so three seeds are the least that can show a consistent sign, and they show one for NLL only;
-# the mean ECE is lower for BaRA, but a sign that changes from seed to seed does not establish it.
+# (either sign), so even a sign that holds at three seeds is weak evidence. NLL has one; ECE has not: its mean is
+# lower for BaRA, but a sign that changes from seed to seed does not establish that advantage.
 
 # %% [markdown]
 # A method that ran fewer seeds is compared on the seeds both ran: the ensemble has seed 2 only, so BaRA is
@@ -232,8 +232,8 @@ assert sum(d > 0 for d in value_vs_query.values()) == 5
 # %% [markdown]
 # The gates are per token, so the rank can also change *within* a sentence: a token's rank is the expected number
 # of components its gates switch on, and its standard deviation over a sequence's tokens says whether the tokens
-# use different numbers. `metrics.json` keeps it per layer (`token_rank_spread_per_layer`, from seed 2 on; seed 3
-# here):
+# use different numbers. `metrics.json` keeps it per layer (`token_rank_spread_per_layer`, recorded from seed 3
+# on):
 
 # %%
 spread_runs = [r for r in results["runs"] if r["method"] == "bara_singular" and r["seed"] == 3]
