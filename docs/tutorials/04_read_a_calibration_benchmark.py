@@ -201,19 +201,23 @@ for target in results["targets"]:
 # query and on the value projection. Seed 1, every task:
 
 # %%
+def layer_heatmap(by_task: dict, label: str, vmax: float, cmap: str) -> Figure:
+    """One row per task, one column per decoder layer, the query and the value projections in two panels."""
+    figure = Figure(figsize=(9, 4))
+    axes = figure.subplots(2, 1, sharex=True)
+    for ax, projection in zip(axes, ("q_proj", "v_proj")):
+        grid = np.array([[v for name, v in by_task[task].items() if name.endswith(projection)] for task in TASKS])
+        image = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=0, vmax=vmax)
+        ax.set_yticks(range(len(TASKS)), TASKS, fontsize=7)
+        ax.set_ylabel(projection, fontsize=8)
+    axes[-1].set_xlabel("decoder layer")
+    figure.colorbar(image, ax=axes, label=label)
+    return figure
+
+
 bara_runs = [r for r in results["runs"] if r["method"] == "bara_singular" and r["seed"] == 1]
 per_layer = {r["task"]: r["metrics"]["effective_rank_per_layer"] for r in bara_runs}
-figure = Figure(figsize=(9, 4))
-axes = figure.subplots(2, 1, sharex=True)
-for ax, projection in zip(axes, ("q_proj", "v_proj")):
-    grid = np.array([[rank for name, rank in per_layer[task].items() if name.endswith(projection)]
-                     for task in TASKS])
-    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=8)
-    ax.set_yticks(range(len(TASKS)), TASKS, fontsize=7)
-    ax.set_ylabel(projection, fontsize=8)
-axes[-1].set_xlabel("decoder layer")
-figure.colorbar(image, ax=axes, label="effective rank")
-figure
+layer_heatmap(per_layer, "effective rank", vmax=8, cmap="viridis")
 
 # %%
 spans = {task: max(ranks.values()) - min(ranks.values()) for task, ranks in per_layer.items()}
@@ -238,16 +242,7 @@ assert sum(d > 0 for d in value_vs_query.values()) == 5
 # %%
 spread_runs = [r for r in results["runs"] if r["method"] == "bara_singular" and r["seed"] == 3]
 spread = {r["task"]: r["metrics"]["token_rank_spread_per_layer"] for r in spread_runs}
-figure = Figure(figsize=(9, 4))
-axes = figure.subplots(2, 1, sharex=True)
-for ax, projection in zip(axes, ("q_proj", "v_proj")):
-    grid = np.array([[v for name, v in spread[task].items() if name.endswith(projection)] for task in TASKS])
-    image = ax.imshow(grid, aspect="auto", cmap="magma", vmin=0, vmax=0.45)
-    ax.set_yticks(range(len(TASKS)), TASKS, fontsize=7)
-    ax.set_ylabel(projection, fontsize=8)
-axes[-1].set_xlabel("decoder layer")
-figure.colorbar(image, ax=axes, label="within-sequence spread of the token rank")
-figure
+layer_heatmap(spread, "within-sequence spread of the token rank", vmax=0.45, cmap="magma")
 
 # %%
 summary = pd.DataFrame({"mean over layers": {t: np.mean(list(v.values())) for t, v in spread.items()},
