@@ -1,6 +1,17 @@
+import os
+
 import pyro
 import pytest
+import torch
 from builders import make_tiny_bert, make_tiny_llama
+
+
+def pytest_configure(config):
+    """Under ``pytest -n N`` (pytest-xdist) each worker process, and every process it starts, computes on one
+    thread: N workers with a thread per core each would oversubscribe the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

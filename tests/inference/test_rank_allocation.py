@@ -74,7 +74,8 @@ def test_direction_occam_makes_the_singular_gates_follow_the_true_rank(rank):
     statistics collected while training: the spare components' gates switch off, so the joint effective rank is
     within 1 of the truth (without the factor the noise's directions keep two or three of them on)."""
     data = low_rank_update(rank, noise=NOISE)
-    model, task = fit_preset(data, steps=12000, method="bara_singular", weights={"direction_occam": "kfac"})
+    steps = 6000 if rank == 2 else 12000  # rank 6 sits near the tolerance at 6000 steps (6.9): it trains longer
+    model, task = fit_preset(data, steps=steps, method="bara_singular", weights={"direction_occam": "kfac"})
     fitted = predict(model, task, data.rows, num_samples=0, progress=False).effective_rank["joint"]
     assert abs(fitted - rank) <= 1.0, fitted
 
