@@ -25,6 +25,10 @@ def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
 
 
+def _tiny_config(method):
+    return load_config(method=method, overrides=TINY + (["ensemble.members=2"] if method == "ensemble" else []))
+
+
 def _peft_logits(config, adapter_dir, batch):
     from peft import PeftModel
 
@@ -36,7 +40,7 @@ def _peft_logits(config, adapter_dir, batch):
 
 @pytest.mark.parametrize("method", preset_names())
 def test_method_trains_on_instructions_and_round_trips_through_peft(runs, method):
-    config = load_config(method=method, overrides=TINY + (["ensemble.members=2"] if method == "ensemble" else []))
+    config = _tiny_config(method)
     run_dir = runs / method
     if method in ("laplace_lora", "projected_subspace_laplace"):  # a Laplace posterior over the vocabulary: refused
         with pytest.raises(ConfigError, match="needs a classification task"):
@@ -92,7 +96,7 @@ def test_bara_export_prunes_with_rank_pattern_and_merges(runs):
 
     run_dir = runs / "bara"
     if not (run_dir / "metrics.json").exists():  # the test above ran in another process (pytest -n) or not at all
-        run_experiment(load_config(method="bara", overrides=TINY), run_dir, progress=False)
+        run_experiment(_tiny_config("bara"), run_dir, progress=False)
     probe = export_peft(run_dir, runs / "probe", prune_below=0.0, progress=False)
     spread = max(probe.factors.values(), key=lambda c: max(c) - min(c))  # a layer whose components differ
     threshold = float(np.median(spread)) + 1e-7
