@@ -13,6 +13,7 @@ LOCAL_KL_MD = ROOT / "benchmarks" / "results" / "quality_h200x2_2026-11-22_local
 TUNED_DIR = ROOT / "benchmarks" / "results" / "quality_h100_2026-12-07_tuned"
 TUNED_SEED1_MD = TUNED_DIR / "results_seed1.md"  # sections 15-16: the tuned suite's seed 1 alone
 TUNED_SEED12_MD = TUNED_DIR / "results_seed12.md"  # section 17: seeds 1-2
+TUNED_SEED123_MD = TUNED_DIR / "results_seed123_ens2.md"  # section 18: seeds 1-3, the ensemble seed 2
 OCCAM_DIR = ROOT / "benchmarks" / "results" / "quality_h100_2026-12-07_direction_occam"
 
 
@@ -37,7 +38,8 @@ def _results_section(text: str, title: str) -> str:
 
 @pytest.mark.parametrize("section, results_md", [("### 3. ", SUITE_MD), ("### 4. ", LOCAL_KL_MD),
                                                  ("### 16. ", TUNED_SEED1_MD),
-                                                 ("### 17. ", TUNED_SEED12_MD), ("### 18. ", TUNED_DIR / "results.md")])
+                                                 ("### 17. ", TUNED_SEED12_MD), ("### 18. ", TUNED_SEED123_MD),
+                                                 ("### 19. ", TUNED_DIR / "results.md")])
 def test_suite_tables_in_docs_match_results_md(section, results_md):
     docs, results = DOCS.read_text(), results_md.read_text()
     docs = docs[docs.index(section):]  # the section's own tables come first from here
@@ -305,11 +307,12 @@ def _assert_tables_are_results_md(docs: str, results: str, tables) -> None:
 
 def _every_baseline_figures(results: str, metric: str) -> tuple[str, ...]:
     """The figures of results.md's "BaRA's METRIC below every baseline's" target line (NLL or ECE, ECE in %):
-    BaRA, LoRA (MLE), MAP, MC-dropout, the ensemble, BaRA on the ensemble's seed 2, BLoB."""
+    BaRA, LoRA (MLE), MAP, MC-dropout, the ensemble, BaRA on the ensemble's seeds, BLoB."""
     line = re.search(rf"BaRA's {metric} below every baseline's.*", results).group(0)
     n = r"([\d.]+)" + ("%" if metric == "ECE" else "")
     return re.search(rf"\*\*met\*\* \(BaRA \(bara_singular\) {n} vs LoRA \(MLE\) {n}, MAP {n}, MC-dropout {n}, "
-                     rf"Ensemble {n} \(on seed 2, where BaRA \(bara_singular\) {n}\), BLoB {n}\)", line).groups()
+                     rf"Ensemble {n} \(on seeds? [\d, ]+, where BaRA \(bara_singular\) {n}\), BLoB {n}\)",
+                     line).groups()
 
 
 def test_section17_brier_rank_and_ood_tables_are_the_two_seed_results_md():
@@ -354,7 +357,7 @@ def test_section17_seed_figures_and_costs_are_the_run_files():
     for label, method, pattern in (("LoRA", "lora", "*/seed2"), ("MAP", "lora_map", "*/seed2"),
                                    ("MC-dropout", "mc_dropout", "*/seed2"), ("BLoB", "blob", "*/seed2"),
                                    ("BaRA", "bara_singular", "*/seed2"),
-                                   ("ensemble members", "ensemble_members", "*/seed*"),
+                                   ("ensemble members", "ensemble_members", "*/seed*002"),
                                    ("an ensemble, which copies its members and evaluates\n  them on both splits,",
                                     "ensemble", "*/seed2")):
         times = [json.loads(p.read_text())["wall_time_s"] for p in (runs / method).glob(f"{pattern}/timing.json")]
@@ -391,13 +394,13 @@ def test_section17_regime_table_is_training_regime_over_the_run_folders(monkeypa
 
 def _section18() -> str:
     docs = DOCS.read_text()
-    return docs[docs.index("### 18. "):docs.index("## KL ablation")]
+    return docs[docs.index("### 18. "):docs.index("### 19. ")]
 
 
 def test_section18_rank_ood_tables_and_targets_are_the_three_seed_results_md():
-    """Section 18: the Brier, rank and OOD tables are results.md's, cell for cell, and the first bullet quotes its
-    target lines."""
-    docs, results = _section18(), (TUNED_DIR / "results.md").read_text()
+    """Section 18: the Brier, rank and OOD tables are results_seed123_ens2.md's, cell for cell, and the first bullet
+    quotes its target lines."""
+    docs, results = _section18(), TUNED_SEED123_MD.read_text()
     _assert_tables_are_results_md(docs, results, (("| joint effective rank |", "## Joint effective rank"),
                                                   *RANK_OOD_TABLES))
     flat = " ".join(docs.split())
@@ -446,6 +449,67 @@ def test_section18_seed_pairs_arc_and_costs_are_the_run_files():
         assert len(times) == 6 and f"{label} {min(times):.0f}-{max(times):.0f} s" in flat, method
     total = json.loads((TUNED_DIR / "timing_seed3.json").read_text())["wall_time_s"]
     assert f"in {total / 60:.1f} min (`timing_seed3.json`)" in flat
+
+
+def _section19() -> str:
+    docs = DOCS.read_text()
+    return " ".join(docs[docs.index("### 19. "):docs.index("## KL ablation")].split())
+
+
+def test_section19_ood_tables_and_targets_are_results_md():
+    """Section 19: the OOD tables are results.md's, cell for cell, and the targets bullet quotes its target lines
+    (the ensemble on its seeds 2 and 3)."""
+    docs = DOCS.read_text()
+    docs = docs[docs.index("### 19. "):docs.index("## KL ablation")]
+    results = (TUNED_DIR / "results.md").read_text()
+    _assert_tables_are_results_md(docs, results, RANK_OOD_TABLES[3:])
+    assert "Ensemble 0.9390 (on seeds 2, 3, where" in results
+    flat = _section19()
+    bara, lora, map_, mc, ens, bara23, blob = _every_baseline_figures(results, "NLL")
+    assert (f"BaRA {bara} over three seeds against MAP {map_}, MC-dropout {mc}, BLoB {blob} and LoRA {lora}, and "
+            f"against the ensemble's {ens} on seeds 2-3, where BaRA's is {bara23}") in flat
+    bara, lora, map_, mc, ens, bara23, blob = _every_baseline_figures(results, "ECE")
+    assert (f"{bara} % against {map_} (MAP), {mc} (MC-dropout), {blob} (BLoB) and {lora} % (LoRA), and against "
+            f"the ensemble's {ens} % on seeds 2-3 (BaRA {bara23} %)") in flat
+
+
+def test_section19_seed_pairs_member_check_and_costs_are_the_run_files():
+    """Section 19's paired differences against the ensemble, the retrained first member's validation figures and
+    the wall times come from the run folders."""
+    flat = _section19()
+    runs = TUNED_DIR / "runs"
+
+    def six_task(method, seed, metric):
+        return sum(_test_split(runs / method / task, seed)[metric] for task in SUITE_ORDER) / len(SUITE_ORDER)
+
+    nll = [six_task("ensemble", s, "nll") - six_task("bara_singular", s, "nll") for s in (2, 3)]
+    ece = [100 * (six_task("ensemble", s, "ece") - six_task("bara_singular", s, "ece")) for s in (2, 3)]
+    assert f"NLL is lower by {nll[0]:.3f} and {nll[1]:.3f} and its ECE by {ece[0]:.1f} and {ece[1]:.1f} points" in flat
+    for task, label in (("openbookqa", "OBQA"), ("boolq", "BoolQ")):
+        d = [_test_split(runs / "bara_singular" / task, s)["nll"] - _test_split(runs / "ensemble" / task, s)["nll"]
+             for s in (2, 3)]
+        assert f"{d[0]:+.3f} and {d[1]:+.3f} on {label}" in flat, task
+    accuracy = [100 * sum(six_task(m, s, "accuracy") for s in (2, 3)) / 2 for m in ("ensemble", "bara_singular")]
+    assert f"Its accuracy, {accuracy[0]:.1f} %, is above BaRA's on the same seeds ({accuracy[1]:.1f} %)" in flat
+
+    def validation(method, task):
+        return json.loads((runs / method / task / "seed3" / "metrics.json").read_text())["validation"]
+
+    same = [t for t in SUITE_ORDER if validation("lora", t)["accuracy"] == validation("ensemble_members", t)["accuracy"]
+            and abs(validation("lora", t)["nll"] - validation("ensemble_members", t)["nll"]) < 1e-6]
+    assert same == ["winogrande_s", "arc_easy"]
+    member, lora = validation("ensemble_members", "arc_challenge"), validation("lora", "arc_challenge")
+    assert (f"ARC-C accuracy {100 * member['accuracy']:.1f} against {100 * lora['accuracy']:.1f} %, NLL "
+            f"{member['nll']:.3f} against {lora['nll']:.3f}") in flat
+    def wall_times(method, pattern):
+        return [json.loads(p.read_text())["wall_time_s"] for p in (runs / method).glob(f"{pattern}/timing.json")]
+
+    members, ensembles = wall_times("ensemble_members", "*/seed*3"), wall_times("ensemble", "*/seed3")
+    assert len(members) == 30 and len(ensembles) == 6
+    assert f"ensemble members {min(members):.0f}-{max(members):.0f} s" in flat
+    assert f"both splits, {min(ensembles):.0f}-{max(ensembles):.0f} s" in flat
+    total = json.loads((TUNED_DIR / "timing_ensemble_seed3.json").read_text())["wall_time_s"]
+    assert f"took {total:.0f} s in two segments (`timing_ensemble_seed3.json`" in flat
 
 
 def test_section18_occam_tables_are_the_grid_runs():

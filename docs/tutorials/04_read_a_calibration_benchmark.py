@@ -15,9 +15,9 @@
 # Reading it well takes a few questions: what each score rewards, whether the models are over- or
 # under-confident, whether a difference is larger than the seed-to-seed spread, and what a Bayesian method did
 # that a point estimate did not. This notebook asks them of the suite in docs/benchmarks.md (quality sections
-# 17-18): SmolLM2-135M fine-tuned on six multiple-choice tasks by LoRA (MLE), MAP, MC-dropout, BLoB, a deep
+# 17-19): SmolLM2-135M fine-tuned on six multiple-choice tasks by LoRA (MLE), MAP, MC-dropout, BLoB, a deep
 # ensemble and BaRA (`bara_singular`), each with its learning rate chosen on the validation split, seeds 1-3
-# (the ensemble seed 2 only).
+# (the ensemble seeds 2 and 3).
 #
 # 1. what the four scores reward, on predictions made up to make the point;
 # 2. the suite's six-task means, recomputed from the runs;
@@ -106,7 +106,7 @@ print(wgs.sort_index().round(3))
 # ## 2. The six-task means, from the runs
 #
 # A suite's headline is the mean over tasks of each method's mean over seeds. Recomputed from the run records,
-# it is what `results.md` prints (the ensemble has one seed so far).
+# it is what `results.md` prints (the ensemble has two seeds so far).
 
 # %%
 per_task = runs.groupby(["method", "task"])[["accuracy", "nll", "ece", "brier"]].mean()
@@ -148,12 +148,12 @@ print("smallest gap:", gap.idxmin(axis=1).to_dict())
 print("largest gap: ", gap.idxmax(axis=1).to_dict())
 assert gap.idxmin(axis=1).to_dict() == {"winogrande_s": "MAP", "arc_challenge": "Ensemble", "arc_easy": "BaRA",
                                         "winogrande_m": "BaRA", "openbookqa": "Ensemble", "boolq": "Ensemble"}
-assert abs(gap.loc["arc_challenge", "BaRA"] - gap.loc["arc_challenge", "Ensemble"]) < 0.005
+assert 0 < gap.loc["arc_challenge", "BaRA"] - gap.loc["arc_challenge", "Ensemble"] < 0.02
 
 # %% [markdown]
 # Every method is over-confident on every task: a fine-tuned model is more certain than it should be. Which
-# method errs least differs by task: BaRA on ARC-E and WG-M, the ensemble (one seed) on ARC-C (BaRA a hair
-# behind), OBQA and BoolQ, MAP on WG-S, where its predictions are close to 50/50 (section 1). LoRA, with no
+# method errs least differs by task: BaRA on ARC-E and WG-M, the ensemble (two seeds) on ARC-C (BaRA about 0.01
+# nats behind), OBQA and BoolQ, MAP on WG-S, where its predictions are close to 50/50 (section 1). LoRA, with no
 # prior and no averaging, has the largest gap on WG-S and WG-M.
 
 # %% [markdown]
@@ -183,12 +183,13 @@ assert (six_task["ECE, BaRA - MC-dropout"] < 0).sum() == 2
 # lower for BaRA, but a sign that changes from seed to seed does not establish that advantage.
 
 # %% [markdown]
-# A method that ran fewer seeds is compared on the seeds both ran: the ensemble has seed 2 only, so BaRA is
-# compared with it on seed 2, as the suite's targets do (`results.md`, "Targets").
+# A method that ran fewer seeds is compared on the seeds both ran: the ensemble has seeds 2 and 3, so BaRA is
+# compared with it on those two, as the suite's targets do (`results.md`, "Targets").
 
 # %%
-seed2 = runs[runs.seed == 2].groupby(["method", "task"])[["nll", "ece"]].mean().groupby("method").mean()
-print(seed2.loc[["BaRA", "Ensemble"]].round(4))
+shared = runs[runs.seed.isin([2, 3])].groupby(["method", "task"])[["nll", "ece"]].mean().groupby("method").mean()
+print(shared.loc[["BaRA", "Ensemble"]].round(4))
+assert (shared.loc["BaRA"] < shared.loc["Ensemble"]).all()
 for target in results["targets"]:
     if target["target"].endswith("every_baseline"):
         print(f"{target['target']}: {target['status']}\n  {target['detail']}")
@@ -282,5 +283,5 @@ assert (auroc["entropy"] > 0.5).all() and (auroc["mutual information"].dropna() 
 # Entropy flags the unfamiliar questions better than chance for every method, the ensemble best. The mutual
 # information does worse than chance for every sampled method: their posteriors disagree *less* on the
 # unfamiliar questions than on OBQA's own. In this suite the weight uncertainty these methods learned does
-# not track distance from the training data; that is two seeds (the ensemble one), and a place where Bayesian
+# not track distance from the training data; that is two seeds, and a place where Bayesian
 # fine-tuning at this scale still falls short of its promise.
