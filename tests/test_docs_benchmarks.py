@@ -598,3 +598,13 @@ def test_where_the_numbers_stand_is_section17s_mean_column():
                                                  "components per layer)"), "| Method |")
     mean_rank = rank["BaRA (singular directions)"][-1].split()[0]
     assert f"at a joint effective rank of {mean_rank} of 8" in docs
+
+
+def test_repeated_fused_gate_speed_row_is_its_result_file():
+    """The repeated `bara_singular` step timing quoted under the fused-gate table is its result file's."""
+    path = ROOT / "benchmarks" / "results" / "speed_bara_singular_fused_gate_nvidia-h100_2026-12-07.json"
+    rows = {row["method"]: row for row in json.loads(path.read_text())["table"]}
+    lora, bara = rows["lora"], rows["bara_singular"]
+    flat = " ".join(DOCS.read_text().split())
+    assert (f"LoRA {lora['ms']:.2f} ms, `bara_singular` {bara['ms']:.2f} ms per step, **{bara['ratio']:.3f}x**, "
+            f"peak memory {bara['peak_ratio']:.3f}x") in flat
