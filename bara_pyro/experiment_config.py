@@ -28,6 +28,7 @@ import yaml
 
 from .config_yaml import load_yaml
 from .inference.train_config import TrainConfig
+from .methods import merge_mappings
 from .models.config import BaRAConfig, ConfigError
 
 __all__ = ["DEFAULTS", "load_config", "validate_config", "parse_override", "save_config", "TINY_MODELS",
@@ -74,17 +75,7 @@ def _deep_merge(base: dict, update: dict) -> dict:
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "adapter":
             out[key] = _deep_merge(out[key], value)
         elif key == "adapter" and isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge_any(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _deep_merge_any(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge_any(out[key], value)
+            out[key] = merge_mappings(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -34,7 +34,7 @@ from importlib import resources
 from .config_yaml import load_yaml
 from .models.config import ConfigError
 
-__all__ = ["list_methods", "load_preset", "preset_names"]
+__all__ = ["list_methods", "load_preset", "merge_mappings", "preset_names", "preset_section"]
 
 PRESET_PACKAGE = "bara_pyro.presets"
 
@@ -67,3 +67,25 @@ def load_preset(name: str) -> dict:
     if name not in presets:
         raise ConfigError(f"unknown method {name!r}; packaged methods: {sorted(presets)}")
     return copy.deepcopy(presets[name])
+
+
+def merge_mappings(base: dict, update: dict) -> dict:
+    """A copy of ``base`` with ``update`` merged in: a mapping in both is merged key by key, any other value of
+    ``update`` replaces ``base``'s."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_mappings(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def preset_section(name: str, section: str, overrides: dict | None = None) -> dict:
+    """Block ``section`` (``adapter``, ``train``, ``eval``, ...) of preset ``name``, empty where the preset sets
+    none, with ``overrides`` merged in (:func:`merge_mappings`): what ``--method NAME --set section.key=value`` gives
+    that block, for building configs in Python (``BaRAConfig.from_preset``, ``TrainConfig.from_preset``)."""
+    block = load_preset(name).get(section) or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"preset {name!r}: {section} must be a mapping, got {block!r}")
+    return merge_mappings(block, overrides or {})

@@ -117,3 +117,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         return dataclass_from_dict(cls, data, "train")
+
+    @classmethod
+    def from_preset(cls, name: str, **fields: Any) -> "TrainConfig":
+        """The ``train`` block of the packaged preset ``name`` (its estimator, local KL, gate learning rate, ...)
+        with ``fields`` on top: ``TrainConfig.from_preset("bara_singular", steps=200, lr=2e-3)``."""
+        from ..methods import preset_section  # methods imports the models package, which imports this module
+
+        return cls.from_dict(preset_section(name, "train", fields))

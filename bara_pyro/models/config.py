@@ -236,3 +236,12 @@ class BaRAConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BaRAConfig":
         return dataclass_from_dict(cls, data, "BaRAConfig")
+
+    @classmethod
+    def from_preset(cls, name: str, **fields: Any) -> "BaRAConfig":
+        """The ``adapter`` block of the packaged preset ``name`` (``bara-pyro methods``) with ``fields`` merged in,
+        nested mappings key by key: ``BaRAConfig.from_preset("bara_singular", r=8, alpha=16,
+        weights={"direction_occam": "kfac"})``."""
+        from ..methods import preset_section  # methods imports this module
+
+        return cls.from_dict(preset_section(name, "adapter", fields))

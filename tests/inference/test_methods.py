@@ -138,3 +138,25 @@ def test_preset_trains_and_evaluates(method, task_name, tokenizer):
     torch.testing.assert_close(probs.sum(-1), torch.ones(len(rows)))
     metrics = classification_metrics(probs, prediction.labels)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["nll"] > 0
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_from_preset_is_the_run_configs_adapter_and_train(name):
+    """``BaRAConfig.from_preset`` and ``TrainConfig.from_preset`` give what ``bara-pyro train --method NAME``
+    builds, and keyword fields act as ``--set adapter.KEY=...`` / ``--set train.KEY=...`` do."""
+    from bara_pyro.experiment_config import load_config
+
+    config = load_config(method=name, overrides=["adapter.r=4", "train.steps=7"])
+    assert BaRAConfig.from_preset(name, r=4) == BaRAConfig.from_dict(config["adapter"])
+    assert TrainConfig.from_preset(name, steps=7) == TrainConfig.from_dict(config["train"])
+
+
+def test_from_preset_merges_nested_fields_and_rejects_bad_names():
+    config = BaRAConfig.from_preset("bara_singular", weights={"direction_occam": "kfac"})
+    assert config.weights == {**load_preset("bara_singular")["adapter"]["weights"], "direction_occam": "kfac"}
+    with pytest.raises(ConfigError, match="unknown method 'nosuch'; packaged methods: .*bara_singular"):
+        BaRAConfig.from_preset("nosuch")
+    with pytest.raises(ConfigError, match=r"unknown BaRAConfig field\(s\) \['rank'\]"):
+        BaRAConfig.from_preset("lora", rank=8)
+    with pytest.raises(ConfigError, match="lr must be a positive number"):
+        TrainConfig.from_preset("bara_singular", lr=-1.0)
