@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..methods import preset_section
 from ..models.errors import ConfigError, dataclass_from_dict
 
 __all__ = ["TrainConfig", "ESTIMATORS", "LOCAL_KL"]
@@ -122,6 +123,4 @@ class TrainConfig:
     def from_preset(cls, name: str, **fields: Any) -> "TrainConfig":
         """The ``train`` block of the packaged preset ``name`` (its estimator, local KL, gate learning rate, ...)
         with ``fields`` on top: ``TrainConfig.from_preset("bara_singular", steps=200, lr=2e-3)``."""
-        from ..methods import preset_section  # methods imports the models package, which imports this module
-
         return cls.from_dict(preset_section(name, "train", fields))
