@@ -315,6 +315,17 @@ def _every_baseline_figures(results: str, metric: str) -> tuple[str, ...]:
                      line).groups()
 
 
+def _assert_every_baseline_targets_quoted(flat: str, results: str, after_bara: str, ensemble_seeds: str) -> None:
+    """A section's targets bullet (``flat``: whitespace collapsed) quotes results.md's NLL and ECE "below every
+    baseline" lines: BaRA's mean, each baseline's, and the ensemble's on ``ensemble_seeds`` beside BaRA's there."""
+    bara, lora, map_, mc, ens, bara_e, blob = _every_baseline_figures(results, "NLL")
+    assert (f"BaRA {bara}{after_bara} against MAP {map_}, MC-dropout {mc}, BLoB {blob} and LoRA {lora}, and against "
+            f"the ensemble's {ens} on {ensemble_seeds}, where BaRA's is {bara_e}") in flat
+    bara, lora, map_, mc, ens, bara_e, blob = _every_baseline_figures(results, "ECE")
+    assert (f"{bara} % against {map_} (MAP), {mc} (MC-dropout), {blob} (BLoB) and {lora} % (LoRA), and against "
+            f"the ensemble's {ens} % on {ensemble_seeds} (BaRA {bara_e} %)") in flat
+
+
 def test_section17_brier_rank_and_ood_tables_are_the_two_seed_results_md():
     """Section 17: the Brier, rank-structure and OOD tables are results_seed12.md's, cell for cell, and the
     targets' figures quoted in its first bullet are its target lines."""
@@ -404,12 +415,7 @@ def test_section18_rank_ood_tables_and_targets_are_the_three_seed_results_md():
     _assert_tables_are_results_md(docs, results, (("| joint effective rank |", "## Joint effective rank"),
                                                   *RANK_OOD_TABLES))
     flat = " ".join(docs.split())
-    bara, lora, map_, mc, ens, bara2, blob = _every_baseline_figures(results, "NLL")
-    assert (f"BaRA {bara} against MAP {map_}, MC-dropout {mc}, BLoB {blob} and LoRA {lora}, and against the "
-            f"ensemble's {ens} on seed 2, where BaRA's is {bara2}") in flat
-    bara, lora, map_, mc, ens, bara2, blob = _every_baseline_figures(results, "ECE")
-    assert (f"{bara} % against {map_} (MAP), {mc} (MC-dropout), {blob} (BLoB) and {lora} % (LoRA), and against "
-            f"the ensemble's {ens} % on seed 2 (BaRA {bara2} %)") in flat
+    _assert_every_baseline_targets_quoted(flat, results, "", "seed 2")
     acc = re.search(r"accuracy no more than 0.5 points below LoRA \(MLE\)'s: \*\*met\*\* .*?: ([-+][\d.]+) points",
                     results).group(1)
     assert f"{acc} points over three seeds" in flat
@@ -464,13 +470,7 @@ def test_section19_ood_tables_and_targets_are_results_md():
     results = (TUNED_DIR / "results.md").read_text()
     _assert_tables_are_results_md(docs, results, RANK_OOD_TABLES[3:])
     assert "Ensemble 0.9390 (on seeds 2, 3, where" in results
-    flat = _section19()
-    bara, lora, map_, mc, ens, bara23, blob = _every_baseline_figures(results, "NLL")
-    assert (f"BaRA {bara} over three seeds against MAP {map_}, MC-dropout {mc}, BLoB {blob} and LoRA {lora}, and "
-            f"against the ensemble's {ens} on seeds 2-3, where BaRA's is {bara23}") in flat
-    bara, lora, map_, mc, ens, bara23, blob = _every_baseline_figures(results, "ECE")
-    assert (f"{bara} % against {map_} (MAP), {mc} (MC-dropout), {blob} (BLoB) and {lora} % (LoRA), and against "
-            f"the ensemble's {ens} % on seeds 2-3 (BaRA {bara23} %)") in flat
+    _assert_every_baseline_targets_quoted(_section19(), results, " over three seeds", "seeds 2-3")
 
 
 def test_section19_seed_pairs_member_check_and_costs_are_the_run_files():
