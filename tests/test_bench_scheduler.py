@@ -140,13 +140,22 @@ def test_a_job_out_of_cuda_memory_is_queued_again_with_fewer_at_once(path, reque
     """The first try prints torch's out-of-memory error and fails; the second, queued again, succeeds; from then on
     fewer jobs start at once than were running when it failed."""
     _use_path(path, request, monkeypatch)
-    marker = tmp_path / "tried"
-    oom = (f"import pathlib, sys, time; m = pathlib.Path({str(marker)!r}); time.sleep(0.3)\n"
-           "if not m.exists():\n    m.write_text('1'); print('torch.OutOfMemoryError: CUDA out of memory.'); "
-           "sys.exit(1)\nprint('fine')")
-    jobs = [("oom", None, [sys.executable, "-c", oom], tmp_path / "oom.log")]
-    jobs += [(f"job{i}", None, [sys.executable, "-c", "import time; time.sleep(0.6)"], tmp_path / f"job{i}.log")
-             for i in range(2)]
+    # The three jobs overlap whatever their start-up times: the first try of "oom" fails only once the other two
+    # have started, and they end 2 s after it has failed (Ray's workers can take seconds to start on a busy machine).
+    marker, started = tmp_path / "tried", [tmp_path / f"started{i}" for i in range(2)]
+    wait_for = ("import pathlib, sys, time\n\n\ndef wait_for(*paths):\n    t = time.time() + 120\n"
+                "    while not all(pathlib.Path(p).exists() for p in paths) and time.time() < t:\n"
+                "        time.sleep(0.05)\n\n\n")
+    (tmp_path / "oom.py").write_text(
+        wait_for + "if not pathlib.Path(sys.argv[1]).exists():\n    wait_for(*sys.argv[2:])\n"
+        "    pathlib.Path(sys.argv[1]).write_text('1')\n    print('torch.OutOfMemoryError: CUDA out of memory.')\n"
+        "    sys.exit(1)\nprint('fine')\n")
+    (tmp_path / "other.py").write_text(
+        wait_for + "pathlib.Path(sys.argv[1]).write_text('1')\nwait_for(sys.argv[2])\ntime.sleep(2.0)\n")
+    jobs = [("oom", None, [sys.executable, str(tmp_path / "oom.py"), str(marker), *map(str, started)],
+             tmp_path / "oom.log")]
+    jobs += [(f"job{i}", None, [sys.executable, str(tmp_path / "other.py"), str(started[i]), str(marker)],
+              tmp_path / f"job{i}.log") for i in range(2)]
     lines = []
     outcome = scheduler.execute(jobs, workers=3, log=lines.append, gpus=[], gpu_share=0.0)
     assert outcome["oom"]["status"] == "ok" and "fine" in (tmp_path / "oom.log").read_text()
