@@ -69,18 +69,6 @@ SECTIONS = {"task", "adapter", "train", "eval", "ensemble", "data"}
 TOP_LEVEL = set(DEFAULTS) | {"preset"}
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "adapter":
-            out[key] = _deep_merge(out[key], value)
-        elif key == "adapter" and isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_mappings(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.steps=200"`` -> ``(["train", "steps"], 200)``; the value is parsed as YAML."""
     if "=" not in text:
@@ -122,8 +110,8 @@ def load_config(path: str | os.PathLike | None = None, method: str | None = None
     if preset_name:
         from .methods import load_preset
 
-        config = _deep_merge(config, load_preset(preset_name))
-    config = _deep_merge(config, {k: v for k, v in file_data.items() if k != "preset"})
+        config = merge_mappings(config, load_preset(preset_name))
+    config = merge_mappings(config, {k: v for k, v in file_data.items() if k != "preset"})
     for item in overrides or []:
         keys, value = parse_override(item)
         target = config

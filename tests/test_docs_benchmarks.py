@@ -315,6 +315,18 @@ def _every_baseline_figures(results: str, metric: str) -> tuple[str, ...]:
                      line).groups()
 
 
+def _six_task(method: str, seed: int, metric: str) -> float:
+    """The tuned suite's six-task test mean of ``metric`` for ``method`` at ``seed``."""
+    runs = TUNED_DIR / "runs"
+    return sum(_test_split(runs / method / task, seed)[metric] for task in SUITE_ORDER) / len(SUITE_ORDER)
+
+
+def _wall_times(method: str, pattern: str) -> list[float]:
+    """The ``wall_time_s`` of each run of the tuned suite's ``method`` whose folder matches ``pattern``."""
+    paths = (TUNED_DIR / "runs" / method).glob(f"{pattern}/timing.json")
+    return [json.loads(path.read_text())["wall_time_s"] for path in paths]
+
+
 def _assert_every_baseline_targets_quoted(flat: str, results: str, after_bara: str, ensemble_seeds: str) -> None:
     """A section's targets bullet (``flat``: whitespace collapsed) quotes results.md's NLL and ECE "below every
     baseline" lines: BaRA's mean, each baseline's, and the ensemble's on ``ensemble_seeds`` beside BaRA's there."""
@@ -371,7 +383,7 @@ def test_section17_seed_figures_and_costs_are_the_run_files():
                                    ("ensemble members", "ensemble_members", "*/seed*002"),
                                    ("an ensemble, which copies its members and evaluates\n  them on both splits,",
                                     "ensemble", "*/seed2")):
-        times = [json.loads(p.read_text())["wall_time_s"] for p in (runs / method).glob(f"{pattern}/timing.json")]
+        times = _wall_times(method, pattern)
         assert len(times) == (24 if method == "ensemble_members" else 6), method
         assert f"{label} {min(times):.0f}-{max(times):.0f} s" in docs, label
     total = json.loads((TUNED_DIR / "timing_seed2.json").read_text())["wall_time_s"]
@@ -431,11 +443,8 @@ def test_section18_seed_pairs_arc_and_costs_are_the_run_files():
     flat = " ".join(_section18().split())
     runs = TUNED_DIR / "runs"
 
-    def six_task(method, seed, metric):
-        return sum(_test_split(runs / method / task, seed)[metric] for task in SUITE_ORDER) / len(SUITE_ORDER)
-
     def paired(other, metric):
-        return [six_task("bara_singular", s, metric) - six_task(other, s, metric) for s in (1, 2, 3)]
+        return [_six_task("bara_singular", s, metric) - _six_task(other, s, metric) for s in (1, 2, 3)]
 
     for other in ("lora", "lora_map", "mc_dropout", "blob"):
         assert all(d < 0 for d in paired(other, "nll")), other
@@ -451,7 +460,7 @@ def test_section18_seed_pairs_arc_and_costs_are_the_run_files():
     assert "(" + ", ".join(f"{m['nll']:.3f}" for m in arc) + ")" in flat
     labels = {"lora": "LoRA", "lora_map": "MAP", "mc_dropout": "MC-dropout", "blob": "BLoB", "bara_singular": "BaRA"}
     for method, label in labels.items():
-        times = [json.loads(p.read_text())["wall_time_s"] for p in (runs / method).glob("*/seed3/timing.json")]
+        times = _wall_times(method, "*/seed3")
         assert len(times) == 6 and f"{label} {min(times):.0f}-{max(times):.0f} s" in flat, method
     total = json.loads((TUNED_DIR / "timing_seed3.json").read_text())["wall_time_s"]
     assert f"in {total / 60:.1f} min (`timing_seed3.json`)" in flat
@@ -459,37 +468,32 @@ def test_section18_seed_pairs_arc_and_costs_are_the_run_files():
 
 def _section19() -> str:
     docs = DOCS.read_text()
-    return " ".join(docs[docs.index("### 19. "):docs.index("## KL ablation")].split())
+    return docs[docs.index("### 19. "):docs.index("## KL ablation")]
 
 
 def test_section19_ood_tables_and_targets_are_results_md():
     """Section 19: the OOD tables are results.md's, cell for cell, and the targets bullet quotes its target lines
     (the ensemble on its seeds 2 and 3)."""
-    docs = DOCS.read_text()
-    docs = docs[docs.index("### 19. "):docs.index("## KL ablation")]
-    results = (TUNED_DIR / "results.md").read_text()
+    docs, results = _section19(), (TUNED_DIR / "results.md").read_text()
     _assert_tables_are_results_md(docs, results, RANK_OOD_TABLES[3:])
     assert "Ensemble 0.9390 (on seeds 2, 3, where" in results
-    _assert_every_baseline_targets_quoted(_section19(), results, " over three seeds", "seeds 2-3")
+    _assert_every_baseline_targets_quoted(" ".join(docs.split()), results, " over three seeds", "seeds 2-3")
 
 
 def test_section19_seed_pairs_member_check_and_costs_are_the_run_files():
     """Section 19's paired differences against the ensemble, the retrained first member's validation figures and
     the wall times come from the run folders."""
-    flat = _section19()
+    flat = " ".join(_section19().split())
     runs = TUNED_DIR / "runs"
 
-    def six_task(method, seed, metric):
-        return sum(_test_split(runs / method / task, seed)[metric] for task in SUITE_ORDER) / len(SUITE_ORDER)
-
-    nll = [six_task("ensemble", s, "nll") - six_task("bara_singular", s, "nll") for s in (2, 3)]
-    ece = [100 * (six_task("ensemble", s, "ece") - six_task("bara_singular", s, "ece")) for s in (2, 3)]
+    nll = [_six_task("ensemble", s, "nll") - _six_task("bara_singular", s, "nll") for s in (2, 3)]
+    ece = [100 * (_six_task("ensemble", s, "ece") - _six_task("bara_singular", s, "ece")) for s in (2, 3)]
     assert f"NLL is lower by {nll[0]:.3f} and {nll[1]:.3f} and its ECE by {ece[0]:.1f} and {ece[1]:.1f} points" in flat
     for task, label in (("openbookqa", "OBQA"), ("boolq", "BoolQ")):
         d = [_test_split(runs / "bara_singular" / task, s)["nll"] - _test_split(runs / "ensemble" / task, s)["nll"]
              for s in (2, 3)]
         assert f"{d[0]:+.3f} and {d[1]:+.3f} on {label}" in flat, task
-    accuracy = [100 * sum(six_task(m, s, "accuracy") for s in (2, 3)) / 2 for m in ("ensemble", "bara_singular")]
+    accuracy = [100 * sum(_six_task(m, s, "accuracy") for s in (2, 3)) / 2 for m in ("ensemble", "bara_singular")]
     assert f"Its accuracy, {accuracy[0]:.1f} %, is above BaRA's on the same seeds ({accuracy[1]:.1f} %)" in flat
 
     def validation(method, task):
@@ -501,10 +505,7 @@ def test_section19_seed_pairs_member_check_and_costs_are_the_run_files():
     member, lora = validation("ensemble_members", "arc_challenge"), validation("lora", "arc_challenge")
     assert (f"ARC-C accuracy {100 * member['accuracy']:.1f} against {100 * lora['accuracy']:.1f} %, NLL "
             f"{member['nll']:.3f} against {lora['nll']:.3f}") in flat
-    def wall_times(method, pattern):
-        return [json.loads(p.read_text())["wall_time_s"] for p in (runs / method).glob(f"{pattern}/timing.json")]
-
-    members, ensembles = wall_times("ensemble_members", "*/seed*3"), wall_times("ensemble", "*/seed3")
+    members, ensembles = _wall_times("ensemble_members", "*/seed*3"), _wall_times("ensemble", "*/seed3")
     assert len(members) == 30 and len(ensembles) == 6
     assert f"ensemble members {min(members):.0f}-{max(members):.0f} s" in flat
     assert f"both splits, {min(ensembles):.0f}-{max(ensembles):.0f} s" in flat
