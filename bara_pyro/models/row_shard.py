@@ -86,6 +86,16 @@ class RowGroups:
         if rows != self.index.numel():
             raise ValueError(f"noise for {rows} rows does not fit a batch of {self.index.numel()} rows")
 
+    def shared_positions(self, length: int, device) -> torch.Tensor:
+        """``(n, T)`` bool: position ``t`` of row ``i`` takes its example's draw (``t < shared_length[i]``).  Made
+        once per groups object and length, since every adapter of a pass draws at the same shape (a pass builds
+        its own groups, so a captured step recomputes it from the batch on every replay)."""
+        cache = self.__dict__.setdefault("_shared_positions", {})
+        key = (length, torch.device(device))
+        if key not in cache:
+            cache[key] = torch.arange(length, device=device) < self.shared_length.to(device)[:, None]
+        return cache[key]
+
     def uniform(self, shape, dtype: torch.dtype, device, row_dim: int = 0) -> torch.Tensor:
         """``U(0, 1)`` of ``shape`` (rows at ``row_dim``) with every row of one group equal."""
         shape = tuple(shape)
@@ -96,8 +106,7 @@ class RowGroups:
         if self.shared_length is None or len(shape) - row_dim != 3:  # no token axis: one draw per example
             return u
         rows, length = shape[row_dim], shape[row_dim + 1]
-        shared = torch.arange(length, device=device) < self.shared_length.to(device)[:, None]  # (n, T)
-        shared = shared.view((1,) * row_dim + (rows, length, 1))
+        shared = self.shared_positions(length, device).view((1,) * row_dim + (rows, length, 1))
         return torch.where(shared, u, torch.rand(shape, dtype=dtype, device=device))
 
 

@@ -95,6 +95,28 @@ def test_prefix_groups_share_noise_only_on_the_shared_prefix():
     assert (u[0, 2:] != u[1, 2:]).all()  # after the shared prefix each row draws its own
 
 
+def test_every_draw_of_one_pass_shares_its_prefix_mask_and_a_new_batch_makes_its_own():
+    """The adapters of one pass draw through one groups object: the (n, T) mask is made once per length, and the
+    draws are those of the mask made afresh (same generator state, same numbers)."""
+    groups = RowGroups(torch.tensor([0, 0, 1]), 2, shared_length=torch.tensor([2, 2, 4]))
+    torch.manual_seed(0)
+    with drawing_rows(None, groups):
+        first, second = uniform((3, 4, 5), torch.float64, "cpu"), uniform((3, 4, 5), torch.float64, "cpu")
+    assert groups.shared_positions(4, "cpu") is groups.shared_positions(4, "cpu")
+    torch.manual_seed(0)
+    expected = []
+    for _ in range(2):
+        u = torch.rand(2, 4, 5, dtype=torch.float64).index_select(0, groups.index)
+        shared = (torch.arange(4) < groups.shared_length[:, None])[..., None]
+        expected.append(torch.where(shared, u, torch.rand(3, 4, 5, dtype=torch.float64)))
+    torch.testing.assert_close(first, expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(second, expected[1], rtol=0, atol=0)
+    other = RowGroups(torch.tensor([0, 0, 1]), 2, shared_length=torch.tensor([1, 1, 3]))
+    with drawing_rows(None, other):
+        u = uniform((3, 4, 5), torch.float64, "cpu")
+    assert (u[0, 0] == u[1, 0]).all() and (u[0, 1] != u[1, 1]).all()
+
+
 @pytest.mark.parametrize("mode, equal", [("example", True), ("prefix", False), ("sequence", False)])
 def test_choice_draws_modes(mode, equal, smollm_tokenizer):
     """Choices 0 and 2 are the same sequence, choice 1 another answer: one draw per example and position makes
