@@ -27,6 +27,7 @@ CASES = {  # name: (method preset, train overrides)
     "bara_expected": ("bara", {}),  # the preset: fused estimator, local KL in expectation over the globals
     "bara_draw": ("bara", {"local_kl": "draw"}),
     "bara_svi": ("bara", {"estimator": "svi", "local_kl": "draw"}),
+    "bara_singular": ("bara_singular", {}),  # contextual gates tied to their prior, singular slab weights
 }
 STEPS, BATCH = 3, 8
 RESUME_STEPS, STOP_AT = 4, 4
