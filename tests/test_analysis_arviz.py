@@ -15,6 +15,7 @@ from bara_pyro.analysis import (
     rhat_across_fits,
     summary,
     token_gate_dataset,
+    weight_concentration,
 )
 
 
@@ -120,6 +121,19 @@ def test_psis_khat_edge_cases():
     with pytest.raises(ValueError, match="NaN"):
         psis_khat(np.array([np.nan] * 50))
     assert interpret_khat(0.6).startswith("ok")
+
+
+def test_weight_concentration_is_kish_ess_and_stays_finite_where_khat_is_not():
+    log_w = np.log(np.array([1.0, 2.0, 3.0, 4.0])) - 700.0  # shares 0.1 .. 0.4, far below exp's range
+    ess, share, spread = weight_concentration(log_w)
+    assert ess == pytest.approx(1.0 / (0.1 ** 2 + 0.2 ** 2 + 0.3 ** 2 + 0.4 ** 2))
+    assert share == pytest.approx(0.4) and spread == pytest.approx(np.log(4.0))
+    assert weight_concentration(np.full(32, -5.0)) == pytest.approx((32.0, 1 / 32, 0.0))
+    degenerate = -np.linspace(0.0, 20000.0, 32)  # one draw carries every weight: PSIS has no tail to fit
+    assert psis_khat(degenerate).khat == np.inf
+    assert weight_concentration(degenerate) == pytest.approx((1.0, 1.0, 20000.0))
+    with pytest.raises(ValueError, match="finite"):
+        weight_concentration(np.array([0.0, np.nan]))
 
 
 def test_loo_and_compare():

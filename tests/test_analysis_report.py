@@ -73,6 +73,7 @@ def test_report_content(report):
         "## Metrics",
         "PSIS k-hat",
         "k-hat",
+        "| ESS | largest weight |",
         "Dead components",
         "Effective rank",
         "Usage against size",

@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the names, for type checkers and the API site; at run time 
     from .arviz_data import (
         GLOBAL_VARS,
         PSISDiagnostic,
+        WeightConcentration,
         compare,
         global_posterior_idata,
         interpret_khat,
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # the names, for type checkers and the API site; at run time 
         rhat_across_fits,
         summary,
         token_gate_dataset,
+        weight_concentration,
     )
     from .diagnostics import (
         DEFAULT_CARRY_THRESHOLD,
@@ -72,6 +74,7 @@ __all__ = [
     "PSISDiagnostic",
     "ReliabilityBins",
     "RunData",
+    "WeightConcentration",
     "as_arrays",
     "compare",
     "component_norms",
@@ -108,6 +111,7 @@ __all__ = [
     "token_rank_spread_per_layer",
     "update_ranks",
     "update_singular_values",
+    "weight_concentration",
     "write_report",
 ]
 

@@ -46,6 +46,7 @@ with warnings.catch_warnings():
 __all__ = [
     "GLOBAL_VARS",
     "PSISDiagnostic",
+    "WeightConcentration",
     "compare",
     "global_posterior_idata",
     "interpret_khat",
@@ -57,6 +58,7 @@ __all__ = [
     "rhat_across_fits",
     "summary",
     "token_gate_dataset",
+    "weight_concentration",
 ]
 
 #: Posterior variables of the global guide, each with dims ``(chain, draw, layer, rank)``.
@@ -249,6 +251,29 @@ def psis_khat(log_weights: np.ndarray) -> PSISDiagnostic:
     _, khat = az.psislw(log_weights, reff=1.0)
     khat = float(khat)
     return PSISDiagnostic(khat, interpret_khat(khat))
+
+
+class WeightConcentration(NamedTuple):
+    """How far the self-normalised importance weights sit on few draws: always finite, where k-hat may not be."""
+
+    ess: float  # Kish's effective sample size 1 / sum_s wbar_s^2, between 1 and S
+    max_share: float  # the largest self-normalised weight, between 1 / S and 1
+    log_range: float  # max_s log w_s - min_s log w_s (nats)
+
+
+def weight_concentration(log_weights: np.ndarray) -> WeightConcentration:
+    r"""Kish's effective sample size, the largest share and the range of ``(S,)`` finite log importance weights.
+
+    With :math:`\bar w_s = w_s / \sum_j w_j`: :math:`\mathrm{ESS} = 1 / \sum_s \bar w_s^2` is ``S`` for equal
+    weights and 1 when one draw carries all the weight (a log-weight range of hundreds of nats, where PSIS's
+    Pareto fit has no tail left and returns an infinite k-hat)."""
+    log_weights = np.asarray(log_weights, float).ravel()
+    if log_weights.size == 0 or not np.isfinite(log_weights).all():
+        raise ValueError("log importance weights must be finite and at least one")
+    shifted = np.exp(log_weights - log_weights.max())
+    normalised = shifted / shifted.sum()
+    return WeightConcentration(float(1.0 / np.sum(normalised ** 2)), float(normalised.max()),
+                               float(np.ptp(log_weights)))
 
 
 def loo(idata: az.InferenceData, pointwise: bool = True) -> az.ELPDData:

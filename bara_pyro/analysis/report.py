@@ -86,7 +86,10 @@ _TEXT = {
         "that has them, such as a slab's magnitudes) from the variational guide q and weight each by "
         "w = p(data, globals) / q(globals). k-hat is the estimated shape of the Pareto tail of these weights: "
         "below 0.5 the guide covers the posterior well, 0.5 to 0.7 it is usable with care, above 0.7 the guide "
-        "misses posterior mass and importance-weighted corrections cannot be trusted (Yao et al., 2018)."
+        "misses posterior mass and importance-weighted corrections cannot be trusted (Yao et al., 2018). "
+        "ESS = 1 / sum_s wbar_s^2 over the self-normalised weights wbar is the number of draws that effectively "
+        "count (S for a perfect guide, 1 when one draw carries all the weight); when the log-weights span hundreds "
+        "of nats one draw carries it all, no tail is left to fit and k-hat is infinite."
     ),
     "effective_rank": (
         "s_lt = sum_k p_ltk is the expected number of active components for token t in layer l, where p_ltk is the "
@@ -483,7 +486,10 @@ class _Builder:
         except ValueError as err:
             doc.para(f"Not available: {err}.")
             return
-        doc.table(["draws S", "k-hat", "interpretation"], [[_fmt(weights.size), _fmt(khat, 3), interpretation]])
+        ess, share, spread = arviz_data.weight_concentration(weights[np.isfinite(weights)])
+        doc.table(["draws S", "k-hat", "ESS", "largest weight", "log-weight range (nats)", "interpretation"],
+                  [[_fmt(weights.size), _fmt(khat, 3), f"{ess:.1f}", f"{share:.3f}", f"{spread:.1f}",
+                    interpretation]])
 
     def effective_rank_table(self, run: RunData, gates: dict[str, np.ndarray]) -> None:
         doc = self.doc

@@ -54,6 +54,7 @@ from bara_pyro.analysis import (
     reliability_bins,
     short_layer_names,
     token_rank_spread,
+    weight_concentration,
 )
 from bara_pyro.demo import DEMO_OVERRIDES, format_table
 from bara_pyro.experiment import run_experiment
@@ -203,12 +204,16 @@ plot_component_usage(gates)
 # Importance sampling measures the mismatch: draw the global latent variables $\theta_s \sim q$ (every layer's
 # inclusion probabilities, context weights and singular values), weight each draw by $w_s = p(\mathcal{D}, \theta_s)
 # / q(\theta_s)$ (the data term estimated on a fixed subset of training examples), and fit a generalised Pareto
-# distribution to the largest weights (Yao et al. 2018). Its shape $\hat k$ says how heavy the tail is.
+# distribution to the largest weights (Yao et al. 2018). Its shape $\hat k$ says how heavy the tail is. The
+# effective sample size $1 / \sum_s \bar w_s^2$ of the self-normalised weights $\bar w_s$ says how many draws
+# effectively count: $S$ for a perfect guide, 1 when one draw carries all the weight.
 
 # %%
 diagnostic = psis_khat(gates["log_importance_weights"])
 print(f"PSIS k-hat over {len(gates['log_importance_weights'])} draws: {diagnostic.khat:.3f}")
 print("reading:", diagnostic.interpretation)
+ess, share, spread = weight_concentration(gates["log_importance_weights"])
+print(f"effective sample size {ess:.1f}; the largest weight carries {share:.1%}; log-weights span {spread:.0f} nats")
 print()
 for k in (0.3, 0.6, 0.9):
     print(f"k-hat {k}: {interpret_khat(k)}")
