@@ -468,7 +468,7 @@ def test_section18_seed_pairs_arc_and_costs_are_the_run_files():
 
 def _section19() -> str:
     docs = DOCS.read_text()
-    return docs[docs.index("### 19. "):docs.index("## KL ablation")]
+    return docs[docs.index("### 19. "):docs.index("### 20. ")]
 
 
 def test_section19_ood_tables_and_targets_are_results_md():
@@ -609,3 +609,69 @@ def test_repeated_fused_gate_speed_row_is_its_result_file():
     flat = " ".join(DOCS.read_text().split())
     assert (f"LoRA {lora['ms']:.2f} ms, `bara_singular` {bara['ms']:.2f} ms per step, **{bara['ratio']:.3f}x**, "
             f"peak memory {bara['peak_ratio']:.3f}x") in flat
+
+
+PACKED_TF32_DIR = ROOT / "benchmarks" / "results" / "quality_h100_2026-12-08_packed_tf32"
+
+
+def test_section20_time_and_mean_tables_are_the_run_files():
+    """Section 20: wall, train and eval seconds are the runs' timing.json, the six-task means their metrics.json,
+    the fp32 repeat section 15's grid runs, and the ratio and largest differences are computed from them."""
+    docs = DOCS.read_text()
+    docs = docs[docs.index("### 20. "):docs.index("## KL ablation")]
+    flat = " ".join(docs.split())
+    settings = {"fp32, unpacked (the suite)": "fp32_unpacked", "TF32, packed": "tf32_packed"}
+    walls = {}
+    rows = _table_rows(docs, "| setting | 12 runs, wall s |")
+    assert set(rows) == set(settings)
+    for name, folder in settings.items():
+        grid = PACKED_TF32_DIR / folder / "grid"
+        walls[folder] = json.loads((grid / "timing.json").read_text())["wall_time_s"]
+        cells = [f"{walls[folder]:.1f}"]
+        for method in ("lora", "bara_singular"):
+            timings = [json.loads((grid / "runs" / f"{method}@lr=0.001" / task / "seed1" / "timing.json").read_text())
+                       for task in SUITE_ORDER]
+            for key in ("train_time_s", "eval_time_s"):
+                values = [t[key] for t in timings]
+                cells.append(f"{min(values):.0f}-{max(values):.0f}")
+        assert rows[name] == cells, name
+        config = (grid / "runs" / "bara_singular@lr=0.001" / "boolq" / "seed1" / "config.yaml").read_text()
+        assert ("pack_choices: true" in config and "tf32: true" in config) == (folder == "tf32_packed")
+    assert f"took {walls['tf32_packed'] / walls['fp32_unpacked']:.2f} times the wall time" in flat
+    def train_s(folder, method, task):
+        path = PACKED_TF32_DIR / folder / "grid" / "runs" / f"{method}@lr=0.001" / task / "seed1" / "timing.json"
+        return json.loads(path.read_text())["train_time_s"]
+
+    speedups = []
+    for method in ("lora", "bara_singular"):
+        ratios = [train_s("fp32_unpacked", method, task) / train_s("tf32_packed", method, task) for task in SUITE_ORDER]
+        speedups.append(f"{min(ratios):.1f}-{max(ratios):.1f}x")
+    assert f"is {speedups[0]} faster for LoRA and {speedups[1]} for `bara_singular` (task by task)" in flat
+
+    def metric(root, method, task, split, key):
+        return json.loads((root / f"{method}@lr=0.001" / task / "seed1" / "metrics.json").read_text())[split][key]
+
+    means = _table_rows(docs, "| six-task mean |")
+    names = {"lora": "LoRA", "bara_singular": "`bara_singular`"}
+    largest = {}
+    for method, label in names.items():
+        runs = {folder: PACKED_TF32_DIR / folder / "grid" / "runs" for folder in settings.values()}
+        for folder, text in (("fp32_unpacked", "fp32 unpacked"), ("tf32_packed", "TF32 packed")):
+            cells = [f"{sum(metric(runs[folder], method, t, 'validation', 'nll') for t in SUITE_ORDER) / 6:.3f}",
+                     f"{sum(metric(runs[folder], method, t, 'test', 'nll') for t in SUITE_ORDER) / 6:.3f}",
+                     f"{100 * sum(metric(runs[folder], method, t, 'test', 'accuracy') for t in SUITE_ORDER) / 6:.1f}"]
+            assert means[f"{label}, {text}"] == cells, (method, folder)
+        repeat = TUNED_DIR / "grid" / "runs"
+        mean = sum(metric(repeat, method, t, "validation", "nll") for t in SUITE_ORDER) / 6
+        assert means[f"{label}, fp32 unpacked, section 15's grid"] == [f"{mean:.3f}", "-", "-"]
+        fp32, packed, again = ([metric(root, method, t, "validation", "nll") for t in SUITE_ORDER]
+                               for root in (runs["fp32_unpacked"], runs["tf32_packed"], repeat))
+        largest[method] = (max(abs(a - b) for a, b in zip(fp32, packed)), max(abs(a - b) for a, b in zip(fp32, again)))
+    assert f"at most {largest['bara_singular'][0]:.3f} in a task's validation NLL" in flat
+    assert f"of the same config differ ({largest['bara_singular'][1]:.3f})" in flat
+    assert f"differ by up to {largest['lora'][0]:.3f} (ARC-C;" in flat
+    assert f"the two fp32 runs differ by up to {largest['lora'][1]:.3f}" in flat
+    timed = [json.loads((TUNED_DIR / name).read_text())["wall_time_s"] for name in
+             ("grid/timing_baselines.json", "timing_seed2.json", "timing_seed3.json", "timing_ensemble_seed3.json")]
+    assert f"timed waves took {sum(timed) / 60:.1f} min" in flat
+    assert f"they would take {sum(timed) / 60 * walls['tf32_packed'] / walls['fp32_unpacked']:.1f} min" in flat
