@@ -28,7 +28,7 @@ import pyro
 import torch
 
 from .experiment_config import DEFAULTS, TINY_MODELS, save_config
-from .inference.determinism import deterministic_algorithms
+from .inference.determinism import deterministic_algorithms, tf32_matmul
 from .inference.predictive import Prediction, predict
 from .inference.train_config import TrainConfig
 from .inference.trainer import CHECKPOINT_DIR, fit, resolve_device
@@ -292,14 +292,16 @@ EVAL_SEED_OFFSET = 7919  # evaluation draws from train.seed + this: a stream of 
 
 def _ensemble_predict(models, task, rows, config, progress, checkpoint: Path | None = None) -> Prediction:
     """Every member's predictive on ``rows`` (S = ``eval.num_samples`` for stochastic members), mixed.
-    ``checkpoint``: a path prefix that makes each member's pass resumable (``<prefix>.m<i>.pt``)."""
+    ``checkpoint``: a path prefix that makes each member's pass resumable (``<prefix>.m<i>.pt``).  With
+    ``eval.tf32``, fp32 matrix products on TF32 tensor cores (in distribution and out of it alike)."""
     ev = config["eval"]
     preds = []
     for i, model in enumerate(models):
         s = ev["num_samples"] if _is_stochastic(model) else 0
         path = Path(f"{checkpoint}.m{i}.pt") if checkpoint is not None else None
-        preds.append(predict(model, task, rows, num_samples=s, batch_size=ev["batch_size"], progress=progress,
-                             checkpoint=path, max_rows_per_pass=ev["max_rows_per_pass"]))
+        with tf32_matmul(ev["tf32"]):
+            preds.append(predict(model, task, rows, num_samples=s, batch_size=ev["batch_size"], progress=progress,
+                                 checkpoint=path, max_rows_per_pass=ev["max_rows_per_pass"]))
     return preds[0] if len(preds) == 1 else mixture_of_members(preds)
 
 
@@ -367,6 +369,13 @@ def _evaluate_tokens(models, task, data, config, run_dir: Path, progress: bool, 
 
 def _evaluate(models, task, tokenizer, data, train_rows, config, run_dir: Path, progress: bool,
               clock: SegmentClock | None = None) -> dict:
+    """The run's metrics (predictions, gates, ranks), with ``eval.tf32`` on for every pass if set."""
+    with tf32_matmul(config["eval"]["tf32"]):
+        return _evaluate_passes(models, task, tokenizer, data, train_rows, config, run_dir, progress, clock)
+
+
+def _evaluate_passes(models, task, tokenizer, data, train_rows, config, run_dir: Path, progress: bool,
+                     clock: SegmentClock | None) -> dict:
     ev = config["eval"]
     metrics: dict = {"num_samples": ev["num_samples"], "ensemble_members": len(models)}
     # the predictive's draws (gates, weights, dropout masks) from a seeded stream: evaluating a run again (its trained
@@ -557,6 +566,7 @@ def load_run_config(run_dir: str | os.PathLike) -> dict:
         ensemble.setdefault("seed_stride", LEGACY_SEED_STRIDE)
     if isinstance(config.get("eval"), dict):  # saved before the key existed: the bound of today's runs
         config["eval"].setdefault("max_rows_per_pass", DEFAULTS["eval"]["max_rows_per_pass"])
+        config["eval"].setdefault("tf32", DEFAULTS["eval"]["tf32"])
     return validate_config(config)
 
 

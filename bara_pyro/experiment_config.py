@@ -7,7 +7,8 @@ legal choices, so a bad config never reaches torch.
 
 ``eval.max_rows_per_pass`` (default 128) bounds one prediction forward pass: a batch of B rows with S
 draws is S x B expanded rows, run in groups of ``max_rows_per_pass // S`` rows when larger
-(:func:`~bara_pyro.inference.predict`); null: no bound, the whole batch at once.
+(:func:`~bara_pyro.inference.predict`); null: no bound, the whole batch at once.  ``eval.tf32`` (default false):
+the evaluation's CUDA fp32 matrix products on TF32 tensor cores, as ``train.tf32`` does for training.
 
 ``ensemble``: ``members`` M (1: one model) and ``seed_stride`` (default 1000): member m trains with seed
 ``train.seed + m * seed_stride`` (adapter initialisation, data order and noise; member 0 keeps ``train.seed``,
@@ -60,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "adapter": {},
     "train": {},
     "eval": {"num_samples": 10, "batch_size": 32, "ece_bins": 15, "splits": ["test"], "max_examples": None,
-             "gate_examples": 256, "importance_draws": 32, "max_rows_per_pass": 128},
+             "gate_examples": 256, "importance_draws": 32, "max_rows_per_pass": 128, "tf32": False},
     "ensemble": {"members": 1, "seed_stride": 1000},  # member m: train.seed + m * seed_stride
     "data": {"seed": 0, "max_train_examples": None,  # a user's file or hf: dataset: how to read it (data/user_data.py)
              "kind": None, "columns": {}, "classes": None, "num_choices": None, "validation_fraction": 0.1},
@@ -153,6 +154,8 @@ def validate_config(config: dict) -> dict:
     mrp = ev["max_rows_per_pass"]
     if mrp is not None and not (isinstance(mrp, int) and not isinstance(mrp, bool) and mrp >= 1):
         raise ConfigError(f"eval.max_rows_per_pass must be a positive integer or null, got {mrp!r}")
+    if not isinstance(ev["tf32"], bool):
+        raise ConfigError(f"eval.tf32 must be true or false, got {ev['tf32']!r}")
     if not (isinstance(ev["ece_bins"], int) and ev["ece_bins"] >= 1):
         raise ConfigError(f"eval.ece_bins must be a positive integer, got {ev['ece_bins']!r}")
     splits = ev["splits"]

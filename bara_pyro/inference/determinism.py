@@ -13,6 +13,9 @@ into different models.  :func:`deterministic_algorithms` turns on
 * ``torch.backends.cudnn.benchmark = False`` (no run-time choice between kernels).
 
 Different GPU types, drivers or library versions still give different bits.
+
+:func:`tf32_matmul` is a run's other switch on its arithmetic (``train.tf32``, ``eval.tf32``): TF32 tensor cores
+for fp32 matrix products, faster and not bitwise equal to fp32.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 
 from ..models.errors import ConfigError
 
-__all__ = ["deterministic_algorithms", "DeterminismError", "CUBLAS_WORKSPACE_CONFIG"]
+__all__ = ["deterministic_algorithms", "DeterminismError", "CUBLAS_WORKSPACE_CONFIG", "tf32_matmul"]
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 _DETERMINISTIC_WORKSPACES = (":4096:8", ":16:8")
@@ -61,3 +64,18 @@ def deterministic_algorithms(enabled: bool = True):
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.benchmark = previous[2]
+
+
+@contextlib.contextmanager
+def tf32_matmul(enabled: bool):
+    """``train.tf32`` / ``eval.tf32``: CUDA fp32 matrix products on TF32 tensor cores inside the block (10-bit
+    mantissa inputs, fp32 accumulation), the previous setting after.  No effect on the CPU."""
+    if not enabled:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous

@@ -60,7 +60,8 @@ class TrainConfig:
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints (0: only at the end)"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast on GPU (gates and KLs stay fp32)"})
     tf32: bool = field(default=False, metadata={
-        "help": "fp32 matrix products on TF32 tensor cores while training (torch.backends.cuda.matmul.allow_tf32, "
+        "help": "fp32 matrix products on TF32 tensor cores while training (eval.tf32: while evaluating; "
+                "torch.backends.cuda.matmul.allow_tf32, "
                 "restored after; Ampere or newer GPUs): faster, with 10-bit mantissas in the products' inputs"})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', ..."})
     shard_backbone: bool = field(default=False, metadata={

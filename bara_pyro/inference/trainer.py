@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..models.errors import ConfigError
 from ..models.host_copy import to_host
 from ..models.row_shard import RowShard
-from .determinism import deterministic_algorithms
+from .determinism import deterministic_algorithms, tf32_matmul
 from .distributed import DataParallel, data_parallel
 from .graphed_step import TrainStep
 from .interrupt import StopRequest, rng_state, set_rng_state, stop_on_signals
@@ -111,20 +111,6 @@ def _train_packing(config: TrainConfig, task, model, dp) -> tuple[bool, str | No
         return False, ("the model draws per choice sequence (a per-sequence gate, a per-token gate KL, or "
                        "choice_draws other than prefix)")
     return True, None
-
-
-@contextlib.contextmanager
-def _tf32_matmul(enabled: bool):
-    """``train.tf32``: CUDA fp32 matrix products on TF32 tensor cores inside the block, the previous setting after."""
-    if not enabled:
-        yield
-        return
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 @dataclass
@@ -237,7 +223,7 @@ def fit(model, task, train_rows: Sequence[dict], config: TrainConfig, run_dir: s
     stop = StopRequest()
     model.train()  # the backbone's dropout too, as in any fine-tuning run; its weights stay frozen
     try:
-        with stop_on_signals(stop), deterministic_algorithms(config.deterministic), _tf32_matmul(config.tf32):
+        with stop_on_signals(stop), deterministic_algorithms(config.deterministic), tf32_matmul(config.tf32):
             while step < config.steps and (dp is not None or not stop.requested):  # processes stop together
                 indices = order.indices(step)
                 if dp is not None:
