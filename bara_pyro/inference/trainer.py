@@ -97,7 +97,8 @@ def _train_packing(config: TrainConfig, task, model, dp) -> tuple[bool, str | No
     """``(pack, why not)``: whether ``train.pack_choices`` packs each example's choices in one row, and if it was
     asked for but cannot, why.  Packing is used where it computes the same loss: the fused estimator, a task and
     backbone that pack (``task.packs``), one process, and a model whose draws a packed row shares as the unpacked
-    choices do (``model.packs_choices(1)``: no per-sequence gate, per-token draws shared on the prefix)."""
+    choices do (``model.packs_choices(1, training=True)``: no per-sequence gate, per-token draws shared on the
+    prefix; a post-hoc posterior such as Laplace trains its point fit packed)."""
     if not config.pack_choices:
         return False, None
     if config.estimator != "fused":
@@ -107,7 +108,7 @@ def _train_packing(config: TrainConfig, task, model, dp) -> tuple[bool, str | No
     if dp is not None:
         return False, "a data-parallel run splits a batch's choice sequences over its processes"
     packs = getattr(model, "packs_choices", None)
-    if packs is None or not packs(1):
+    if packs is None or not packs(1, training=True):
         return False, ("the model draws per choice sequence (a per-sequence gate, a per-token gate KL, or "
                        "choice_draws other than prefix)")
     return True, None

@@ -479,16 +479,18 @@ class BaRAModel(PyroModule):
         return (num_samples > 0 and self._family_samples("sample")
                 and self.config.components.weights.draws_from_one_copy(num_samples))
 
-    def packs_choices(self, num_samples: int) -> bool:
+    def packs_choices(self, num_samples: int, training: bool = False) -> bool:
         """Whether prediction may score a multiple-choice example's choices packed in one row (the shared prefix
         once, :mod:`~bara_pyro.tasks.packed_choices`) without changing what is estimated: no per-sequence gate
         (its context is pooled over one choice's sequence), a weight family that allows it, and at ``S > 0`` the
         choices' per-token draws shared as a packed row shares them (``choice_draws: prefix`` with gates tied to
-        their conditional prior; a guide with a per-token KL draws per sequence)."""
+        their conditional prior; a guide with a per-token KL draws per sequence).  ``training``: for a training
+        step (``num_samples`` 1), whose weight families may pack where their predictive does not."""
         items = [a for _, a in self._adapter_items]
         if any(a.gate is not None and a.gate.per_sequence for a in items):
             return False
-        if not self.config.components.weights.packs_choices(num_samples):
+        weights = self.config.components.weights
+        if not (weights.trains_packed() if training else weights.packs_choices(num_samples)):
             return False
         if num_samples == 0 or not self.is_stochastic:
             return True

@@ -121,6 +121,12 @@ class WeightFamily(Component):
         (packed, the choices' shared tokens would share it)."""
         return True
 
+    def trains_packed(self) -> bool:
+        """Whether a training step may pack a multiple-choice example's choices in one row and compute the same
+        loss: prediction's rule at one draw, unless the family overrides it (a post-hoc posterior whose training is a
+        point fit packs though its predictive does not)."""
+        return self.packs_choices(1)
+
     def prediction_rows(self, num_samples: int) -> int | None:
         """At most this many examples per sampled prediction pass (e.g. 1 when a pass takes each output's Jacobian,
         whose memory grows with the square of the outputs in it); None: ``eval.max_rows_per_pass`` alone bounds

@@ -144,6 +144,9 @@ class LaplaceWeights(WeightFamily):
     def packs_choices(self, num_samples: int) -> bool:
         return False  # the linearised predictive takes the Jacobians of an unpacked batch's scores
 
+    def trains_packed(self) -> bool:
+        return True  # training is the MAP fit: no draws, the same loss packed
+
     def prediction_rows(self, num_samples: int) -> int | None:
         return None  # the Jacobians of the LoRA factors take a backward pass of the batch per score column
 

@@ -140,6 +140,9 @@ class ProjectedSubspaceWeights(WeightFamily):
     def packs_choices(self, num_samples: int) -> bool:
         return self.posterior_kind != "laplace"  # Laplace's predictive takes an unpacked batch's Jacobians
 
+    def trains_packed(self) -> bool:
+        return True  # R is trained as a point estimate under either posterior (SWAG and Laplace come after)
+
     # ----------------------------------------------------------------- SWAG moments
     def after_step(self, adapter, step: int, total_steps: int) -> None:
         if self.posterior_kind != "swag":

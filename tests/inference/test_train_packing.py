@@ -35,11 +35,14 @@ def _config(**kw):
                           "checkpoint_every": 0, "device": "cpu", **kw})
 
 
-def test_lora_trains_the_same_packed():
-    """Deterministic LoRA: the packed rows' loss is the unpacked batch's, so four steps end at the same weights."""
+@pytest.mark.parametrize("method", ["lora", "laplace_lora", "projected_subspace_laplace"])
+def test_point_fits_train_the_same_packed(method):
+    """LoRA, and the point fits behind the post-hoc Laplace posteriors (whose linearised predictive does not pack):
+    the packed rows' loss is the unpacked batch's, so four steps end at the same weights."""
     states = {}
     for pack in (False, True):
-        model, task, rows = _preset("lora")
+        model, task, rows = _preset(method)
+        assert _train_packing(_config(pack_choices=pack), task, model, None) == (pack, None)
         fit(model, task, rows, _config(pack_choices=pack), progress=False)
         states[pack] = model.adapter_state_dict()
     for name, value in states[False].items():
@@ -69,7 +72,7 @@ def test_the_captured_steps_packed_batch_trains_as_its_padded_batch():
 
 
 @pytest.mark.parametrize("method, packs", [("lora", True), ("blob", True), ("bara_singular", True),
-                                           ("bara", False), ("balora", False)])
+                                           ("laplace_lora", True), ("bara", False), ("balora", False)])
 def test_packing_is_used_where_the_draws_allow_it(method, packs, capsys):
     model, task, rows = _preset(method)
     pack, why_not = _train_packing(_config(pack_choices=True), task, model, None)
