@@ -292,16 +292,14 @@ EVAL_SEED_OFFSET = 7919  # evaluation draws from train.seed + this: a stream of 
 
 def _ensemble_predict(models, task, rows, config, progress, checkpoint: Path | None = None) -> Prediction:
     """Every member's predictive on ``rows`` (S = ``eval.num_samples`` for stochastic members), mixed.
-    ``checkpoint``: a path prefix that makes each member's pass resumable (``<prefix>.m<i>.pt``).  With
-    ``eval.tf32``, fp32 matrix products on TF32 tensor cores (in distribution and out of it alike)."""
+    ``checkpoint``: a path prefix that makes each member's pass resumable (``<prefix>.m<i>.pt``)."""
     ev = config["eval"]
     preds = []
     for i, model in enumerate(models):
         s = ev["num_samples"] if _is_stochastic(model) else 0
         path = Path(f"{checkpoint}.m{i}.pt") if checkpoint is not None else None
-        with tf32_matmul(ev["tf32"]):
-            preds.append(predict(model, task, rows, num_samples=s, batch_size=ev["batch_size"], progress=progress,
-                                 checkpoint=path, max_rows_per_pass=ev["max_rows_per_pass"]))
+        preds.append(predict(model, task, rows, num_samples=s, batch_size=ev["batch_size"], progress=progress,
+                             checkpoint=path, max_rows_per_pass=ev["max_rows_per_pass"]))
     return preds[0] if len(preds) == 1 else mixture_of_members(preds)
 
 

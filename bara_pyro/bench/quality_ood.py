@@ -46,6 +46,7 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
         load_run_config,
         remove_partial_predictions,
     )
+    from ..inference.determinism import tf32_matmul
     from ..inference.trainer import resolve_device
     from ..tasks import get_task
 
@@ -57,16 +58,18 @@ def evaluate_ood(run_dir: str | os.PathLike, ood_sets=OOD_SETS, progress: bool =
     models = load_members(run_dir, config, backbone, task)
     pyro.set_rng_seed(config["train"]["seed"])
     partial = run_dir / f"{PARTIAL_PREDICTION_PREFIX}ood_"  # resumable passes: a stopped evaluation goes on
-    id_pred = _ensemble_predict(models, task, _subset(data["test"], ev["max_examples"]), config, progress,
-                                checkpoint=Path(f"{partial}in_distribution"))
     preds = {}
-    for name in ood_sets:
-        ood_task = get_task(name, tokenizer, scoring=config["task"]["scoring"], max_length=config["task"]["max_length"])
-        for model in models:
-            model.forward_fn = ood_task.scores
-        rows = _subset(load_task_dataset(name, seed=config["data"]["seed"])["test"], ev["max_examples"])
-        preds[name] = _ensemble_predict(models, ood_task, rows, config, progress,
-                                        checkpoint=Path(f"{partial}{name}"))
+    with tf32_matmul(ev["tf32"]):  # as the run's own evaluation
+        id_pred = _ensemble_predict(models, task, _subset(data["test"], ev["max_examples"]), config, progress,
+                                    checkpoint=Path(f"{partial}in_distribution"))
+        for name in ood_sets:
+            ood_task = get_task(name, tokenizer, scoring=config["task"]["scoring"],
+                                max_length=config["task"]["max_length"])
+            for model in models:
+                model.forward_fn = ood_task.scores
+            rows = _subset(load_task_dataset(name, seed=config["data"]["seed"])["test"], ev["max_examples"])
+            preds[name] = _ensemble_predict(models, ood_task, rows, config, progress,
+                                            checkpoint=Path(f"{partial}{name}"))
     out = write_ood(run_dir, config, len(models), id_pred, preds)
     remove_partial_predictions(run_dir)
     del models, backbone

@@ -72,3 +72,31 @@ def test_eval_tf32_defaults_off_is_checked_and_old_run_configs_read_it_as_off(tm
     del config["eval"]["tf32"]  # a run saved before the key existed
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     assert load_run_config(tmp_path)["eval"]["tf32"] is False
+
+
+def test_eval_tf32_covers_the_ood_evaluation_of_a_finished_run(tmp_path, monkeypatch):
+    """``evaluate_ood`` reads ``eval.tf32`` from the run's config: on in its in-distribution and OOD passes."""
+    import bara_pyro.experiment as experiment
+    from bara_pyro.bench.quality_ood import evaluate_ood
+    from bara_pyro.experiment_config import load_config
+
+    config = load_config(method="lora", overrides=[
+        "model=tiny-llama", "dataset=openbookqa", "train.steps=1", "train.batch_size=2", "train.device=cpu",
+        "data.max_train_examples=4", "eval.max_examples=2", "eval.gate_examples=0", "eval.tf32=true"])
+    experiment.run_experiment(config, tmp_path / "run", progress=False)
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    seen = []
+    predict = experiment.predict
+
+    def recording_predict(*args, **kwargs):
+        seen.append(matmul.allow_tf32)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "predict", recording_predict)
+    try:
+        evaluate_ood(tmp_path / "run", ood_sets=["mmlu_high_school_psychology"])
+        assert seen == [True, True] and matmul.allow_tf32 is False
+    finally:
+        matmul.allow_tf32 = before
